@@ -1,0 +1,353 @@
+//! Frame parsing and the admission decision, written once for the kernel and the host.
+//!
+//! The eBPF programs cannot hand us a slice (the verifier only trusts pointer reads that
+//! are compared against `data_end` right before), so the parser is generic over a tiny
+//! [`Packet`] trait: a byte slice on the host, a bounds-checked context reader in the
+//! kernel. Every function here is `#[inline(always)]` because BPF-to-BPF calls with
+//! generic arguments are not worth the verifier's trouble.
+
+use crate::maps::{AdmitKey, Reason, VLAN_UNTAGGED};
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Values below this in the EtherType position are 802.3 lengths, not protocols.
+pub const ETH_P_802_3_MIN: u16 = 0x0600;
+pub const IPV4_MIN_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+/// ARP for Ethernet/IPv4: 8 fixed bytes + 2 * (6 + 4).
+pub const ARP_ETH_IPV4_LEN: usize = 28;
+pub const VID_MASK: u16 = 0x0fff;
+pub const VID_RESERVED: u16 = 0x0fff;
+
+/// Read-only view of a frame.
+pub trait Packet {
+    /// Total length in bytes.
+    fn len(&self) -> usize;
+    /// `N` bytes at `offset`, or `None` if the frame is shorter than `offset + N`.
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl Packet for [u8] {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        let bytes = self.get(offset..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Some(out)
+    }
+}
+
+/// Why a frame could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// Shorter than the headers it announces.
+    Truncated,
+    /// VLAN id 4095, which 802.1Q reserves.
+    ReservedVid,
+    /// Two or more VLAN tags.
+    StackedTags,
+    /// An IP header whose version or length fields contradict the EtherType.
+    BadL3Header,
+}
+
+impl Malformed {
+    #[inline(always)]
+    pub const fn reason(self) -> Reason {
+        match self {
+            Malformed::StackedTags => Reason::DropStackedTags,
+            _ => Reason::DropMalformed,
+        }
+    }
+}
+
+/// The L2 facts the dataplane decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Header {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// VLAN id from an in-packet 802.1Q tag; [`VLAN_UNTAGGED`] without one (or VID 0).
+    pub vlan: u16,
+    /// Whether an in-packet tag was present (a priority tag counts).
+    pub tagged: bool,
+    /// EtherType after any tag.
+    pub ethertype: u16,
+    /// Offset of the L3 header.
+    pub l3_offset: usize,
+}
+
+/// Parse Ethernet, at most one 802.1Q tag, and check that the L3 header the EtherType
+/// announces (IPv4, IPv6, ARP) is complete. A frame that passes this is "complete".
+#[inline(always)]
+pub fn parse_l2<P: Packet + ?Sized>(p: &P) -> Result<L2Header, Malformed> {
+    let eth: [u8; ETH_HLEN] = p.read(0).ok_or(Malformed::Truncated)?;
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&eth[0..6]);
+    src.copy_from_slice(&eth[6..12]);
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut vlan = VLAN_UNTAGGED;
+    let mut tagged = false;
+    let mut l3_offset = ETH_HLEN;
+
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let tag: [u8; VLAN_HLEN] = p.read(ETH_HLEN).ok_or(Malformed::Truncated)?;
+        let vid = u16::from_be_bytes([tag[0], tag[1]]) & VID_MASK;
+        if vid == VID_RESERVED {
+            return Err(Malformed::ReservedVid);
+        }
+        let inner = u16::from_be_bytes([tag[2], tag[3]]);
+        if ethertype == ETH_P_8021AD || inner == ETH_P_8021Q || inner == ETH_P_8021AD {
+            // An S-tag, or a tag inside a tag: until QinQ parents exist, nothing
+            // legitimate arrives like this, and it is how VLAN hopping is attempted.
+            return Err(Malformed::StackedTags);
+        }
+        vlan = vid;
+        tagged = true;
+        ethertype = inner;
+        l3_offset = ETH_HLEN + VLAN_HLEN;
+    }
+
+    check_l3(p, ethertype, l3_offset)?;
+    Ok(L2Header { dst, src, vlan, tagged, ethertype, l3_offset })
+}
+
+#[inline(always)]
+fn check_l3<P: Packet + ?Sized>(p: &P, ethertype: u16, off: usize) -> Result<(), Malformed> {
+    match ethertype {
+        ETH_P_IPV4 => {
+            let first: [u8; 1] = p.read(off).ok_or(Malformed::Truncated)?;
+            let version = first[0] >> 4;
+            let hlen = ((first[0] & 0x0f) as usize) * 4;
+            if version != 4 || hlen < IPV4_MIN_HLEN {
+                return Err(Malformed::BadL3Header);
+            }
+            if p.len() < off + hlen {
+                return Err(Malformed::Truncated);
+            }
+        }
+        ETH_P_IPV6 => {
+            let first: [u8; 1] = p.read(off).ok_or(Malformed::Truncated)?;
+            if first[0] >> 4 != 6 {
+                return Err(Malformed::BadL3Header);
+            }
+            if p.len() < off + IPV6_HLEN {
+                return Err(Malformed::Truncated);
+            }
+        }
+        ETH_P_ARP => {
+            if p.len() < off + ARP_ETH_IPV4_LEN {
+                return Err(Malformed::Truncated);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+pub const fn is_group(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 1
+}
+
+#[inline(always)]
+pub const fn is_broadcast(mac: &[u8; 6]) -> bool {
+    mac[0] == 0xff && mac[1] == 0xff && mac[2] == 0xff && mac[3] == 0xff && mac[4] == 0xff && mac[5] == 0xff
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+}
+
+impl Decision {
+    #[inline(always)]
+    const fn of(reason: Reason) -> Decision {
+        let verdict = if reason.is_drop() { Verdict::Drop } else { Verdict::Pass };
+        Decision { verdict, reason }
+    }
+}
+
+/// Admission on a parent interface: complete unicast frames pass only to admitted
+/// (ifindex, VLAN, destination MAC); complete group frames pass; everything else drops.
+/// `admitted` is the map lookup (the kernel's hash map, or anything in tests).
+#[inline(always)]
+pub fn admission<P, F>(p: &P, ifindex: u32, admitted: F) -> Decision
+where
+    P: Packet + ?Sized,
+    F: FnOnce(&AdmitKey) -> bool,
+{
+    let hdr = match parse_l2(p) {
+        Ok(h) => h,
+        Err(m) => return Decision::of(m.reason()),
+    };
+    if is_group(&hdr.dst) {
+        return Decision::of(if is_broadcast(&hdr.dst) {
+            Reason::PassBroadcast
+        } else {
+            Reason::PassMulticast
+        });
+    }
+    let key = AdmitKey { ifindex, vlan: hdr.vlan, mac: hdr.dst };
+    if admitted(&key) {
+        Decision::of(Reason::PassAdmitted)
+    } else {
+        Decision::of(Reason::DropUnknownDestination)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADMITTED: [u8; 6] = [0x02, 0xdb, 0, 0, 0, 1];
+    const OTHER: [u8; 6] = [0x02, 0xdb, 0, 0, 0, 2];
+    const SRC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 9];
+    const BCAST: [u8; 6] = [0xff; 6];
+    const MCAST: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 1];
+
+    fn frame(dst: [u8; 6], tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> [u8; 128] {
+        let mut f = [0u8; 128];
+        f[0..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&SRC);
+        let mut off = 12;
+        for (tpid, tci) in tags {
+            f[off..off + 2].copy_from_slice(&tpid.to_be_bytes());
+            f[off + 2..off + 4].copy_from_slice(&tci.to_be_bytes());
+            off += 4;
+        }
+        f[off..off + 2].copy_from_slice(&ethertype.to_be_bytes());
+        off += 2;
+        f[off..off + payload.len()].copy_from_slice(payload);
+        f
+    }
+
+    fn ipv4_header() -> [u8; 28] {
+        let mut h = [0u8; 28];
+        h[0] = 0x45;
+        h[9] = 17;
+        h
+    }
+
+    fn admit_only(ifindex: u32, vlan: u16, mac: [u8; 6]) -> impl Fn(&AdmitKey) -> bool {
+        move |k| *k == AdmitKey { ifindex, vlan, mac }
+    }
+
+    #[test]
+    fn admitted_unknown_broadcast_multicast() {
+        let ip = ipv4_header();
+        let f = frame(ADMITTED, &[], ETH_P_IPV4, &ip);
+        let d = admission(&f[..42], 7, admit_only(7, 0, ADMITTED));
+        assert_eq!(d, Decision { verdict: Verdict::Pass, reason: Reason::PassAdmitted });
+        // Same MAC on another parent is not admitted.
+        let d = admission(&f[..42], 8, admit_only(7, 0, ADMITTED));
+        assert_eq!(d.reason, Reason::DropUnknownDestination);
+        let f = frame(OTHER, &[], ETH_P_IPV4, &ip);
+        let d = admission(&f[..42], 7, admit_only(7, 0, ADMITTED));
+        assert_eq!(d, Decision { verdict: Verdict::Drop, reason: Reason::DropUnknownDestination });
+        let f = frame(BCAST, &[], ETH_P_ARP, &[0; 28]);
+        assert_eq!(admission(&f[..42], 7, |_| false).reason, Reason::PassBroadcast);
+        let f = frame(MCAST, &[], ETH_P_IPV4, &ip);
+        assert_eq!(admission(&f[..42], 7, |_| false).reason, Reason::PassMulticast);
+    }
+
+    #[test]
+    fn vlan_tag_selects_the_key() {
+        let ip = ipv4_header();
+        let f = frame(ADMITTED, &[(ETH_P_8021Q, 50)], ETH_P_IPV4, &ip);
+        let h = parse_l2(&f[..46]).unwrap();
+        assert_eq!((h.vlan, h.tagged, h.ethertype, h.l3_offset), (50, true, ETH_P_IPV4, 18));
+        assert_eq!(admission(&f[..46], 3, admit_only(3, 50, ADMITTED)).reason, Reason::PassAdmitted);
+        assert_eq!(
+            admission(&f[..46], 3, admit_only(3, 0, ADMITTED)).reason,
+            Reason::DropUnknownDestination
+        );
+        // Priority tag (VID 0) with PCP bits is untagged traffic.
+        let f = frame(ADMITTED, &[(ETH_P_8021Q, 0xa000)], ETH_P_IPV4, &ip);
+        assert_eq!(admission(&f[..46], 3, admit_only(3, 0, ADMITTED)).reason, Reason::PassAdmitted);
+        // VID 4095 is reserved.
+        let f = frame(ADMITTED, &[(ETH_P_8021Q, 0x0fff)], ETH_P_IPV4, &ip);
+        assert_eq!(parse_l2(&f[..46]), Err(Malformed::ReservedVid));
+    }
+
+    #[test]
+    fn stacked_tags_are_refused() {
+        let ip = ipv4_header();
+        for tags in [
+            &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 50)][..],
+            &[(ETH_P_8021Q, 100), (ETH_P_8021Q, 50)][..],
+            &[(ETH_P_8021AD, 50)][..],
+        ] {
+            let f = frame(ADMITTED, tags, ETH_P_IPV4, &ip);
+            let d = admission(&f[..64], 1, |_| true);
+            assert_eq!(d, Decision { verdict: Verdict::Drop, reason: Reason::DropStackedTags });
+        }
+    }
+
+    #[test]
+    fn no_truncation_is_admitted() {
+        let ip = ipv4_header();
+        let cases: [(&[(u16, u16)], u16, &[u8], usize); 4] = [
+            (&[], ETH_P_IPV4, &ip, 34),
+            (&[(ETH_P_8021Q, 50)], ETH_P_IPV4, &ip, 38),
+            (&[], ETH_P_IPV6, &[0x60; 40], 54),
+            (&[], ETH_P_ARP, &[0; 28], 42),
+        ];
+        for (tags, et, payload, complete) in cases {
+            let vlan = tags.first().map(|t| t.1).unwrap_or(0);
+            let f = frame(ADMITTED, tags, et, payload);
+            for len in 0..=64 {
+                let d = admission(&f[..len], 1, admit_only(1, vlan, ADMITTED));
+                if len >= complete {
+                    assert_eq!(d.reason, Reason::PassAdmitted, "len {len} ethertype {et:#x}");
+                } else {
+                    assert_eq!(d.reason, Reason::DropMalformed, "len {len} ethertype {et:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ip_headers_are_malformed() {
+        let mut ip = ipv4_header();
+        ip[0] = 0x44; // IHL 4 < 5
+        let f = frame(ADMITTED, &[], ETH_P_IPV4, &ip);
+        assert_eq!(parse_l2(&f[..60]), Err(Malformed::BadL3Header));
+        ip[0] = 0x65; // version 6 under IPv4 ethertype
+        let f = frame(ADMITTED, &[], ETH_P_IPV4, &ip);
+        assert_eq!(parse_l2(&f[..60]), Err(Malformed::BadL3Header));
+        ip[0] = 0x4f; // IHL 15 = 60 bytes, frame only 60 total
+        let f = frame(ADMITTED, &[], ETH_P_IPV4, &ip);
+        assert_eq!(parse_l2(&f[..60]), Err(Malformed::Truncated));
+        assert!(parse_l2(&f[..74]).is_ok());
+        let f = frame(ADMITTED, &[], ETH_P_IPV6, &[0x45; 40]);
+        assert_eq!(parse_l2(&f[..54]), Err(Malformed::BadL3Header));
+    }
+
+    #[test]
+    fn unparsed_ethertypes_need_only_the_ethernet_header() {
+        // 802.3 length field (e.g. STP/LLC) and an unknown protocol.
+        for et in [0x0026, 0x88cc] {
+            let f = frame(ADMITTED, &[], et, &[]);
+            assert_eq!(admission(&f[..14], 1, |_| true).reason, Reason::PassAdmitted);
+            assert_eq!(admission(&f[..13], 1, |_| true).reason, Reason::DropMalformed);
+        }
+    }
+}

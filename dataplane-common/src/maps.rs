@@ -1,0 +1,159 @@
+//! BPF map names, sizes and the key/value layouts both sides agree on.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Map of admitted destinations: a unicast frame passes only if its key is here.
+/// (BPF object names are limited to 15 characters.)
+pub const ADMIT_MAP: &str = "DP_ADMIT";
+/// Per-CPU packet/byte counters keyed by (ifindex, reason).
+pub const COUNTERS_MAP: &str = "DP_COUNTERS";
+/// Name of the XDP program attached to parent interfaces.
+pub const XDP_PARENT_PROG: &str = "dp_parent";
+
+/// Enough for the 65 536-endpoint scale target with room to spare.
+pub const ADMIT_MAX_ENTRIES: u32 = 1 << 17;
+/// (ifindex, reason) pairs; a few hundred parents times every reason.
+pub const COUNTERS_MAX_ENTRIES: u32 = 4096;
+
+/// Untagged (and priority-tagged, VID 0) frames use this VLAN id in keys.
+pub const VLAN_UNTAGGED: u16 = 0;
+
+/// Key of [`ADMIT_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AdmitKey {
+    /// ifindex of the parent (trunk) interface the frame arrives on.
+    pub ifindex: u32,
+    /// 802.1Q VLAN id, or [`VLAN_UNTAGGED`].
+    pub vlan: u16,
+    /// Destination MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Value of [`ADMIT_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AdmitValue {
+    /// Opaque endpoint number chosen by user space (for per-endpoint accounting).
+    pub endpoint: u32,
+    /// Reserved for flags; always 0 today.
+    pub flags: u32,
+}
+
+/// Key of [`COUNTERS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CounterKey {
+    pub ifindex: u32,
+    /// A [`Reason`] as `u32`.
+    pub reason: u32,
+}
+
+/// Value of [`COUNTERS_MAP`] (one per CPU; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a frame was passed or dropped. The numbers are part of the pinned-map ABI:
+/// append, never renumber.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// Unicast to an admitted (ifindex, VLAN, MAC).
+    PassAdmitted = 0,
+    /// Broadcast destination ff:ff:ff:ff:ff:ff.
+    PassBroadcast = 1,
+    /// Any other group (multicast) destination.
+    PassMulticast = 2,
+    /// Unicast to a MAC nobody was given on this parent/VLAN.
+    DropUnknownDestination = 3,
+    /// Too short for its own headers, or a reserved VLAN id.
+    DropMalformed = 4,
+    /// More than one VLAN tag (802.1ad/802.1Q stacks): a VLAN-hopping shape.
+    DropStackedTags = 5,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::PassAdmitted,
+        Reason::PassBroadcast,
+        Reason::PassMulticast,
+        Reason::DropUnknownDestination,
+        Reason::DropMalformed,
+        Reason::DropStackedTags,
+    ];
+
+    pub const fn from_u32(v: u32) -> Option<Reason> {
+        match v {
+            0 => Some(Reason::PassAdmitted),
+            1 => Some(Reason::PassBroadcast),
+            2 => Some(Reason::PassMulticast),
+            3 => Some(Reason::DropUnknownDestination),
+            4 => Some(Reason::DropMalformed),
+            5 => Some(Reason::DropStackedTags),
+            _ => None,
+        }
+    }
+
+    /// Stable, human-readable name used in `dataplane stats` and its JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassAdmitted => "pass_admitted",
+            Reason::PassBroadcast => "pass_broadcast",
+            Reason::PassMulticast => "pass_multicast",
+            Reason::DropUnknownDestination => "drop_unknown_destination",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropStackedTags => "drop_stacked_tags",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropUnknownDestination | Reason::DropMalformed | Reason::DropStackedTags
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: every type is #[repr(C)] and derives bytemuck::Pod, which proves at compile
+    // time that it has no padding and that any bit pattern is valid.
+    unsafe impl aya::Pod for super::AdmitKey {}
+    unsafe impl aya::Pod for super::AdmitValue {}
+    unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_kernel_abi() {
+        assert_eq!(core::mem::size_of::<AdmitKey>(), 12);
+        assert_eq!(core::mem::size_of::<AdmitValue>(), 8);
+        assert_eq!(core::mem::size_of::<CounterKey>(), 8);
+        assert_eq!(core::mem::size_of::<Counter>(), 16);
+        let k = AdmitKey { ifindex: 0x0102_0304, vlan: 50, mac: [2, 0, 0, 0, 0, 9] };
+        let b = bytemuck::bytes_of(&k);
+        assert_eq!(&b[4..6], &50u16.to_ne_bytes());
+        assert_eq!(&b[6..12], &[2, 0, 0, 0, 0, 9]);
+    }
+
+    #[test]
+    fn reasons_round_trip_and_names_are_unique() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(Reason::from_u32(*r as u32), Some(*r));
+            for other in &Reason::ALL[i + 1..] {
+                assert_ne!(r.name(), other.name());
+            }
+        }
+        assert_eq!(Reason::from_u32(Reason::ALL.len() as u32), None);
+        assert!(Reason::DropMalformed.is_drop());
+        assert!(!Reason::PassBroadcast.is_drop());
+    }
+}

@@ -1,0 +1,48 @@
+//! The admission map: which (parent, VLAN, MAC) may receive unicast frames.
+
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData};
+use dataplane_common::{AdmitKey, AdmitValue};
+
+use super::{object::BpfError, pins::Pins};
+
+fn map_err(path: &Path, detail: impl ToString) -> BpfError {
+    BpfError::Map { path: path.to_path_buf(), detail: detail.to_string() }
+}
+
+pub fn open(pins: &Pins) -> Result<HashMap<MapData, AdmitKey, AdmitValue>, BpfError> {
+    let path = pins.admit_map();
+    if !path.exists() {
+        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
+    }
+    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
+    let map = Map::from_map_data(data).map_err(|e| map_err(&path, e))?;
+    HashMap::try_from(map).map_err(|e| map_err(&path, e))
+}
+
+pub fn insert(pins: &Pins, key: AdmitKey, value: AdmitValue) -> Result<(), BpfError> {
+    let mut m = open(pins)?;
+    m.insert(key, value, 0).map_err(|e| map_err(&pins.admit_map(), e))
+}
+
+/// Returns whether the key was present.
+pub fn remove(pins: &Pins, key: &AdmitKey) -> Result<bool, BpfError> {
+    let mut m = open(pins)?;
+    match m.remove(key) {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+        Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(map_err(&pins.admit_map(), e)),
+    }
+}
+
+pub fn list(pins: &Pins) -> Result<Vec<(AdmitKey, AdmitValue)>, BpfError> {
+    let m = open(pins)?;
+    let mut out = Vec::new();
+    for item in m.iter() {
+        out.push(item.map_err(|e| map_err(&pins.admit_map(), e))?);
+    }
+    out.sort_by_key(|(k, _)| (k.ifindex, k.vlan, k.mac));
+    Ok(out)
+}

@@ -1,0 +1,57 @@
+//! The eBPF object built by build.rs, and loading it with the maps pinned under bpffs.
+
+use std::path::PathBuf;
+
+use aya::{Ebpf, EbpfLoader};
+
+use crate::bpffs::BpffsError;
+
+/// The eBPF object, aligned as the ELF parser needs. Empty when the crate was built
+/// without the eBPF toolchain (see build.rs).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("this dataplane binary was built without its eBPF programs (the eBPF toolchain was missing at build time); run `cargo xtask build`, which installs nightly rust-src and bpf-linker, then use the binary it builds")]
+    PlaceholderObject,
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("the kernel refused program {name}: {source}")]
+    Verify { name: &'static str, #[source] source: aya::programs::ProgramError },
+    #[error("interface {iface:?} not found in {netns}")]
+    NoSuchInterface { iface: String, netns: String },
+    #[error("{iface} already has an XDP program that dataplane did not attach (or attached under another --bpffs dir); remove it first (`ip link set dev {iface} xdp off`): {source}")]
+    Busy { iface: String, #[source] source: aya::programs::ProgramError },
+    #[error("attaching {name} to {iface} in {mode} mode failed: {source}")]
+    Attach { name: &'static str, iface: String, mode: &'static str, #[source] source: aya::programs::ProgramError },
+    #[error("pinned link {} is unusable: {detail}", path.display())]
+    Link { path: PathBuf, detail: String },
+    #[error("pinning {} failed: {detail}", path.display())]
+    Pin { path: PathBuf, detail: String },
+    #[error("nothing to detach: dataplane has no program on {iface} in {netns} (no pin at {})", path.display())]
+    NotAttached { iface: String, netns: String, path: PathBuf },
+    #[error("no dataplane maps under {}: attach a program first (`dataplane bpf load --iface IFACE`)", dir.display())]
+    NoMaps { dir: PathBuf },
+    #[error("map {} : {detail}", path.display())]
+    Map { path: PathBuf, detail: String },
+    #[error("removing pin {}: {source}", path.display())]
+    Unpin { path: PathBuf, #[source] source: std::io::Error },
+}
+
+pub fn is_placeholder() -> bool {
+    OBJECT.is_empty()
+}
+
+/// Load (but do not attach) every program, reusing the maps pinned in `map_dir` and
+/// pinning them there if they are new. The directory must be on bpffs.
+pub fn load_object(map_dir: &std::path::Path) -> Result<Ebpf, BpfError> {
+    if is_placeholder() {
+        return Err(BpfError::PlaceholderObject);
+    }
+    crate::bpffs::ensure_dir(map_dir)?;
+    EbpfLoader::new().default_map_pin_directory(map_dir).load(OBJECT).map_err(BpfError::Load)
+}

@@ -1,0 +1,265 @@
+//! The XDP admission program on parent (trunk) interfaces, attached through pinned links.
+//!
+//! Functions here work on interfaces of the calling thread's network namespace; `netns`
+//! only names the pin directory and messages (the CLI enters the namespace first).
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode};
+use dataplane_common::{
+    maps::{VLAN_UNTAGGED, XDP_PARENT_PROG},
+    AdmitKey, AdmitValue,
+};
+
+use super::{
+    admit,
+    object::{load_object, BpfError},
+    pins::{netns_label, Pins},
+};
+use crate::netns;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) XDP when the driver has it, else generic.
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (skb) XDP.
+    Skb,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub link_id: u32,
+    pub program_id: u32,
+    /// "native" or "skb" when attached now; "kept" when an existing link was updated in place.
+    pub mode: &'static str,
+    /// True when an existing link got the new program (no detach window).
+    pub replaced: bool,
+    pub pin: PathBuf,
+}
+
+/// Endpoint number of the admission entry for a parent's own MAC.
+pub const HOST_ENDPOINT: u32 = u32::MAX;
+
+fn mode_name(m: XdpMode) -> &'static str {
+    match m {
+        XdpMode::Driver => "native",
+        XdpMode::Skb => "skb",
+        XdpMode::Hardware => "offload",
+        XdpMode::Default => "default",
+    }
+}
+
+fn is_busy(e: &ProgramError) -> bool {
+    let io = match e {
+        ProgramError::SyscallError(s) => Some(&s.io_error),
+        _ => None,
+    };
+    matches!(io.and_then(|e| e.raw_os_error()), Some(libc::EBUSY) | Some(libc::EEXIST))
+}
+
+fn link_error(path: &Path, detail: impl ToString) -> BpfError {
+    BpfError::Link { path: path.to_path_buf(), detail: detail.to_string() }
+}
+
+/// Load the current object and attach its parent program to `iface`, or, when a pinned
+/// link for `iface` exists, swap the new program into that link atomically.
+pub fn attach_parent(
+    pins: &Pins,
+    netns: Option<&str>,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<Attachment, BpfError> {
+    let ifindex = netns::ifindex(iface).ok_or_else(|| BpfError::NoSuchInterface {
+        iface: iface.to_string(),
+        netns: netns_label(netns),
+    })?;
+    let mut ebpf = load_object(&pins.maps_dir())?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(XDP_PARENT_PROG)
+        .ok_or(BpfError::MissingProgram { name: XDP_PARENT_PROG })?
+        .try_into()
+        .map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source })?;
+    prog.load().map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source })?;
+
+    let pin = pins.xdp_link(netns, iface);
+    crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
+
+    // The parent's own MAC carries the host's traffic: admit it before frames are judged.
+    if let Some(mac) = netns::hwaddr(iface) {
+        let key = AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac };
+        admit::insert(pins, key, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 })?;
+    }
+
+    if pin.exists() {
+        match replace_in_link(prog, &pin)? {
+            Some((link_id, program_id)) => {
+                return Ok(Attachment {
+                    iface: iface.to_string(),
+                    ifindex,
+                    link_id,
+                    program_id,
+                    mode: "kept",
+                    replaced: true,
+                    pin,
+                })
+            }
+            // The interface the link pointed at is gone: drop the stale pin, attach anew.
+            None => {
+                std::fs::remove_file(&pin).map_err(|source| BpfError::Unpin { path: pin.clone(), source })?
+            }
+        }
+    }
+
+    let tries: &[XdpMode] = match mode {
+        AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+        AttachMode::Native => &[XdpMode::Driver],
+        AttachMode::Skb => &[XdpMode::Skb],
+    };
+    let mut last = None;
+    for &m in tries {
+        match prog.attach_to_if_index(ifindex, m) {
+            Ok(id) => {
+                let link = prog.take_link(id).map_err(|e| link_error(&pin, e))?;
+                let fd: FdLink = link.try_into().map_err(|e| {
+                    link_error(&pin, format!("the kernel attached without a BPF link ({e}); dataplane needs bpf_link XDP (Linux >= 5.9)"))
+                })?;
+                let info = fd.info().map_err(|e| link_error(&pin, e))?;
+                fd.pin(&pin).map_err(|e| BpfError::Pin { path: pin.clone(), detail: e.to_string() })?;
+                return Ok(Attachment {
+                    iface: iface.to_string(),
+                    ifindex,
+                    link_id: info.id(),
+                    program_id: info.program_id(),
+                    mode: mode_name(m),
+                    replaced: false,
+                    pin,
+                });
+            }
+            Err(e) if is_busy(&e) => return Err(BpfError::Busy { iface: iface.to_string(), source: e }),
+            Err(e) => last = Some((m, e)),
+        }
+    }
+    let (m, source) = last.expect("at least one mode was tried");
+    Err(BpfError::Attach { name: XDP_PARENT_PROG, iface: iface.to_string(), mode: mode_name(m), source })
+}
+
+/// Swap `prog` into the pinned link at `pin`. `Ok(None)` when the link is defunct (its
+/// interface was deleted), so the caller attaches afresh.
+fn replace_in_link(prog: &mut Xdp, pin: &Path) -> Result<Option<(u32, u32)>, BpfError> {
+    let pinned = PinnedLink::from_pin(pin).map_err(|e| link_error(pin, e))?;
+    let fd: FdLink = pinned.into();
+    let xdp_link = aya::programs::xdp::XdpLink::try_from(fd)
+        .map_err(|e| link_error(pin, format!("not an XDP link ({e}); remove it by hand")))?;
+    let id = match prog.attach_to_link(xdp_link) {
+        Ok(id) => id,
+        Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(link_error(pin, format!("in-place replacement failed: {e}"))),
+    };
+    let link = prog.take_link(id).map_err(|e| link_error(pin, e))?;
+    let fd: FdLink = link.try_into().map_err(|e| link_error(pin, e))?;
+    let info = fd.info().map_err(|e| link_error(pin, e))?;
+    // Dropping `fd` only closes our descriptor; the pin keeps the link attached.
+    Ok(Some((info.id(), info.program_id())))
+}
+
+/// Detach the program from `iface` by removing its link pin. When no link is left under
+/// the bpffs dir, the map pins and the directory go too: nothing is left behind.
+pub fn detach_parent(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<(), BpfError> {
+    let pin = pins.xdp_link(netns, iface);
+    if !pin.exists() {
+        return Err(BpfError::NotAttached { iface: iface.to_string(), netns: netns_label(netns), path: pin });
+    }
+    std::fs::remove_file(&pin).map_err(|source| BpfError::Unpin { path: pin.clone(), source })?;
+    let _ = std::fs::remove_dir(pins.netns_dir(netns));
+    // Entries of this parent mean nothing without its program.
+    if let Some(ifindex) = netns::ifindex(iface) {
+        if pins.admit_map().exists() {
+            for (k, _) in admit::list(pins)? {
+                if k.ifindex == ifindex {
+                    admit::remove(pins, &k)?;
+                }
+            }
+        }
+    }
+    remove_if_unused(pins)
+}
+
+/// Remove map pins and directories once no link pin remains.
+pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
+    if !list_link_pins(pins).is_empty() {
+        return Ok(());
+    }
+    let mut first_err = None;
+    for path in [pins.admit_map(), pins.counters_map()] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                first_err.get_or_insert(BpfError::Unpin { path, source });
+            }
+        }
+    }
+    // Directories may hold things we did not make; remove_dir refuses non-empty ones.
+    if let Ok(rd) = std::fs::read_dir(pins.links_dir()) {
+        for d in rd.flatten() {
+            let _ = std::fs::remove_dir(d.path());
+        }
+    }
+    for dir in [pins.links_dir(), pins.maps_dir(), pins.root().to_path_buf()] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Every link pin as (netns tag, pin path).
+pub fn list_link_pins(pins: &Pins) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(pins.links_dir()) else { return out };
+    for ns in rd.flatten() {
+        let tag = ns.file_name().to_string_lossy().into_owned();
+        if let Ok(links) = std::fs::read_dir(ns.path()) {
+            for l in links.flatten() {
+                out.push((tag.clone(), l.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkStatus {
+    pub netns: String,
+    pub iface: String,
+    pub pin: PathBuf,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// Status of every pinned link (read from the kernel through the pins).
+pub fn list_attachments(pins: &Pins) -> Vec<LinkStatus> {
+    list_link_pins(pins)
+        .into_iter()
+        .map(|(netns, pin)| {
+            let iface = pin
+                .file_name()
+                .map(|n| n.to_string_lossy().trim_start_matches("xdp-").to_string())
+                .unwrap_or_default();
+            let info = PinnedLink::from_pin(&pin).map_err(|e| e.to_string()).and_then(|p| {
+                let fd: FdLink = p.into();
+                fd.info().map_err(|e| e.to_string())
+            });
+            match info {
+                Ok(i) => LinkStatus { netns, iface, pin, link_id: Some(i.id()), program_id: Some(i.program_id()), error: None },
+                Err(e) => LinkStatus { netns, iface, pin, link_id: None, program_id: None, error: Some(e) },
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,84 @@
+//! Pin layout under the bpffs directory. One place, so nothing else invents paths.
+//!
+//! ```text
+//! <bpffs>/maps/DP_ADMIT, DP_COUNTERS         shared maps (pinned by name)
+//! <bpffs>/links/<netns>/xdp-<iface>          one pinned XDP link per parent interface
+//! ```
+//! `<netns>` is `host` for the namespace dataplane runs in, or `ns-<name>` for a named
+//! namespace given with --netns (ifindexes are only unique per namespace).
+
+use std::path::{Path, PathBuf};
+
+use dataplane_common::maps::{ADMIT_MAP, COUNTERS_MAP};
+
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Pins { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn admit_map(&self) -> PathBuf {
+        self.maps_dir().join(ADMIT_MAP)
+    }
+
+    pub fn counters_map(&self) -> PathBuf {
+        self.maps_dir().join(COUNTERS_MAP)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn netns_dir(&self, netns: Option<&str>) -> PathBuf {
+        self.links_dir().join(netns_tag(netns))
+    }
+
+    pub fn xdp_link(&self, netns: Option<&str>, iface: &str) -> PathBuf {
+        self.netns_dir(netns).join(format!("xdp-{iface}"))
+    }
+}
+
+pub fn netns_tag(netns: Option<&str>) -> String {
+    match netns {
+        None => "host".to_string(),
+        // A path such as /proc/123/ns/net becomes a single path component.
+        Some(n) => format!("ns-{}", n.trim_start_matches('/').replace('/', "_")),
+    }
+}
+
+/// Human name of a namespace for messages.
+pub fn netns_label(netns: Option<&str>) -> String {
+    match netns {
+        None => "the current network namespace".to_string(),
+        Some(n) => format!("network namespace {n:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let p = Pins::new("/sys/fs/bpf/dataplane");
+        assert_eq!(p.admit_map(), Path::new("/sys/fs/bpf/dataplane/maps/DP_ADMIT"));
+        assert_eq!(p.xdp_link(None, "eth1"), Path::new("/sys/fs/bpf/dataplane/links/host/xdp-eth1"));
+        assert_eq!(
+            p.xdp_link(Some("/proc/42/ns/net"), "eth0"),
+            Path::new("/sys/fs/bpf/dataplane/links/ns-proc_42_ns_net/xdp-eth0")
+        );
+        assert_eq!(p.xdp_link(Some("lab"), "b0"), Path::new("/sys/fs/bpf/dataplane/links/ns-lab/xdp-b0"));
+    }
+}

@@ -1,0 +1,215 @@
+//! `dataplane bpf ...`: load/unload the parent program, edit the admission map, read counters.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use dataplane_common::{AdmitKey, AdmitValue};
+use dataplane_user::{
+    bpf::{self, AttachMode, Pins},
+    mac::Mac,
+    netns,
+};
+
+use super::Format;
+
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Interface (a parent/trunk) the program sits on.
+    #[arg(long)]
+    pub iface: String,
+    #[command(flatten)]
+    pub ns: Netns,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Netns {
+    /// Network namespace of the interface: a name under /run/netns or a path such as /proc/PID/ns/net.
+    #[arg(long)]
+    pub netns: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BpfCommand {
+    /// Load the admission program and attach it to IFACE through a pinned BPF link
+    /// (it keeps running after this command exits). When dataplane already has a program
+    /// on IFACE, the new one replaces it in place, with no gap.
+    Load {
+        #[command(flatten)]
+        target: Target,
+        /// XDP mode: native (driver), skb (generic), or auto (native, else skb).
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        mode: AttachMode,
+    },
+    /// Detach the program from IFACE and remove its pin; the last one out removes the maps.
+    Unload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show every pinned program link of this instance.
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Edit or list the admission map (unicast MACs that may receive on a parent).
+    #[command(subcommand)]
+    Admit(AdmitCommand),
+    /// Packets and bytes passed and dropped, per interface and reason.
+    Counters {
+        #[command(flatten)]
+        ns: Netns,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdmitCommand {
+    /// Admit unicast frames to MAC on IFACE (in VLAN VID, 0 = untagged).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 0)]
+        vlan: u16,
+        /// Endpoint number stored with the entry (for accounting).
+        #[arg(long, default_value_t = 0)]
+        endpoint: u32,
+        mac: String,
+    },
+    /// Stop admitting MAC on IFACE.
+    Del {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 0)]
+        vlan: u16,
+        mac: String,
+    },
+    /// List admitted entries.
+    Ls {
+        #[command(flatten)]
+        ns: Netns,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+fn enter(ns: &Netns) -> anyhow::Result<()> {
+    if let Some(n) = &ns.netns {
+        netns::enter(n)?;
+    }
+    Ok(())
+}
+
+fn key_for(target: &Target, vlan: u16, mac: &str) -> anyhow::Result<AdmitKey> {
+    let mac: Mac = mac.parse()?;
+    if !mac.is_unicast() {
+        bail!("MAC {mac} is a group (broadcast/multicast) address: group frames always pass, only unicast addresses can be admitted");
+    }
+    if vlan > 4094 {
+        bail!("VLAN id {vlan} is out of range: use 1..4094, or 0 for untagged");
+    }
+    let ifindex = netns::ifindex(&target.iface).with_context(|| {
+        format!("interface {:?} not found in {}", target.iface, bpf::pins::netns_label(target.ns.netns.as_deref()))
+    })?;
+    Ok(AdmitKey { ifindex, vlan, mac: mac.0 })
+}
+
+pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
+    let pins = Pins::new(bpffs);
+    match cmd {
+        BpfCommand::Load { target, mode } => {
+            enter(&target.ns)?;
+            let a = bpf::attach_parent(&pins, target.ns.netns.as_deref(), &target.iface, mode)?;
+            if a.replaced {
+                println!(
+                    "replaced the program on {} in place: link {} now runs program {} (pinned at {})",
+                    a.iface, a.link_id, a.program_id, a.pin.display()
+                );
+            } else {
+                println!(
+                    "attached {} to {} (ifindex {}, {} XDP): link {}, program {}, pinned at {}",
+                    dataplane_common::maps::XDP_PARENT_PROG, a.iface, a.ifindex, a.mode, a.link_id, a.program_id, a.pin.display()
+                );
+            }
+        }
+        BpfCommand::Unload { target } => {
+            enter(&target.ns)?;
+            bpf::detach_parent(&pins, target.ns.netns.as_deref(), &target.iface)?;
+            println!("detached from {}", target.iface);
+        }
+        BpfCommand::Status { format } => {
+            let st = bpf::list_attachments(&pins);
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+                Format::Table => {
+                    println!("{:<20} {:<16} {:>8} {:>8}  PIN", "NETNS", "IFACE", "LINK", "PROG");
+                    for s in st {
+                        let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+                        println!("{:<20} {:<16} {:>8} {:>8}  {}{}", s.netns, s.iface, id(s.link_id), id(s.program_id), s.pin.display(),
+                            s.error.map(|e| format!("  (error: {e})")).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        BpfCommand::Admit(AdmitCommand::Add { target, vlan, endpoint, mac }) => {
+            enter(&target.ns)?;
+            let key = key_for(&target, vlan, &mac)?;
+            bpf::admit::insert(&pins, key, AdmitValue { endpoint, flags: 0 })?;
+            println!("admitted {} on {} vlan {}", Mac(key.mac), target.iface, vlan);
+        }
+        BpfCommand::Admit(AdmitCommand::Del { target, vlan, mac }) => {
+            enter(&target.ns)?;
+            let key = key_for(&target, vlan, &mac)?;
+            if !bpf::admit::remove(&pins, &key)? {
+                bail!("{} is not admitted on {} vlan {}", Mac(key.mac), target.iface, vlan);
+            }
+            println!("removed {} on {} vlan {}", Mac(key.mac), target.iface, vlan);
+        }
+        BpfCommand::Admit(AdmitCommand::Ls { ns, format }) => {
+            enter(&ns)?;
+            let entries = bpf::admit::list(&pins)?;
+            let rows: Vec<_> = entries
+                .iter()
+                .map(|(k, v)| {
+                    serde_json::json!({
+                        "iface": netns::ifname(k.ifindex).unwrap_or_else(|| format!("#{}", k.ifindex)),
+                        "ifindex": k.ifindex, "vlan": k.vlan, "mac": Mac(k.mac).to_string(), "endpoint": v.endpoint,
+                    })
+                })
+                .collect();
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Table => {
+                    println!("{:<16} {:>5} {:<17} {:>8}", "IFACE", "VLAN", "MAC", "ENDPOINT");
+                    for r in rows {
+                        println!("{:<16} {:>5} {:<17} {:>8}", r["iface"].as_str().unwrap_or(""), r["vlan"].to_string(), r["mac"].as_str().unwrap_or(""), r["endpoint"].to_string());
+                    }
+                }
+            }
+        }
+        BpfCommand::Counters { ns, format } => {
+            enter(&ns)?;
+            let counters = bpf::counters::read(&pins)?;
+            let rows: Vec<_> = counters
+                .iter()
+                .map(|((ifindex, reason), c)| {
+                    serde_json::json!({
+                        "iface": netns::ifname(*ifindex).unwrap_or_else(|| format!("#{ifindex}")),
+                        "ifindex": ifindex, "reason": reason.name(), "verdict": if reason.is_drop() { "drop" } else { "pass" },
+                        "packets": c.packets, "bytes": c.bytes,
+                    })
+                })
+                .collect();
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Table => {
+                    println!("{:<16} {:<26} {:>12} {:>14}", "IFACE", "REASON", "PACKETS", "BYTES");
+                    for r in rows {
+                        println!("{:<16} {:<26} {:>12} {:>14}", r["iface"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""), r["packets"].to_string(), r["bytes"].to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,10 @@
+//! dataplane user space: loads the kernel programs, pins them, and manages the maps they
+//! decide from. The `dataplane` binary (src/main.rs, src/cli/) is a thin layer over this.
+
+pub mod bpf;
+pub mod bpffs;
+pub mod mac;
+pub mod netns;
+
+/// Default bpffs directory for pins (maps, links); one per host network namespace.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/dataplane";

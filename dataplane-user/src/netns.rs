@@ -1,0 +1,90 @@
+//! Entering network namespaces.
+//!
+//! Interface names, ifindexes and XDP attachment are all resolved in the caller's
+//! network namespace, so a command aimed at another namespace moves its thread there
+//! first. Only the network namespace changes: the mount namespace (and with it bpffs and
+//! every pin) stays the host's, which is why this is not `ip netns exec`.
+
+use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {name:?} not found at {}: {source} (list them with `ip netns list`)", path.display())]
+    Open { name: String, path: PathBuf, #[source] source: std::io::Error },
+    #[error("cannot enter network namespace {name:?} ({}): {source}", path.display())]
+    Enter { name: String, path: PathBuf, #[source] source: std::io::Error },
+}
+
+/// `/run/netns/NAME` for a bare name; a value containing '/' is taken as a path
+/// (e.g. `/proc/PID/ns/net`).
+pub fn path_of(name: &str) -> PathBuf {
+    if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from("/run/netns").join(name)
+    }
+}
+
+/// Move the calling thread into the network namespace `name`.
+pub fn enter(name: &str) -> Result<(), NetnsError> {
+    let path = path_of(name);
+    let file = File::open(&path)
+        .map_err(|source| NetnsError::Open { name: name.into(), path: path.clone(), source })?;
+    // SAFETY: setns on a valid fd we own; CLONE_NEWNET only affects this thread's netns.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(NetnsError::Enter { name: name.into(), path, source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+/// ifindex of `iface` in the current network namespace.
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Name of `ifindex` in the current network namespace.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as the call requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname NUL-terminates on success.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
+}
+
+/// Hardware address of `iface` in the current network namespace (read through an ioctl on
+/// a socket of this namespace; under nsenter, /sys shows the host's devices instead).
+pub fn hwaddr(iface: &str) -> Option<[u8; 6]> {
+    if iface.len() >= libc::IF_NAMESIZE {
+        return None;
+    }
+    // SAFETY: plain socket creation; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: zeroed ifreq is valid; the name fits (checked above) and stays NUL-terminated.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Some(mac)
+}
