@@ -1,1 +1,164 @@
-fn main() {}
+//! `cargo xtask`: bootstrap the eBPF toolchain, build, load, test, demo.
+
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, load, test and demo the dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (nightly rust-src, bpf-linker), then build the eBPF object
+    /// and the `dataplane` binary.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then attach the admission program to IFACE through a pinned link (it stays
+    /// after this command exits); loading again replaces it in place.
+    BuildAndLoad {
+        /// Interface to attach to.
+        #[arg(long)]
+        iface: String,
+        /// Network namespace (name under /run/netns) the interface lives in.
+        #[arg(long)]
+        netns: Option<String>,
+        /// XDP mode.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "native", "skb"])]
+        mode: String,
+        /// Detach from IFACE and remove every pin made for it instead.
+        #[arg(long)]
+        unload: bool,
+        #[arg(long)]
+        release: bool,
+        /// bpffs directory for pins (default: dataplane's, /sys/fs/bpf/dataplane).
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+    },
+    /// Run every test: unit tests, then the root-only integration tests one at a time.
+    Test {
+        /// Only tests whose name contains this (passed to cargo test).
+        filter: Option<String>,
+    },
+    /// Build everything and run a self-contained demonstration in private namespaces.
+    Demo,
+    /// Only install the eBPF toolchain (what `build` does first).
+    Bootstrap,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Bootstrap => bootstrap::ensure(),
+        Cmd::Build { release } => build(release),
+        Cmd::BuildAndLoad { iface, netns, mode, unload, release, bpffs } => {
+            build(release)?;
+            let mut cmd = Command::new(bin_path(release, "dataplane"));
+            if let Some(b) = bpffs {
+                cmd.arg("--bpffs").arg(b);
+            }
+            cmd.arg("bpf").arg(if unload { "unload" } else { "load" }).args(["--iface", &iface]);
+            if let Some(ns) = &netns {
+                cmd.args(["--netns", ns]);
+            }
+            if !unload {
+                cmd.args(["--mode", &mode]);
+            }
+            run_cmd(&mut cmd)
+        }
+        Cmd::Test { filter } => test(filter),
+        Cmd::Demo => {
+            require_root("the demo creates network namespaces and loads BPF programs")?;
+            build(false)?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--quiet", "--package", "dataplane-tests", "--bin", "dataplane-demo"])
+                .env("DATAPLANE_BIN", bin_path(false, "dataplane"));
+            run_cmd(&mut cmd)
+        }
+    }
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+}
+
+fn bin_path(release: bool, name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    target.join(if release { "release" } else { "debug" }).join(name)
+}
+
+/// A cargo command for the workspace, with the eBPF object required (no placeholder).
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace()).env("DATAPLANE_REQUIRE_EBPF", "1");
+    cmd
+}
+
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    bootstrap::ensure()?;
+    eprintln!("[build] eBPF object and the dataplane binary{}", if release { " (release)" } else { "" });
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "dataplane-user", "--package", "dataplane-tests", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_cmd(&mut cmd).context("build step failed; the compiler's errors are above")
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this must run as root: {why} (try `sudo -E cargo xtask ...`)");
+    }
+    Ok(())
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    require_root("the integration tests create network namespaces and load BPF programs")?;
+    build(false)?;
+    eprintln!("[test] unit tests");
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "dataplane-tests", "--exclude", "dataplane-ebpf"]);
+    if let Some(f) = &filter {
+        unit.arg(f);
+    }
+    run_cmd(&mut unit).context("unit tests failed")?;
+    eprintln!("[test] integration tests (root, one at a time, each in its own namespaces)");
+    let mut it = cargo();
+    it.args(["test", "--package", "dataplane-tests"])
+        .env("DATAPLANE_BIN", bin_path(false, "dataplane"))
+        .arg("--");
+    if let Some(f) = &filter {
+        it.arg(f);
+    }
+    it.arg("--test-threads=1");
+    run_cmd(&mut it).context("integration tests failed")
+}

@@ -1,0 +1,171 @@
+//! Namespaces, veth pairs, bpffs directories and the `dataplane` binary.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique name: interface names are limited to 15 bytes.
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A named network namespace (`/run/netns/NAME`), deleted on drop with everything in it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> anyhow::Result<Netns> {
+        let name = unique(prefix);
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Run a command inside the namespace (network namespace only, host mounts kept).
+    pub fn exec(&self, argv: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(argv)
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!("in {}: {}: {}", self.name, argv.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ip -j -d link show dev IFACE` inside the namespace, parsed.
+    pub fn link_json(&self, iface: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self.exec(&["ip", "-j", "-d", "link", "show", "dev", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v[0].clone())
+    }
+
+    /// The XDP program id attached to IFACE, if any.
+    pub fn xdp_prog_id(&self, iface: &str) -> anyhow::Result<Option<u64>> {
+        let l = self.link_json(iface)?;
+        Ok(l["xdp"]["prog"]["id"].as_u64().or_else(|| l["xdp"]["progs"][0]["id"].as_u64()))
+    }
+
+    pub fn ifindex(&self, iface: &str) -> anyhow::Result<u32> {
+        let l = self.link_json(iface)?;
+        Ok(l["ifindex"].as_u64().ok_or_else(|| anyhow::anyhow!("no ifindex for {iface}"))? as u32)
+    }
+
+    pub fn mac(&self, iface: &str) -> anyhow::Result<[u8; 6]> {
+        let l = self.link_json(iface)?;
+        let s = l["address"].as_str().ok_or_else(|| anyhow::anyhow!("no address for {iface}"))?;
+        let mut mac = [0u8; 6];
+        for (m, p) in mac.iter_mut().zip(s.split(':')) {
+            *m = u8::from_str_radix(p, 16)?;
+        }
+        Ok(mac)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a`/`a_if` sends, `b`/`b_if` receives.
+pub struct Lab {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_if: String,
+    pub b_if: String,
+}
+
+impl Lab {
+    pub fn new() -> anyhow::Result<Lab> {
+        let a = Netns::new("dpA")?;
+        let b = Netns::new("dpB")?;
+        let a_if = "veth-a".to_string();
+        let b_if = "veth-b".to_string();
+        ip(&["link", "add", "dptmp0", "netns", &a.name, "type", "veth", "peer", "name", "dptmp1", "netns", &b.name])?;
+        ip(&["-n", &a.name, "link", "set", "dptmp0", "name", &a_if])?;
+        ip(&["-n", &b.name, "link", "set", "dptmp1", "name", &b_if])?;
+        for (ns, ifc) in [(&a, &a_if), (&b, &b_if)] {
+            // No IPv6 autoconfiguration chatter on the wire under test.
+            let _ = ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{ifc}.disable_ipv6=1")]);
+            ip(&["-n", &ns.name, "link", "set", ifc, "up"])?;
+        }
+        Ok(Lab { a, b, a_if, b_if })
+    }
+}
+
+/// A private bpffs directory for one `dataplane` instance; removed on drop (pins first,
+/// which detaches anything still linked there).
+pub struct Bpffs {
+    pub dir: PathBuf,
+}
+
+impl Bpffs {
+    pub fn new() -> anyhow::Result<Bpffs> {
+        let root = Path::new("/sys/fs/bpf");
+        if !is_bpffs(root) {
+            let st = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
+            anyhow::ensure!(st.success(), "mounting bpffs at /sys/fs/bpf failed");
+        }
+        Ok(Bpffs { dir: root.join(unique("dpt-")) })
+    }
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(p)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Path of the `dataplane` binary under test: $DATAPLANE_BIN (set by `cargo xtask`), else
+/// next to the running executable in the target dir.
+pub fn dataplane_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DATAPLANE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join("dataplane");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("dataplane binary not found; run the tests with `cargo xtask test`, which builds it");
+}
+
+/// Run `dataplane --bpffs DIR ARGS...` and return its output (whatever the exit code).
+pub fn dataplane(bpffs: &Bpffs, args: &[&str]) -> Output {
+    Command::new(dataplane_bin())
+        .arg("--bpffs")
+        .arg(&bpffs.dir)
+        .args(args)
+        .output()
+        .expect("spawn dataplane")
+}

@@ -1,0 +1,175 @@
+//! Real frames over a veth pair between two namespaces, decided by the XDP program that
+//! the `dataplane` binary attached (and that outlives it).
+
+use std::{collections::BTreeSet, time::Duration};
+
+use dataplane_tests::{
+    dataplane,
+    frames::{lab_seq, mac_str, udp, BROADCAST},
+    raw::RawSocket,
+    Bpffs, Lab,
+};
+
+const ADMITTED: [u8; 6] = [0x02, 0xdb, 0x00, 0x00, 0x00, 0x01];
+const UNKNOWN: [u8; 6] = [0x02, 0xdb, 0x00, 0x00, 0x00, 0x02];
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "dataplane failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn load(bpffs: &Bpffs, lab: &Lab, mode: &str) -> String {
+    ok(dataplane(bpffs, &["bpf", "load", "--iface", &lab.b_if, "--netns", &lab.b.name, "--mode", mode]))
+}
+
+fn admit(bpffs: &Bpffs, lab: &Lab, mac: [u8; 6]) {
+    ok(dataplane(bpffs, &["bpf", "admit", "add", "--iface", &lab.b_if, "--netns", &lab.b.name, &mac_str(&mac)]));
+}
+
+fn counters(bpffs: &Bpffs, lab: &Lab) -> serde_json::Value {
+    let out = ok(dataplane(bpffs, &["bpf", "counters", "--netns", &lab.b.name, "--format", "json"]));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn count(c: &serde_json::Value, iface: &str, reason: &str) -> u64 {
+    c.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["iface"] == iface && r["reason"] == reason)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum()
+}
+
+/// Send `dst` frames with the given sequence numbers; return the sequence numbers that
+/// arrived on the far side.
+fn exchange(lab: &Lab, sends: &[([u8; 6], std::ops::Range<u32>)]) -> BTreeSet<u32> {
+    let tx = RawSocket::open(&lab.a, &lab.a_if).unwrap();
+    let rx = RawSocket::open(&lab.b, &lab.b_if).unwrap();
+    for (dst, seqs) in sends {
+        for s in seqs.clone() {
+            tx.send(&udp(*dst, s, 64)).unwrap();
+        }
+    }
+    rx.recv_for(Duration::from_millis(400)).unwrap().iter().filter_map(|f| lab_seq(f)).collect()
+}
+
+fn run_admission(mode: &str) {
+    let lab = Lab::new().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let out = load(&bpffs, &lab, mode);
+    let expected_mode = if mode == "skb" { "skb XDP" } else { "native XDP" };
+    assert!(out.contains(expected_mode), "{out}");
+    admit(&bpffs, &lab, ADMITTED);
+    // Every dataplane process has exited by now: the pinned link keeps the program deciding.
+    assert!(lab.b.xdp_prog_id(&lab.b_if).unwrap().is_some(), "program not attached after the loader exited");
+
+    let got = exchange(&lab, &[(ADMITTED, 1..11), (UNKNOWN, 100..110), (BROADCAST, 200..210)]);
+    let admitted: BTreeSet<u32> = (1..11).collect();
+    let broadcast: BTreeSet<u32> = (200..210).collect();
+    assert!(got.is_superset(&admitted), "admitted frames missing: got {got:?}");
+    assert!(got.is_superset(&broadcast), "broadcast frames missing: got {got:?}");
+    assert!(got.iter().all(|s| !(100..110).contains(s)), "unknown-MAC frames delivered: {got:?}");
+
+    let c = counters(&bpffs, &lab);
+    assert_eq!(count(&c, &lab.b_if, "drop_unknown_destination"), 10, "{c:#}");
+    assert_eq!(count(&c, &lab.b_if, "pass_admitted"), 10, "{c:#}");
+    assert!(count(&c, &lab.b_if, "pass_broadcast") >= 10, "{c:#}");
+}
+
+#[test]
+fn native_xdp_admits_known_macs_drops_unknown_passes_broadcast() {
+    run_admission("native");
+}
+
+#[test]
+fn generic_xdp_decides_the_same() {
+    run_admission("skb");
+}
+
+#[test]
+fn host_mac_of_the_parent_is_admitted() {
+    let lab = Lab::new().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    load(&bpffs, &lab, "auto");
+    let own = lab.b.mac(&lab.b_if).unwrap();
+    let got = exchange(&lab, &[(own, 1..6)]);
+    assert_eq!(got, (1..6).collect(), "frames to the parent's own MAC must reach the host");
+}
+
+#[test]
+fn reload_replaces_the_program_in_place() {
+    let lab = Lab::new().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    load(&bpffs, &lab, "auto");
+    let st1: serde_json::Value = serde_json::from_str(&ok(dataplane(&bpffs, &["bpf", "status", "--format", "json"]))).unwrap();
+    admit(&bpffs, &lab, ADMITTED);
+    let out = load(&bpffs, &lab, "auto");
+    assert!(out.contains("replaced the program on veth-b in place"), "{out}");
+    let st2: serde_json::Value = serde_json::from_str(&ok(dataplane(&bpffs, &["bpf", "status", "--format", "json"]))).unwrap();
+    assert_eq!(st1[0]["link_id"], st2[0]["link_id"], "the same link must carry the new program");
+    assert_ne!(st1[0]["program_id"], st2[0]["program_id"], "the program was not replaced");
+    assert_eq!(lab.b.xdp_prog_id(&lab.b_if).unwrap(), st2[0]["program_id"].as_u64());
+    // The maps survived the swap: the admitted MAC still passes, others still drop.
+    let got = exchange(&lab, &[(ADMITTED, 1..6), (UNKNOWN, 50..55)]);
+    assert_eq!(got, (1..6).collect());
+    assert_eq!(count(&counters(&bpffs, &lab), &lab.b_if, "drop_unknown_destination"), 5);
+}
+
+#[test]
+fn unload_leaves_no_program_and_no_pins() {
+    let lab = Lab::new().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    load(&bpffs, &lab, "auto");
+    admit(&bpffs, &lab, ADMITTED);
+    let prog = lab.b.xdp_prog_id(&lab.b_if).unwrap().expect("attached");
+    ok(dataplane(&bpffs, &["bpf", "unload", "--iface", &lab.b_if, "--netns", &lab.b.name]));
+    assert_eq!(lab.b.xdp_prog_id(&lab.b_if).unwrap(), None, "XDP still attached after unload");
+    assert!(!bpffs.dir.exists(), "pins left behind: {:?}", std::fs::read_dir(&bpffs.dir).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()));
+    let still_loaded = aya::programs::loaded_programs().flatten().any(|p| u64::from(p.id()) == prog);
+    assert!(!still_loaded, "program {prog} is still loaded in the kernel");
+    // With the program gone, the unknown MAC reaches the interface again.
+    let got = exchange(&lab, &[(UNKNOWN, 1..4)]);
+    assert_eq!(got, (1..4).collect());
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_leaves_no_trace() {
+    let lab = Lab::new().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["bpf", "load", "--iface", "nope0", "--netns", &lab.b.name], "interface \"nope0\" not found in network namespace"),
+        (vec!["bpf", "load", "--iface", "veth-b", "--netns", "dp-no-such-ns"], "network namespace \"dp-no-such-ns\" not found at /run/netns/dp-no-such-ns"),
+        (vec!["bpf", "unload", "--iface", "veth-b", "--netns", &lab.b.name], "nothing to detach: dataplane has no program on veth-b"),
+        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00:01"], "no dataplane maps under"),
+        (vec!["bpf", "load", "--iface", "veth-b", "--netns", &lab.b.name, "--mode", "turbo"], "invalid value 'turbo' for '--mode <MODE>'"),
+    ];
+    for (args, want) in cases {
+        let out = dataplane(&bpffs, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in stderr, got {err}");
+        assert!(!bpffs.dir.exists(), "{args:?} left pins in {}", bpffs.dir.display());
+        assert_eq!(lab.b.xdp_prog_id(&lab.b_if).unwrap(), None, "{args:?} attached something");
+    }
+    // With a program loaded, bad admission input names the bad value and changes nothing.
+    load(&bpffs, &lab, "auto");
+    let before = ok(dataplane(&bpffs, &["bpf", "admit", "ls", "--netns", &lab.b.name, "--format", "json"]));
+    for (args, want) in [
+        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00"], "invalid MAC address \"02:00:00:00:00\""),
+        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "01:00:5e:00:00:01"], "MAC 01:00:5e:00:00:01 is a group"),
+        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "--vlan", "4095", "02:00:00:00:00:01"], "VLAN id 4095 is out of range"),
+        (vec!["bpf", "admit", "del", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00:07"], "02:00:00:00:00:07 is not admitted on veth-b"),
+    ] {
+        let out = dataplane(&bpffs, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in stderr, got {err}");
+    }
+    let after = ok(dataplane(&bpffs, &["bpf", "admit", "ls", "--netns", &lab.b.name, "--format", "json"]));
+    assert_eq!(before, after, "a failed command changed the admission map");
+}
