@@ -25,6 +25,7 @@ pub const VID_MASK: u16 = 0x0fff;
 pub const VID_RESERVED: u16 = 0x0fff;
 
 /// Read-only view of a frame.
+#[expect(clippy::len_without_is_empty, reason = "a frame is never empty; the kernel refuses those")]
 pub trait Packet {
     /// Total length in bytes.
     fn len(&self) -> usize;
@@ -145,11 +146,7 @@ fn check_l3<P: Packet + ?Sized>(p: &P, ethertype: u16, off: usize) -> Result<(),
                 return Err(Malformed::Truncated);
             }
         }
-        ETH_P_ARP => {
-            if p.len() < off + ARP_ETH_IPV4_LEN {
-                return Err(Malformed::Truncated);
-            }
-        }
+        ETH_P_ARP if p.len() < off + ARP_ETH_IPV4_LEN => return Err(Malformed::Truncated),
         _ => {}
     }
     Ok(())
@@ -304,7 +301,8 @@ mod tests {
     #[test]
     fn no_truncation_is_admitted() {
         let ip = ipv4_header();
-        let cases: [(&[(u16, u16)], u16, &[u8], usize); 4] = [
+        type Case<'a> = (&'a [(u16, u16)], u16, &'a [u8], usize);
+        let cases: [Case; 4] = [
             (&[], ETH_P_IPV4, &ip, 34),
             (&[(ETH_P_8021Q, 50)], ETH_P_IPV4, &ip, 38),
             (&[], ETH_P_IPV6, &[0x60; 40], 54),

@@ -1,7 +1,8 @@
 //! The dataplane's kernel programs. Entry points are thin: fetch, call the shared logic
 //! in `dataplane-common`, act on its decision, count.
-#![no_std]
-#![no_main]
+// Built for bpfel-unknown-none by dataplane-user/build.rs. On the host (e.g. `cargo clippy
+// --workspace`) it compiles as an ordinary, empty binary so the code still gets checked.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod packet;
 
@@ -44,7 +45,7 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn count(ifindex: u32, reason: Reason, bytes: u64) {
     let key = CounterKey { ifindex, reason: reason as u32 };
-    match DP_COUNTERS.get_ptr_mut(&key) {
+    match DP_COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it while this program runs.
         Some(c) => unsafe {
             (*c).packets += 1;
@@ -52,12 +53,15 @@ fn count(ifindex: u32, reason: Reason, bytes: u64) {
         },
         None => {
             // A full map only loses the count, never the verdict.
-            let _ = DP_COUNTERS.insert(&key, &Counter { packets: 1, bytes }, BPF_NOEXIST as u64);
+            let _ = DP_COUNTERS.insert(key, Counter { packets: 1, bytes }, BPF_NOEXIST as u64);
         }
     }
 }
 
-#[cfg(not(test))]
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -118,7 +118,7 @@ impl RawSocket {
             if n < 0 {
                 continue;
             }
-            if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if sll.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             out.push(buf[..n as usize].to_vec());

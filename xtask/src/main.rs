@@ -153,7 +153,7 @@ fn test(filter: Option<String>) -> Result<()> {
     run_cmd(&mut unit).context("unit tests failed")?;
     eprintln!("[test] integration tests (root, one at a time, each in its own namespaces)");
     let mut it = cargo();
-    it.args(["test", "--package", "dataplane-tests"])
+    it.args(["test", "--no-fail-fast", "--package", "dataplane-tests"])
         .env("DATAPLANE_BIN", bin_path(false, "dataplane"))
         .arg("--");
     if let Some(f) = &filter {

@@ -17,17 +17,17 @@ pub enum BpfError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("program {name} is missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("the kernel refused program {name}: {source}")]
-    Verify { name: &'static str, #[source] source: aya::programs::ProgramError },
+    Verify { name: &'static str, #[source] source: Box<aya::programs::ProgramError> },
     #[error("interface {iface:?} not found in {netns}")]
     NoSuchInterface { iface: String, netns: String },
     #[error("{iface} already has an XDP program that dataplane did not attach (or attached under another --bpffs dir); remove it first (`ip link set dev {iface} xdp off`): {source}")]
-    Busy { iface: String, #[source] source: aya::programs::ProgramError },
+    Busy { iface: String, #[source] source: Box<aya::programs::ProgramError> },
     #[error("attaching {name} to {iface} in {mode} mode failed: {source}")]
-    Attach { name: &'static str, iface: String, mode: &'static str, #[source] source: aya::programs::ProgramError },
+    Attach { name: &'static str, iface: String, mode: &'static str, #[source] source: Box<aya::programs::ProgramError> },
     #[error("pinned link {} is unusable: {detail}", path.display())]
     Link { path: PathBuf, detail: String },
     #[error("pinning {} failed: {detail}", path.display())]
@@ -53,5 +53,5 @@ pub fn load_object(map_dir: &std::path::Path) -> Result<Ebpf, BpfError> {
         return Err(BpfError::PlaceholderObject);
     }
     crate::bpffs::ensure_dir(map_dir)?;
-    EbpfLoader::new().default_map_pin_directory(map_dir).load(OBJECT).map_err(BpfError::Load)
+    EbpfLoader::new().default_map_pin_directory(map_dir).load(OBJECT).map_err(|e| BpfError::Load(Box::new(e)))
 }

@@ -82,8 +82,8 @@ pub fn attach_parent(
         .program_mut(XDP_PARENT_PROG)
         .ok_or(BpfError::MissingProgram { name: XDP_PARENT_PROG })?
         .try_into()
-        .map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source })?;
-    prog.load().map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source })?;
+        .map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source: Box::new(source) })?;
+    prog.load().map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source: Box::new(source) })?;
 
     let pin = pins.xdp_link(netns, iface);
     crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
@@ -139,12 +139,12 @@ pub fn attach_parent(
                     pin,
                 });
             }
-            Err(e) if is_busy(&e) => return Err(BpfError::Busy { iface: iface.to_string(), source: e }),
+            Err(e) if is_busy(&e) => return Err(BpfError::Busy { iface: iface.to_string(), source: Box::new(e) }),
             Err(e) => last = Some((m, e)),
         }
     }
     let (m, source) = last.expect("at least one mode was tried");
-    Err(BpfError::Attach { name: XDP_PARENT_PROG, iface: iface.to_string(), mode: mode_name(m), source })
+    Err(BpfError::Attach { name: XDP_PARENT_PROG, iface: iface.to_string(), mode: mode_name(m), source: Box::new(source) })
 }
 
 /// Swap `prog` into the pinned link at `pin`. `Ok(None)` when the link is defunct (its
