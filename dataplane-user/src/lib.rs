@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod bpffs;
+pub mod ipam;
 pub mod mac;
 pub mod netns;
 
