@@ -11,4 +11,4 @@ pub mod frame;
 pub mod maps;
 
 pub use frame::{admission, parse_l2, Decision, L2Header, Malformed, Packet, Verdict};
-pub use maps::{AdmitKey, AdmitValue, Counter, CounterKey, Reason};
+pub use maps::{AdmitKey, AdmitValue, Counter, CounterKey, Reason, VlanKey, VlanTrunk};

@@ -9,6 +9,16 @@ pub const ADMIT_MAP: &str = "DP_ADMIT";
 pub const COUNTERS_MAP: &str = "DP_COUNTERS";
 /// Name of the XDP program attached to parent interfaces.
 pub const XDP_PARENT_PROG: &str = "dp_parent";
+/// TC (tcx ingress) program on a trunk that steers tagged frames to eBPF VLAN devices.
+pub const TC_TRUNK_PROG: &str = "dp_trunk_in";
+/// TC (tcx ingress) program on the hidden end of an eBPF VLAN device: tags and sends
+/// frames out of the trunk.
+pub const TC_VLAN_OUT_PROG: &str = "dp_vlan_out";
+/// (trunk ifindex, VID) -> hidden veth end of the VLAN device.
+pub const VLAN_DEVS_MAP: &str = "DP_VLAN_DEVS";
+/// hidden veth end ifindex -> (trunk ifindex, VID).
+pub const VLAN_PEERS_MAP: &str = "DP_VLAN_PEERS";
+pub const VLAN_MAX_ENTRIES: u32 = 4096;
 
 /// Enough for the 65 536-endpoint scale target with room to spare.
 pub const ADMIT_MAX_ENTRIES: u32 = 1 << 17;
@@ -17,6 +27,11 @@ pub const COUNTERS_MAX_ENTRIES: u32 = 4096;
 
 /// Untagged (and priority-tagged, VID 0) frames use this VLAN id in keys.
 pub const VLAN_UNTAGGED: u16 = 0;
+/// Key VLAN of the second entry user space writes for every endpoint of a VLAN network.
+/// NICs and veth usually move the 802.1Q tag into metadata XDP cannot read, so a tagged
+/// frame can look untagged there: XDP then admits a MAC that is allocated in some VLAN of
+/// the trunk, and the exact VLAN is enforced after XDP (kernel VLAN demux or TC steering).
+pub const VLAN_TAG_HIDDEN: u16 = 0xffff;
 
 /// Key of [`ADMIT_MAP`].
 #[repr(C)]
@@ -57,6 +72,24 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Key of [`VLAN_DEVS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VlanKey {
+    pub trunk_ifindex: u32,
+    pub vid: u16,
+    pub pad: u16,
+}
+
+/// Value of [`VLAN_PEERS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VlanTrunk {
+    pub trunk_ifindex: u32,
+    pub vid: u16,
+    pub pad: u16,
+}
+
 /// Why a frame was passed or dropped. The numbers are part of the pinned-map ABI:
 /// append, never renumber.
 #[repr(u32)]
@@ -74,16 +107,25 @@ pub enum Reason {
     DropMalformed = 4,
     /// More than one VLAN tag (802.1ad/802.1Q stacks): a VLAN-hopping shape.
     DropStackedTags = 5,
+    /// A tagged frame on a trunk for a VLAN that has no network here.
+    DropUnknownVlan = 6,
+    /// A tagged frame steered into its eBPF VLAN device (tag popped).
+    VlanSteered = 7,
+    /// A frame from an eBPF VLAN device sent out of the trunk (tag pushed).
+    VlanTagged = 8,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 9] = [
         Reason::PassAdmitted,
         Reason::PassBroadcast,
         Reason::PassMulticast,
         Reason::DropUnknownDestination,
         Reason::DropMalformed,
         Reason::DropStackedTags,
+        Reason::DropUnknownVlan,
+        Reason::VlanSteered,
+        Reason::VlanTagged,
     ];
 
     pub const fn from_u32(v: u32) -> Option<Reason> {
@@ -94,6 +136,9 @@ impl Reason {
             3 => Some(Reason::DropUnknownDestination),
             4 => Some(Reason::DropMalformed),
             5 => Some(Reason::DropStackedTags),
+            6 => Some(Reason::DropUnknownVlan),
+            7 => Some(Reason::VlanSteered),
+            8 => Some(Reason::VlanTagged),
             _ => None,
         }
     }
@@ -107,13 +152,19 @@ impl Reason {
             Reason::DropUnknownDestination => "drop_unknown_destination",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropStackedTags => "drop_stacked_tags",
+            Reason::DropUnknownVlan => "drop_unknown_vlan",
+            Reason::VlanSteered => "vlan_steered",
+            Reason::VlanTagged => "vlan_tagged",
         }
     }
 
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Reason::DropUnknownDestination | Reason::DropMalformed | Reason::DropStackedTags
+            Reason::DropUnknownDestination
+                | Reason::DropMalformed
+                | Reason::DropStackedTags
+                | Reason::DropUnknownVlan
         )
     }
 }
@@ -126,6 +177,8 @@ mod user {
     unsafe impl aya::Pod for super::AdmitValue {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::VlanKey {}
+    unsafe impl aya::Pod for super::VlanTrunk {}
 }
 
 #[cfg(test)]

@@ -7,15 +7,17 @@
 mod packet;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
-    macros::{map, xdp},
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuHashMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
     admission,
-    maps::{ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES},
-    AdmitKey, AdmitValue, Counter, CounterKey, Reason, Verdict,
+    frame::{ETH_P_8021AD, ETH_P_8021Q, VID_MASK},
+    maps::{ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
+    AdmitKey, AdmitValue, Counter, CounterKey, Reason, Verdict, VlanKey, VlanTrunk,
 };
 
 use crate::packet::XdpPacket;
@@ -30,6 +32,14 @@ static DP_ADMIT: HashMap<AdmitKey, AdmitValue> = HashMap::pinned(ADMIT_MAX_ENTRI
 static DP_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::pinned(COUNTERS_MAX_ENTRIES, 0);
 
+/// (trunk ifindex, VID) -> ifindex of the hidden end of that VLAN's device.
+#[map(name = "DP_VLAN_DEVS")]
+static DP_VLAN_DEVS: HashMap<VlanKey, u32> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);
+
+/// Hidden end ifindex -> the trunk and VID its frames leave with.
+#[map(name = "DP_VLAN_PEERS")]
+static DP_VLAN_PEERS: HashMap<u32, VlanTrunk> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);
+
 #[xdp]
 pub fn dp_parent(ctx: XdpContext) -> u32 {
     let pkt = XdpPacket::new(&ctx);
@@ -39,6 +49,79 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
     match decision.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// Trunk ingress (tcx): a tagged frame goes to its VLAN's device with the tag popped;
+/// tags for VLANs without a network, and tag stacks, are dropped; untagged frames pass.
+///
+/// The stack has already moved the outer tag into `vlan_tci` (skb_vlan_untag runs before
+/// tc ingress, and veth/NICs deliver it there anyway), so only metadata is read here.
+#[classifier]
+pub fn dp_trunk_in(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's duration.
+    let (present, tci, proto, ifindex, len) =
+        unsafe { ((*skb).vlan_present, (*skb).vlan_tci, (*skb).protocol, (*skb).ifindex, (*skb).len) };
+    if present == 0 {
+        return TC_ACT_OK;
+    }
+    let vid = (tci as u16) & VID_MASK;
+    if vid == 0 {
+        // Priority tag: untagged traffic with a PCP.
+        return TC_ACT_OK;
+    }
+    let inner = u16::from_be(proto as u16);
+    if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
+        count(ifindex, Reason::DropStackedTags, u64::from(len));
+        return TC_ACT_SHOT;
+    }
+    let key = VlanKey { trunk_ifindex: ifindex, vid, pad: 0 };
+    let Some(dev) = DP_VLAN_DEVS.get_ptr(key) else {
+        count(ifindex, Reason::DropUnknownVlan, u64::from(len));
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let dev = unsafe { *dev };
+    // SAFETY: helper call on our own context.
+    if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
+        count(ifindex, Reason::DropMalformed, u64::from(len));
+        return TC_ACT_SHOT;
+    }
+    count(ifindex, Reason::VlanSteered, u64::from(len));
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(dev, 0) as i32 }
+}
+
+/// Ingress of the hidden end of an eBPF VLAN device, i.e. everything sent out of the
+/// user-visible `IFACE.VID`: push the VLAN's tag and send it out of the trunk.
+#[classifier]
+pub fn dp_vlan_out(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's duration.
+    let (present, ifindex, len) = unsafe { ((*skb).vlan_present, (*skb).ifindex, (*skb).len) };
+    let Some(t) = DP_VLAN_PEERS.get_ptr(ifindex) else {
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let t = unsafe { *t };
+    if present != 0 {
+        // Already tagged inside a VLAN: a double-tagging (VLAN hopping) attempt.
+        count(t.trunk_ifindex, Reason::DropStackedTags, u64::from(len));
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: helper call on our own context.
+    if unsafe { bpf_skb_vlan_push(skb, ETH_P_8021Q.to_be(), t.vid) } != 0 {
+        count(t.trunk_ifindex, Reason::DropMalformed, u64::from(len));
+        return TC_ACT_SHOT;
+    }
+    count(t.trunk_ifindex, Reason::VlanTagged, u64::from(len));
+    // SAFETY: plain helper call.
+    let rc = unsafe { bpf_redirect(t.trunk_ifindex, 0) } as i32;
+    if rc == TC_ACT_REDIRECT {
+        rc
+    } else {
+        TC_ACT_SHOT
     }
 }
 

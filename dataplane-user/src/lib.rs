@@ -4,8 +4,10 @@
 pub mod bpf;
 pub mod bpffs;
 pub mod ipam;
+pub mod store;
 pub mod mac;
 pub mod netns;
+pub mod nl;
 
 /// Default bpffs directory for pins (maps, links); one per host network namespace.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/dataplane";

@@ -88,3 +88,71 @@ pub fn hwaddr(iface: &str) -> Option<[u8; 6]> {
     }
     Some(mac)
 }
+
+const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Create a named network namespace at /run/netns/NAME, as `ip netns add` does: the
+/// namespace is kept alive by a bind mount of its nsfs file, in a shared mount so other
+/// mount namespaces (e.g. `ip netns exec`) see it.
+pub fn create_named(name: &str) -> std::io::Result<PathBuf> {
+    use std::ffi::CString;
+    let dir = std::path::Path::new(NETNS_RUN_DIR);
+    std::fs::create_dir_all(dir)?;
+    let cdir = CString::new(NETNS_RUN_DIR).expect("no NUL");
+    let none = c"none";
+    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+    unsafe {
+        if libc::mount(none.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) != 0 {
+            // Not a mount point yet: make it one, then shared.
+            if libc::mount(cdir.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::mount(none.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    let path = dir.join(name);
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    let target = CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // A fresh thread unshares its network namespace and pins it by bind-mounting its nsfs
+    // file; the thread (and our own namespace) are untouched afterwards.
+    let res = std::thread::spawn(move || -> std::io::Result<()> {
+        // SAFETY: unshare/mount on this short-lived thread only.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let src = c"/proc/thread-self/ns/net";
+            if libc::mount(src.as_ptr(), target.as_ptr(), none.as_ptr(), libc::MS_BIND, std::ptr::null()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?;
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Delete a namespace made by [`create_named`] (unmount, unlink). Interfaces inside it
+/// go with it once nothing else holds it.
+pub fn delete_named(path: &std::path::Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: umount2 with a valid path.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

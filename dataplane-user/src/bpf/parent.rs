@@ -196,7 +196,10 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
         return Ok(());
     }
     let mut first_err = None;
-    for path in [pins.admit_map(), pins.counters_map()] {
+    let maps: Vec<PathBuf> = std::fs::read_dir(pins.maps_dir())
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for path in maps {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -248,10 +251,8 @@ pub fn list_attachments(pins: &Pins) -> Vec<LinkStatus> {
     list_link_pins(pins)
         .into_iter()
         .map(|(netns, pin)| {
-            let iface = pin
-                .file_name()
-                .map(|n| n.to_string_lossy().trim_start_matches("xdp-").to_string())
-                .unwrap_or_default();
+            let iface = pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let iface = iface.strip_prefix("xdp-").map(|s| format!("{s} (xdp)")).or_else(|| iface.strip_prefix("tcin-").map(|s| format!("{s} (tc ingress)"))).unwrap_or(iface);
             let info = PinnedLink::from_pin(&pin).map_err(|e| e.to_string()).and_then(|p| {
                 let fd: FdLink = p.into();
                 fd.info().map_err(|e| e.to_string())

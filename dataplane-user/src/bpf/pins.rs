@@ -3,6 +3,7 @@
 //! ```text
 //! <bpffs>/maps/DP_ADMIT, DP_COUNTERS         shared maps (pinned by name)
 //! <bpffs>/links/<netns>/xdp-<iface>          one pinned XDP link per parent interface
+//! <bpffs>/links/<netns>/tcin-<iface>         tcx ingress link (VLAN steering) per interface
 //! ```
 //! `<netns>` is `host` for the namespace dataplane runs in, or `ns-<name>` for a named
 //! namespace given with --netns (ifindexes are only unique per namespace).
@@ -47,6 +48,15 @@ impl Pins {
 
     pub fn xdp_link(&self, netns: Option<&str>, iface: &str) -> PathBuf {
         self.netns_dir(netns).join(format!("xdp-{iface}"))
+    }
+
+    /// tcx ingress link of `prog` on `iface`.
+    pub fn tc_link(&self, netns: Option<&str>, iface: &str) -> PathBuf {
+        self.netns_dir(netns).join(format!("tcin-{iface}"))
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
     }
 }
 

@@ -1,0 +1,53 @@
+//! The two maps that make an eBPF VLAN device: trunk+VID -> device, device -> trunk+VID.
+
+use aya::maps::{HashMap, Map, MapData};
+use dataplane_common::{
+    maps::{VLAN_DEVS_MAP, VLAN_PEERS_MAP},
+    VlanKey, VlanTrunk,
+};
+
+use super::{object::BpfError, pins::Pins};
+
+fn open<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> Result<HashMap<MapData, K, V>, BpfError> {
+    let path = pins.map(name);
+    let err = |d: String| BpfError::Map { path: path.clone(), detail: d };
+    if !path.exists() {
+        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
+    }
+    let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
+    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
+    HashMap::try_from(map).map_err(|e| err(e.to_string()))
+}
+
+pub fn insert(pins: &Pins, trunk_ifindex: u32, vid: u16, dev_ifindex: u32) -> Result<(), BpfError> {
+    let mut devs: HashMap<_, VlanKey, u32> = open(pins, VLAN_DEVS_MAP)?;
+    let mut peers: HashMap<_, u32, VlanTrunk> = open(pins, VLAN_PEERS_MAP)?;
+    let e = |d: aya::maps::MapError| BpfError::Map { path: pins.maps_dir(), detail: d.to_string() };
+    peers.insert(dev_ifindex, VlanTrunk { trunk_ifindex, vid, pad: 0 }, 0).map_err(e)?;
+    devs.insert(VlanKey { trunk_ifindex, vid, pad: 0 }, dev_ifindex, 0).map_err(e)?;
+    Ok(())
+}
+
+pub fn remove(pins: &Pins, trunk_ifindex: u32, vid: u16, dev_ifindex: Option<u32>) -> Result<(), BpfError> {
+    if !pins.map(VLAN_DEVS_MAP).exists() {
+        return Ok(());
+    }
+    let mut devs: HashMap<_, VlanKey, u32> = open(pins, VLAN_DEVS_MAP)?;
+    let mut peers: HashMap<_, u32, VlanTrunk> = open(pins, VLAN_PEERS_MAP)?;
+    let key = VlanKey { trunk_ifindex, vid, pad: 0 };
+    let dev = dev_ifindex.or_else(|| devs.get(&key, 0).ok());
+    let _ = devs.remove(&key);
+    if let Some(d) = dev {
+        let _ = peers.remove(&d);
+    }
+    Ok(())
+}
+
+/// Every (trunk, vid) with an eBPF VLAN device.
+pub fn list(pins: &Pins) -> Result<Vec<(VlanKey, u32)>, BpfError> {
+    if !pins.map(VLAN_DEVS_MAP).exists() {
+        return Ok(Vec::new());
+    }
+    let devs: HashMap<_, VlanKey, u32> = open(pins, VLAN_DEVS_MAP)?;
+    Ok(devs.iter().flatten().collect())
+}

@@ -1,0 +1,249 @@
+//! Links, addresses and routes over rtnetlink, in this or another network namespace.
+//!
+//! A netlink socket belongs to the namespace it was created in, so a handle for another
+//! namespace is made by moving this thread there, opening the socket, and moving back.
+//! Requests are driven on a small current-thread runtime: callers stay synchronous.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::{AsRawFd, RawFd},
+    path::Path,
+};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, MacVlanMode},
+    Handle, LinkMacVlan, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct NlError {
+    pub op: String,
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl NlError {
+    fn new(op: impl Into<String>, e: rtnetlink::Error) -> NlError {
+        let (errno, message) = match &e {
+            rtnetlink::Error::NetlinkError(m) => {
+                let io = m.to_io();
+                (io.raw_os_error(), io.to_string())
+            }
+            other => (None, other.to_string()),
+        };
+        NlError { op: op.into(), errno, message }
+    }
+
+    fn io(op: impl Into<String>, e: std::io::Error) -> NlError {
+        NlError { op: op.into(), errno: e.raw_os_error(), message: e.to_string() }
+    }
+
+    pub fn is(&self, errno: i32) -> bool {
+        self.errno == Some(errno)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, NlError>;
+
+pub struct Nl {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+#[derive(Clone, Debug)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub loopback: bool,
+    pub up: bool,
+    pub kind: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+fn info_of(m: &LinkMessage) -> LinkInfo {
+    let mut li = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        loopback: m.header.flags.contains(LinkFlags::Loopback),
+        up: m.header.flags.contains(LinkFlags::Up),
+        kind: None,
+        mtu: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => li.name = n.clone(),
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(b);
+                li.mac = Some(mac);
+            }
+            LinkAttribute::Mtu(m) => li.mtu = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let rtnetlink::packet_route::link::LinkInfo::Kind(k) = i {
+                        li.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    li
+}
+
+/// Run `f` with this thread in the network namespace at `path`, then move back.
+pub fn with_netns<T>(path: &Path, f: impl FnOnce() -> T) -> std::io::Result<T> {
+    let home = File::open("/proc/thread-self/ns/net")?;
+    let target = File::open(path)?;
+    // SAFETY: setns with fds we own; we always switch back below.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let out = f();
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // Continuing in the wrong namespace would act on the wrong interfaces.
+        panic!("cannot return to the original network namespace: {}", std::io::Error::last_os_error());
+    }
+    Ok(out)
+}
+
+impl Nl {
+    /// A handle on the current thread's network namespace.
+    pub fn here() -> Result<Nl> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| NlError::io("starting the netlink runtime", e))?;
+        let handle = {
+            let _g = rt.enter();
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NlError::io("opening a netlink socket", e))?;
+            rt.spawn(conn);
+            handle
+        };
+        Ok(Nl { rt, handle })
+    }
+
+    /// A handle on the network namespace at `path`.
+    pub fn in_netns(path: &Path) -> Result<Nl> {
+        with_netns(path, Nl::here).map_err(|e| NlError::io(format!("entering network namespace {}", path.display()), e))?
+    }
+
+    pub fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let h = self.handle.clone();
+        let name = name.to_string();
+        self.rt.block_on(async move {
+            let mut s = h.link().get().match_name(name.clone()).execute();
+            match s.try_next().await {
+                Ok(Some(m)) => Ok(Some(info_of(&m))),
+                Ok(None) => Ok(None),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.to_io().raw_os_error() == Some(libc::ENODEV) => Ok(None),
+                Err(e) => Err(NlError::new(format!("looking up {name}"), e)),
+            }
+        })
+    }
+
+    pub fn links(&self) -> Result<Vec<LinkInfo>> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut out = Vec::new();
+            let mut s = h.link().get().execute();
+            while let Some(m) = s.try_next().await.map_err(|e| NlError::new("listing links", e))? {
+                out.push(info_of(&m));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Create a macvlan of `parent_index` named `name`, with `mac`, directly inside the
+    /// namespace `netns_fd` when given.
+    pub fn add_macvlan(&self, name: &str, parent_index: u32, mode: &str, mac: [u8; 6], netns_fd: Option<RawFd>) -> Result<()> {
+        let mode = match mode {
+            "private" => MacVlanMode::Private,
+            "vepa" => MacVlanMode::Vepa,
+            "passthru" => MacVlanMode::Passthrough,
+            _ => MacVlanMode::Bridge,
+        };
+        let mut b = LinkMacVlan::new(name, parent_index, mode).address(mac.to_vec());
+        if let Some(fd) = netns_fd {
+            b = b.setns_by_fd(fd);
+        }
+        let msg = b.build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().add(msg).execute().await })
+            .map_err(|e| NlError::new(format!("creating macvlan {name}"), e))
+    }
+
+    /// An 802.1Q subinterface (needs the kernel's 8021q support).
+    pub fn add_vlan(&self, name: &str, trunk_index: u32, vid: u16) -> Result<()> {
+        let msg = LinkVlan::new(name, trunk_index, vid).build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().add(msg).execute().await })
+            .map_err(|e| NlError::new(format!("creating VLAN device {name}"), e))
+    }
+
+    pub fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
+        let msg = LinkVeth::new(name, peer).build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().add(msg).execute().await })
+            .map_err(|e| NlError::new(format!("creating veth pair {name}/{peer}"), e))
+    }
+
+    pub fn set_up(&self, index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().set(msg).execute().await })
+            .map_err(|e| NlError::new(format!("bringing up link {index}"), e))
+    }
+
+    pub fn del_link(&self, index: u32) -> Result<()> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().del(index).execute().await })
+            .map_err(|e| NlError::new(format!("deleting link {index}"), e))
+    }
+
+    pub fn add_addr(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.address().add(index, ip, prefix).execute().await })
+            .map_err(|e| NlError::new(format!("adding address {ip}/{prefix}"), e))
+    }
+
+    pub fn add_default_route(&self, gateway: IpAddr, index: u32) -> Result<()> {
+        let msg = match gateway {
+            IpAddr::V4(g) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().gateway(g).output_interface(index).build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().gateway(g).output_interface(index).build(),
+        };
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.route().add(msg).execute().await })
+            .map_err(|e| NlError::new(format!("adding default route via {gateway}"), e))
+    }
+
+    /// Every address as (ifindex, address, prefix).
+    pub fn addrs(&self) -> Result<Vec<(u32, IpAddr, u8)>> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut out = Vec::new();
+            let mut s = h.address().get().execute();
+            while let Some(m) = s.try_next().await.map_err(|e| NlError::new("listing addresses", e))? {
+                for a in &m.attributes {
+                    if let AddressAttribute::Address(ip) = a {
+                        out.push((m.header.index, *ip, m.header.prefix_len));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}

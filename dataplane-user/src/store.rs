@@ -1,0 +1,359 @@
+//! The state database: an embedded SQLite file under the state dir, in WAL mode, with
+//! every mutation in a `BEGIN IMMEDIATE` transaction so concurrent `dataplane` processes
+//! serialize on it (busy timeout) instead of corrupting each other.
+//!
+//! Rows are JSON documents of the model types plus the columns the database must
+//! enforce uniqueness on (names, addresses per network, MACs per parent).
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::ipam::Pool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state dir {}: {source} (pass --state-dir DIR or set DATAPLANE_STATE_DIR to a writable directory)", dir.display())]
+    Dir { dir: PathBuf, #[source] source: std::io::Error },
+    #[error("state database {}: {source}", path.display())]
+    Db { path: PathBuf, #[source] source: rusqlite::Error },
+    #[error("corrupt row in the state database: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    Macvlan,
+    Host,
+    None,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Macvlan => "macvlan",
+            Driver::Host => "host",
+            Driver::None => "null",
+        }
+    }
+}
+
+/// How a trunk parent `IFACE.VID` is realised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VlanParent {
+    pub trunk: String,
+    pub vid: u16,
+    /// Whether dataplane created the subinterface (and so removes it with its last network).
+    pub created: bool,
+    /// "kernel" (8021q device) or "ebpf" (veth pair steered by TC programs).
+    pub kind: String,
+    /// The hidden veth end fed by the trunk (eBPF kind only).
+    pub peer: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub driver: Driver,
+    pub created: String,
+    pub internal: bool,
+    pub ipv6: bool,
+    pub options: BTreeMap<String, String>,
+    pub pools: Vec<Pool>,
+    /// The interface macvlans hang on (e.g. `eth0` or `eth0.50`).
+    pub parent: Option<String>,
+    pub macvlan_mode: Option<String>,
+    pub vlan: Option<VlanParent>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointState {
+    Creating,
+    Ready,
+    Removing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub name: String,
+    /// Path of the network namespace (`/run/netns/NAME`, or a handed-over path).
+    pub netns: String,
+    /// Whether dataplane made the namespace (and so deletes it).
+    pub netns_owned: bool,
+    /// "host", "none" or a network name.
+    pub network_mode: String,
+    pub created: String,
+    pub state: EndpointState,
+    /// Process that is creating/removing it (to detect a crashed half-way command).
+    pub owner_pid: u32,
+    /// Detached command (run -d CMD), if any.
+    pub pid: Option<u32>,
+    pub auto_remove: bool,
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub endpoint: String,
+    pub network: String,
+    pub ifname: String,
+    pub mac: String,
+    pub ipv4: Option<IpAddr>,
+    pub ipv6: Option<IpAddr>,
+    /// The physical parent the MAC must be unique on.
+    pub parent: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS endpoints (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attachments (
+    endpoint TEXT NOT NULL, network TEXT NOT NULL, ipv4 TEXT, ipv6 TEXT, mac TEXT NOT NULL, parent TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (endpoint, network),
+    UNIQUE (network, ipv4), UNIQUE (network, ipv6), UNIQUE (parent, mac));
+";
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("model types serialize")
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{e}: {s}")))
+}
+
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        crate::bpffs::create_private(state_dir).map_err(|e| match e {
+            crate::bpffs::BpffsError::Create { dir, source } => StoreError::Dir { dir, source },
+            other => StoreError::Dir { dir: state_dir.to_path_buf(), source: std::io::Error::other(other.to_string()) },
+        })?;
+        let path = state_dir.join("state.db");
+        let db = |source| StoreError::Db { path: path.clone(), source };
+        let existed = path.exists();
+        let conn = Connection::open(&path).map_err(db)?;
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.busy_timeout(Duration::from_secs(60)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Store { conn, path })
+    }
+
+    /// Run `f` in an immediate (write-locked) transaction; commit if it returns Ok.
+    pub fn write<T, E: From<StoreError>>(&mut self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| StoreError::Db { path: path.clone(), source })?;
+        let t = Tx { tx, path: &path };
+        let out = f(&t)?;
+        t.tx.commit().map_err(|source| StoreError::Db { path: path.clone(), source })?;
+        Ok(out)
+    }
+
+    /// Read-only snapshot.
+    pub fn read<T, E: From<StoreError>>(&mut self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|source| StoreError::Db { path: path.clone(), source })?;
+        let t = Tx { tx, path: &path };
+        f(&t)
+    }
+}
+
+impl Tx<'_> {
+    fn db(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Db { path: self.path.to_path_buf(), source }
+    }
+
+    pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
+        let mut st = self.tx.prepare("SELECT doc FROM networks ORDER BY name").map_err(|e| self.db(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.db(e))?;
+        rows.map(|r| r.map_err(|e| self.db(e)).and_then(|s| parse(&s))).collect()
+    }
+
+    pub fn network(&self, name_or_id: &str) -> Result<Option<Network>, StoreError> {
+        let doc: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT doc FROM networks WHERE name = ?1 OR id = ?1 OR (length(?1) >= 12 AND id LIKE ?1 || '%') LIMIT 1",
+                [name_or_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        doc.map(|d| parse(&d)).transpose()
+    }
+
+    pub fn put_network(&self, n: &Network) -> Result<(), StoreError> {
+        self.tx
+            .execute("INSERT INTO networks (name, id, doc) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET doc = excluded.doc", params![n.name, n.id, json(n)])
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn delete_network(&self, name: &str) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM networks WHERE name = ?1", [name]).map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        let mut st = self.tx.prepare("SELECT doc FROM endpoints ORDER BY name").map_err(|e| self.db(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.db(e))?;
+        rows.map(|r| r.map_err(|e| self.db(e)).and_then(|s| parse(&s))).collect()
+    }
+
+    pub fn endpoint(&self, name_or_id: &str) -> Result<Option<Endpoint>, StoreError> {
+        let doc: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT doc FROM endpoints WHERE name = ?1 OR id = ?1 OR (length(?1) >= 12 AND id LIKE ?1 || '%') LIMIT 1",
+                [name_or_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        doc.map(|d| parse(&d)).transpose()
+    }
+
+    pub fn put_endpoint(&self, e: &Endpoint) -> Result<(), StoreError> {
+        self.tx
+            .execute("INSERT INTO endpoints (name, id, doc) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET doc = excluded.doc", params![e.name, e.id, json(e)])
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn delete_endpoint(&self, name: &str) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM attachments WHERE endpoint = ?1", [name]).map_err(|e| self.db(e))?;
+        self.tx.execute("DELETE FROM endpoints WHERE name = ?1", [name]).map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn attachments(&self) -> Result<Vec<Attachment>, StoreError> {
+        let mut st = self.tx.prepare("SELECT doc FROM attachments ORDER BY network, endpoint").map_err(|e| self.db(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.db(e))?;
+        rows.map(|r| r.map_err(|e| self.db(e)).and_then(|s| parse(&s))).collect()
+    }
+
+    pub fn put_attachment(&self, a: &Attachment) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO attachments (endpoint, network, ipv4, ipv6, mac, parent, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT(endpoint, network) DO UPDATE SET ipv4 = excluded.ipv4, ipv6 = excluded.ipv6, mac = excluded.mac, parent = excluded.parent, doc = excluded.doc",
+                params![a.endpoint, a.network, a.ipv4.map(|i| i.to_string()), a.ipv6.map(|i| i.to_string()), a.mac, a.parent, json(a)],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn delete_attachment(&self, endpoint: &str, network: &str) -> Result<(), StoreError> {
+        self.tx
+            .execute("DELETE FROM attachments WHERE endpoint = ?1 AND network = ?2", [endpoint, network])
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+}
+
+/// 64 hex characters from the kernel's random source.
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    // SAFETY: getrandom writes at most len bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    assert_eq!(n, 32, "getrandom failed");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// RFC 3339 UTC timestamp, like Docker's `Created`.
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir() -> PathBuf {
+        std::env::temp_dir().join(format!("dp-store-{}", new_id()))
+    }
+
+    #[test]
+    fn networks_round_trip_and_uniqueness_is_enforced() {
+        let dir = tmpdir();
+        let mut s = Store::open(&dir).unwrap();
+        let n = Network {
+            id: new_id(), name: "pub_net".into(), driver: Driver::Macvlan, created: now_rfc3339(), internal: false,
+            ipv6: false, options: BTreeMap::new(), pools: vec![], parent: Some("eth1".into()), macvlan_mode: Some("bridge".into()), vlan: None,
+        };
+        s.write(|t| t.put_network(&n)).unwrap();
+        let got = s.read(|t| t.network("pub_net")).unwrap().unwrap();
+        assert_eq!(got, n);
+        assert_eq!(s.read(|t| t.network(&n.id[..12])).unwrap().unwrap().name, "pub_net");
+        let a = Attachment { endpoint: "e1".into(), network: "pub_net".into(), ifname: "eth0".into(), mac: "02:42:00:00:00:01".into(), ipv4: Some("10.0.0.2".parse().unwrap()), ipv6: None, parent: "eth1".into() };
+        s.write(|t| t.put_attachment(&a)).unwrap();
+        let mut b = a.clone();
+        b.endpoint = "e2".into();
+        b.mac = "02:42:00:00:00:02".into();
+        let err = s.write(|t| t.put_attachment(&b)).unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        // A failed transaction leaves nothing behind.
+        assert_eq!(s.read(|t| t.attachments()).unwrap().len(), 1);
+        let mode = std::fs::metadata(dir.join("state.db")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn timestamps_look_like_docker() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 30, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T", "{t}");
+    }
+}
