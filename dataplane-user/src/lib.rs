@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod bpffs;
+pub mod control;
 pub mod ipam;
 pub mod store;
 pub mod mac;

@@ -12,3 +12,8 @@ pub mod vlan_maps;
 pub use object::{load_object, BpfError};
 pub use parent::{attach_parent, detach_parent, list_attachments, AttachMode, Attachment};
 pub use pins::Pins;
+
+/// Create (or reuse) every pinned map without attaching anything.
+pub fn ensure_maps(pins: &Pins) -> Result<(), BpfError> {
+    load_object(&pins.maps_dir()).map(drop)
+}

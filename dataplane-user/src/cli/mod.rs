@@ -1,15 +1,24 @@
 //! Command line: one file per command group.
 
 mod bpf;
+mod endpoint;
+mod network;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use dataplane_user::control::Engine;
 
 #[derive(Parser, Debug)]
 #[command(name = "dataplane", version, about = "Docker-style host networks (macvlan, 802.1Q trunks, host, none) enforced in the kernel by XDP/TC programs")]
 pub struct Cli {
+    /// Directory of the state database (one per instance).
+    #[arg(long, global = true, env = "DATAPLANE_STATE_DIR", default_value = "/var/lib/dataplane")]
+    pub state_dir: PathBuf,
+
     /// bpffs directory for this instance's pinned maps and links (one per host network namespace).
     #[arg(long, global = true, env = "DATAPLANE_BPFFS", default_value = dataplane_user::DEFAULT_BPFFS_DIR)]
-    pub bpffs: std::path::PathBuf,
+    pub bpffs: PathBuf,
 
     #[command(subcommand)]
     pub command: Command,
@@ -17,9 +26,60 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Manage networks (create, ls, inspect, rm, connect, disconnect).
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Create an endpoint (a network namespace on a network) and optionally run a command in it.
+    Run(endpoint::RunArgs),
+    /// Run a command inside an endpoint's network namespace.
+    Exec {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List endpoints.
+    Ps {
+        /// Accepted for Docker compatibility: every endpoint is listed.
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Stop endpoints' commands (SIGTERM, then SIGKILL); --rm endpoints are then removed.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove endpoints (namespace, links, addresses, map entries).
+    Rm {
+        /// Also kill a running command.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Make the kernel match the store: report drift and repair it.
+    Reconcile {
+        /// Only report.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Low-level access to the kernel programs and maps (load, unload, admit, counters).
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        name: String,
+        #[arg(long)]
+        interactive: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -29,9 +89,96 @@ pub enum Format {
     Json,
 }
 
+/// Before a mutating command: finish what crashed commands left, repair drift.
+pub fn repair(engine: &mut Engine) {
+    match engine.reconcile(false) {
+        Ok(r) => {
+            for d in r.drift {
+                eprintln!("dataplane: reconciled: {d}");
+            }
+            for e in r.errors {
+                eprintln!("dataplane: warning: {e}");
+            }
+        }
+        Err(e) => eprintln!("dataplane: warning: reconcile failed: {e}"),
+    }
+}
+
+fn engine(cli: &Cli) -> anyhow::Result<Engine> {
+    Ok(Engine::open(&cli.state_dir, &cli.bpffs)?)
+}
+
 pub fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Bpf(cmd) => bpf::run(&cli.bpffs, cmd),
+    match &cli.command {
+        Command::Bpf(_) => {
+            let Command::Bpf(cmd) = cli.command else { unreachable!() };
+            bpf::run(&cli.bpffs, cmd)
+        }
+        Command::Network(_) => {
+            let mut e = engine(&cli)?;
+            let Command::Network(cmd) = cli.command else { unreachable!() };
+            network::run(&mut e, cmd)
+        }
+        Command::Run(_) => {
+            let mut e = engine(&cli)?;
+            let cli2 = Cli { state_dir: cli.state_dir.clone(), bpffs: cli.bpffs.clone(), command: Command::Ps { all: false, format: Format::Table } };
+            let Command::Run(args) = cli.command else { unreachable!() };
+            endpoint::run(&mut e, &cli2, args).map_err(|e| e.context(ExitCode(125)))
+        }
+        Command::Exec { name, command } => endpoint::exec(&mut engine(&cli)?, name, command),
+        Command::Ps { format, .. } => endpoint::ps(&mut engine(&cli)?, *format),
+        Command::Stop { time, names } => endpoint::stop(&mut engine(&cli)?, names, *time),
+        Command::Rm { force, names } => {
+            let mut e = engine(&cli)?;
+            repair(&mut e);
+            let mut failed = false;
+            for n in names {
+                match e.rm(n, *force) {
+                    Ok(w) => {
+                        for w in w {
+                            eprintln!("dataplane: warning: {n}: {w}");
+                        }
+                        println!("{n}");
+                    }
+                    Err(err) => {
+                        eprintln!("dataplane: error: {err}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(i32::from(failed))
+        }
+        Command::Reconcile { dry_run, format } => {
+            let r = engine(&cli)?.reconcile(*dry_run)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Format::Table => {
+                    if r.drift.is_empty() {
+                        println!("no drift: the kernel matches the store");
+                    }
+                    for d in &r.drift {
+                        println!("{}{d}", if *dry_run { "drift: " } else { "repaired: " });
+                    }
+                    for e in &r.errors {
+                        println!("failed: {e}");
+                    }
+                }
+            }
+            Ok(i32::from(!r.errors.is_empty()))
+        }
+        Command::Supervise { name, interactive, command } => {
+            endpoint::supervise(&mut engine(&cli)?, &cli.state_dir, name, *interactive, command)
+        }
+    }
+}
+
+/// Exit code carried by an error (Docker uses 125 for errors of `run` itself).
+#[derive(Debug, Clone, Copy)]
+pub struct ExitCode(pub i32);
+
+impl std::fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
     }
 }

@@ -1,0 +1,318 @@
+//! `dataplane run | exec | ps | stop | rm` and the detached-command supervisor.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dataplane_user::control::{Engine, RunRequest};
+
+use super::Format;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Create the endpoint and return; a command keeps running in the background.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep the command's standard input open (detached commands get a pipe that stays open).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Accepted for Docker compatibility; dataplane allocates no terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Remove the endpoint when its command exits.
+    #[arg(long)]
+    pub rm: bool,
+    #[arg(long)]
+    pub name: String,
+    /// host, none, or a network created with `dataplane network create` (default: none).
+    #[arg(long = "network", alias = "net", default_value = "none")]
+    pub network: String,
+    /// Use this existing network namespace (a name under /run/netns or a path such as /proc/PID/ns/net) instead of making one.
+    #[arg(long)]
+    pub netns: Option<String>,
+    #[arg(long)]
+    pub ip: Option<String>,
+    #[arg(long)]
+    pub ip6: Option<String>,
+    #[arg(long = "mac-address")]
+    pub mac_address: Option<String>,
+    /// Accepted for Docker compatibility; endpoints are reached at their own addresses.
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// [IMAGE] [CMD [ARG...]], or `-- CMD [ARG...]`. dataplane has no images: an IMAGE is
+    /// ignored and CMD runs on the host's filesystem inside the endpoint's network.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// `--` in the raw arguments means everything after it is the command (no image).
+fn split_image(args: &[String], raw_has_double_dash: bool) -> (Option<String>, Vec<String>) {
+    if raw_has_double_dash || args.is_empty() {
+        return (None, args.to_vec());
+    }
+    (Some(args[0].clone()), args[1..].to_vec())
+}
+
+fn raw_has_double_dash() -> bool {
+    std::env::args().any(|a| a == "--")
+}
+
+/// A command that runs inside `netns` (empty: the host's namespace).
+fn command_in(netns: &str, argv: &[String]) -> Result<Command> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if !netns.is_empty() {
+        let f = File::open(netns).with_context(|| format!("opening network namespace {netns}"))?;
+        let fd = f.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; `f` outlives the spawn (moved into the closure).
+        unsafe {
+            cmd.pre_exec(move || {
+                let _keep = &f;
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    Ok(cmd)
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn spawn_error(argv0: &str, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        anyhow::anyhow!("command {argv0:?} not found in PATH")
+    } else {
+        anyhow::anyhow!("starting {argv0:?}: {e}")
+    }
+}
+
+pub fn run(engine: &mut Engine, cli: &super::Cli, a: RunArgs) -> Result<i32> {
+    super::repair(engine);
+    let (image, command) = split_image(&a.args, raw_has_double_dash());
+    if let Some(img) = &image {
+        eprintln!("dataplane: note: images are not used; {img:?} ignored, the command runs on the host's filesystem");
+    }
+    if !a.publish.is_empty() {
+        if a.network == "host" {
+            eprintln!("WARNING: Published ports are discarded when using host network mode");
+        } else {
+            eprintln!("WARNING: Published ports are discarded: endpoints are reached at their own addresses");
+        }
+    }
+    let spec = engine.run(RunRequest {
+        name: a.name.clone(),
+        network: a.network.clone(),
+        netns: a.netns.clone(),
+        ip: a.ip.clone(),
+        ip6: a.ip6.clone(),
+        mac: a.mac_address.clone(),
+        auto_remove: a.rm,
+        command: command.clone(),
+    })?;
+    let ep = spec.endpoint;
+    if command.is_empty() {
+        println!("{}", ep.id);
+        return Ok(0);
+    }
+    if a.detach {
+        // A supervisor (this binary, in its own session) runs the command, keeps its
+        // stdin open for -i, and removes the endpoint afterwards for --rm.
+        let exe = std::env::current_exe().context("locating the dataplane binary")?;
+        let mut sup = Command::new(exe);
+        sup.arg("--state-dir").arg(&cli.state_dir).arg("--bpffs").arg(&cli.bpffs).arg("__supervise").arg(&a.name);
+        if a.interactive {
+            sup.arg("--interactive");
+        }
+        sup.arg("--").args(&command).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            sup.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        if let Err(e) = sup.spawn() {
+            let _ = engine.rm(&a.name, true);
+            bail!("starting the supervisor for {}: {e}", a.name);
+        }
+        // Return once the command runs, so `exec`/`ps` right after see it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match engine.endpoint(&a.name) {
+                Ok(e) if e.pid.is_some() => break,
+                Err(_) => {
+                    let log = std::fs::read_to_string(log_path(&cli.state_dir, &a.name)).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or("").trim_start_matches("dataplane: error: ").to_string();
+                    bail!("the command of {} did not start: {last}", a.name)
+                }
+                _ if Instant::now() > deadline => bail!("the command of {} did not start within 10 s", a.name),
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        println!("{}", ep.id);
+        return Ok(0);
+    }
+    let status = match command_in(&ep.netns, &command)?.status() {
+        Ok(s) => exit_code(s),
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            eprintln!("dataplane: error: {}", spawn_error(&command[0], e));
+            code
+        }
+    };
+    if a.rm {
+        for w in engine.rm(&a.name, true)? {
+            eprintln!("dataplane: warning: {w}");
+        }
+    }
+    Ok(status)
+}
+
+pub fn log_path(state_dir: &Path, name: &str) -> std::path::PathBuf {
+    state_dir.join("logs").join(format!("{name}.log"))
+}
+
+/// The detached-command supervisor (`dataplane __supervise NAME -- CMD`).
+pub fn supervise(engine: &mut Engine, state_dir: &Path, name: &str, interactive: bool, command: &[String]) -> Result<i32> {
+    let ep = engine.endpoint(name)?;
+    let logs = state_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = File::create(log_path(state_dir, name))?;
+    let mut cmd = command_in(&ep.netns, command)?;
+    cmd.stdout(log.try_clone()?).stderr(log);
+    cmd.stdin(if interactive { Stdio::piped() } else { Stdio::null() });
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let err = spawn_error(&command[0], e);
+            let _ = std::fs::write(log_path(state_dir, name), format!("dataplane: error: {err}\n"));
+            let _ = engine.rm(name, true);
+            return Err(err);
+        }
+    };
+    // Holding the pipe's write end keeps an interactive command's stdin open.
+    let _stdin = child.stdin.take();
+    engine.set_pid(name, Some(child.id()))?;
+    let status = child.wait()?;
+    if ep.auto_remove {
+        let _ = engine.rm(name, true);
+    } else {
+        let _ = engine.set_pid(name, None);
+    }
+    Ok(exit_code(status))
+}
+
+pub fn exec(engine: &mut Engine, name: &str, args: &[String]) -> Result<i32> {
+    if args.is_empty() {
+        bail!("exec needs a command: dataplane exec {name} -- CMD [ARG...]");
+    }
+    let ep = engine.endpoint(name)?;
+    match command_in(&ep.netns, args)?.status() {
+        Ok(s) => Ok(exit_code(s)),
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            eprintln!("dataplane: error: {}", spawn_error(&args[0], e));
+            Ok(code)
+        }
+    }
+}
+
+pub fn stop(engine: &mut Engine, names: &[String], timeout: u64) -> Result<i32> {
+    let mut failed = false;
+    for name in names {
+        let ep = match engine.endpoint(name) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("dataplane: error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        if let Some(pid) = ep.pid {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            // The supervisor clears the pid, or removes the endpoint for --rm.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match engine.endpoint(name) {
+                    Ok(e) if e.pid.is_some() => std::thread::sleep(Duration::from_millis(20)),
+                    _ => break,
+                }
+            }
+        }
+        println!("{name}");
+    }
+    Ok(i32::from(failed))
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still answers kill(0); look at its state too.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
+    !stat.is_empty() && state != "Z" && state != "X"
+}
+
+pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
+    let eps = engine.endpoints()?;
+    let rows: Vec<serde_json::Value> = eps
+        .iter()
+        .map(|(e, atts)| {
+            let status = match e.pid {
+                Some(p) if alive(p) => format!("running (pid {p})"),
+                _ if e.command.is_empty() => "created".to_string(),
+                _ => "exited".to_string(),
+            };
+            serde_json::json!({
+                "ID": &e.id[..12],
+                "Name": e.name,
+                "NetworkMode": e.network_mode,
+                "Netns": e.netns,
+                "Command": e.command.join(" "),
+                "Status": status,
+                "Networks": atts.iter().map(|a| serde_json::json!({
+                    "Network": a.network, "Interface": a.ifname, "MacAddress": a.mac,
+                    "IPv4Address": a.ipv4.map(|i| i.to_string()), "IPv6Address": a.ipv6.map(|i| i.to_string()),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Table => {
+            println!("{:<14} {:<20} {:<16} {:<18} {:<18} STATUS", "ENDPOINT ID", "NAME", "NETWORK", "IPV4", "MAC");
+            for r in rows {
+                let nets = r["Networks"].as_array().cloned().unwrap_or_default();
+                let first = nets.first();
+                let network = if nets.is_empty() { r["NetworkMode"].as_str().unwrap_or("").to_string() } else { nets.iter().map(|n| n["Network"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(",") };
+                println!(
+                    "{:<14} {:<20} {:<16} {:<18} {:<18} {}",
+                    r["ID"].as_str().unwrap_or(""),
+                    r["Name"].as_str().unwrap_or(""),
+                    network,
+                    first.and_then(|n| n["IPv4Address"].as_str()).unwrap_or("-"),
+                    first.and_then(|n| n["MacAddress"].as_str()).unwrap_or("-"),
+                    r["Status"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(0)
+}

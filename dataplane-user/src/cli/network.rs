@@ -1,0 +1,154 @@
+//! `dataplane network ...`
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use dataplane_user::control::{Engine, NetworkCreate};
+
+use super::Format;
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network (prints its id).
+    Create(CreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show networks as a JSON array, in Docker's shape.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (they must have no endpoints).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Connect an endpoint to a network (adds ethN in its namespace).
+    Connect {
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        ip6: Option<String>,
+        network: String,
+        endpoint: String,
+    },
+    /// Disconnect an endpoint from a network.
+    Disconnect { network: String, endpoint: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Driver: macvlan (host and none always exist).
+    #[arg(short = 'd', long, default_value = "macvlan")]
+    pub driver: String,
+    /// Subnet in CIDR form (repeat for IPv4 + IPv6).
+    #[arg(long)]
+    pub subnet: Vec<String>,
+    /// Gateway of the matching --subnet (default: its first address).
+    #[arg(long)]
+    pub gateway: Vec<String>,
+    /// Allocate dynamic addresses only from this sub-range of the matching --subnet.
+    #[arg(long = "ip-range")]
+    pub ip_range: Vec<String>,
+    /// NAME=IP: an address in use on the wire that must never be handed out.
+    #[arg(long = "aux-address")]
+    pub aux_address: Vec<String>,
+    /// Driver options: parent=IFACE (or IFACE.VID for an 802.1Q trunk), macvlan_mode=bridge|private|vepa|passthru.
+    #[arg(short = 'o', long = "opt")]
+    pub opt: Vec<String>,
+    /// No default route for endpoints.
+    #[arg(long)]
+    pub internal: bool,
+    /// Enable IPv6 (needs an IPv6 --subnet).
+    #[arg(long)]
+    pub ipv6: bool,
+    pub name: String,
+}
+
+pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
+    match cmd {
+        NetworkCommand::Create(a) => {
+            super::repair(engine);
+            let n = engine.network_create(NetworkCreate {
+                name: a.name,
+                driver: a.driver,
+                subnets: a.subnet,
+                gateways: a.gateway,
+                ip_ranges: a.ip_range,
+                aux: a.aux_address,
+                opts: a.opt,
+                internal: a.internal,
+                ipv6: a.ipv6,
+            })?;
+            println!("{}", n.id);
+        }
+        NetworkCommand::Ls { format } => {
+            let nets = engine.networks()?;
+            match format {
+                Format::Json => {
+                    let v: Vec<_> = nets
+                        .iter()
+                        .map(|n| serde_json::json!({"ID": &n.id[..12], "Name": n.name, "Driver": n.driver.name(), "Scope": "local", "Parent": n.parent, "Subnets": n.pools.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>()}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Format::Table => {
+                    println!("{:<14} {:<20} {:<10} {:<10} {:<12} SUBNETS", "NETWORK ID", "NAME", "DRIVER", "SCOPE", "PARENT");
+                    for n in nets {
+                        let subnets: Vec<String> = n.pools.iter().map(|p| p.subnet.to_string()).collect();
+                        println!("{:<14} {:<20} {:<10} {:<10} {:<12} {}", &n.id[..12], n.name, n.driver.name(), "local", n.parent.unwrap_or_default(), subnets.join(","));
+                    }
+                }
+            }
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            let mut missing = Vec::new();
+            for name in &names {
+                match engine.network(name)? {
+                    Some(n) => out.push(engine.network_json(&n)?),
+                    None => missing.push(name.clone()),
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            if !missing.is_empty() {
+                anyhow::bail!("no such network: {}", missing.join(", "));
+            }
+        }
+        NetworkCommand::Rm { names } => {
+            super::repair(engine);
+            let mut failed = false;
+            for name in &names {
+                match engine.network_rm(name) {
+                    Ok(warnings) => {
+                        for w in warnings {
+                            eprintln!("dataplane: warning: {name}: {w}");
+                        }
+                        println!("{name}");
+                    }
+                    Err(e) => {
+                        eprintln!("dataplane: error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(i32::from(failed));
+        }
+        NetworkCommand::Connect { ip, ip6, network, endpoint } => {
+            super::repair(engine);
+            let a = engine.connect(&network, &endpoint, ip, ip6)?;
+            let addrs: Vec<String> = [a.ipv4, a.ipv6].into_iter().flatten().map(|i| i.to_string()).collect();
+            println!("connected {endpoint} to {network}: {} {} {}", a.ifname, a.mac, addrs.join(" "));
+        }
+        NetworkCommand::Disconnect { network, endpoint } => {
+            super::repair(engine);
+            engine.disconnect(&network, &endpoint)?;
+            println!("disconnected {endpoint} from {network}");
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,501 @@
+//! Endpoints: `run`, `connect`, `disconnect`, `rm`, `ps`.
+//!
+//! An endpoint is a network namespace: one dataplane makes (`/run/netns/NAME`) or one
+//! the user hands over (`--netns PATH`). For macvlan networks it gets `eth0` (then eth1,
+//! ...), a macvlan of the network's parent created directly inside the namespace.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use dataplane_common::{maps::VLAN_TAG_HIDDEN, AdmitKey, AdmitValue};
+
+use super::{check_name, invalid, network::physical_parent, ControlError, Engine, Result, Undo};
+use crate::{
+    bpf::{self, Pins},
+    ipam,
+    mac::Mac,
+    netns,
+    nl::Nl,
+    store::{Attachment, Endpoint, EndpointState, Network, Tx},
+};
+
+#[derive(Debug, Default, Clone)]
+pub struct RunRequest {
+    pub name: String,
+    pub network: String,
+    pub netns: Option<String>,
+    pub ip: Option<String>,
+    pub ip6: Option<String>,
+    pub mac: Option<String>,
+    pub auto_remove: bool,
+    pub command: Vec<String>,
+}
+
+/// What the CLI needs to start the endpoint's command.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub endpoint: Endpoint,
+    pub attachment: Option<Attachment>,
+}
+
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence/permission.
+    pid > 0 && (unsafe { libc::kill(pid as i32, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+fn parse_opt_ip(s: &Option<String>) -> Result<Option<IpAddr>> {
+    s.as_deref().map(ipam::parse_ip).transpose().map_err(Into::into)
+}
+
+/// Admission keys of an attachment on its physical parent (by ifindex in this namespace).
+pub(crate) fn admit_keys(n: &Network, mac: [u8; 6]) -> Option<Vec<AdmitKey>> {
+    let phys = physical_parent(n)?;
+    let ifindex = netns::ifindex(phys)?;
+    let mut keys = Vec::new();
+    match &n.vlan {
+        Some(v) => {
+            keys.push(AdmitKey { ifindex, vlan: v.vid, mac });
+            keys.push(AdmitKey { ifindex, vlan: VLAN_TAG_HIDDEN, mac });
+        }
+        None => keys.push(AdmitKey { ifindex, vlan: 0, mac }),
+    }
+    Some(keys)
+}
+
+/// A stable small number per endpoint for the admission map's accounting field.
+pub(crate) fn endpoint_number(id: &str) -> u32 {
+    u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0) & 0x7fff_ffff
+}
+
+fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_id: &str) -> Result<()> {
+    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+    let keys = admit_keys(n, mac.0).ok_or_else(|| {
+        ControlError::Invalid(format!("parent {} of network {} is gone; recreate it or remove the network", physical_parent(n).unwrap_or("?"), n.name))
+    })?;
+    for k in keys {
+        bpf::admit::insert(pins, k, AdmitValue { endpoint: endpoint_number(endpoint_id), flags: 0 })?;
+    }
+    Ok(())
+}
+
+pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment) {
+    let Ok(mac) = a.mac.parse::<Mac>() else { return };
+    if !pins.admit_map().exists() {
+        return;
+    }
+    for k in admit_keys(n, mac.0).unwrap_or_default() {
+        let _ = bpf::admit::remove(pins, &k);
+    }
+}
+
+/// Allocate addresses and a MAC for `ep` on `n` (inside the caller's transaction).
+fn allocate(tx: &Tx, ep: &Endpoint, n: &Network, ip: Option<IpAddr>, ip6: Option<IpAddr>, mac: Option<&str>, ifname: String) -> Result<Attachment> {
+    let atts = tx.attachments()?;
+    let used: BTreeMap<IpAddr, String> = atts
+        .iter()
+        .filter(|a| a.network == n.name)
+        .flat_map(|a| [a.ipv4, a.ipv6].into_iter().flatten().map(|ip| (ip, a.endpoint.clone())))
+        .collect();
+    if ip6.is_some() && !n.ipv6 {
+        return invalid(format!("--ip6 {} given but network {} has no IPv6 (create it with --ipv6 and an IPv6 --subnet)", ip6.unwrap_or(IpAddr::from([0u8; 16])), n.name));
+    }
+    let ipv4 = ipam::allocate(&n.name, &n.pools, true, ip, &used)?;
+    let ipv6 = if n.ipv6 { ipam::allocate(&n.name, &n.pools, false, ip6, &used)? } else { None };
+    let phys = physical_parent(n).unwrap_or_default().to_string();
+    let taken: Vec<&str> = atts.iter().filter(|a| a.parent == phys).map(|a| a.mac.as_str()).collect();
+    let mac = match mac {
+        Some(m) => {
+            let m: Mac = m.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+            if !m.is_unicast() || m.0 == [0; 6] {
+                return invalid(format!("invalid --mac-address {m}: it must be a unicast address (lowest bit of the first octet clear) and not all zero"));
+            }
+            let s = m.to_string();
+            if let Some(a) = atts.iter().find(|a| a.parent == phys && a.mac == s) {
+                return invalid(format!("MAC address {s} is already used on parent {phys} by endpoint {}; pick another --mac-address", a.endpoint));
+            }
+            s
+        }
+        None => generate_mac(ipv4, &taken),
+    };
+    Ok(Attachment { endpoint: ep.name.clone(), network: n.name.clone(), ifname, mac, ipv4, ipv6, parent: phys })
+}
+
+/// Docker-style 02:42:<IPv4 octets> when free, else random locally administered unicast.
+fn generate_mac(ipv4: Option<IpAddr>, taken: &[&str]) -> String {
+    if let Some(IpAddr::V4(v4)) = ipv4 {
+        let o = v4.octets();
+        let m = Mac([0x02, 0x42, o[0], o[1], o[2], o[3]]).to_string();
+        if !taken.contains(&m.as_str()) {
+            return m;
+        }
+    }
+    loop {
+        let mut b = [0u8; 6];
+        // SAFETY: getrandom writes at most 6 bytes into b.
+        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 6, 0) };
+        b[0] = (b[0] & 0xfc) | 0x02;
+        let m = Mac(b).to_string();
+        if !taken.contains(&m.as_str()) {
+            return m;
+        }
+    }
+}
+
+/// Create the macvlan for `a` inside the endpoint's namespace and configure it.
+fn realise(n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
+    let parent = n.parent.as_deref().unwrap_or_default();
+    let host = Nl::here()?;
+    let p = host
+        .link(parent)?
+        .ok_or_else(|| ControlError::Invalid(format!("parent interface {parent} of network {} is gone; recreate it or remove the network", n.name)))?;
+    if !p.up {
+        host.set_up(p.index)?;
+    }
+    let ns = std::fs::File::open(&ep.netns).map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
+    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+    let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
+    host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd())).map_err(|e| {
+        if e.is(libc::EBUSY) && mode == "passthru" {
+            ControlError::Invalid(format!("parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"))
+        } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
+            ControlError::Invalid(format!("cannot create {} on {parent}: {e} (MAC {} or the name is taken)", a.ifname, a.mac))
+        } else {
+            e.into()
+        }
+    })?;
+    let inside = Nl::in_netns(Path::new(&ep.netns))?;
+    let link = inside
+        .link(&a.ifname)?
+        .ok_or_else(|| ControlError::Invalid(format!("{} vanished from {} after creation", a.ifname, ep.netns)))?;
+    for (ip, v4) in [(a.ipv4, true), (a.ipv6, false)] {
+        if let Some(ip) = ip {
+            let prefix = n.pools.iter().find(|p| p.subnet.contains(ip)).map_or(if v4 { 32 } else { 128 }, |p| p.subnet.prefix);
+            inside.add_addr(link.index, ip, prefix)?;
+        }
+    }
+    inside.set_up(link.index)?;
+    if !n.internal {
+        for ip in [a.ipv4, a.ipv6].into_iter().flatten() {
+            if let Some(gw) = n.pools.iter().find(|p| p.subnet.contains(ip)).and_then(|p| p.gateway) {
+                match inside.add_default_route(gw, link.index) {
+                    Ok(()) => {}
+                    // A second network's gateway: the first default route stays.
+                    Err(e) if e.is(libc::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lo_up(netns_path: &str) -> Result<()> {
+    let nl = Nl::in_netns(Path::new(netns_path))?;
+    if let Some(lo) = nl.link("lo")? {
+        nl.set_up(lo.index)?;
+    }
+    Ok(())
+}
+
+/// Next free ethN inside the namespace (or among names already allocated).
+fn next_ifname(netns_path: &str, allocated: &[String]) -> Result<String> {
+    let names: Vec<String> = match Nl::in_netns(Path::new(netns_path)) {
+        Ok(nl) => nl.links()?.into_iter().map(|l| l.name).collect(),
+        Err(_) => Vec::new(),
+    };
+    Ok((0..)
+        .map(|i| format!("eth{i}"))
+        .find(|n| !names.contains(n) && !allocated.contains(n))
+        .expect("an unbounded range has a free name"))
+}
+
+impl Engine {
+    /// Create an endpoint (namespace, links, addresses, map entries). The command, if
+    /// any, is the CLI's business.
+    pub fn run(&mut self, req: RunRequest) -> Result<RunSpec> {
+        check_name("endpoint", &req.name)?;
+        let ip = parse_opt_ip(&req.ip)?;
+        let ip6 = parse_opt_ip(&req.ip6)?;
+        let network = if req.network.is_empty() { "none".to_string() } else { req.network.clone() };
+        if network == "host" {
+            if req.netns.is_some() {
+                return invalid("--netns cannot be used with --network host: the endpoint runs in the host's namespace");
+            }
+            if ip.is_some() || ip6.is_some() || req.mac.is_some() {
+                return invalid("--ip, --ip6 and --mac-address cannot be used with --network host");
+            }
+        }
+        if network == "none" && (ip.is_some() || ip6.is_some() || req.mac.is_some()) {
+            return invalid("--ip, --ip6 and --mac-address cannot be used with --network none (it has only lo)");
+        }
+        let owned = req.netns.is_none() && network != "host";
+        let netns_path = match (&req.netns, network.as_str()) {
+            (_, "host") => String::new(),
+            (Some(p), _) => {
+                let path = netns::path_of(p);
+                if !path.exists() {
+                    return invalid(format!("network namespace {} does not exist", path.display()));
+                }
+                path.display().to_string()
+            }
+            (None, _) => {
+                let path = PathBuf::from("/run/netns").join(&req.name);
+                if path.exists() {
+                    return invalid(format!(
+                        "network namespace {} already exists; pick another --name, or hand it over with --netns {}",
+                        path.display(),
+                        path.display()
+                    ));
+                }
+                path.display().to_string()
+            }
+        };
+        let pins = self.pins.clone();
+        let me = std::process::id();
+
+        // 1. Allocate (and push map entries) under the store's write lock.
+        let (ep, net, att) = self.store.write(|tx| -> Result<(Endpoint, Option<Network>, Option<Attachment>)> {
+            if let Some(e) = tx.endpoint(&req.name)?.filter(|e| e.name == req.name) {
+                return invalid(format!("endpoint name {} is already in use by endpoint {}; remove it first (dataplane rm {}) or pick another name", req.name, &e.id[..12], req.name));
+            }
+            let net = match network.as_str() {
+                "host" | "none" => None,
+                n => Some(tx.network(n)?.ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?),
+            };
+            if let (Some(p), Some(other)) = (&req.netns, tx.endpoints()?.into_iter().find(|e| !e.netns.is_empty() && Path::new(&e.netns) == netns::path_of(req.netns.as_deref().unwrap_or_default()))) {
+                return invalid(format!("network namespace {p} already belongs to endpoint {}", other.name));
+            }
+            let ep = Endpoint {
+                id: crate::store::new_id(),
+                name: req.name.clone(),
+                netns: netns_path.clone(),
+                netns_owned: owned,
+                network_mode: network.clone(),
+                created: crate::store::now_rfc3339(),
+                state: EndpointState::Creating,
+                owner_pid: me,
+                pid: None,
+                auto_remove: req.auto_remove,
+                command: req.command.clone(),
+            };
+            let att = match &net {
+                Some(n) => {
+                    let ifname = if owned { "eth0".to_string() } else { next_ifname(&netns_path, &[])? };
+                    Some(allocate(tx, &ep, n, ip, ip6, req.mac.as_deref(), ifname)?)
+                }
+                None => None,
+            };
+            tx.put_endpoint(&ep)?;
+            if let (Some(n), Some(a)) = (&net, &att) {
+                tx.put_attachment(a)?;
+                push_admission(&pins, n, a, &ep.id)?;
+            }
+            Ok((ep, net, att))
+        })?;
+
+        // 2. Kernel work, undone in reverse on failure.
+        let mut undo = Undo::new();
+        {
+            let (pins2, net2, att2) = (pins.clone(), net.clone(), att.clone());
+            undo.push("removing admission entries", move || {
+                if let (Some(n), Some(a)) = (&net2, &att2) {
+                    pull_admission(&pins2, n, a);
+                }
+                Ok(())
+            });
+        }
+        let kernel = (|| -> Result<()> {
+            if network == "host" {
+                return Ok(());
+            }
+            if owned {
+                netns::create_named(&req.name).map_err(|source| ControlError::Io { what: format!("creating network namespace {netns_path}"), source })?;
+                let p = PathBuf::from(&netns_path);
+                undo.push(format!("deleting network namespace {netns_path}"), move || netns::delete_named(&p).map_err(|e| e.to_string()));
+            }
+            lo_up(&netns_path)?;
+            if let (Some(n), Some(a)) = (&net, &att) {
+                if !owned {
+                    let (path, ifname) = (netns_path.clone(), a.ifname.clone());
+                    undo.push(format!("deleting {ifname} in {path}"), move || delete_link_in(&path, &ifname));
+                }
+                realise(n, &ep, a)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = kernel {
+            let err = undo.run(e);
+            let name = ep.name.clone();
+            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
+            return Err(err);
+        }
+        undo.forget();
+
+        // 3. Done.
+        let mut ep = ep;
+        ep.state = EndpointState::Ready;
+        let e2 = ep.clone();
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&e2)?) })?;
+        Ok(RunSpec { endpoint: ep, attachment: att })
+    }
+
+    pub fn connect(&mut self, network: &str, endpoint: &str, ip: Option<String>, ip6: Option<String>) -> Result<Attachment> {
+        if super::PREDEFINED.contains(&network) {
+            return invalid(format!("cannot connect to the predefined network {network}: it is chosen at dataplane run (--network {network})"));
+        }
+        let ip = parse_opt_ip(&ip)?;
+        let ip6 = parse_opt_ip(&ip6)?;
+        let pins = self.pins.clone();
+        let (ep, n, a) = self.store.write(|tx| -> Result<(Endpoint, Network, Attachment)> {
+            let ep = tx.endpoint(endpoint)?.ok_or_else(|| ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)")))?;
+            if ep.network_mode == "host" {
+                return invalid(format!("endpoint {} uses the host's network namespace; it cannot be connected to other networks", ep.name));
+            }
+            let n = tx.network(network)?.ok_or_else(|| ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)")))?;
+            let mine: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
+            if mine.iter().any(|a| a.network == n.name) {
+                return invalid(format!("endpoint {} is already connected to network {}", ep.name, n.name));
+            }
+            let taken: Vec<String> = mine.iter().map(|a| a.ifname.clone()).collect();
+            let ifname = next_ifname(&ep.netns, &taken)?;
+            let a = allocate(tx, &ep, &n, ip, ip6, None, ifname)?;
+            tx.put_attachment(&a)?;
+            push_admission(&pins, &n, &a, &ep.id)?;
+            Ok((ep, n, a))
+        })?;
+        if let Err(e) = realise(&n, &ep, &a) {
+            let mut rollback = Vec::new();
+            if let Err(x) = delete_link_in(&ep.netns, &a.ifname) {
+                rollback.push(x);
+            }
+            pull_admission(&pins, &n, &a);
+            let (en, nn) = (ep.name.clone(), n.name.clone());
+            if let Err(x) = self.store.write(|tx| -> Result<()> { Ok(tx.delete_attachment(&en, &nn)?) }) {
+                rollback.push(x.to_string());
+            }
+            return Err(if rollback.is_empty() { e } else { ControlError::Rollback { error: Box::new(e), rollback } });
+        }
+        Ok(a)
+    }
+
+    pub fn disconnect(&mut self, network: &str, endpoint: &str) -> Result<()> {
+        let pins = self.pins.clone();
+        let (ep, n, a) = self.store.write(|tx| -> Result<(Endpoint, Network, Attachment)> {
+            let ep = tx.endpoint(endpoint)?.ok_or_else(|| ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)")))?;
+            let n = tx.network(network)?.ok_or_else(|| ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)")))?;
+            let a = tx
+                .attachments()?
+                .into_iter()
+                .find(|a| a.endpoint == ep.name && a.network == n.name)
+                .ok_or_else(|| ControlError::Invalid(format!("endpoint {} is not connected to network {}", ep.name, n.name)))?;
+            pull_admission(&pins, &n, &a);
+            tx.delete_attachment(&ep.name, &n.name)?;
+            Ok((ep, n, a))
+        })?;
+        let _ = n;
+        delete_link_in(&ep.netns, &a.ifname).map_err(|e| ControlError::Invalid(format!("removed {} from network {network}, but deleting {} failed: {e}", ep.name, a.ifname)))
+    }
+
+    /// Remove an endpoint: its command (with `force`), links, namespace, map entries, rows.
+    pub fn rm(&mut self, name: &str, force: bool) -> Result<Vec<String>> {
+        let pins = self.pins.clone();
+        let me = std::process::id();
+        let (ep, atts, nets) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>, Vec<Network>)> {
+            let mut ep = tx.endpoint(name)?.ok_or_else(|| ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)")))?;
+            if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != me) {
+                if !force {
+                    return invalid(format!("endpoint {} is running (pid {pid}): stop it first (dataplane stop {}) or use dataplane rm -f", ep.name, ep.name));
+                }
+            }
+            let atts: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
+            let nets = tx.networks()?;
+            for a in &atts {
+                if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                    pull_admission(&pins, n, a);
+                }
+            }
+            ep.state = EndpointState::Removing;
+            ep.owner_pid = me;
+            tx.put_endpoint(&ep)?;
+            Ok((ep, atts, nets))
+        })?;
+        let _ = nets;
+        let warnings = teardown(&ep, &atts, force);
+        let n = ep.name.clone();
+        self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&n)?) })?;
+        Ok(warnings)
+    }
+
+    pub fn endpoints(&mut self) -> Result<Vec<(Endpoint, Vec<Attachment>)>> {
+        let (eps, atts) = self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
+        Ok(eps
+            .into_iter()
+            .map(|e| {
+                let mine = atts.iter().filter(|a| a.endpoint == e.name).cloned().collect();
+                (e, mine)
+            })
+            .collect())
+    }
+
+    pub fn endpoint(&mut self, name: &str) -> Result<Endpoint> {
+        self.store
+            .read(|tx| tx.endpoint(name))?
+            .ok_or_else(|| ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)")))
+    }
+
+    /// Record the pid of the endpoint's detached command (None when it ended).
+    pub fn set_pid(&mut self, name: &str, pid: Option<u32>) -> Result<()> {
+        self.store.write(|tx| -> Result<()> {
+            if let Some(mut e) = tx.endpoint(name)? {
+                e.pid = pid;
+                tx.put_endpoint(&e)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+pub(crate) fn delete_link_in(netns_path: &str, ifname: &str) -> std::result::Result<(), String> {
+    let nl = Nl::in_netns(Path::new(netns_path)).map_err(|e| e.to_string())?;
+    match nl.link(ifname).map_err(|e| e.to_string())? {
+        Some(l) => nl.del_link(l.index).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Kernel side of removing an endpoint; continues past failures and returns them.
+pub(crate) fn teardown(ep: &Endpoint, atts: &[Attachment], kill: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != std::process::id()) {
+        if kill {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    if ep.netns.is_empty() {
+        return warnings;
+    }
+    if ep.netns_owned {
+        // Delete the macvlans first: a namespace is freed asynchronously, and its links
+        // (and their MACs on the parent) would linger until then.
+        if Path::new(&ep.netns).exists() {
+            for a in atts {
+                let _ = delete_link_in(&ep.netns, &a.ifname);
+            }
+        }
+        if let Err(e) = netns::delete_named(Path::new(&ep.netns)) {
+            warnings.push(format!("deleting network namespace {}: {e}", ep.netns));
+        }
+    } else if Path::new(&ep.netns).exists() {
+        for a in atts {
+            if let Err(e) = delete_link_in(&ep.netns, &a.ifname) {
+                warnings.push(format!("deleting {} in {}: {e}", a.ifname, ep.netns));
+            }
+        }
+    }
+    warnings
+}

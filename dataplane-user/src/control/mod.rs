@@ -1,0 +1,118 @@
+//! The control plane: networks, endpoints and their allocations, kept in the store and
+//! realised in the kernel (links, namespaces, addresses, routes, BPF maps).
+//!
+//! Every mutation follows one pattern: validate, allocate in a write transaction (which
+//! also pushes map entries, so maps only change under the store's lock), do the kernel
+//! work, and either mark it done or roll back in reverse order. A process killed half-way
+//! leaves rows marked `creating`/`removing` with its pid; the next command finds the pid
+//! gone and finishes the teardown (see reconcile.rs).
+
+mod endpoint;
+mod network;
+mod reconcile;
+mod vlan;
+
+use std::path::{Path, PathBuf};
+
+pub use endpoint::{RunRequest, RunSpec};
+pub use network::NetworkCreate;
+pub use reconcile::ReconcileReport;
+
+use crate::{
+    bpf::{BpfError, Pins},
+    ipam::IpamError,
+    nl::NlError,
+    store::{Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Bad input or a state conflict; the message names the value and what to do.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Netlink(#[from] NlError),
+    #[error("{what}: {source}")]
+    Io { what: String, #[source] source: std::io::Error },
+    /// A step failed and the rollback also hit errors; all of them are listed.
+    #[error("{error}; rollback also failed: {}", rollback.join("; "))]
+    Rollback { error: Box<ControlError>, rollback: Vec<String> },
+}
+
+pub type Result<T> = std::result::Result<T, ControlError>;
+
+pub fn invalid<T>(msg: impl Into<String>) -> Result<T> {
+    Err(ControlError::Invalid(msg.into()))
+}
+
+pub struct Engine {
+    pub pins: Pins,
+    pub state_dir: PathBuf,
+    store: Store,
+}
+
+/// Predefined networks that always exist.
+pub const PREDEFINED: [&str; 2] = ["host", "none"];
+
+/// Docker's rule for network and container names.
+pub fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        return invalid(format!(
+            "invalid {kind} name {name:?}: use 1-64 characters [a-zA-Z0-9_.-], starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+impl Engine {
+    pub fn open(state_dir: &Path, bpffs: &Path) -> Result<Engine> {
+        let store = Store::open(state_dir)?;
+        Ok(Engine { pins: Pins::new(bpffs), state_dir: state_dir.to_path_buf(), store })
+    }
+
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+}
+
+/// Run every rollback step, collecting failures instead of stopping at the first.
+pub(crate) struct Undo {
+    steps: Vec<(String, Box<dyn FnOnce() -> std::result::Result<(), String>>)>,
+}
+
+impl Undo {
+    pub fn new() -> Undo {
+        Undo { steps: Vec::new() }
+    }
+
+    pub fn push(&mut self, what: impl Into<String>, f: impl FnOnce() -> std::result::Result<(), String> + 'static) {
+        self.steps.push((what.into(), Box::new(f)));
+    }
+
+    /// Undo in reverse order; wrap `error` with whatever could not be undone.
+    pub fn run(self, error: ControlError) -> ControlError {
+        let mut failed = Vec::new();
+        for (what, f) in self.steps.into_iter().rev() {
+            if let Err(e) = f() {
+                failed.push(format!("{what}: {e}"));
+            }
+        }
+        if failed.is_empty() {
+            error
+        } else {
+            ControlError::Rollback { error: Box::new(error), rollback: failed }
+        }
+    }
+
+    pub fn forget(self) {}
+}

@@ -1,0 +1,360 @@
+//! `network create | rm | ls | inspect`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{check_name, invalid, vlan, ControlError, Engine, Result, Undo, PREDEFINED};
+use crate::{
+    bpf::{self, AttachMode},
+    ipam::{self, PoolRequest},
+    nl::Nl,
+    store::{Attachment, Driver, Endpoint, Network, VlanParent},
+};
+
+#[derive(Debug, Default, Clone)]
+pub struct NetworkCreate {
+    pub name: String,
+    pub driver: String,
+    pub subnets: Vec<String>,
+    pub gateways: Vec<String>,
+    pub ip_ranges: Vec<String>,
+    pub aux: Vec<String>,
+    pub opts: Vec<String>,
+    pub internal: bool,
+    pub ipv6: bool,
+}
+
+const MACVLAN_MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
+const IFNAMSIZ_MAX: usize = 15;
+
+/// `IFACE.VID` -> (IFACE, VID), with the rules Docker applies to trunk parents.
+pub fn parse_trunk_parent(parent: &str) -> Result<Option<(String, u16)>> {
+    let Some((trunk, vid)) = parent.split_once('.') else { return Ok(None) };
+    let bad = || {
+        ControlError::Invalid(format!(
+            "invalid 802.1Q parent {parent:?}: expected IFACE.VID with a single dot and VID 1..4094 (e.g. eth0.50)"
+        ))
+    };
+    if trunk.is_empty() || vid.contains('.') || vid.is_empty() || !vid.bytes().all(|b| b.is_ascii_digit()) || vid.len() > 4 {
+        return Err(bad());
+    }
+    let v: u16 = vid.parse().map_err(|_| bad())?;
+    if !(1..=4094).contains(&v) {
+        return Err(bad());
+    }
+    Ok(Some((trunk.to_string(), v)))
+}
+
+/// The interface XDP sits on and admission keys refer to: the trunk of a VLAN parent,
+/// else the parent itself.
+pub fn physical_parent(n: &Network) -> Option<&str> {
+    n.vlan.as_ref().map(|v| v.trunk.as_str()).or(n.parent.as_deref())
+}
+
+impl Engine {
+    pub fn network_create(&mut self, req: NetworkCreate) -> Result<Network> {
+        check_name("network", &req.name)?;
+        if PREDEFINED.contains(&req.name.as_str()) {
+            return invalid(format!("network name {:?} is predefined and always exists; pick another name", req.name));
+        }
+        match req.driver.as_str() {
+            "macvlan" => {}
+            "host" | "null" | "none" => {
+                return invalid(format!("only one instance of the {:?} network is allowed: it is predefined (use --network {})", req.driver, if req.driver == "host" { "host" } else { "none" }))
+            }
+            other => return invalid(format!("driver {other:?} is not supported: use -d macvlan (the host and none networks always exist)")),
+        }
+        let mut options = BTreeMap::new();
+        for o in &req.opts {
+            let Some((k, v)) = o.split_once('=') else {
+                return invalid(format!("invalid option {o:?}: expected KEY=VALUE (e.g. -o parent=eth0)"));
+            };
+            match k {
+                "parent" | "macvlan_mode" => {}
+                _ => return invalid(format!("unknown option {k:?} for driver macvlan: known options are parent and macvlan_mode")),
+            }
+            if options.insert(k.to_string(), v.to_string()).is_some() {
+                return invalid(format!("option {k:?} given twice"));
+            }
+        }
+        let mode = options.get("macvlan_mode").cloned().unwrap_or_else(|| "bridge".into());
+        if !MACVLAN_MODES.contains(&mode.as_str()) {
+            return invalid(format!("invalid macvlan_mode {mode:?}: use one of bridge, private, vepa, passthru"));
+        }
+        let Some(parent) = options.get("parent").cloned() else {
+            return invalid("the macvlan driver needs a parent interface: add -o parent=IFACE (or IFACE.VID for an 802.1Q trunk)");
+        };
+        if parent.is_empty() || parent.contains('/') || parent.chars().any(char::is_whitespace) {
+            return invalid(format!("invalid parent interface name {parent:?}"));
+        }
+        if parent.len() > IFNAMSIZ_MAX {
+            return invalid(format!("parent interface name {parent:?} is longer than the kernel allows ({IFNAMSIZ_MAX} characters)"));
+        }
+        if parent == "lo" {
+            return invalid("parent lo is the loopback device; macvlan needs an Ethernet parent");
+        }
+        let nl = Nl::here()?;
+        let existing_parent = nl.link(&parent)?;
+        if existing_parent.as_ref().is_some_and(|l| l.loopback) {
+            return invalid(format!("parent {parent} is a loopback device; macvlan needs an Ethernet parent"));
+        }
+        let trunk = parse_trunk_parent(&parent);
+        let trunk = match (&existing_parent, trunk) {
+            (Some(_), Ok(t)) => t,
+            (Some(_), Err(_)) => None,
+            (None, Ok(Some(t))) => Some(t),
+            (None, Ok(None)) => return invalid(format!("parent interface {parent} does not exist; create it first or pick another parent")),
+            (None, Err(e)) => return Err(e),
+        };
+        if let Some((t, _)) = &trunk {
+            if t == "lo" {
+                return invalid(format!("parent {parent}: the trunk lo is the loopback device"));
+            }
+        }
+
+        let pins = self.pins.clone();
+        self.store.write(|tx| -> Result<Network> {
+            if tx.network(&req.name)?.is_some_and(|n| n.name == req.name) {
+                return invalid(format!("network with name {} already exists; remove it first (dataplane network rm {}) or pick another name", req.name, req.name));
+            }
+            let others = tx.networks()?;
+            for o in &others {
+                if o.parent.as_deref() == Some(parent.as_str()) && (mode == "passthru" || o.macvlan_mode.as_deref() == Some("passthru")) {
+                    return invalid(format!(
+                        "parent {parent} is already used by network {} and passthru mode needs the parent to itself; use another parent",
+                        o.name
+                    ));
+                }
+            }
+            let existing: Vec<(String, ipam::Cidr)> =
+                others.iter().flat_map(|o| o.pools.iter().map(|p| (o.name.clone(), p.subnet))).collect();
+            let pools = ipam::build_pools(
+                &PoolRequest {
+                    subnets: req.subnets.clone(),
+                    gateways: req.gateways.clone(),
+                    ip_ranges: req.ip_ranges.clone(),
+                    aux: req.aux.clone(),
+                    ipv6: req.ipv6,
+                },
+                &existing,
+                ipam::default_v4_pool,
+            )?;
+
+            let mut undo = Undo::new();
+            let mut vlan = None;
+            let step = (|| -> Result<()> {
+                if let Some((t, vid)) = &trunk {
+                    if existing_parent.is_some() {
+                        vlan = Some(VlanParent { trunk: t.clone(), vid: *vid, created: false, kind: "existing".into(), peer: None });
+                    } else if let Some(shared) = others.iter().find_map(|o| o.vlan.as_ref().filter(|_| o.parent.as_deref() == Some(parent.as_str()))) {
+                        vlan = Some(shared.clone());
+                    } else {
+                        let v = vlan::create(&nl, &pins, t, *vid, &parent)?;
+                        let (p2, v2, pins2) = (parent.clone(), v.clone(), pins.clone());
+                        undo.push(format!("removing VLAN device {parent}"), move || {
+                            let nl = Nl::here().map_err(|e| e.to_string())?;
+                            let errs = vlan::remove(&nl, &pins2, &p2, &v2);
+                            if errs.is_empty() { Ok(()) } else { Err(errs.join("; ")) }
+                        });
+                        vlan = Some(v);
+                    }
+                }
+                let phys = vlan.as_ref().map(|v| v.trunk.clone()).unwrap_or_else(|| parent.clone());
+                if !pins.xdp_link(None, &phys).exists() {
+                    bpf::attach_parent(&pins, None, &phys, AttachMode::Auto)?;
+                    let (phys2, pins2) = (phys.clone(), pins.clone());
+                    undo.push(format!("detaching XDP from {phys}"), move || {
+                        bpf::detach_parent(&pins2, None, &phys2).map_err(|e| e.to_string())
+                    });
+                }
+                Ok(())
+            })();
+            if let Err(e) = step {
+                return Err(undo.run(e));
+            }
+            let mut opts = options.clone();
+            opts.entry("macvlan_mode".into()).or_insert(mode.clone());
+            let n = Network {
+                id: crate::store::new_id(),
+                name: req.name.clone(),
+                driver: Driver::Macvlan,
+                created: crate::store::now_rfc3339(),
+                internal: req.internal,
+                ipv6: req.ipv6,
+                options: opts,
+                pools,
+                parent: Some(parent.clone()),
+                macvlan_mode: Some(mode.clone()),
+                vlan,
+            };
+            if let Err(e) = tx.put_network(&n) {
+                return Err(undo.run(e.into()));
+            }
+            undo.forget();
+            Ok(n)
+        })
+    }
+
+    /// Remove networks; returns warnings about kernel leftovers that could not be removed.
+    pub fn network_rm(&mut self, name: &str) -> Result<Vec<String>> {
+        if PREDEFINED.contains(&name) {
+            return invalid(format!("{name} is a predefined network and cannot be removed"));
+        }
+        let pins = self.pins.clone();
+        self.store.write(|tx| -> Result<Vec<String>> {
+            let Some(n) = tx.network(name)? else {
+                return invalid(format!("network {name} not found (list them with dataplane network ls)"));
+            };
+            let users: Vec<String> =
+                tx.attachments()?.into_iter().filter(|a| a.network == n.name).map(|a| a.endpoint).collect();
+            if !users.is_empty() {
+                return invalid(format!(
+                    "network {} has active endpoints ({}): remove them (dataplane rm {}) or disconnect them first",
+                    n.name,
+                    users.join(", "),
+                    users.join(" ")
+                ));
+            }
+            let others: Vec<Network> = tx.networks()?.into_iter().filter(|o| o.name != n.name).collect();
+            let mut warnings = Vec::new();
+            let nl = Nl::here()?;
+            if let (Some(v), Some(parent)) = (&n.vlan, &n.parent) {
+                if !others.iter().any(|o| o.parent.as_deref() == Some(parent)) {
+                    warnings.extend(vlan::remove(&nl, &pins, parent, v));
+                }
+            }
+            if let Some(phys) = physical_parent(&n) {
+                if !others.iter().any(|o| physical_parent(o) == Some(phys)) && pins.xdp_link(None, phys).exists() {
+                    if let Err(e) = bpf::detach_parent(&pins, None, phys) {
+                        warnings.push(e.to_string());
+                    }
+                }
+            }
+            tx.delete_network(&n.name)?;
+            Ok(warnings)
+        })
+    }
+
+    pub fn networks(&mut self) -> Result<Vec<Network>> {
+        let mut v = predefined_networks();
+        v.extend(self.store.read(|tx| tx.networks())?);
+        Ok(v)
+    }
+
+    pub fn network(&mut self, name: &str) -> Result<Option<Network>> {
+        if let Some(p) = predefined_networks().into_iter().find(|n| n.name == name) {
+            return Ok(Some(p));
+        }
+        Ok(self.store.read(|tx| tx.network(name))?)
+    }
+
+    /// Docker-shaped JSON of one network.
+    pub fn network_json(&mut self, n: &Network) -> Result<Value> {
+        let (eps, atts): (Vec<Endpoint>, Vec<Attachment>) = self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
+        let mut containers = serde_json::Map::new();
+        for e in &eps {
+            let att = atts.iter().find(|a| a.endpoint == e.name && a.network == n.name);
+            let on_predefined = att.is_none() && e.network_mode == n.name;
+            if att.is_none() && !on_predefined {
+                continue;
+            }
+            let prefix = |ip: Option<std::net::IpAddr>| -> String {
+                ip.map(|ip| {
+                    let p = n.pools.iter().find(|p| p.subnet.contains(ip)).map_or(if ip.is_ipv4() { 32 } else { 128 }, |p| p.subnet.prefix);
+                    format!("{ip}/{p}")
+                })
+                .unwrap_or_default()
+            };
+            containers.insert(
+                e.id.clone(),
+                json!({
+                    "Name": e.name,
+                    "EndpointID": e.id,
+                    "MacAddress": att.map(|a| a.mac.clone()).unwrap_or_default(),
+                    "IPv4Address": prefix(att.and_then(|a| a.ipv4)),
+                    "IPv6Address": prefix(att.and_then(|a| a.ipv6)),
+                }),
+            );
+        }
+        let config: Vec<Value> = n
+            .pools
+            .iter()
+            .map(|p| {
+                let mut c = serde_json::Map::new();
+                c.insert("Subnet".into(), json!(p.subnet.to_string()));
+                if let Some(r) = p.ip_range {
+                    c.insert("IPRange".into(), json!(r.to_string()));
+                }
+                if let Some(g) = p.gateway {
+                    c.insert("Gateway".into(), json!(g.to_string()));
+                }
+                if !p.aux.is_empty() {
+                    let aux: BTreeMap<&String, String> = p.aux.iter().map(|(k, v)| (k, v.to_string())).collect();
+                    c.insert("AuxiliaryAddresses".into(), json!(aux));
+                }
+                Value::Object(c)
+            })
+            .collect();
+        Ok(json!({
+            "Name": n.name,
+            "Id": n.id,
+            "Created": n.created,
+            "Scope": "local",
+            "Driver": n.driver.name(),
+            "EnableIPv6": n.ipv6,
+            "IPAM": { "Driver": "default", "Options": {}, "Config": config },
+            "Internal": n.internal,
+            "Attachable": false,
+            "Ingress": false,
+            "ConfigFrom": { "Network": "" },
+            "ConfigOnly": false,
+            "Containers": containers,
+            "Options": n.options,
+            "Labels": {},
+        }))
+    }
+}
+
+/// `host` and `none`, with ids derived from their names so they are stable.
+pub fn predefined_networks() -> Vec<Network> {
+    let mk = |name: &str, driver: Driver| Network {
+        id: format!("{:0>64}", name.bytes().map(|b| format!("{b:02x}")).collect::<String>()),
+        name: name.into(),
+        driver,
+        created: "1970-01-01T00:00:00.000000000Z".into(),
+        internal: false,
+        ipv6: false,
+        options: BTreeMap::new(),
+        pools: vec![],
+        parent: None,
+        macvlan_mode: None,
+        vlan: None,
+    };
+    vec![mk("host", Driver::Host), mk("none", Driver::None)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_parents() {
+        assert_eq!(parse_trunk_parent("eth0").unwrap(), None);
+        assert_eq!(parse_trunk_parent("eth0.50").unwrap(), Some(("eth0".into(), 50)));
+        assert_eq!(parse_trunk_parent("trunk0.4094").unwrap(), Some(("trunk0".into(), 4094)));
+        for bad in ["eth0.0", "eth0.4095", "eth0.5.0", ".50", "eth0.", "eth0.x", "eth0.-1", "eth0.00050"] {
+            let e = parse_trunk_parent(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains("VID 1..4094"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("network", "pub_net").is_ok());
+        assert!(check_name("network", "macvlan50").is_ok());
+        for bad in ["", "-x", "a b", "x/y", &"a".repeat(65)] {
+            assert!(check_name("network", bad).unwrap_err().to_string().contains("invalid network name"));
+        }
+    }
+}

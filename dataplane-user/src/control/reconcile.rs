@@ -1,0 +1,134 @@
+//! Making the kernel match the store: finish what crashed commands left half-done, drop
+//! endpoints whose namespace is gone (e.g. after a reboot), re-attach programs and
+//! re-create VLAN devices that vanished, and make the admission map equal to the store.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue};
+
+use super::{
+    endpoint::{admit_keys, endpoint_number, pid_alive, pull_admission, teardown},
+    network::physical_parent,
+    vlan, Engine, Result,
+};
+use crate::{
+    bpf::{self, parent::HOST_ENDPOINT, AttachMode},
+    mac::Mac,
+    netns,
+    nl::Nl,
+    store::EndpointState,
+};
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReconcileReport {
+    /// What was found out of line (and, unless dry run, repaired).
+    pub drift: Vec<String>,
+    /// Repairs that failed.
+    pub errors: Vec<String>,
+}
+
+impl Engine {
+    pub fn reconcile(&mut self, dry_run: bool) -> Result<ReconcileReport> {
+        let pins = self.pins.clone();
+        self.store.write(|tx| -> Result<ReconcileReport> {
+            let mut r = ReconcileReport::default();
+            let nets = tx.networks()?;
+            let atts = tx.attachments()?;
+            // 1. Half-done commands whose process is gone, and endpoints whose namespace vanished.
+            for ep in tx.endpoints()? {
+                let crashed = ep.state != EndpointState::Ready && !pid_alive(ep.owner_pid);
+                let vanished = ep.state == EndpointState::Ready && !ep.netns.is_empty() && !Path::new(&ep.netns).exists();
+                if !crashed && !vanished {
+                    continue;
+                }
+                let mine: Vec<_> = atts.iter().filter(|a| a.endpoint == ep.name).cloned().collect();
+                r.drift.push(if crashed {
+                    format!("endpoint {} was left {:?} by process {} which is gone: removing it", ep.name, ep.state, ep.owner_pid)
+                } else {
+                    format!("endpoint {}: its network namespace {} is gone: removing it", ep.name, ep.netns)
+                });
+                if dry_run {
+                    continue;
+                }
+                for a in &mine {
+                    if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                        pull_admission(&pins, n, a);
+                    }
+                }
+                r.errors.extend(teardown(&ep, &mine, true));
+                tx.delete_endpoint(&ep.name)?;
+            }
+            let atts = tx.attachments()?;
+
+            // 2. Networks: VLAN devices and parent programs.
+            let nl = Nl::here()?;
+            let mut parents = BTreeSet::new();
+            for n in &nets {
+                let (Some(parent), Some(phys)) = (&n.parent, physical_parent(n)) else { continue };
+                if nl.link(phys)?.is_none() {
+                    r.drift.push(format!("network {}: parent {phys} does not exist", n.name));
+                    continue;
+                }
+                parents.insert(phys.to_string());
+                if let Some(v) = n.vlan.as_ref().filter(|v| v.created) {
+                    let missing_dev = nl.link(parent)?.is_none();
+                    let missing_tc = v.kind == "ebpf" && v.peer.as_ref().is_some_and(|p| !pins.tc_link(None, p).exists());
+                    if missing_dev || missing_tc {
+                        r.drift.push(format!("network {}: VLAN device {parent} is {}", n.name, if missing_dev { "missing" } else { "not steered" }));
+                        if !dry_run {
+                            let _ = vlan::remove(&nl, &pins, parent, v);
+                            if let Err(e) = vlan::create(&nl, &pins, &v.trunk, v.vid, parent) {
+                                r.errors.push(format!("re-creating {parent}: {e}"));
+                            }
+                        }
+                    }
+                }
+                if !pins.xdp_link(None, phys).exists() {
+                    r.drift.push(format!("network {}: no admission program on {phys}", n.name));
+                    if !dry_run {
+                        if let Err(e) = bpf::attach_parent(&pins, None, phys, AttachMode::Auto) {
+                            r.errors.push(format!("attaching to {phys}: {e}"));
+                        }
+                    }
+                }
+            }
+
+            // 3. The admission map equals the store.
+            if pins.admit_map().exists() {
+                let mut want: Vec<(AdmitKey, AdmitValue)> = Vec::new();
+                for p in &parents {
+                    if let (Some(ifindex), Some(mac)) = (netns::ifindex(p), netns::hwaddr(p)) {
+                        want.push((AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac }, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 }));
+                    }
+                }
+                let eps = tx.endpoints()?;
+                for a in &atts {
+                    let (Some(n), Ok(mac)) = (nets.iter().find(|n| n.name == a.network), a.mac.parse::<Mac>()) else { continue };
+                    let number = eps.iter().find(|e| e.name == a.endpoint).map_or(0, |e| endpoint_number(&e.id));
+                    for k in admit_keys(n, mac.0).unwrap_or_default() {
+                        want.push((k, AdmitValue { endpoint: number, flags: 0 }));
+                    }
+                }
+                let have = bpf::admit::list(&pins)?;
+                for (k, v) in &have {
+                    if !want.iter().any(|(wk, wv)| wk == k && wv == v) {
+                        r.drift.push(format!("admission map: unexpected entry ifindex {} vlan {} {}", k.ifindex, k.vlan, Mac(k.mac)));
+                        if !dry_run {
+                            bpf::admit::remove(&pins, k)?;
+                        }
+                    }
+                }
+                for (k, v) in &want {
+                    if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
+                        r.drift.push(format!("admission map: missing entry ifindex {} vlan {} {}", k.ifindex, k.vlan, Mac(k.mac)));
+                        if !dry_run {
+                            bpf::admit::insert(&pins, *k, *v)?;
+                        }
+                    }
+                }
+            }
+            Ok(r)
+        })
+    }
+}

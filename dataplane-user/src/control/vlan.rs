@@ -1,0 +1,117 @@
+//! 802.1Q subinterfaces for trunk parents (`eth0.50`): the kernel's VLAN device where the
+//! kernel has 8021q, else an eBPF-steered VLAN device made of a veth pair.
+//!
+//! eBPF VLAN device: `IFACE.VID` is one end of a veth pair; the other end (`dpvVID-IDX`,
+//! hidden) is where it meets the trunk. Trunk tcx ingress (`dp_trunk_in`) pops the tag of
+//! VID frames and redirects them out of the hidden end, so they arrive on `IFACE.VID`;
+//! whatever is sent out of `IFACE.VID` arrives at the hidden end, whose tcx ingress
+//! (`dp_vlan_out`) pushes the tag and redirects out of the trunk. Macvlans use `IFACE.VID`
+//! as their parent, so each VLAN stays its own bridge domain, as with a kernel device.
+
+use dataplane_common::maps::{TC_TRUNK_PROG, TC_VLAN_OUT_PROG};
+
+use super::{ControlError, Result};
+use crate::{
+    bpf::{self, Pins},
+    nl::Nl,
+    store::VlanParent,
+};
+
+/// Name of the hidden end of the eBPF VLAN device for (trunk, vid).
+pub fn hidden_peer(trunk_index: u32, vid: u16) -> String {
+    format!("dpv{vid}-{trunk_index}")
+}
+
+/// Create `name` as VLAN `vid` of `trunk`. Undoes its own partial work on failure.
+pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result<VlanParent> {
+    let t = nl.link(trunk)?.ok_or_else(|| {
+        ControlError::Invalid(format!("parent {name}: trunk interface {trunk} does not exist; create it first or pick another parent"))
+    })?;
+    match nl.add_vlan(name, t.index, vid) {
+        Ok(()) => {
+            let dev = nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("VLAN device {name} vanished after creation")))?;
+            if let Err(e) = nl.set_up(dev.index) {
+                let _ = nl.del_link(dev.index);
+                return Err(e.into());
+            }
+            return Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: "kernel".into(), peer: None });
+        }
+        // No 8021q in this kernel ("Unknown device type"): build the device in eBPF.
+        Err(e) if e.is(libc::EOPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let peer = hidden_peer(t.index, vid);
+    nl.add_veth(name, &peer)?;
+    let result = (|| -> Result<()> {
+        let dev = nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("{name} vanished after creation")))?;
+        let hidden = nl.link(&peer)?.ok_or_else(|| ControlError::Invalid(format!("{peer} vanished after creation")))?;
+        nl.set_up(hidden.index)?;
+        nl.set_up(dev.index)?;
+        if !t.up {
+            nl.set_up(t.index)?;
+        }
+        bpf::ensure_maps(pins)?;
+        bpf::vlan_maps::insert(pins, t.index, vid, hidden.index)?;
+        bpf::tc::attach_ingress(pins, None, &peer, TC_VLAN_OUT_PROG)?;
+        bpf::tc::attach_ingress(pins, None, trunk, TC_TRUNK_PROG)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = bpf::tc::detach_ingress(pins, None, &peer);
+        let _ = bpf::vlan_maps::remove(pins, t.index, vid, None);
+        if let Ok(Some(dev)) = nl.link(name) {
+            let _ = nl.del_link(dev.index);
+        }
+        if other_ebpf_vlans(pins, t.index, vid).is_empty() {
+            let _ = bpf::tc::detach_ingress(pins, None, trunk);
+        }
+        bpf::parent::remove_if_unused(pins).ok();
+        return Err(e);
+    }
+    Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: "ebpf".into(), peer: Some(peer) })
+}
+
+fn other_ebpf_vlans(pins: &Pins, trunk_index: u32, vid: u16) -> Vec<u16> {
+    bpf::vlan_maps::list(pins)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.trunk_ifindex == trunk_index && k.vid != vid)
+        .map(|(k, _)| k.vid)
+        .collect()
+}
+
+/// Remove a VLAN device dataplane created. Continues past failures; returns them.
+pub fn remove(nl: &Nl, pins: &Pins, name: &str, v: &VlanParent) -> Vec<String> {
+    let mut errs = Vec::new();
+    if !v.created {
+        return errs;
+    }
+    let trunk_index = nl.link(&v.trunk).ok().flatten().map(|l| l.index);
+    match nl.link(name) {
+        Ok(Some(dev)) => {
+            if let Err(e) = nl.del_link(dev.index) {
+                errs.push(e.to_string());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errs.push(e.to_string()),
+    }
+    if v.kind == "ebpf" {
+        if let Some(peer) = &v.peer {
+            if let Err(e) = bpf::tc::detach_ingress(pins, None, peer) {
+                errs.push(e.to_string());
+            }
+        }
+        if let Some(ti) = trunk_index {
+            if let Err(e) = bpf::vlan_maps::remove(pins, ti, v.vid, None) {
+                errs.push(e.to_string());
+            }
+            if other_ebpf_vlans(pins, ti, v.vid).is_empty() {
+                if let Err(e) = bpf::tc::detach_ingress(pins, None, &v.trunk) {
+                    errs.push(e.to_string());
+                }
+            }
+        }
+    }
+    errs
+}
