@@ -169,3 +169,83 @@ pub fn dataplane(bpffs: &Bpffs, args: &[&str]) -> Output {
         .output()
         .expect("spawn dataplane")
 }
+
+/// A "host" for control-plane tests: a network namespace with its own `dataplane`
+/// instance (state dir + bpffs dir), driven through `nsenter --net` so pins stay in the
+/// real bpffs. Everything the instance made inside the namespace dies with it; the guard
+/// also removes the state dir and pins, and the endpoint namespaces the instance made.
+pub struct Host {
+    pub ns: Netns,
+    pub state: PathBuf,
+    pub bpffs: Bpffs,
+}
+
+impl Host {
+    pub fn new(prefix: &str) -> anyhow::Result<Host> {
+        let ns = Netns::new(prefix)?;
+        let state = std::env::temp_dir().join(unique("dpstate-"));
+        Ok(Host { ns, state, bpffs: Bpffs::new()? })
+    }
+
+    /// `dataplane ARGS` run inside this host.
+    pub fn dp(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.path().display()))
+            .arg(dataplane_bin())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--bpffs")
+            .arg(&self.bpffs.dir)
+            .args(args)
+            .output()
+            .expect("spawn dataplane")
+    }
+
+    /// Like [`Host::dp`], panicking with both streams unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.dp(args);
+        assert!(
+            out.status.success(),
+            "dataplane {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Names of the endpoints this instance knows, from `ps --format json`.
+    pub fn endpoint_names(&self) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap_or_default();
+        v.as_array().into_iter().flatten().filter_map(|e| e["Name"].as_str().map(str::to_string)).collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for name in self.endpoint_names_quiet() {
+            let _ = self.dp(&["rm", "-f", &name]);
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+impl Host {
+    fn endpoint_names_quiet(&self) -> Vec<String> {
+        let out = self.dp(&["ps", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().into_iter().flatten().filter_map(|e| e["Name"].as_str().map(str::to_string)).collect()
+    }
+}
+
+/// A veth pair `a_if` (in namespace `a`) <-> `b_if` (in namespace `b`), both up.
+pub fn veth_between(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
+    ip(&["link", "add", "dptmp0", "netns", &a.name, "type", "veth", "peer", "name", "dptmp1", "netns", &b.name])?;
+    ip(&["-n", &a.name, "link", "set", "dptmp0", "name", a_if])?;
+    ip(&["-n", &b.name, "link", "set", "dptmp1", "name", b_if])?;
+    for (ns, ifc) in [(a, a_if), (b, b_if)] {
+        let _ = ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{ifc}.disable_ipv6=1")]);
+        ip(&["-n", &ns.name, "link", "set", ifc, "up"])?;
+    }
+    Ok(())
+}

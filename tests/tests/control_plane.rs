@@ -1,0 +1,322 @@
+//! The Docker-style control plane, end to end: a "host" namespace with its own dataplane
+//! instance, a veth "trunk" to an upstream "switch" namespace, real traffic.
+
+use std::{collections::BTreeSet, path::Path, process::Output};
+
+use dataplane_tests::{
+    lab::{unique, veth_between, Host},
+    Netns,
+};
+use serde_json::Value;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Host `h` with parent `eth0`, wired to switch namespace `sw` (interface `up0`).
+fn host_and_switch() -> (Host, Netns) {
+    let h = Host::new("dpH").unwrap();
+    let sw = Netns::new("dpS").unwrap();
+    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    (h, sw)
+}
+
+fn ping(h: &Host, from: &str, to: &str) -> bool {
+    h.dp(&["exec", from, "ping", "-c", "1", "-W", "1", to]).status.success()
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+fn ep_json(h: &Host, name: &str) -> Value {
+    let all = json(&h.ok(&["ps", "--format", "json"]));
+    all.as_array().unwrap().iter().find(|e| e["Name"] == name).cloned().unwrap_or_else(|| panic!("no endpoint {name} in {all:#}"))
+}
+
+/// Links of a namespace (by name) as JSON, read inside it.
+fn links_in(ns_path: &str) -> Vec<Value> {
+    let out = std::process::Command::new("nsenter").arg(format!("--net={ns_path}")).args(["ip", "-j", "-d", "link"]).output().unwrap();
+    json(&String::from_utf8_lossy(&out.stdout)).as_array().cloned().unwrap_or_default()
+}
+
+fn link_names(ns: &Netns) -> BTreeSet<String> {
+    links_in(&ns.path().display().to_string()).iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn bridge_mode_endpoints_reach_each_other_and_the_switch() {
+    let (h, sw) = host_and_switch();
+    sw.exec(&["ip", "addr", "add", "172.16.86.1/24", "dev", "up0"]).unwrap();
+    let id = h.ok(&["network", "create", "-d", "macvlan", "--subnet=172.16.86.0/24", "--gateway=172.16.86.1", "-o", "parent=eth0", "pub_net"]);
+    assert_eq!(id.trim().len(), 64, "network create prints a 64-hex id: {id}");
+    assert!(id.trim().chars().all(|c| c.is_ascii_hexdigit()));
+    let (web, db) = (unique("web"), unique("db"));
+    h.ok(&["run", "-d", "--name", &web, "--network", "pub_net"]);
+    h.ok(&["run", "-d", "--name", &db, "--network", "pub_net"]);
+
+    let w = ep_json(&h, &web);
+    assert_eq!(w["Networks"][0]["IPv4Address"], "172.16.86.2");
+    assert_eq!(w["Networks"][0]["MacAddress"], "02:42:ac:10:56:02");
+    assert_eq!(ep_json(&h, &db)["Networks"][0]["IPv4Address"], "172.16.86.3");
+
+    // Inside the endpoint: eth0 with its MAC and address, lo up, default route via the gateway.
+    let ns = format!("/run/netns/{web}");
+    let addrs = json(&String::from_utf8_lossy(&h.dp(&["exec", &web, "ip", "-j", "addr"]).stdout));
+    let eth0 = addrs.as_array().unwrap().iter().find(|l| l["ifname"] == "eth0").expect("eth0 in the endpoint");
+    assert_eq!(eth0["address"], "02:42:ac:10:56:02");
+    assert!(eth0["addr_info"].as_array().unwrap().iter().any(|a| a["local"] == "172.16.86.2" && a["prefixlen"] == 24));
+    let lo = links_in(&ns).into_iter().find(|l| l["ifname"] == "lo").unwrap();
+    assert!(lo["flags"].as_array().unwrap().iter().any(|f| f == "UP"), "lo is not up");
+    let eth0_link = links_in(&ns).into_iter().find(|l| l["ifname"] == "eth0").unwrap();
+    assert_eq!(eth0_link["linkinfo"]["info_kind"], "macvlan");
+    assert_eq!(eth0_link["linkinfo"]["info_data"]["mode"], "bridge");
+    let routes = json(&String::from_utf8_lossy(&h.dp(&["exec", &web, "ip", "-j", "route"]).stdout));
+    assert!(routes.as_array().unwrap().iter().any(|r| r["dst"] == "default" && r["gateway"] == "172.16.86.1"), "{routes:#}");
+
+    assert!(ping(&h, &web, "172.16.86.3"), "web cannot reach db (bridge mode)");
+    assert!(ping(&h, &web, "172.16.86.1"), "web cannot reach the switch");
+    assert!(sw.exec(&["ping", "-c", "1", "-W", "1", "172.16.86.3"]).is_ok(), "the switch cannot reach db");
+
+    // rm leaves nothing: namespace, links, map entries.
+    h.ok(&["rm", &web, &db]);
+    assert!(!Path::new(&ns).exists(), "{ns} left behind");
+    assert_eq!(link_names(&h.ns), BTreeSet::from(["lo".to_string(), "eth0".to_string()]));
+    let admitted = json(&h.ok(&["bpf", "admit", "ls", "--format", "json"]));
+    assert_eq!(admitted.as_array().unwrap().len(), 1, "only the host's own MAC stays admitted: {admitted:#}");
+    h.ok(&["network", "rm", "pub_net"]);
+    assert!(!h.bpffs.dir.exists(), "pins left after the last network went");
+    assert_eq!(h.ns.xdp_prog_id("eth0").unwrap(), None);
+}
+
+#[test]
+fn ip_range_and_aux_addresses_follow_docker_ipam() {
+    let (h, _sw) = host_and_switch();
+    h.ok(&[
+        "network", "create", "-d", "macvlan", "--subnet=192.168.32.0/24", "--ip-range=192.168.32.128/25",
+        "--gateway=192.168.32.254", "--aux-address=my-router=192.168.32.129", "-o", "parent=eth0", "macnet32",
+    ]);
+    let names: Vec<String> = (0..3).map(|i| unique(&format!("m{i}"))).collect();
+    h.ok(&["run", "-d", "--name", &names[0], "--network", "macnet32"]);
+    h.ok(&["run", "-d", "--name", &names[1], "--network", "macnet32"]);
+    assert_eq!(ep_json(&h, &names[0])["Networks"][0]["IPv4Address"], "192.168.32.128");
+    assert_eq!(ep_json(&h, &names[1])["Networks"][0]["IPv4Address"], "192.168.32.130", "the aux address must be skipped");
+    h.ok(&["run", "-d", "--name", &names[2], "--network", "macnet32", "--ip", "192.168.32.10", "--mac-address", "02:00:00:00:32:0a"]);
+    let e = ep_json(&h, &names[2]);
+    assert_eq!(e["Networks"][0]["IPv4Address"], "192.168.32.10", "static addresses may lie outside the range");
+    assert_eq!(e["Networks"][0]["MacAddress"], "02:00:00:00:32:0a");
+    for (ip, want) in [
+        ("192.168.32.129", "address 192.168.32.129 is reserved on network macnet32 (aux address my-router)"),
+        ("192.168.32.254", "address 192.168.32.254 is reserved on network macnet32 (the gateway)"),
+        ("192.168.32.255", "is reserved on network macnet32 (the subnet's broadcast address)"),
+        ("192.168.32.128", &format!("address 192.168.32.128 is already in use on network macnet32 by {}", names[0])),
+        ("10.1.2.3", "address 10.1.2.3 is not in any subnet of network macnet32 (192.168.32.0/24)"),
+    ] {
+        let n = unique("bad");
+        let out = h.dp(&["run", "-d", "--name", &n, "--network", "macnet32", "--ip", ip]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(want), "--ip {ip}: want {want:?}, got {}", stderr(&out));
+        assert!(!Path::new(&format!("/run/netns/{n}")).exists(), "failed run left its namespace");
+    }
+    let inspect = json(&h.ok(&["network", "inspect", "macnet32"]));
+    let cfg = &inspect[0]["IPAM"]["Config"][0];
+    assert_eq!(cfg["Subnet"], "192.168.32.0/24");
+    assert_eq!(cfg["IPRange"], "192.168.32.128/25");
+    assert_eq!(cfg["Gateway"], "192.168.32.254");
+    assert_eq!(cfg["AuxiliaryAddresses"]["my-router"], "192.168.32.129");
+    assert_eq!(inspect[0]["Driver"], "macvlan");
+    assert_eq!(inspect[0]["Containers"].as_object().unwrap().len(), 3);
+    let out = h.dp(&["network", "rm", "macnet32"]);
+    assert!(stderr(&out).contains("network macnet32 has active endpoints"), "{}", stderr(&out));
+}
+
+#[test]
+fn none_endpoint_has_only_lo_and_seed_commands_work() {
+    let (h, _sw) = host_and_switch();
+    let name = unique("no-net-alpine");
+    // The seed's exact shape: image and command after the flags, -dit, --rm.
+    let out = h.dp(&["run", "--rm", "-dit", "--network", "none", "--name", &name, "alpine:latest", "ash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let links = String::from_utf8_lossy(&h.dp(&["exec", &name, "ip", "link", "show"]).stdout).into_owned();
+    assert!(links.contains("1: lo: <LOOPBACK,UP,LOWER_UP>"), "{links}");
+    assert_eq!(links.lines().filter(|l| !l.starts_with(' ')).count(), 1, "only lo expected: {links}");
+    let routes = h.dp(&["exec", &name, "ip", "route"]);
+    assert!(routes.status.success());
+    assert!(routes.stdout.is_empty(), "no routes expected: {}", String::from_utf8_lossy(&routes.stdout));
+    assert!(ep_json(&h, &name)["Status"].as_str().unwrap().starts_with("running"));
+    h.ok(&["stop", &name]);
+    assert!(!h.endpoint_names().contains(&name), "--rm endpoint still listed after stop");
+    assert!(!Path::new(&format!("/run/netns/{name}")).exists());
+}
+
+#[test]
+fn host_mode_runs_in_the_host_namespace_and_warns_about_ports() {
+    let (h, _sw) = host_and_switch();
+    let name = unique("hostnet");
+    let out = h.dp(&["run", "--rm", "--network", "host", "-p", "80:80", "--name", &name, "--", "readlink", "/proc/self/ns/net"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING: Published ports are discarded when using host network mode"), "{}", stderr(&out));
+    let ns_of_host = h.ns.exec(&["readlink", "/proc/self/ns/net"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), ns_of_host, "the command did not run in the host's namespace");
+    let out = h.dp(&["run", "--rm", "--network", "none", "--name", &name, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "run must return the command's exit code");
+    assert!(h.endpoint_names().is_empty());
+}
+
+#[test]
+fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
+    let a = Host::new("dpA").unwrap();
+    let b = Host::new("dpB").unwrap();
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
+    // VLAN 50 on both hosts; VLAN 60 on B uses the same subnet, so only the tag separates it.
+    for h in [&a, &b] {
+        h.ok(&["network", "create", "-d", "macvlan", "--subnet=192.168.50.0/24", "--gateway=192.168.50.1", "-o", "parent=trunk0.50", "macvlan50"]);
+    }
+    let (a50, b50) = (unique("a50"), unique("b50"));
+    a.ok(&["run", "-d", "--name", &a50, "--network", "macvlan50", "--ip", "192.168.50.10"]);
+    b.ok(&["run", "-d", "--name", &b50, "--network", "macvlan50", "--ip", "192.168.50.20"]);
+    assert!(ping(&a, &a50, "192.168.50.20"), "no connectivity within VLAN 50 across the trunk");
+
+    // The subinterface exists on both hosts and the frames on the trunk carry tag 50.
+    assert!(link_names(&a.ns).contains("trunk0.50"));
+    let cap = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", b.ns.path().display()))
+        .args(["timeout", "5", "tcpdump", "-i", "trunk0", "-e", "-n", "-c", "2", "-l", "icmp or vlan"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(ping(&a, &a50, "192.168.50.20"));
+    let seen = String::from_utf8_lossy(&cap.wait_with_output().unwrap().stdout).into_owned();
+    assert!(seen.contains("vlan 50"), "no 802.1Q tag 50 seen on the trunk: {seen}");
+
+    // Another VLAN, same subnet: unreachable from VLAN 50.
+    b.ok(&["network", "create", "-d", "macvlan", "--subnet=10.60.0.0/24", "-o", "parent=trunk0.60", "macvlan60"]);
+    let b60 = unique("b60");
+    b.ok(&["run", "-d", "--name", &b60, "--network", "macvlan60", "--ip", "10.60.0.30"]);
+    b.ok(&["exec", &b60, "ip", "addr", "add", "192.168.50.30/24", "dev", "eth0"]);
+    assert!(!ping(&a, &a50, "192.168.50.30"), "a frame crossed from VLAN 50 into VLAN 60");
+    let counters = json(&a.ok(&["bpf", "counters", "--format", "json"]));
+    let steered: u64 = counters.as_array().unwrap().iter().filter(|c| c["reason"] == "vlan_steered").map(|c| c["packets"].as_u64().unwrap()).sum();
+    assert!(steered > 0, "no frames counted as steered into VLAN 50: {counters:#}");
+
+    // Removing the last network of a VLAN removes the subinterface dataplane made.
+    b.ok(&["rm", "-f", &b60]);
+    b.ok(&["network", "rm", "macvlan60"]);
+    assert!(!link_names(&b.ns).contains("trunk0.60"), "trunk0.60 left behind");
+    assert!(link_names(&b.ns).contains("trunk0.50"), "trunk0.50 removed while in use");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_no_trace() {
+    let (h, _sw) = host_and_switch();
+    h.ok(&["network", "create", "--subnet=172.16.86.0/24", "-o", "parent=eth0", "pub_net"]);
+    let long_parent = "parent=longtrunkname0.4000".to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["network", "create", "--subnet=172.16.86.1/24", "-o", "parent=eth0", "n1"], "invalid subnet 172.16.86.1/24: host bits are set; did you mean 172.16.86.0/24?"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "--gateway=10.0.1.1", "-o", "parent=eth0", "n1"], "gateway 10.0.1.1 is not inside subnet 10.0.0.0/24"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "--ip-range=10.0.0.0/16", "-o", "parent=eth0", "n1"], "ip range 10.0.0.0/16 is larger than subnet 10.0.0.0/24"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "--aux-address=r=10.9.9.9", "-o", "parent=eth0", "n1"], "aux address r=10.9.9.9 is not inside any --subnet"),
+        (vec!["network", "create", "--subnet=172.16.0.0/16", "-o", "parent=eth0", "n1"], "subnet 172.16.0.0/16 overlaps subnet 172.16.86.0/24 of network pub_net"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "pub_net"], "network with name pub_net already exists"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=nope0", "n1"], "parent interface nope0 does not exist"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=lo", "n1"], "parent lo is the loopback device"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.4095", "n1"], "invalid 802.1Q parent \"eth0.4095\""),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.5.6", "n1"], "invalid 802.1Q parent \"eth0.5.6\""),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", &long_parent, "n1"], "is longer than the kernel allows (15 characters)"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=nope0.50", "n1"], "trunk interface nope0 does not exist"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "n1"], "the macvlan driver needs a parent interface"),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "-o", "macvlan_mode=turbo", "n1"], "invalid macvlan_mode \"turbo\""),
+        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "-o", "color=blue", "n1"], "unknown option \"color\""),
+        (vec!["network", "create", "-d", "bridge", "n1"], "driver \"bridge\" is not supported"),
+        (vec!["network", "create", "-o", "parent=eth0", "host"], "network name \"host\" is predefined"),
+        (vec!["network", "create", "-o", "parent=eth0", "bad name"], "invalid network name \"bad name\""),
+        (vec!["network", "rm", "none"], "none is a predefined network and cannot be removed"),
+        (vec!["network", "rm", "ghost"], "network ghost not found"),
+        (vec!["run", "-d", "--name", "x1", "--network", "ghost"], "network ghost not found"),
+        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--ip", "172.16.86.999"], "invalid IP address \"172.16.86.999\""),
+        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--mac-address", "01:00:5e:00:00:01"], "invalid --mac-address 01:00:5e:00:00:01: it must be a unicast address"),
+        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--mac-address", "zz"], "invalid MAC address \"zz\""),
+        (vec!["run", "-d", "--name", "x1", "--network", "none", "--ip", "10.0.0.1"], "cannot be used with --network none"),
+        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--netns", "/run/netns/dp-nope"], "network namespace /run/netns/dp-nope does not exist"),
+        (vec!["run", "-d", "--name", "-x", "--network", "none"], "invalid endpoint name"),
+        (vec!["rm", "ghost"], "endpoint ghost not found"),
+        (vec!["exec", "ghost", "true"], "endpoint ghost not found"),
+    ];
+    let links_before = link_names(&h.ns);
+    for (args, want) in &cases {
+        let out = h.dp(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(want), "{args:?}: want {want:?}, got {}", stderr(&out));
+        let nets = json(&h.ok(&["network", "ls", "--format", "json"]));
+        assert_eq!(nets.as_array().unwrap().len(), 3, "{args:?} left a network row: {nets:#}");
+        assert!(h.endpoint_names().is_empty(), "{args:?} left an endpoint row");
+        assert!(!Path::new("/run/netns/x1").exists(), "{args:?} left a namespace");
+        assert_eq!(link_names(&h.ns), links_before, "{args:?} left a link");
+    }
+    let admitted = json(&h.ok(&["bpf", "admit", "ls", "--format", "json"]));
+    assert_eq!(admitted.as_array().unwrap().len(), 1, "a failed command left a map entry: {admitted:#}");
+}
+
+#[test]
+fn parallel_runs_get_distinct_addresses_and_macs() {
+    let (h, _sw) = host_and_switch();
+    h.ok(&["network", "create", "--subnet=10.77.0.0/24", "-o", "parent=eth0", "par"]);
+    let names: Vec<String> = (0..32).map(|i| unique(&format!("p{i}-"))).collect();
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = names.iter().map(|n| s.spawn(|| h.dp(&["run", "-d", "--name", n, "--network", "par"]))).collect();
+        hs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for (n, o) in names.iter().zip(&outs) {
+        assert!(o.status.success(), "run {n} failed: {}", stderr(o));
+    }
+    let all = json(&h.ok(&["ps", "--format", "json"]));
+    let ips: BTreeSet<String> = all.as_array().unwrap().iter().map(|e| e["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()).collect();
+    let macs: BTreeSet<String> = all.as_array().unwrap().iter().map(|e| e["Networks"][0]["MacAddress"].as_str().unwrap().to_string()).collect();
+    assert_eq!((ips.len(), macs.len()), (32, 32), "addresses or MACs handed out twice");
+    let rc = h.dp(&["rm"].into_iter().chain(names.iter().map(String::as_str)).collect::<Vec<_>>());
+    assert!(rc.status.success(), "{}", stderr(&rc));
+    assert_eq!(link_names(&h.ns), BTreeSet::from(["lo".to_string(), "eth0".to_string()]));
+}
+
+#[test]
+fn connect_and_disconnect_add_and_remove_interfaces() {
+    let (h, _sw) = host_and_switch();
+    h.ok(&["network", "create", "--subnet=10.81.0.0/24", "-o", "parent=eth0", "n81"]);
+    h.ok(&["network", "create", "--subnet=10.82.0.0/24", "--internal", "-o", "parent=eth0", "n82"]);
+    let e = unique("multi");
+    h.ok(&["run", "-d", "--name", &e, "--network", "n81"]);
+    let out = h.ok(&["network", "connect", "--ip", "10.82.0.50", "n82", &e]);
+    assert!(out.contains("eth1") && out.contains("10.82.0.50"), "{out}");
+    let addrs = String::from_utf8_lossy(&h.dp(&["exec", &e, "ip", "-br", "addr"]).stdout).into_owned();
+    assert!(addrs.contains("10.81.0.2/24") && addrs.contains("10.82.0.50/24"), "{addrs}");
+    let dup = h.dp(&["network", "connect", "n82", &e]);
+    assert!(stderr(&dup).contains(&format!("endpoint {e} is already connected to network n82")), "{}", stderr(&dup));
+    h.ok(&["network", "disconnect", "n82", &e]);
+    let addrs = String::from_utf8_lossy(&h.dp(&["exec", &e, "ip", "-br", "addr"]).stdout).into_owned();
+    assert!(!addrs.contains("eth1"), "{addrs}");
+    h.ok(&["network", "rm", "n82"]);
+}
+
+#[test]
+fn reconcile_reports_and_repairs_drift() {
+    let (h, _sw) = host_and_switch();
+    h.ok(&["network", "create", "--subnet=10.90.0.0/24", "-o", "parent=eth0", "n90"]);
+    let e = unique("drift");
+    h.ok(&["run", "-d", "--name", &e, "--network", "n90"]);
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    let mac = ep_json(&h, &e)["Networks"][0]["MacAddress"].as_str().unwrap().to_string();
+    h.ok(&["bpf", "admit", "del", "--iface", "eth0", &mac]);
+    h.ok(&["bpf", "admit", "add", "--iface", "eth0", "02:66:66:66:66:66"]);
+    let report = h.ok(&["reconcile", "--dry-run"]);
+    assert!(report.contains("drift: admission map: missing entry") && report.contains(&mac), "{report}");
+    assert!(report.contains("unexpected entry") && report.contains("02:66:66:66:66:66"), "{report}");
+    h.ok(&["reconcile"]);
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    // A namespace deleted by hand: the endpoint is dropped, its address freed.
+    std::process::Command::new("ip").args(["netns", "del", &e]).status().unwrap();
+    let report = h.ok(&["reconcile"]);
+    assert!(report.contains(&format!("endpoint {e}: its network namespace /run/netns/{e} is gone")), "{report}");
+    assert!(h.endpoint_names().is_empty());
+}
