@@ -319,7 +319,7 @@ impl Engine {
 /// `host` and `none`, with ids derived from their names so they are stable.
 pub fn predefined_networks() -> Vec<Network> {
     let mk = |name: &str, driver: Driver| Network {
-        id: format!("{:0>64}", name.bytes().map(|b| format!("{b:02x}")).collect::<String>()),
+        id: format!("{:0<64}", name.bytes().map(|b| format!("{b:02x}")).collect::<String>()),
         name: name.into(),
         driver,
         created: "1970-01-01T00:00:00.000000000Z".into(),

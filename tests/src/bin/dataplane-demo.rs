@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use dataplane_tests::{
     dataplane,
     frames::{lab_seq, mac_str, udp, BROADCAST},
+    lab::{veth_between, Host},
     raw::RawSocket,
-    Bpffs, Lab,
+    Bpffs, Lab, Netns,
 };
 
 fn show(step: &str, out: Output) -> Result<String> {
@@ -24,6 +25,74 @@ fn show(step: &str, out: Output) -> Result<String> {
 }
 
 fn main() -> Result<()> {
+    admission_demo()?;
+    networks_demo()
+}
+
+/// Run `dataplane ARGS` on a demo host, echoing the command and its output.
+fn on(host: &Host, label: &str, args: &[&str]) -> Result<String> {
+    println!("\n[{label}]$ dataplane {}", args.iter().map(|a| if a.contains(' ') { format!("{a:?}") } else { a.to_string() }).collect::<Vec<_>>().join(" "));
+    let out = host.dp(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in stdout.lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+        println!("    {line}");
+    }
+    if !out.status.success() {
+        bail!("`dataplane {}` failed", args.join(" "));
+    }
+    Ok(stdout)
+}
+
+fn networks_demo() -> Result<()> {
+    println!("\n== dataplane demo: Docker-style networks (the seed document's commands) ==");
+    let a = Host::new("demoA")?;
+    let b = Host::new("demoB")?;
+    let sw = Netns::new("demoSw")?;
+    // host A's eth0 goes to the "switch"; trunk0 is an 802.1Q trunk between hosts A and B.
+    veth_between(&sw, "up0", &a.ns, "eth0")?;
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0")?;
+    sw.exec(&["ip", "addr", "add", "172.16.86.1/24", "dev", "up0"])?;
+    println!("lab: host A ({}) eth0 <-> switch ({}, 172.16.86.1); host A trunk0 <-> host B ({}) trunk0", a.ns.name, sw.name, b.ns.name);
+
+    on(&a, "A", &["network", "create", "-d", "macvlan", "--subnet=172.16.86.0/24", "--gateway=172.16.86.1", "-o", "parent=eth0", "pub_net"])?;
+    on(&a, "A", &["network", "create", "-d", "macvlan", "--subnet=192.168.32.0/24", "--ip-range=192.168.32.128/25", "--gateway=192.168.32.254", "--aux-address=my-router=192.168.32.129", "-o", "parent=eth0", "macnet32"])?;
+    on(&a, "A", &["network", "ls"])?;
+    on(&a, "A", &["run", "-d", "--name", "demo-web", "--network", "pub_net"])?;
+    on(&a, "A", &["run", "-d", "--name", "demo-db", "--network", "pub_net"])?;
+    on(&a, "A", &["exec", "demo-web", "ping", "-c", "1", "-W", "1", "172.16.86.3"])?;
+    on(&a, "A", &["exec", "demo-web", "ping", "-c", "1", "-W", "1", "172.16.86.1"])?;
+    on(&a, "A", &["run", "-d", "--name", "demo-r1", "--network", "macnet32"])?;
+    on(&a, "A", &["run", "-d", "--name", "demo-r2", "--network", "macnet32"])?;
+    println!("    (192.168.32.129 is the aux address my-router: skipped)");
+    on(&a, "A", &["ps"])?;
+
+    for (h, label, ip) in [(&a, "A", "192.168.50.10"), (&b, "B", "192.168.50.20")] {
+        on(h, label, &["network", "create", "-d", "macvlan", "--subnet=192.168.50.0/24", "--gateway=192.168.50.1", "-o", "parent=trunk0.50", "macvlan50"])?;
+        on(h, label, &["run", "-d", "--name", &format!("demo-v50{}", label.to_lowercase()), "--network", "macvlan50", "--ip", ip])?;
+    }
+    println!("    (this kernel has no 8021q module: trunk0.50 is dataplane's eBPF VLAN device)");
+    on(&a, "A", &["exec", "demo-v50a", "ping", "-c", "2", "-W", "1", "192.168.50.20"])?;
+
+    on(&a, "A", &["run", "--rm", "-dit", "--network", "none", "--name", "no-net-alpine", "alpine:latest", "ash"])?;
+    on(&a, "A", &["exec", "no-net-alpine", "ip", "link", "show"])?;
+    on(&a, "A", &["exec", "no-net-alpine", "ip", "route"])?;
+    on(&a, "A", &["stop", "no-net-alpine"])?;
+    on(&a, "A", &["run", "--rm", "--network", "host", "-p", "80:80", "--name", "demo-host", "--", "true"])?;
+    on(&a, "A", &["bpf", "counters"])?;
+
+    for (h, label) in [(&a, "A"), (&b, "B")] {
+        let names = h.endpoint_names();
+        let mut args = vec!["rm", "-f"];
+        args.extend(names.iter().map(String::as_str));
+        on(h, label, &args)?;
+    }
+    on(&a, "A", &["network", "rm", "pub_net", "macnet32", "macvlan50"])?;
+    on(&b, "B", &["network", "rm", "macvlan50"])?;
+    println!("\ncleaning up the lab namespaces");
+    Ok(())
+}
+
+fn admission_demo() -> Result<()> {
     println!("== dataplane demo: per-MAC admission in XDP on a veth trunk ==");
     let lab = Lab::new().context("creating the lab namespaces (needs root)")?;
     let bpffs = Bpffs::new()?;
@@ -72,6 +141,5 @@ fn main() -> Result<()> {
     println!("\n$ dataplane bpf unload --iface {} --netns {}", lab.b_if, lab.b.name);
     show("unload", dataplane(&bpffs, &["bpf", "unload", "--iface", &lab.b_if, "--netns", &lab.b.name]))?;
     println!("pins left: {}", if bpffs.dir.exists() { "some (unexpected)" } else { "none" });
-    println!("\ncleaning up the lab namespaces");
     Ok(())
 }
