@@ -72,6 +72,15 @@ pub struct Network {
     pub parent: Option<String>,
     pub macvlan_mode: Option<String>,
     pub vlan: Option<VlanParent>,
+    /// `creating`/`removing` while a command works on it (see `owner_pid`).
+    #[serde(default = "ready")]
+    pub state: EndpointState,
+    #[serde(default)]
+    pub owner_pid: u32,
+}
+
+fn ready() -> EndpointState {
+    EndpointState::Ready
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +338,7 @@ mod tests {
         let n = Network {
             id: new_id(), name: "pub_net".into(), driver: Driver::Macvlan, created: now_rfc3339(), internal: false,
             ipv6: false, options: BTreeMap::new(), pools: vec![], parent: Some("eth1".into()), macvlan_mode: Some("bridge".into()), vlan: None,
+            state: EndpointState::Ready, owner_pid: 0,
         };
         s.write(|t| t.put_network(&n)).unwrap();
         let got = s.read(|t| t.network("pub_net")).unwrap().unwrap();

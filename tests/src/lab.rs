@@ -189,7 +189,13 @@ impl Host {
 
     /// `dataplane ARGS` run inside this host.
     pub fn dp(&self, args: &[&str]) -> Output {
+        self.dp_env(&[], args)
+    }
+
+    /// Like [`Host::dp`] with extra environment variables (e.g. DATAPLANE_FAULT).
+    pub fn dp_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         Command::new("nsenter")
+            .envs(env.iter().copied())
             .arg(format!("--net={}", self.ns.path().display()))
             .arg(dataplane_bin())
             .arg("--state-dir")

@@ -264,7 +264,13 @@ impl Engine {
             }
             let net = match network.as_str() {
                 "host" | "none" => None,
-                n => Some(tx.network(n)?.ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?),
+                n => {
+                    let net = tx.network(n)?.ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?;
+                    if net.state != EndpointState::Ready {
+                        return invalid(format!("network {n} is still being set up or removed (by process {}); retry in a moment", net.owner_pid));
+                    }
+                    Some(net)
+                }
             };
             if let (Some(p), Some(other)) = (&req.netns, tx.endpoints()?.into_iter().find(|e| !e.netns.is_empty() && Path::new(&e.netns) == netns::path_of(req.netns.as_deref().unwrap_or_default()))) {
                 return invalid(format!("network namespace {p} already belongs to endpoint {}", other.name));
@@ -297,6 +303,7 @@ impl Engine {
             Ok((ep, net, att))
         })?;
 
+        super::fault("run:allocated");
         // 2. Kernel work, undone in reverse on failure.
         let mut undo = Undo::new();
         {
@@ -316,6 +323,7 @@ impl Engine {
                 netns::create_named(&req.name).map_err(|source| ControlError::Io { what: format!("creating network namespace {netns_path}"), source })?;
                 let p = PathBuf::from(&netns_path);
                 undo.push(format!("deleting network namespace {netns_path}"), move || netns::delete_named(&p).map_err(|e| e.to_string()));
+                super::fault("run:netns-made");
             }
             lo_up(&netns_path)?;
             if let (Some(n), Some(a)) = (&net, &att) {
@@ -324,6 +332,7 @@ impl Engine {
                     undo.push(format!("deleting {ifname} in {path}"), move || delete_link_in(&path, &ifname));
                 }
                 realise(n, &ep, a)?;
+                super::fault("run:linked");
             }
             Ok(())
         })();
@@ -424,7 +433,9 @@ impl Engine {
             Ok((ep, atts, nets))
         })?;
         let _ = nets;
+        super::fault("rm:marked");
         let warnings = teardown(&ep, &atts, force);
+        super::fault("rm:torn-down");
         let n = ep.name.clone();
         self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&n)?) })?;
         Ok(warnings)

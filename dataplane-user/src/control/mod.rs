@@ -47,6 +47,26 @@ pub enum ControlError {
 
 pub type Result<T> = std::result::Result<T, ControlError>;
 
+/// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
+/// aborts right there, as if killed. Inert unless that variable is set.
+pub const FAULT_POINTS: [&str; 7] = [
+    "network-create:vlan-made",
+    "network-create:attached",
+    "run:allocated",
+    "run:netns-made",
+    "run:linked",
+    "rm:marked",
+    "rm:torn-down",
+];
+
+pub fn fault(point: &'static str) {
+    debug_assert!(FAULT_POINTS.contains(&point), "unknown fault point {point}");
+    if std::env::var_os("DATAPLANE_FAULT").is_some_and(|v| v == point) {
+        eprintln!("dataplane: fault point {point}: aborting");
+        std::process::abort();
+    }
+}
+
 pub fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(ControlError::Invalid(msg.into()))
 }
@@ -83,11 +103,31 @@ impl Engine {
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
     }
+
+    /// Exclusive lock for network create/rm (their kernel work must not interleave on a
+    /// parent); released when the returned file closes, also if the process dies.
+    pub(crate) fn network_lock(&self) -> Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let path = self.state_dir.join("network.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| ControlError::Io { what: format!("opening {}", path.display()), source })?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(ControlError::Io { what: format!("locking {}", path.display()), source: std::io::Error::last_os_error() });
+        }
+        Ok(f)
+    }
 }
+
+type UndoStep = Box<dyn FnOnce() -> std::result::Result<(), String>>;
 
 /// Run every rollback step, collecting failures instead of stopping at the first.
 pub(crate) struct Undo {
-    steps: Vec<(String, Box<dyn FnOnce() -> std::result::Result<(), String>>)>,
+    steps: Vec<(String, UndoStep)>,
 }
 
 impl Undo {

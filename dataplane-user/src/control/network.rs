@@ -9,7 +9,7 @@ use crate::{
     bpf::{self, AttachMode},
     ipam::{self, PoolRequest},
     nl::Nl,
-    store::{Attachment, Driver, Endpoint, Network, VlanParent},
+    store::{Attachment, Driver, Endpoint, EndpointState, Network, VlanParent},
 };
 
 #[derive(Debug, Default, Clone)]
@@ -114,7 +114,9 @@ impl Engine {
         }
 
         let pins = self.pins.clone();
-        self.store.write(|tx| -> Result<Network> {
+        let _lock = self.network_lock()?;
+        // 1. Validate against the store and record the network as `creating`.
+        let mut n = self.store.write(|tx| -> Result<Network> {
             if tx.network(&req.name)?.is_some_and(|n| n.name == req.name) {
                 return invalid(format!("network with name {} already exists; remove it first (dataplane network rm {}) or pick another name", req.name, req.name));
             }
@@ -140,39 +142,14 @@ impl Engine {
                 &existing,
                 ipam::default_v4_pool,
             )?;
-
-            let mut undo = Undo::new();
-            let mut vlan = None;
-            let step = (|| -> Result<()> {
-                if let Some((t, vid)) = &trunk {
-                    if existing_parent.is_some() {
-                        vlan = Some(VlanParent { trunk: t.clone(), vid: *vid, created: false, kind: "existing".into(), peer: None });
-                    } else if let Some(shared) = others.iter().find_map(|o| o.vlan.as_ref().filter(|_| o.parent.as_deref() == Some(parent.as_str()))) {
-                        vlan = Some(shared.clone());
-                    } else {
-                        let v = vlan::create(&nl, &pins, t, *vid, &parent)?;
-                        let (p2, v2, pins2) = (parent.clone(), v.clone(), pins.clone());
-                        undo.push(format!("removing VLAN device {parent}"), move || {
-                            let nl = Nl::here().map_err(|e| e.to_string())?;
-                            let errs = vlan::remove(&nl, &pins2, &p2, &v2);
-                            if errs.is_empty() { Ok(()) } else { Err(errs.join("; ")) }
-                        });
-                        vlan = Some(v);
-                    }
+            let shared = others.iter().find_map(|o| o.vlan.clone().filter(|_| o.parent.as_deref() == Some(parent.as_str())));
+            let vlan = match &trunk {
+                Some((t, vid)) if existing_parent.is_some() && shared.is_none() => {
+                    Some(VlanParent { trunk: t.clone(), vid: *vid, created: false, kind: "existing".into(), peer: None })
                 }
-                let phys = vlan.as_ref().map(|v| v.trunk.clone()).unwrap_or_else(|| parent.clone());
-                if !pins.xdp_link(None, &phys).exists() {
-                    bpf::attach_parent(&pins, None, &phys, AttachMode::Auto)?;
-                    let (phys2, pins2) = (phys.clone(), pins.clone());
-                    undo.push(format!("detaching XDP from {phys}"), move || {
-                        bpf::detach_parent(&pins2, None, &phys2).map_err(|e| e.to_string())
-                    });
-                }
-                Ok(())
-            })();
-            if let Err(e) = step {
-                return Err(undo.run(e));
-            }
+                Some(_) => shared,
+                None => None,
+            };
             let mut opts = options.clone();
             opts.entry("macvlan_mode".into()).or_insert(mode.clone());
             let n = Network {
@@ -187,13 +164,53 @@ impl Engine {
                 parent: Some(parent.clone()),
                 macvlan_mode: Some(mode.clone()),
                 vlan,
+                state: EndpointState::Creating,
+                owner_pid: std::process::id(),
             };
-            if let Err(e) = tx.put_network(&n) {
-                return Err(undo.run(e.into()));
-            }
-            undo.forget();
+            tx.put_network(&n)?;
             Ok(n)
-        })
+        })?;
+
+        // 2. Kernel work (network lock held: no other creator races us on a parent).
+        let mut undo = Undo::new();
+        let step = (|| -> Result<()> {
+            if let (Some((t, vid)), None) = (&trunk, &n.vlan) {
+                let v = vlan::create(&nl, &pins, t, *vid, &parent)?;
+                let (p2, v2, pins2) = (parent.clone(), v.clone(), pins.clone());
+                undo.push(format!("removing VLAN device {parent}"), move || {
+                    let nl = Nl::here().map_err(|e| e.to_string())?;
+                    let errs = vlan::remove(&nl, &pins2, &p2, &v2);
+                    if errs.is_empty() { Ok(()) } else { Err(errs.join("; ")) }
+                });
+                n.vlan = Some(v);
+                // Record it at once, so a crash from here on is torn down by reconcile.
+                let n2 = n.clone();
+                self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&n2)?) })?;
+                super::fault("network-create:vlan-made");
+            }
+            let phys = physical_parent(&n).unwrap_or_default().to_string();
+            if !pins.xdp_link(None, &phys).exists() {
+                bpf::attach_parent(&pins, None, &phys, AttachMode::Auto)?;
+                let (phys2, pins2) = (phys.clone(), pins.clone());
+                undo.push(format!("detaching XDP from {phys}"), move || {
+                    bpf::detach_parent(&pins2, None, &phys2).map_err(|e| e.to_string())
+                });
+                super::fault("network-create:attached");
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            let err = undo.run(e);
+            let name = n.name.clone();
+            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_network(&name)?) });
+            return Err(err);
+        }
+        undo.forget();
+        // 3. Done.
+        n.state = EndpointState::Ready;
+        let n2 = n.clone();
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&n2)?) })?;
+        Ok(n)
     }
 
     /// Remove networks; returns warnings about kernel leftovers that could not be removed.
@@ -202,6 +219,7 @@ impl Engine {
             return invalid(format!("{name} is a predefined network and cannot be removed"));
         }
         let pins = self.pins.clone();
+        let _lock = self.network_lock()?;
         self.store.write(|tx| -> Result<Vec<String>> {
             let Some(n) = tx.network(name)? else {
                 return invalid(format!("network {name} not found (list them with dataplane network ls)"));
@@ -217,20 +235,7 @@ impl Engine {
                 ));
             }
             let others: Vec<Network> = tx.networks()?.into_iter().filter(|o| o.name != n.name).collect();
-            let mut warnings = Vec::new();
-            let nl = Nl::here()?;
-            if let (Some(v), Some(parent)) = (&n.vlan, &n.parent) {
-                if !others.iter().any(|o| o.parent.as_deref() == Some(parent)) {
-                    warnings.extend(vlan::remove(&nl, &pins, parent, v));
-                }
-            }
-            if let Some(phys) = physical_parent(&n) {
-                if !others.iter().any(|o| physical_parent(o) == Some(phys)) && pins.xdp_link(None, phys).exists() {
-                    if let Err(e) = bpf::detach_parent(&pins, None, phys) {
-                        warnings.push(e.to_string());
-                    }
-                }
-            }
+            let warnings = teardown_network(&pins, &n, &others);
             tx.delete_network(&n.name)?;
             Ok(warnings)
         })
@@ -316,6 +321,33 @@ impl Engine {
     }
 }
 
+/// Kernel side of removing network `n`: its VLAN device and parent program, unless
+/// another network still uses them. Continues past failures and returns them.
+pub(crate) fn teardown_network(pins: &crate::bpf::Pins, n: &Network, others: &[Network]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let nl = match Nl::here() {
+        Ok(nl) => nl,
+        Err(e) => return vec![e.to_string()],
+    };
+    if let (Some(v), Some(parent)) = (&n.vlan, &n.parent) {
+        if !others.iter().any(|o| o.parent.as_deref() == Some(parent)) {
+            warnings.extend(vlan::remove(&nl, pins, parent, v));
+        }
+    }
+    if let Some(phys) = physical_parent(n) {
+        if !others.iter().any(|o| physical_parent(o) == Some(phys)) && pins.xdp_link(None, phys).exists() {
+            if let Err(e) = bpf::detach_parent(pins, None, phys) {
+                warnings.push(e.to_string());
+            }
+        }
+    }
+    // Maps made for a VLAN device outlive it unless nothing is attached any more.
+    if let Err(e) = bpf::parent::remove_if_unused(pins) {
+        warnings.push(e.to_string());
+    }
+    warnings
+}
+
 /// `host` and `none`, with ids derived from their names so they are stable.
 pub fn predefined_networks() -> Vec<Network> {
     let mk = |name: &str, driver: Driver| Network {
@@ -330,6 +362,8 @@ pub fn predefined_networks() -> Vec<Network> {
         parent: None,
         macvlan_mode: None,
         vlan: None,
+        state: EndpointState::Ready,
+        owner_pid: 0,
     };
     vec![mk("host", Driver::Host), mk("none", Driver::None)]
 }

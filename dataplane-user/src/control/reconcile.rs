@@ -9,7 +9,7 @@ use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue};
 
 use super::{
     endpoint::{admit_keys, endpoint_number, pid_alive, pull_admission, teardown},
-    network::physical_parent,
+    network::{physical_parent, teardown_network},
     vlan, Engine, Result,
 };
 use crate::{
@@ -33,7 +33,18 @@ impl Engine {
         let pins = self.pins.clone();
         self.store.write(|tx| -> Result<ReconcileReport> {
             let mut r = ReconcileReport::default();
-            let nets = tx.networks()?;
+            // 0. Networks a crashed `network create` left behind.
+            let all = tx.networks()?;
+            for n in all.iter().filter(|n| n.state != EndpointState::Ready && !pid_alive(n.owner_pid)) {
+                r.drift.push(format!("network {} was left {:?} by process {} which is gone: removing it", n.name, n.state, n.owner_pid));
+                if dry_run {
+                    continue;
+                }
+                let others: Vec<_> = all.iter().filter(|o| o.name != n.name).cloned().collect();
+                r.errors.extend(teardown_network(&pins, n, &others));
+                tx.delete_network(&n.name)?;
+            }
+            let nets: Vec<_> = tx.networks()?.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
             let atts = tx.attachments()?;
             // 1. Half-done commands whose process is gone, and endpoints whose namespace vanished.
             for ep in tx.endpoints()? {
