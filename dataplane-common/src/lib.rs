@@ -10,5 +10,7 @@
 pub mod frame;
 pub mod maps;
 
-pub use frame::{admission, parse_l2, Decision, L2Header, Malformed, Packet, Verdict};
-pub use maps::{AdmitKey, AdmitValue, Counter, CounterKey, Reason, VlanKey, VlanTrunk};
+pub use frame::{admission, egress_check, parse_l2, Decision, L2Header, Malformed, Packet, Verdict};
+pub use maps::{
+    AdmitKey, AdmitValue, Counter, CounterKey, EndpointCounters, EndpointInfo, Reason, VlanKey, VlanTrunk,
+};

@@ -19,6 +19,19 @@ pub const VLAN_DEVS_MAP: &str = "DP_VLAN_DEVS";
 /// hidden veth end ifindex -> (trunk ifindex, VID).
 pub const VLAN_PEERS_MAP: &str = "DP_VLAN_PEERS";
 pub const VLAN_MAX_ENTRIES: u32 = 4096;
+/// tcx egress program on an endpoint's interface: anti-spoofing + tx accounting.
+pub const TC_EP_OUT_PROG: &str = "dp_ep_out";
+/// tcx ingress program on an endpoint's interface: rx accounting.
+pub const TC_EP_IN_PROG: &str = "dp_ep_in";
+/// ifindex of an endpoint interface -> what it may send as. Endpoint interfaces get
+/// ifindexes from [`EP_IFINDEX_BASE`] up, unique per dataplane instance, because the
+/// kernel's own numbering repeats in every namespace (each endpoint's eth0 would be 2).
+pub const ENDPOINTS_MAP: &str = "DP_ENDPOINTS";
+/// endpoint number -> per-CPU rx/tx/spoofed counters.
+pub const EP_COUNTERS_MAP: &str = "DP_EP_COUNTERS";
+pub const ENDPOINTS_MAX_ENTRIES: u32 = 1 << 17;
+/// First ifindex dataplane asks the kernel for when it creates an endpoint interface.
+pub const EP_IFINDEX_BASE: u32 = 0x4000_0000;
 
 /// Enough for the 65 536-endpoint scale target with room to spare.
 pub const ADMIT_MAX_ENTRIES: u32 = 1 << 17;
@@ -90,6 +103,34 @@ pub struct VlanTrunk {
     pub pad: u16,
 }
 
+pub const EP_HAS_IPV4: u32 = 1;
+pub const EP_HAS_IPV6: u32 = 2;
+
+/// Value of [`ENDPOINTS_MAP`]: the identity an endpoint interface may send with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct EndpointInfo {
+    pub endpoint: u32,
+    /// [`EP_HAS_IPV4`] | [`EP_HAS_IPV6`]
+    pub flags: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+    pub ipv4: [u8; 4],
+    pub ipv6: [u8; 16],
+}
+
+/// Value of [`EP_COUNTERS_MAP`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub spoofed_packets: u64,
+    pub spoofed_bytes: u64,
+}
+
 /// Why a frame was passed or dropped. The numbers are part of the pinned-map ABI:
 /// append, never renumber.
 #[repr(u32)]
@@ -113,10 +154,14 @@ pub enum Reason {
     VlanSteered = 7,
     /// A frame from an eBPF VLAN device sent out of the trunk (tag pushed).
     VlanTagged = 8,
+    /// Sent by an endpoint with a source MAC/IP/ARP identity it was not given.
+    DropSpoofed = 9,
+    /// Sent by an endpoint with its own identity.
+    PassEgress = 10,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::PassAdmitted,
         Reason::PassBroadcast,
         Reason::PassMulticast,
@@ -126,6 +171,8 @@ impl Reason {
         Reason::DropUnknownVlan,
         Reason::VlanSteered,
         Reason::VlanTagged,
+        Reason::DropSpoofed,
+        Reason::PassEgress,
     ];
 
     pub const fn from_u32(v: u32) -> Option<Reason> {
@@ -139,6 +186,8 @@ impl Reason {
             6 => Some(Reason::DropUnknownVlan),
             7 => Some(Reason::VlanSteered),
             8 => Some(Reason::VlanTagged),
+            9 => Some(Reason::DropSpoofed),
+            10 => Some(Reason::PassEgress),
             _ => None,
         }
     }
@@ -155,6 +204,8 @@ impl Reason {
             Reason::DropUnknownVlan => "drop_unknown_vlan",
             Reason::VlanSteered => "vlan_steered",
             Reason::VlanTagged => "vlan_tagged",
+            Reason::DropSpoofed => "drop_spoofed",
+            Reason::PassEgress => "pass_egress",
         }
     }
 
@@ -165,6 +216,7 @@ impl Reason {
                 | Reason::DropMalformed
                 | Reason::DropStackedTags
                 | Reason::DropUnknownVlan
+                | Reason::DropSpoofed
         )
     }
 }
@@ -179,6 +231,8 @@ mod user {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::VlanKey {}
     unsafe impl aya::Pod for super::VlanTrunk {}
+    unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::EndpointCounters {}
 }
 
 #[cfg(test)]
@@ -191,6 +245,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<AdmitValue>(), 8);
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
         assert_eq!(core::mem::size_of::<Counter>(), 16);
+        assert_eq!(core::mem::size_of::<EndpointInfo>(), 36);
+        assert_eq!(core::mem::size_of::<EndpointCounters>(), 48);
         let k = AdmitKey { ifindex: 0x0102_0304, vlan: 50, mac: [2, 0, 0, 0, 0, 9] };
         let b = bytemuck::bytes_of(&k);
         assert_eq!(&b[4..6], &50u16.to_ne_bytes());

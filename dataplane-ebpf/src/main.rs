@@ -14,13 +14,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
-    admission,
+    admission, egress_check,
     frame::{ETH_P_8021AD, ETH_P_8021Q, VID_MASK},
-    maps::{ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
-    AdmitKey, AdmitValue, Counter, CounterKey, Reason, Verdict, VlanKey, VlanTrunk,
+    maps::{ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
+    AdmitKey, AdmitValue, Counter, CounterKey, EndpointCounters, EndpointInfo, Reason, Verdict, VlanKey,
+    VlanTrunk,
 };
 
-use crate::packet::XdpPacket;
+use crate::packet::{SkbPacket, XdpPacket};
 
 /// Admitted (parent ifindex, VLAN, destination MAC). Pinned by name, so every program
 /// instance and every `dataplane` process shares the one map under the bpffs dir.
@@ -39,6 +40,14 @@ static DP_VLAN_DEVS: HashMap<VlanKey, u32> = HashMap::pinned(VLAN_MAX_ENTRIES, 0
 /// Hidden end ifindex -> the trunk and VID its frames leave with.
 #[map(name = "DP_VLAN_PEERS")]
 static DP_VLAN_PEERS: HashMap<u32, VlanTrunk> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);
+
+/// ifindex of an endpoint interface (unique per instance) -> the identity it may send with.
+#[map(name = "DP_ENDPOINTS")]
+static DP_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
+
+/// Per-endpoint rx/tx/spoofed counters, per CPU.
+#[map(name = "DP_EP_COUNTERS")]
+static DP_EP_COUNTERS: PerCpuHashMap<u32, EndpointCounters> = PerCpuHashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
 
 #[xdp]
 pub fn dp_parent(ctx: XdpContext) -> u32 {
@@ -123,6 +132,82 @@ pub fn dp_vlan_out(ctx: TcContext) -> i32 {
     } else {
         TC_ACT_SHOT
     }
+}
+
+#[inline(always)]
+fn endpoint_of(ctx: &TcContext) -> Option<EndpointInfo> {
+    // SAFETY: the context pointer is valid for the program's duration.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: map value pointer from a successful lookup, copied out at once.
+    DP_ENDPOINTS.get_ptr(ifindex).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn count_endpoint(endpoint: u32, rx: u64, tx: u64, spoofed: u64, bytes: u64) {
+    match DP_EP_COUNTERS.get_ptr_mut(endpoint) {
+        // SAFETY: per-CPU value, only this CPU writes it while this program runs.
+        Some(c) => unsafe {
+            (*c).rx_packets += rx;
+            (*c).rx_bytes += rx * bytes;
+            (*c).tx_packets += tx;
+            (*c).tx_bytes += tx * bytes;
+            (*c).spoofed_packets += spoofed;
+            (*c).spoofed_bytes += spoofed * bytes;
+        },
+        None => {
+            let c = EndpointCounters {
+                rx_packets: rx,
+                rx_bytes: rx * bytes,
+                tx_packets: tx,
+                tx_bytes: tx * bytes,
+                spoofed_packets: spoofed,
+                spoofed_bytes: spoofed * bytes,
+            };
+            let _ = DP_EP_COUNTERS.insert(endpoint, c, BPF_NOEXIST as u64);
+        }
+    }
+}
+
+/// Egress (tcx) of an endpoint's interface: it may only send as itself. Sits on the
+/// endpoint's own device so bridge-mode siblings are covered too (their frames never
+/// reach the parent). Interfaces without an entry send nothing: fail closed.
+#[classifier]
+pub fn dp_ep_out(ctx: TcContext) -> i32 {
+    let Some(ep) = endpoint_of(&ctx) else {
+        return TC_ACT_SHOT;
+    };
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's duration.
+    let (present, len) = unsafe { ((*skb).vlan_present, (*skb).len) };
+    if present != 0 {
+        count_endpoint(ep.endpoint, 0, 0, 1, u64::from(len));
+        return TC_ACT_SHOT;
+    }
+    // Headers may sit in paged data; make the first bytes directly readable.
+    let _ = ctx.pull_data(if len < 64 { len } else { 64 });
+    let pkt = SkbPacket::new(&ctx);
+    let d = egress_check(&pkt, &ep);
+    match d.verdict {
+        Verdict::Pass => {
+            count_endpoint(ep.endpoint, 0, 1, 0, u64::from(len));
+            TC_ACT_OK
+        }
+        Verdict::Drop => {
+            count_endpoint(ep.endpoint, 0, 0, 1, u64::from(len));
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Ingress (tcx) of an endpoint's interface: rx accounting only.
+#[classifier]
+pub fn dp_ep_in(ctx: TcContext) -> i32 {
+    if let Some(ep) = endpoint_of(&ctx) {
+        // SAFETY: the context pointer is valid for the program's duration.
+        let len = unsafe { (*ctx.skb.skb).len };
+        count_endpoint(ep.endpoint, 1, 0, 0, u64::from(len));
+    }
+    TC_ACT_OK
 }
 
 #[inline(always)]

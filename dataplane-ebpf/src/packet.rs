@@ -1,6 +1,6 @@
 //! The only raw packet accessor in the eBPF crate.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use dataplane_common::Packet;
 
 pub struct XdpPacket {
@@ -36,5 +36,29 @@ impl Packet for XdpPacket {
         }
         // SAFETY: [at, at + N) was just checked to lie inside the packet.
         Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+}
+
+/// The same bounds-checked reader over a TC (skb) context's linear data.
+pub struct SkbPacket {
+    inner: XdpPacket,
+}
+
+impl SkbPacket {
+    #[inline(always)]
+    pub fn new(ctx: &TcContext) -> Self {
+        SkbPacket { inner: XdpPacket { start: ctx.data(), end: ctx.data_end() } }
+    }
+}
+
+impl Packet for SkbPacket {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.inner.read(offset)
     }
 }

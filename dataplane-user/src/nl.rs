@@ -161,7 +161,7 @@ impl Nl {
 
     /// Create a macvlan of `parent_index` named `name`, with `mac`, directly inside the
     /// namespace `netns_fd` when given.
-    pub fn add_macvlan(&self, name: &str, parent_index: u32, mode: &str, mac: [u8; 6], netns_fd: Option<RawFd>) -> Result<()> {
+    pub fn add_macvlan(&self, name: &str, parent_index: u32, mode: &str, mac: [u8; 6], netns_fd: Option<RawFd>, ifindex: Option<u32>) -> Result<()> {
         let mode = match mode {
             "private" => MacVlanMode::Private,
             "vepa" => MacVlanMode::Vepa,
@@ -169,6 +169,9 @@ impl Nl {
             _ => MacVlanMode::Bridge,
         };
         let mut b = LinkMacVlan::new(name, parent_index, mode).address(mac.to_vec());
+        if let Some(i) = ifindex {
+            b = b.index(i);
+        }
         if let Some(fd) = netns_fd {
             b = b.setns_by_fd(fd);
         }

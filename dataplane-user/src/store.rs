@@ -121,6 +121,9 @@ pub struct Attachment {
     pub ipv6: Option<IpAddr>,
     /// The physical parent the MAC must be unique on.
     pub parent: String,
+    /// ifindex requested for the interface (unique in this instance; keys the endpoint map).
+    #[serde(default)]
+    pub ifindex: u32,
 }
 
 pub struct Store {
@@ -344,7 +347,7 @@ mod tests {
         let got = s.read(|t| t.network("pub_net")).unwrap().unwrap();
         assert_eq!(got, n);
         assert_eq!(s.read(|t| t.network(&n.id[..12])).unwrap().unwrap().name, "pub_net");
-        let a = Attachment { endpoint: "e1".into(), network: "pub_net".into(), ifname: "eth0".into(), mac: "02:42:00:00:00:01".into(), ipv4: Some("10.0.0.2".parse().unwrap()), ipv6: None, parent: "eth1".into() };
+        let a = Attachment { endpoint: "e1".into(), network: "pub_net".into(), ifname: "eth0".into(), mac: "02:42:00:00:00:01".into(), ipv4: Some("10.0.0.2".parse().unwrap()), ipv6: None, parent: "eth1".into(), ifindex: 0 };
         s.write(|t| t.put_attachment(&a)).unwrap();
         let mut b = a.clone();
         b.endpoint = "e2".into();

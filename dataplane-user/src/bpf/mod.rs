@@ -3,6 +3,7 @@
 
 pub mod admit;
 pub mod counters;
+pub mod endpoints;
 pub mod object;
 pub mod parent;
 pub mod pins;

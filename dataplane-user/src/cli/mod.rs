@@ -3,6 +3,7 @@
 mod bpf;
 mod endpoint;
 mod network;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,19 @@ pub enum Command {
         force: bool,
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Per-endpoint rx/tx/spoofed counters and per-parent counters by reason.
+    Stats {
+        /// Only these endpoints.
+        names: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Refresh every second, showing rates.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, hide = true)]
+        iterations: Option<u64>,
     },
     /// Make the kernel match the store: report drift and repair it.
     Reconcile {
@@ -149,6 +163,7 @@ pub fn run() -> anyhow::Result<i32> {
             }
             Ok(i32::from(failed))
         }
+        Command::Stats { names, format, watch, iterations } => stats::run(&mut engine(&cli)?, names, *format, *watch, *iterations),
         Command::Reconcile { dry_run, format } => {
             let r = engine(&cli)?.reconcile(*dry_run)?;
             match format {

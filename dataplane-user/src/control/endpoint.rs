@@ -11,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use dataplane_common::{maps::VLAN_TAG_HIDDEN, AdmitKey, AdmitValue};
+use dataplane_common::{
+    maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, VLAN_TAG_HIDDEN},
+    AdmitKey, AdmitValue, EndpointInfo,
+};
 
 use super::{check_name, invalid, network::physical_parent, ControlError, Engine, Result, Undo};
 use crate::{
@@ -67,7 +70,7 @@ pub(crate) fn admit_keys(n: &Network, mac: [u8; 6]) -> Option<Vec<AdmitKey>> {
 }
 
 /// A stable small number per endpoint for the admission map's accounting field.
-pub(crate) fn endpoint_number(id: &str) -> u32 {
+pub fn endpoint_number(id: &str) -> u32 {
     u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0) & 0x7fff_ffff
 }
 
@@ -121,7 +124,12 @@ fn allocate(tx: &Tx, ep: &Endpoint, n: &Network, ip: Option<IpAddr>, ip6: Option
         }
         None => generate_mac(ipv4, &taken),
     };
-    Ok(Attachment { endpoint: ep.name.clone(), network: n.name.clone(), ifname, mac, ipv4, ipv6, parent: phys })
+    let used_idx: Vec<u32> = atts.iter().map(|a| a.ifindex).collect();
+    let ifindex = (0u32..)
+        .map(|i| EP_IFINDEX_BASE + ((endpoint_number(&ep.id).wrapping_add(i)) & 0x0fff_ffff))
+        .find(|i| !used_idx.contains(i))
+        .expect("an unbounded search finds a free index");
+    Ok(Attachment { endpoint: ep.name.clone(), network: n.name.clone(), ifname, mac, ipv4, ipv6, parent: phys, ifindex })
 }
 
 /// Docker-style 02:42:<IPv4 octets> when free, else random locally administered unicast.
@@ -145,8 +153,24 @@ fn generate_mac(ipv4: Option<IpAddr>, taken: &[&str]) -> String {
     }
 }
 
-/// Create the macvlan for `a` inside the endpoint's namespace and configure it.
-fn realise(n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
+/// The identity entry of an attachment (what its interface may send as).
+pub(crate) fn endpoint_info(ep: &Endpoint, a: &Attachment) -> Result<EndpointInfo> {
+    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+    let mut info = EndpointInfo { endpoint: endpoint_number(&ep.id), mac: mac.0, ..Default::default() };
+    if let Some(IpAddr::V4(v4)) = a.ipv4 {
+        info.flags |= EP_HAS_IPV4;
+        info.ipv4 = v4.octets();
+    }
+    if let Some(IpAddr::V6(v6)) = a.ipv6 {
+        info.flags |= EP_HAS_IPV6;
+        info.ipv6 = v6.octets();
+    }
+    Ok(info)
+}
+
+/// Create the macvlan for `a` inside the endpoint's namespace and configure it. The
+/// anti-spoofing program is in place before the interface comes up.
+fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
     let parent = n.parent.as_deref().unwrap_or_default();
     let host = Nl::here()?;
     let p = host
@@ -158,7 +182,7 @@ fn realise(n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
     let ns = std::fs::File::open(&ep.netns).map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
-    host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd())).map_err(|e| {
+    host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex)).map_err(|e| {
         if e.is(libc::EBUSY) && mode == "passthru" {
             ControlError::Invalid(format!("parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"))
         } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
@@ -171,6 +195,11 @@ fn realise(n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
     let link = inside
         .link(&a.ifname)?
         .ok_or_else(|| ControlError::Invalid(format!("{} vanished from {} after creation", a.ifname, ep.netns)))?;
+    if link.index != a.ifindex {
+        return Err(ControlError::Invalid(format!("{} got ifindex {} instead of {}", a.ifname, link.index, a.ifindex)));
+    }
+    bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
+    bpf::endpoints::attach(pins, &ep.netns, &a.ifname)?;
     for (ip, v4) in [(a.ipv4, true), (a.ipv6, false)] {
         if let Some(ip) = ip {
             let prefix = n.pools.iter().find(|p| p.subnet.contains(ip)).map_or(if v4 { 32 } else { 128 }, |p| p.subnet.prefix);
@@ -331,7 +360,14 @@ impl Engine {
                     let (path, ifname) = (netns_path.clone(), a.ifname.clone());
                     undo.push(format!("deleting {ifname} in {path}"), move || delete_link_in(&path, &ifname));
                 }
-                realise(n, &ep, a)?;
+                {
+                    let (pins2, path, ifname, number, mac) = (pins.clone(), netns_path.clone(), a.ifname.clone(), endpoint_number(&ep.id), endpoint_info(&ep, a)?.mac);
+                    undo.push(format!("removing the programs of {ifname}"), move || {
+                        bpf::endpoints::forget(&pins2, number, mac, &path, &ifname);
+                        Ok(())
+                    });
+                }
+                realise(&pins, n, &ep, a)?;
                 super::fault("run:linked");
             }
             Ok(())
@@ -376,8 +412,11 @@ impl Engine {
             push_admission(&pins, &n, &a, &ep.id)?;
             Ok((ep, n, a))
         })?;
-        if let Err(e) = realise(&n, &ep, &a) {
+        if let Err(e) = realise(&pins, &n, &ep, &a) {
             let mut rollback = Vec::new();
+            if let Ok(info) = endpoint_info(&ep, &a) {
+                bpf::endpoints::forget(&pins, info.endpoint, info.mac, &ep.netns, &a.ifname);
+            }
             if let Err(x) = delete_link_in(&ep.netns, &a.ifname) {
                 rollback.push(x);
             }
@@ -406,6 +445,9 @@ impl Engine {
             Ok((ep, n, a))
         })?;
         let _ = n;
+        if let Ok(info) = endpoint_info(&ep, &a) {
+            bpf::endpoints::forget(&pins, info.endpoint, info.mac, &ep.netns, &a.ifname);
+        }
         delete_link_in(&ep.netns, &a.ifname).map_err(|e| ControlError::Invalid(format!("removed {} from network {network}, but deleting {} failed: {e}", ep.name, a.ifname)))
     }
 
@@ -434,7 +476,7 @@ impl Engine {
         })?;
         let _ = nets;
         super::fault("rm:marked");
-        let warnings = teardown(&ep, &atts, force);
+        let warnings = teardown(&pins, &ep, &atts, force);
         super::fault("rm:torn-down");
         let n = ep.name.clone();
         self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&n)?) })?;
@@ -479,8 +521,16 @@ pub(crate) fn delete_link_in(netns_path: &str, ifname: &str) -> std::result::Res
 }
 
 /// Kernel side of removing an endpoint; continues past failures and returns them.
-pub(crate) fn teardown(ep: &Endpoint, atts: &[Attachment], kill: bool) -> Vec<String> {
+pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bool) -> Vec<String> {
     let mut warnings = Vec::new();
+    for a in atts {
+        if let Ok(info) = endpoint_info(ep, a) {
+            bpf::endpoints::forget(pins, info.endpoint, info.mac, &ep.netns, &a.ifname);
+        }
+    }
+    if !ep.netns.is_empty() {
+        bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));
+    }
     if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != std::process::id()) {
         if kill {
             // SAFETY: plain kill(2).

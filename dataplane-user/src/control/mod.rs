@@ -14,7 +14,7 @@ mod vlan;
 
 use std::path::{Path, PathBuf};
 
-pub use endpoint::{RunRequest, RunSpec};
+pub use endpoint::{endpoint_number, RunRequest, RunSpec};
 pub use network::NetworkCreate;
 pub use reconcile::ReconcileReport;
 

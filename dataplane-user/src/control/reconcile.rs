@@ -8,7 +8,7 @@ use std::path::Path;
 use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue};
 
 use super::{
-    endpoint::{admit_keys, endpoint_number, pid_alive, pull_admission, teardown},
+    endpoint::{admit_keys, endpoint_info, endpoint_number, pid_alive, pull_admission, teardown},
     network::{physical_parent, teardown_network},
     vlan, Engine, Result,
 };
@@ -67,7 +67,7 @@ impl Engine {
                         pull_admission(&pins, n, a);
                     }
                 }
-                r.errors.extend(teardown(&ep, &mine, true));
+                r.errors.extend(teardown(&pins, &ep, &mine, true));
                 tx.delete_endpoint(&ep.name)?;
             }
             let atts = tx.attachments()?;
@@ -135,6 +135,64 @@ impl Engine {
                         r.drift.push(format!("admission map: missing entry ifindex {} vlan {} {}", k.ifindex, k.vlan, Mac(k.mac)));
                         if !dry_run {
                             bpf::admit::insert(&pins, *k, *v)?;
+                        }
+                    }
+                }
+            }
+
+            // 4. Endpoint identities (anti-spoofing) and their programs.
+            let eps = tx.endpoints()?;
+            let mut live_tags = BTreeSet::new();
+            let mut want = Vec::new();
+            // Endpoints another live process is creating or removing: theirs to handle.
+            let mut in_flight = BTreeSet::new();
+            for ep in eps.iter().filter(|e| e.state != EndpointState::Ready && !e.netns.is_empty()) {
+                in_flight.insert(endpoint_number(&ep.id));
+                live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
+            }
+            for ep in eps.iter().filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists()) {
+                live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
+                for a in atts.iter().filter(|a| a.endpoint == ep.name) {
+                    want.push((a.ifindex, endpoint_info(ep, a)?));
+                    let [eg, _] = bpf::endpoints::link_pins(&pins, &ep.netns, &a.ifname);
+                    if !eg.exists() {
+                        r.drift.push(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
+                        if !dry_run {
+                            bpf::endpoints::detach(&pins, &ep.netns, &a.ifname);
+                            if let Err(e) = bpf::endpoints::attach(&pins, &ep.netns, &a.ifname) {
+                                r.errors.push(format!("attaching to {} of {}: {e}", a.ifname, ep.name));
+                            }
+                        }
+                    }
+                }
+            }
+            let have = bpf::endpoints::list(&pins)?;
+            for (k, v) in &have {
+                if !in_flight.contains(&v.endpoint) && !want.iter().any(|(wk, wv)| wk == k && wv == v) {
+                    r.drift.push(format!("endpoint map: unexpected entry for {} (ifindex {k})", Mac(v.mac)));
+                    if !dry_run {
+                        bpf::endpoints::remove(&pins, k);
+                    }
+                }
+            }
+            for (k, v) in &want {
+                if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
+                    r.drift.push(format!("endpoint map: missing entry for {} (ifindex {k})", Mac(v.mac)));
+                    if !dry_run {
+                        bpf::endpoints::insert(&pins, *k, *v)?;
+                    }
+                }
+            }
+            // Pins of endpoint programs whose endpoint is gone.
+            for (tag, pin) in bpf::parent::list_link_pins(&pins) {
+                let file = pin.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                if tag.starts_with("ns-run_netns_") && file.starts_with("tceg-") && !live_tags.contains(&tag) {
+                    r.drift.push(format!("stale endpoint program pin {}", pin.display()));
+                    if !dry_run {
+                        let _ = std::fs::remove_file(&pin);
+                        let _ = std::fs::remove_file(pin.with_file_name(file.replacen("tceg-", "tcin-", 1)));
+                        if let Some(d) = pin.parent() {
+                            let _ = std::fs::remove_dir(d);
                         }
                     }
                 }

@@ -1,0 +1,137 @@
+//! Endpoint interfaces: their identity map (anti-spoofing), their programs (tcx egress and
+//! ingress, attached from inside the endpoint's namespace, pinned in the host's bpffs),
+//! and their counters.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuHashMap},
+    programs::{links::FdLink, tc::TcAttachType, SchedClassifier},
+};
+use dataplane_common::{
+    maps::{ENDPOINTS_MAP, EP_COUNTERS_MAP, TC_EP_IN_PROG, TC_EP_OUT_PROG},
+    EndpointCounters, EndpointInfo,
+};
+
+use super::{
+    object::{load_object, BpfError},
+    pins::{netns_tag, Pins},
+};
+
+fn map_err(path: &Path, d: impl ToString) -> BpfError {
+    BpfError::Map { path: path.to_path_buf(), detail: d.to_string() }
+}
+
+fn open_endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, EndpointInfo>, BpfError> {
+    let path = pins.map(ENDPOINTS_MAP);
+    if !path.exists() {
+        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
+    }
+    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
+    HashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))
+}
+
+pub fn insert(pins: &Pins, key: u32, info: EndpointInfo) -> Result<(), BpfError> {
+    open_endpoints(pins)?.insert(key, info, 0).map_err(|e| map_err(&pins.map(ENDPOINTS_MAP), e))
+}
+
+pub fn remove(pins: &Pins, key: &u32) {
+    if let Ok(mut m) = open_endpoints(pins) {
+        let _ = m.remove(key);
+    }
+}
+
+pub fn list(pins: &Pins) -> Result<Vec<(u32, EndpointInfo)>, BpfError> {
+    if !pins.map(ENDPOINTS_MAP).exists() {
+        return Ok(Vec::new());
+    }
+    Ok(open_endpoints(pins)?.iter().flatten().collect())
+}
+
+/// Summed per-endpoint counters by endpoint number.
+pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError> {
+    let path = pins.map(EP_COUNTERS_MAP);
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
+    let m: PerCpuHashMap<MapData, u32, EndpointCounters> =
+        PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))?;
+    let mut out = BTreeMap::new();
+    for item in m.iter() {
+        let (k, per_cpu) = item.map_err(|e| map_err(&path, e))?;
+        let mut s = EndpointCounters::default();
+        for c in per_cpu.iter() {
+            s.rx_packets += c.rx_packets;
+            s.rx_bytes += c.rx_bytes;
+            s.tx_packets += c.tx_packets;
+            s.tx_bytes += c.tx_bytes;
+            s.spoofed_packets += c.spoofed_packets;
+            s.spoofed_bytes += c.spoofed_bytes;
+        }
+        out.insert(k, s);
+    }
+    Ok(out)
+}
+
+pub fn remove_counters(pins: &Pins, endpoint: u32) {
+    let path = pins.map(EP_COUNTERS_MAP);
+    if let Ok(data) = MapData::from_pin(&path) {
+        if let Ok(map) = Map::from_map_data(data) {
+            if let Ok(mut m) = PerCpuHashMap::<MapData, u32, EndpointCounters>::try_from(map) {
+                let _ = m.remove(&endpoint);
+            }
+        }
+    }
+}
+
+/// Pin paths of an endpoint interface's two links.
+pub fn link_pins(pins: &Pins, netns_path: &str, ifname: &str) -> [std::path::PathBuf; 2] {
+    let dir = pins.links_dir().join(netns_tag(Some(netns_path)));
+    [dir.join(format!("tceg-{ifname}")), dir.join(format!("tcin-{ifname}"))]
+}
+
+/// Attach the endpoint programs to `ifname` inside the namespace at `netns_path`.
+pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
+    let [eg, ing] = link_pins(pins, netns_path, ifname);
+    crate::bpffs::create_private(eg.parent().expect("pin has a parent"))?;
+    let mut ebpf = load_object(&pins.maps_dir())?;
+    for (prog, kind, pin) in [(TC_EP_OUT_PROG, TcAttachType::Egress, &eg), (TC_EP_IN_PROG, TcAttachType::Ingress, &ing)] {
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(prog)
+            .ok_or(BpfError::MissingProgram { name: prog })?
+            .try_into()
+            .map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
+        p.load().map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
+        // ifname resolves, and the link is created, in the endpoint's namespace.
+        let id = crate::nl::with_netns(Path::new(netns_path), || p.attach(ifname, kind))
+            .map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("entering {netns_path}: {e}") })?
+            .map_err(|e| BpfError::Attach { name: prog, iface: ifname.into(), mode: "tcx", source: Box::new(e) })?;
+        let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.clone(), detail: e.to_string() })?;
+        let fd: FdLink = link.try_into().map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("tcx link expected: {e}") })?;
+        fd.pin(pin).map_err(|e| BpfError::Pin { path: pin.clone(), detail: e.to_string() })?;
+    }
+    Ok(())
+}
+
+/// Unpin an endpoint interface's links (and its namespace's pin dir when empty).
+pub fn detach(pins: &Pins, netns_path: &str, ifname: &str) {
+    let paths = link_pins(pins, netns_path, ifname);
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(dir) = paths[0].parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Remove every identity entry of endpoint `number` with `mac`, its links' pins, and (when
+/// `all` is set) its counters.
+pub fn forget(pins: &Pins, number: u32, mac: [u8; 6], netns_path: &str, ifname: &str) {
+    for (k, v) in list(pins).unwrap_or_default() {
+        if v.endpoint == number && v.mac == mac {
+            remove(pins, &k);
+        }
+    }
+    detach(pins, netns_path, ifname);
+}
