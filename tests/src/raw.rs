@@ -23,7 +23,12 @@ fn err(what: &str) -> anyhow::Error {
 impl RawSocket {
     /// A packet socket on `iface` inside `ns`, receiving every protocol.
     pub fn open(ns: &Netns, iface: &str) -> anyhow::Result<RawSocket> {
-        let path = ns.path();
+        Self::open_at(&ns.path(), iface)
+    }
+
+    /// The same for a namespace given by path (e.g. an endpoint's /run/netns/NAME).
+    pub fn open_at(path: &std::path::Path, iface: &str) -> anyhow::Result<RawSocket> {
+        let path = path.to_path_buf();
         let iface = iface.to_string();
         std::thread::spawn(move || -> anyhow::Result<RawSocket> {
             let f = File::open(&path)?;
