@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
-    admission, egress_check,
+    admission, egress_check, Packet,
     frame::{ETH_P_8021AD, ETH_P_8021Q, VID_MASK},
     maps::{ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
     AdmitKey, AdmitValue, Counter, CounterKey, EndpointCounters, EndpointInfo, Reason, Verdict, VlanKey,
@@ -61,29 +61,38 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Trunk ingress (tcx): a tagged frame goes to its VLAN's device with the tag popped;
-/// tags for VLANs without a network, and tag stacks, are dropped; untagged frames pass.
+/// Trunk ingress (tcx): a tagged frame goes to its VLAN's eBPF device with the tag popped,
+/// or on to the kernel's VLAN demux when that VID is a kernel device (map value 0); tags
+/// for VLANs without a network, and tag stacks, are dropped; untagged frames pass.
 ///
-/// The stack has already moved the outer tag into `vlan_tci` (skb_vlan_untag runs before
-/// tc ingress, and veth/NICs deliver it there anyway), so only metadata is read here.
+/// On the live path the stack has already moved the outer tag into `vlan_tci`
+/// (skb_vlan_untag runs before tc ingress); a tag still in the packet (e.g. test runs)
+/// is read from there.
 #[classifier]
 pub fn dp_trunk_in(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is valid for the program's duration.
     let (present, tci, proto, ifindex, len) =
         unsafe { ((*skb).vlan_present, (*skb).vlan_tci, (*skb).protocol, (*skb).ifindex, (*skb).len) };
-    if present == 0 {
-        return TC_ACT_OK;
-    }
-    let vid = (tci as u16) & VID_MASK;
-    if vid == 0 {
-        // Priority tag: untagged traffic with a PCP.
-        return TC_ACT_OK;
-    }
-    let inner = u16::from_be(proto as u16);
+    let (vid, inner) = if present != 0 {
+        ((tci as u16) & VID_MASK, u16::from_be(proto as u16))
+    } else {
+        let _ = ctx.pull_data(if len < 18 { len } else { 18 });
+        let pkt = SkbPacket::new(&ctx);
+        let Some(hdr) = pkt.read::<6>(12) else { return TC_ACT_OK };
+        let outer = u16::from_be_bytes([hdr[0], hdr[1]]);
+        if outer != ETH_P_8021Q && outer != ETH_P_8021AD {
+            return TC_ACT_OK;
+        }
+        (u16::from_be_bytes([hdr[2], hdr[3]]) & VID_MASK, u16::from_be_bytes([hdr[4], hdr[5]]))
+    };
     if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
         count(ifindex, Reason::DropStackedTags, u64::from(len));
         return TC_ACT_SHOT;
+    }
+    if vid == 0 {
+        // Priority tag: untagged traffic with a PCP.
+        return TC_ACT_OK;
     }
     let key = VlanKey { trunk_ifindex: ifindex, vid, pad: 0 };
     let Some(dev) = DP_VLAN_DEVS.get_ptr(key) else {
@@ -92,6 +101,9 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
     };
     // SAFETY: map value pointer from a successful lookup.
     let dev = unsafe { *dev };
+    if dev == 0 {
+        return TC_ACT_OK;
+    }
     // SAFETY: helper call on our own context.
     if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
         count(ifindex, Reason::DropMalformed, u64::from(len));

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use dataplane_common::maps::TC_TRUNK_PROG;
 use serde_json::{json, Value};
 
 use super::{check_name, invalid, vlan, ControlError, Engine, Result, Undo, PREDEFINED};
@@ -188,7 +189,18 @@ impl Engine {
                 self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&n2)?) })?;
                 super::fault("network-create:vlan-made");
             }
+            if let Some(v) = n.vlan.as_ref().filter(|v| !v.created) {
+                vlan::register_existing(&nl, &pins, v)?;
+            }
             let phys = physical_parent(&n).unwrap_or_default().to_string();
+            // Trunk tc ingress on every parent: tagged frames only reach VLANs that have
+            // a network here (also when the parent carries only untagged networks).
+            if bpf::tc::attach_ingress(&pins, None, &phys, TC_TRUNK_PROG)? {
+                let (phys2, pins2) = (phys.clone(), pins.clone());
+                undo.push(format!("detaching tc from {phys}"), move || {
+                    bpf::tc::detach_ingress(&pins2, None, &phys2).map_err(|e| e.to_string())
+                });
+            }
             if !pins.xdp_link(None, &phys).exists() {
                 bpf::attach_parent(&pins, None, &phys, AttachMode::Auto)?;
                 let (phys2, pins2) = (phys.clone(), pins.clone());
@@ -335,9 +347,14 @@ pub(crate) fn teardown_network(pins: &crate::bpf::Pins, n: &Network, others: &[N
         }
     }
     if let Some(phys) = physical_parent(n) {
-        if !others.iter().any(|o| physical_parent(o) == Some(phys)) && pins.xdp_link(None, phys).exists() {
-            if let Err(e) = bpf::detach_parent(pins, None, phys) {
+        if !others.iter().any(|o| physical_parent(o) == Some(phys)) {
+            if let Err(e) = bpf::tc::detach_ingress(pins, None, phys) {
                 warnings.push(e.to_string());
+            }
+            if pins.xdp_link(None, phys).exists() {
+                if let Err(e) = bpf::detach_parent(pins, None, phys) {
+                    warnings.push(e.to_string());
+                }
             }
         }
     }

@@ -95,6 +95,14 @@ impl Engine {
                         }
                     }
                 }
+                if !pins.tc_link(None, phys).exists() {
+                    r.drift.push(format!("network {}: no VLAN filter (tc) on {phys}", n.name));
+                    if !dry_run {
+                        if let Err(e) = bpf::tc::attach_ingress(&pins, None, phys, dataplane_common::maps::TC_TRUNK_PROG) {
+                            r.errors.push(format!("attaching tc to {phys}: {e}"));
+                        }
+                    }
+                }
                 if !pins.xdp_link(None, phys).exists() {
                     r.drift.push(format!("network {}: no admission program on {phys}", n.name));
                     if !dry_run {

@@ -8,7 +8,7 @@
 //! (`dp_vlan_out`) pushes the tag and redirects out of the trunk. Macvlans use `IFACE.VID`
 //! as their parent, so each VLAN stays its own bridge domain, as with a kernel device.
 
-use dataplane_common::maps::{TC_TRUNK_PROG, TC_VLAN_OUT_PROG};
+use dataplane_common::maps::TC_VLAN_OUT_PROG;
 
 use super::{ControlError, Result};
 use crate::{
@@ -34,6 +34,11 @@ pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result
                 let _ = nl.del_link(dev.index);
                 return Err(e.into());
             }
+            // The trunk's tc program lets this VID through to the kernel's VLAN demux.
+            if let Err(e) = bpf::ensure_maps(pins).and_then(|_| bpf::vlan_maps::insert(pins, t.index, vid, 0)) {
+                let _ = nl.del_link(dev.index);
+                return Err(e.into());
+            }
             return Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: "kernel".into(), peer: None });
         }
         // No 8021q in this kernel ("Unknown device type"): build the device in eBPF.
@@ -53,7 +58,6 @@ pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result
         bpf::ensure_maps(pins)?;
         bpf::vlan_maps::insert(pins, t.index, vid, hidden.index)?;
         bpf::tc::attach_ingress(pins, None, &peer, TC_VLAN_OUT_PROG)?;
-        bpf::tc::attach_ingress(pins, None, trunk, TC_TRUNK_PROG)?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -62,31 +66,33 @@ pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result
         if let Ok(Some(dev)) = nl.link(name) {
             let _ = nl.del_link(dev.index);
         }
-        if other_ebpf_vlans(pins, t.index, vid).is_empty() {
-            let _ = bpf::tc::detach_ingress(pins, None, trunk);
-        }
         bpf::parent::remove_if_unused(pins).ok();
         return Err(e);
     }
     Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: "ebpf".into(), peer: Some(peer) })
 }
 
-fn other_ebpf_vlans(pins: &Pins, trunk_index: u32, vid: u16) -> Vec<u16> {
-    bpf::vlan_maps::list(pins)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| k.trunk_ifindex == trunk_index && k.vid != vid)
-        .map(|(k, _)| k.vid)
-        .collect()
+/// Let frames of an existing (not ours) VLAN device through the trunk's tc program.
+pub fn register_existing(nl: &Nl, pins: &Pins, v: &VlanParent) -> Result<()> {
+    let t = nl.link(&v.trunk)?.ok_or_else(|| ControlError::Invalid(format!("trunk interface {} does not exist", v.trunk)))?;
+    bpf::ensure_maps(pins)?;
+    bpf::vlan_maps::insert(pins, t.index, v.vid, 0)?;
+    Ok(())
 }
 
-/// Remove a VLAN device dataplane created. Continues past failures; returns them.
+/// Remove a VLAN device (if dataplane created it) and its steering entry. Continues past
+/// failures; returns them.
 pub fn remove(nl: &Nl, pins: &Pins, name: &str, v: &VlanParent) -> Vec<String> {
     let mut errs = Vec::new();
+    let trunk_index = nl.link(&v.trunk).ok().flatten().map(|l| l.index);
+    if let Some(ti) = trunk_index {
+        if let Err(e) = bpf::vlan_maps::remove(pins, ti, v.vid, None) {
+            errs.push(e.to_string());
+        }
+    }
     if !v.created {
         return errs;
     }
-    let trunk_index = nl.link(&v.trunk).ok().flatten().map(|l| l.index);
     match nl.link(name) {
         Ok(Some(dev)) => {
             if let Err(e) = nl.del_link(dev.index) {
@@ -100,16 +106,6 @@ pub fn remove(nl: &Nl, pins: &Pins, name: &str, v: &VlanParent) -> Vec<String> {
         if let Some(peer) = &v.peer {
             if let Err(e) = bpf::tc::detach_ingress(pins, None, peer) {
                 errs.push(e.to_string());
-            }
-        }
-        if let Some(ti) = trunk_index {
-            if let Err(e) = bpf::vlan_maps::remove(pins, ti, v.vid, None) {
-                errs.push(e.to_string());
-            }
-            if other_ebpf_vlans(pins, ti, v.vid).is_empty() {
-                if let Err(e) = bpf::tc::detach_ingress(pins, None, &v.trunk) {
-                    errs.push(e.to_string());
-                }
             }
         }
     }
