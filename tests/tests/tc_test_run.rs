@@ -92,3 +92,75 @@ fn an_interface_without_an_identity_sends_nothing() {
     let h = Harness::new(None);
     assert_eq!(h.run(&udp([2, 0, 0, 0, 0, 9], 1, 64)), TC_ACT_SHOT);
 }
+
+mod vlan {
+    use super::*;
+    use dataplane_common::{
+        frame::ETH_P_8021AD,
+        maps::{TC_TRUNK_PROG, TC_VLAN_OUT_PROG},
+        Reason,
+    };
+
+    const TC_ACT_REDIRECT: u32 = 7;
+    const LO: u32 = 1;
+
+    fn run(ebpf: &aya::Ebpf, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .unwrap_or_else(|e| panic!("{prog} on a {}-byte frame: {e}", frame.len()));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn load(progs: &[&str]) -> (Bpffs, Pins, aya::Ebpf) {
+        let bpffs = Bpffs::new().unwrap();
+        let pins = Pins::new(&bpffs.dir);
+        let mut ebpf = bpf::load_object(&pins.maps_dir()).unwrap();
+        for p in progs {
+            let prog: &mut SchedClassifier = ebpf.program_mut(p).unwrap().try_into().unwrap();
+            prog.load().unwrap();
+        }
+        (bpffs, pins, ebpf)
+    }
+
+    #[test]
+    fn trunk_ingress_pops_exactly_the_tag_of_known_vlans() {
+        let (_b, pins, ebpf) = load(&[TC_TRUNK_PROG]);
+        bpf::vlan_maps::insert(&pins, LO, 50, LO).unwrap(); // eBPF VLAN device
+        bpf::vlan_maps::insert(&pins, LO, 60, 0).unwrap(); // kernel VLAN device
+        let plain = udp([2, 0, 0, 0, 0, 9], 1, 64);
+        let (rc, out) = run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 50));
+        assert_eq!(rc, TC_ACT_REDIRECT, "VLAN 50 must be redirected to its device");
+        assert_eq!(out, plain, "exactly the 4-byte tag must be removed");
+        let t60 = tagged(plain.clone(), ETH_P_8021Q, 60);
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &t60), (TC_ACT_OK, t60.clone()), "kernel VLAN devices get their frames untouched");
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &plain).0, TC_ACT_OK, "untagged frames pass");
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 0x2000)).0, TC_ACT_OK, "priority tag = untagged");
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 70)).0, TC_ACT_SHOT, "VLAN without a network");
+        let hop = tagged(tagged(plain.clone(), ETH_P_8021Q, 60), ETH_P_8021AD, 50);
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &hop).0, TC_ACT_SHOT, "double tag (VLAN hopping)");
+        let hop2 = tagged(tagged(plain.clone(), ETH_P_8021Q, 60), ETH_P_8021Q, 50);
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &hop2).0, TC_ACT_SHOT, "802.1Q in 802.1Q");
+        let c = bpf::counters::read(&pins).unwrap();
+        assert_eq!(c[&(LO, Reason::VlanSteered)].packets, 1);
+        assert_eq!(c[&(LO, Reason::DropUnknownVlan)].packets, 1);
+        assert_eq!(c[&(LO, Reason::DropStackedTags)].packets, 2);
+        // Truncated tags never reach a VLAN.
+        for len in 14..18 {
+            let cut = &tagged(plain.clone(), ETH_P_8021Q, 50)[..len];
+            assert_ne!(run(&ebpf, TC_TRUNK_PROG, cut).0, TC_ACT_REDIRECT, "{len}-byte frame steered");
+        }
+    }
+
+    #[test]
+    fn vlan_device_egress_tags_and_sends_to_the_trunk() {
+        let (_b, pins, ebpf) = load(&[TC_VLAN_OUT_PROG]);
+        let plain = udp([2, 0, 0, 0, 0, 9], 1, 64);
+        assert_eq!(run(&ebpf, TC_VLAN_OUT_PROG, &plain).0, TC_ACT_SHOT, "not a VLAN device: nothing leaves");
+        bpf::vlan_maps::insert(&pins, LO, 50, LO).unwrap();
+        assert_eq!(run(&ebpf, TC_VLAN_OUT_PROG, &plain).0, TC_ACT_REDIRECT);
+        assert_eq!(bpf::counters::read(&pins).unwrap()[&(LO, Reason::VlanTagged)].packets, 1);
+    }
+}

@@ -26,11 +26,12 @@ enum Cmd {
         release: bool,
     },
     /// Build, then attach the admission program to IFACE through a pinned link (it stays
-    /// after this command exits); loading again replaces it in place.
+    /// after this command exits); loading again replaces it in place. Without --iface,
+    /// swap the new build's programs into every link of the instance (in-place upgrade).
     BuildAndLoad {
         /// Interface to attach to.
         #[arg(long)]
-        iface: String,
+        iface: Option<String>,
         /// Network namespace (name under /run/netns) the interface lives in.
         #[arg(long)]
         netns: Option<String>,
@@ -75,6 +76,13 @@ fn run() -> Result<()> {
             if let Some(b) = bpffs {
                 cmd.arg("--bpffs").arg(b);
             }
+            let Some(iface) = iface else {
+                if unload {
+                    bail!("--unload needs --iface IFACE");
+                }
+                cmd.args(["bpf", "reload"]);
+                return run_cmd(&mut cmd);
+            };
             cmd.arg("bpf").arg(if unload { "unload" } else { "load" }).args(["--iface", &iface]);
             if let Some(ns) = &netns {
                 cmd.args(["--netns", ns]);

@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod object;
 pub mod parent;
 pub mod pins;
+pub mod reload;
 pub mod tc;
 pub mod vlan_maps;
 

@@ -46,6 +46,12 @@ pub enum BpfCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Swap this binary's programs into every pinned link, in place (upgrade without a
+    /// gap); maps and their entries are kept.
+    Reload {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Show every pinned program link of this instance.
     Status {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -136,6 +142,20 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
             enter(&target.ns)?;
             bpf::detach_parent(&pins, target.ns.netns.as_deref(), &target.iface)?;
             println!("detached from {}", target.iface);
+        }
+        BpfCommand::Reload { format } => {
+            let r = bpf::reload::reload_all(&pins)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Format::Table => {
+                    if r.is_empty() {
+                        println!("nothing attached under {}", pins.root().display());
+                    }
+                    for x in r {
+                        println!("{}: link {} now runs {} (program {} -> {})", x.pin.display(), x.link_id, x.program, x.old_program_id, x.new_program_id);
+                    }
+                }
+            }
         }
         BpfCommand::Status { format } => {
             let st = bpf::list_attachments(&pins);

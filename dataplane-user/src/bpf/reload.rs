@@ -1,0 +1,82 @@
+//! Replacing every attached program with the ones of this binary's object, in place:
+//! each pinned link gets the new program through BPF_LINK_UPDATE, so there is no moment
+//! in which a frame bypasses a program. Maps are reused through their pins.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::SchedClassifierLink,
+    xdp::XdpLink,
+};
+
+use super::{
+    object::{load_object, BpfError},
+    parent::list_link_pins,
+    pins::Pins,
+};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    pub pin: PathBuf,
+    pub program: String,
+    pub link_id: u32,
+    pub old_program_id: u32,
+    pub new_program_id: u32,
+}
+
+fn program_names() -> BTreeMap<u32, String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
+        .collect()
+}
+
+pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
+    let link_pins = list_link_pins(pins);
+    if link_pins.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names = program_names();
+    let mut ebpf = load_object(&pins.maps_dir())?;
+    let mut loaded: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for (_, pin) in link_pins {
+        let err = |d: String| BpfError::Link { path: pin.clone(), detail: d };
+        let fd: FdLink = PinnedLink::from_pin(&pin).map_err(|e| err(e.to_string()))?.into();
+        let info = fd.info().map_err(|e| err(e.to_string()))?;
+        let (link_id, old) = (info.id(), info.program_id());
+        // Kernel program names are cut at 15 characters; ours are shorter.
+        let name = names.get(&old).cloned().ok_or_else(|| err(format!("program {old} of this link is not loaded")))?;
+        let prog = ebpf
+            .program_mut(&name)
+            .ok_or_else(|| err(format!("program {name} is not in this binary's object")))?;
+        let first = !loaded.contains(&name);
+        let new_id = match prog {
+            aya::programs::Program::Xdp(p) => {
+                if first {
+                    p.load().map_err(|e| BpfError::Verify { name: "dp_parent", source: Box::new(e) })?;
+                }
+                let l = XdpLink::try_from(fd).map_err(|e| err(e.to_string()))?;
+                let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
+                let l: FdLink = p.take_link(id).map_err(|e| err(e.to_string()))?.try_into().map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
+                l.info().map_err(|e| err(e.to_string()))?.program_id()
+            }
+            aya::programs::Program::SchedClassifier(p) => {
+                if first {
+                    p.load().map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("loading {name}: {e}") })?;
+                }
+                let l = SchedClassifierLink::try_from(fd).map_err(|e| err(e.to_string()))?;
+                let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
+                let l: FdLink = p.take_link(id).map_err(|e| err(e.to_string()))?.try_into().map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
+                l.info().map_err(|e| err(e.to_string()))?.program_id()
+            }
+            _ => return Err(err(format!("program {name} has an unexpected type"))),
+        };
+        if first {
+            loaded.push(name.clone());
+        }
+        out.push(Reloaded { pin, program: name, link_id, old_program_id: old, new_program_id: new_id });
+    }
+    Ok(out)
+}
