@@ -197,7 +197,16 @@ fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
     b.ok(&["run", "-d", "--name", &b60, "--network", "macvlan60", "--ip", "10.60.0.30"]);
     b.ok(&["exec", &b60, "ip", "addr", "add", "192.168.50.30/24", "dev", "eth0"]);
     assert!(!ping(&a, &a50, "192.168.50.30"), "a frame crossed from VLAN 50 into VLAN 60");
+    // A frame tagged 50 for a MAC nobody has is dropped at A's XDP and counted.
+    let tx = dataplane_tests::raw::RawSocket::open(&b.ns, "trunk0").unwrap();
+    let unknown = dataplane_tests::frames::tagged(dataplane_tests::frames::udp([2, 0x42, 0xc0, 0xa8, 0x32, 0x63], 1, 64), 0x8100, 50);
+    for _ in 0..5 {
+        tx.send(&unknown).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let counters = json(&a.ok(&["bpf", "counters", "--format", "json"]));
+    let unknown_drops: u64 = counters.as_array().unwrap().iter().filter(|c| c["reason"] == "drop_unknown_destination").map(|c| c["packets"].as_u64().unwrap()).sum();
+    assert_eq!(unknown_drops, 5, "unknown-MAC frames in VLAN 50 not dropped and counted: {counters:#}");
     let steered: u64 = counters.as_array().unwrap().iter().filter(|c| c["reason"] == "vlan_steered").map(|c| c["packets"].as_u64().unwrap()).sum();
     assert!(steered > 0, "no frames counted as steered into VLAN 50: {counters:#}");
 

@@ -73,6 +73,17 @@ fn networks_demo() -> Result<()> {
     println!("    (this kernel has no 8021q module: trunk0.50 is dataplane's eBPF VLAN device)");
     on(&a, "A", &["exec", "demo-v50a", "ping", "-c", "2", "-W", "1", "192.168.50.20"])?;
 
+    println!("\n-- a spoofing attempt: demo-web sends as 172.16.86.99 and as another MAC --");
+    on(&a, "A", &["exec", "demo-web", "ip", "addr", "add", "172.16.86.99/24", "dev", "eth0"])?;
+    let spoof = a.dp(&["exec", "demo-web", "ping", "-c", "2", "-W", "1", "-I", "172.16.86.99", "172.16.86.1"]);
+    println!("    ping from the unallocated address: {}", if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped on demo-web's egress" });
+    on(&a, "A", &["exec", "demo-web", "ip", "addr", "del", "172.16.86.99/24", "dev", "eth0"])?;
+    on(&a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:99"])?;
+    let spoof = a.dp(&["exec", "demo-web", "ping", "-c", "2", "-W", "1", "172.16.86.3"]);
+    println!("    ping to demo-db with a changed MAC: {}", if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped before reaching the sibling" });
+    on(&a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:02"])?;
+    on(&a, "A", &["stats"])?;
+
     on(&a, "A", &["run", "--rm", "-dit", "--network", "none", "--name", "no-net-alpine", "alpine:latest", "ash"])?;
     on(&a, "A", &["exec", "no-net-alpine", "ip", "link", "show"])?;
     on(&a, "A", &["exec", "no-net-alpine", "ip", "route"])?;
