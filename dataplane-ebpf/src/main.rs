@@ -250,3 +250,30 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+// Baselines for `cargo xtask bench`, loaded the same way as the real programs: they do
+// nothing but return, so a ratio against them isolates the cost of our logic.
+
+/// XDP pass-all baseline.
+#[xdp]
+pub fn dp_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Bare XDP_DROP baseline.
+#[xdp]
+pub fn dp_bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// Live-frame generator: every test-run frame is transmitted out of the interface.
+#[xdp]
+pub fn dp_bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// TC pass-all baseline.
+#[classifier]
+pub fn dp_bench_pass_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}

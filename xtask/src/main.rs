@@ -54,6 +54,13 @@ enum Cmd {
     },
     /// Build everything and run a self-contained demonstration in private namespaces.
     Demo,
+    /// Benchmarks against baselines measured in the same run (never fails on a number):
+    /// markdown on stdout, JSON and a PNG chart under target/bench/, docs/BENCHMARKS.md.
+    Bench {
+        /// Smoke run: fewer packets and endpoints (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Only install the eBPF toolchain (what `build` does first).
     Bootstrap,
 }
@@ -93,6 +100,20 @@ fn run() -> Result<()> {
             run_cmd(&mut cmd)
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Bench { quick } => {
+            require_root("benchmarks create network namespaces and load BPF programs")?;
+            eprintln!("[build] release build of the dataplane binary and the bench");
+            bootstrap::ensure()?;
+            let mut b = cargo();
+            b.args(["build", "--release", "--package", "dataplane-user", "--package", "dataplane-tests", "--bins"]);
+            run_cmd(&mut b).context("build step failed; the compiler's errors are above")?;
+            let mut cmd = Command::new(bin_path(true, "dataplane-bench"));
+            cmd.env("DATAPLANE_BIN", bin_path(true, "dataplane"));
+            if quick {
+                cmd.arg("--quick");
+            }
+            run_cmd(&mut cmd)
+        }
         Cmd::Demo => {
             require_root("the demo creates network namespaces and loads BPF programs")?;
             build(false)?;
