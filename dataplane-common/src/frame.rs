@@ -6,7 +6,7 @@
 //! kernel. Every function here is `#[inline(always)]` because BPF-to-BPF calls with
 //! generic arguments are not worth the verifier's trouble.
 
-use crate::maps::{AdmitKey, EndpointInfo, Reason, EP_HAS_IPV4, EP_HAS_IPV6, VLAN_TAG_HIDDEN, VLAN_UNTAGGED};
+use crate::maps::{AdmitKey, EndpointInfo, Reason, EP_HAS_IPV4, EP_HAS_IPV6, VLAN_UNTAGGED};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -186,9 +186,9 @@ impl Decision {
 
 /// Admission on a parent interface: complete unicast frames pass only to admitted
 /// (ifindex, VLAN, destination MAC); complete group frames pass; everything else drops.
-/// `admitted` is the map lookup (the kernel's hash map, or anything in tests). A frame
-/// without a visible tag also passes to a MAC allocated in a VLAN of this trunk (see
-/// [`VLAN_TAG_HIDDEN`]).
+/// `admitted` is the map lookup (the kernel's hash map, or anything in tests). Frames
+/// whose tag XDP cannot see are covered by the untagged entry user space writes for VLAN
+/// endpoints too (see the comment above `VLAN_UNTAGGED`'s neighbours in maps.rs).
 #[inline(always)]
 pub fn admission<P, F>(p: &P, ifindex: u32, admitted: F) -> Decision
 where
@@ -207,8 +207,7 @@ where
         });
     }
     let key = AdmitKey { ifindex, vlan: hdr.vlan, mac: hdr.dst };
-    let hidden = AdmitKey { ifindex, vlan: VLAN_TAG_HIDDEN, mac: hdr.dst };
-    if admitted(&key) || (!hdr.tagged && admitted(&hidden)) {
+    if admitted(&key) {
         Decision::of(Reason::PassAdmitted)
     } else {
         Decision::of(Reason::DropUnknownDestination)
@@ -326,17 +325,6 @@ mod tests {
         // VID 4095 is reserved.
         let f = frame(ADMITTED, &[(ETH_P_8021Q, 0x0fff)], ETH_P_IPV4, &ip);
         assert_eq!(parse_l2(&f[..46]), Err(Malformed::ReservedVid));
-    }
-
-    #[test]
-    fn hidden_tag_entries_admit_only_frames_without_a_visible_tag() {
-        let ip = ipv4_header();
-        let only_hidden = admit_only(3, VLAN_TAG_HIDDEN, ADMITTED);
-        let f = frame(ADMITTED, &[], ETH_P_IPV4, &ip);
-        assert_eq!(admission(&f[..42], 3, &only_hidden).reason, Reason::PassAdmitted);
-        // A visible tag must match exactly.
-        let f = frame(ADMITTED, &[(ETH_P_8021Q, 50)], ETH_P_IPV4, &ip);
-        assert_eq!(admission(&f[..46], 3, &only_hidden).reason, Reason::DropUnknownDestination);
     }
 
     fn ep() -> EndpointInfo {

@@ -12,5 +12,5 @@ pub mod maps;
 
 pub use frame::{admission, egress_check, parse_l2, Decision, L2Header, Malformed, Packet, Verdict};
 pub use maps::{
-    AdmitKey, AdmitValue, Counter, CounterKey, EndpointCounters, EndpointInfo, Reason, VlanKey, VlanTrunk,
+    AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Reason, VlanKey, VlanTrunk,
 };

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 /// Map of admitted destinations: a unicast frame passes only if its key is here.
 /// (BPF object names are limited to 15 characters.)
 pub const ADMIT_MAP: &str = "DP_ADMIT";
-/// Per-CPU packet/byte counters keyed by (ifindex, reason).
+/// Per-CPU packet/byte counters, an array indexed by [`counter_slot`].
 pub const COUNTERS_MAP: &str = "DP_COUNTERS";
 /// Name of the XDP program attached to parent interfaces.
 pub const XDP_PARENT_PROG: &str = "dp_parent";
@@ -35,16 +35,28 @@ pub const EP_IFINDEX_BASE: u32 = 0x4000_0000;
 
 /// Enough for the 65 536-endpoint scale target with room to spare.
 pub const ADMIT_MAX_ENTRIES: u32 = 1 << 17;
-/// (ifindex, reason) pairs; a few hundred parents times every reason.
-pub const COUNTERS_MAX_ENTRIES: u32 = 4096;
+/// Interfaces with counters are told apart by the low bits of their ifindex: parents live
+/// in the host namespace, where ifindexes are small. An array (not a hash) keeps the
+/// per-packet cost of counting to a few nanoseconds.
+pub const COUNTER_IFINDEX_SLOTS: u32 = 1024;
+/// Reasons per interface slot (room to append reasons without a layout change).
+pub const COUNTER_REASON_SLOTS: u32 = 16;
+pub const COUNTERS_MAX_ENTRIES: u32 = COUNTER_IFINDEX_SLOTS * COUNTER_REASON_SLOTS;
+
+/// Index of (ifindex, reason) in [`COUNTERS_MAP`].
+#[inline(always)]
+pub const fn counter_slot(ifindex: u32, reason: Reason) -> u32 {
+    (ifindex & (COUNTER_IFINDEX_SLOTS - 1)) * COUNTER_REASON_SLOTS + (reason as u32 & (COUNTER_REASON_SLOTS - 1))
+}
 
 /// Untagged (and priority-tagged, VID 0) frames use this VLAN id in keys.
 pub const VLAN_UNTAGGED: u16 = 0;
-/// Key VLAN of the second entry user space writes for every endpoint of a VLAN network.
-/// NICs and veth usually move the 802.1Q tag into metadata XDP cannot read, so a tagged
-/// frame can look untagged there: XDP then admits a MAC that is allocated in some VLAN of
-/// the trunk, and the exact VLAN is enforced after XDP (kernel VLAN demux or TC steering).
-pub const VLAN_TAG_HIDDEN: u16 = 0xffff;
+// NICs and veth usually move the 802.1Q tag into metadata XDP cannot read, so a tagged
+// frame often looks untagged there. User space therefore writes two entries for every
+// endpoint of a VLAN network: (trunk, VID, MAC) for frames whose tag XDP sees, and
+// (trunk, VLAN_UNTAGGED, MAC) for frames that look untagged. MACs are unique per trunk,
+// so the second entry never collides; the exact VLAN is enforced after XDP (tc on the
+// trunk, or the kernel's VLAN demux). One lookup per frame either way.
 
 /// Key of [`ADMIT_MAP`].
 #[repr(C)]
@@ -66,15 +78,6 @@ pub struct AdmitValue {
     pub endpoint: u32,
     /// Reserved for flags; always 0 today.
     pub flags: u32,
-}
-
-/// Key of [`COUNTERS_MAP`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct CounterKey {
-    pub ifindex: u32,
-    /// A [`Reason`] as `u32`.
-    pub reason: u32,
 }
 
 /// Value of [`COUNTERS_MAP`] (one per CPU; user space sums them).
@@ -227,7 +230,6 @@ mod user {
     // time that it has no padding and that any bit pattern is valid.
     unsafe impl aya::Pod for super::AdmitKey {}
     unsafe impl aya::Pod for super::AdmitValue {}
-    unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::VlanKey {}
     unsafe impl aya::Pod for super::VlanTrunk {}
@@ -243,8 +245,10 @@ mod tests {
     fn layouts_match_the_kernel_abi() {
         assert_eq!(core::mem::size_of::<AdmitKey>(), 12);
         assert_eq!(core::mem::size_of::<AdmitValue>(), 8);
-        assert_eq!(core::mem::size_of::<CounterKey>(), 8);
-        assert_eq!(core::mem::size_of::<Counter>(), 16);
+        assert_eq!(counter_slot(1, Reason::PassAdmitted), 16);
+        assert_eq!(counter_slot(1025, Reason::DropMalformed), 20);
+        assert!(counter_slot(u32::MAX, Reason::PassEgress) < COUNTERS_MAX_ENTRIES);
+        assert!(Reason::ALL.len() as u32 <= COUNTER_REASON_SLOTS);        assert_eq!(core::mem::size_of::<Counter>(), 16);
         assert_eq!(core::mem::size_of::<EndpointInfo>(), 36);
         assert_eq!(core::mem::size_of::<EndpointCounters>(), 48);
         let k = AdmitKey { ifindex: 0x0102_0304, vlan: 50, mac: [2, 0, 0, 0, 0, 9] };

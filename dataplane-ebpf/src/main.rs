@@ -10,14 +10,14 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
     admission, egress_check, Packet,
     frame::{ETH_P_8021AD, ETH_P_8021Q, VID_MASK},
-    maps::{ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
-    AdmitKey, AdmitValue, Counter, CounterKey, EndpointCounters, EndpointInfo, Reason, Verdict, VlanKey,
+    maps::{counter_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
+    AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Reason, Verdict, VlanKey,
     VlanTrunk,
 };
 
@@ -30,8 +30,7 @@ static DP_ADMIT: HashMap<AdmitKey, AdmitValue> = HashMap::pinned(ADMIT_MAX_ENTRI
 
 /// Packets and bytes per (ifindex, reason), per CPU.
 #[map(name = "DP_COUNTERS")]
-static DP_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
-    PerCpuHashMap::pinned(COUNTERS_MAX_ENTRIES, 0);
+static DP_COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTERS_MAX_ENTRIES, 0);
 
 /// (trunk ifindex, VID) -> ifindex of the hidden end of that VLAN's device.
 #[map(name = "DP_VLAN_DEVS")]
@@ -224,16 +223,11 @@ pub fn dp_ep_in(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn count(ifindex: u32, reason: Reason, bytes: u64) {
-    let key = CounterKey { ifindex, reason: reason as u32 };
-    match DP_COUNTERS.get_ptr_mut(key) {
+    if let Some(c) = DP_COUNTERS.get_ptr_mut(counter_slot(ifindex, reason)) {
         // SAFETY: per-CPU value, only this CPU writes it while this program runs.
-        Some(c) => unsafe {
+        unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
-        },
-        None => {
-            // A full map only loses the count, never the verdict.
-            let _ = DP_COUNTERS.insert(key, Counter { packets: 1, bytes }, BPF_NOEXIST as u64);
         }
     }
 }

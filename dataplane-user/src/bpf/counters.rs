@@ -2,12 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Map, MapData, PerCpuHashMap};
-use dataplane_common::{Counter, CounterKey, Reason};
+use aya::maps::{Map, MapData, PerCpuArray};
+use dataplane_common::{
+    maps::{counter_slot, COUNTER_IFINDEX_SLOTS},
+    Counter, Reason,
+};
 
 use super::{object::BpfError, pins::Pins};
 
-/// Sum over CPUs of every (ifindex, reason) counter.
+/// Sum over CPUs of every non-zero (ifindex, reason) counter of the interfaces of the
+/// calling thread's namespace (slots are ifindex modulo 1024; parents have small ones).
 pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
     let path = pins.counters_map();
     if !path.exists() {
@@ -16,17 +20,42 @@ pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
     let err = |e: &dyn std::fmt::Display| BpfError::Map { path: path.clone(), detail: e.to_string() };
     let data = MapData::from_pin(&path).map_err(|e| err(&e))?;
     let map = Map::from_map_data(data).map_err(|e| err(&e))?;
-    let m: PerCpuHashMap<MapData, CounterKey, Counter> = PerCpuHashMap::try_from(map).map_err(|e| err(&e))?;
+    let m: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(|e| err(&e))?;
     let mut out = BTreeMap::new();
-    for item in m.iter() {
-        let (k, per_cpu) = item.map_err(|e| err(&e))?;
-        let Some(reason) = Reason::from_u32(k.reason) else { continue };
-        let mut sum = Counter::default();
-        for c in per_cpu.iter() {
-            sum.packets += c.packets;
-            sum.bytes += c.bytes;
+    let mut ifindexes = interfaces();
+    ifindexes.dedup_by_key(|i| *i % COUNTER_IFINDEX_SLOTS);
+    for ifindex in ifindexes {
+        for reason in Reason::ALL {
+            let per_cpu = m.get(&counter_slot(ifindex, reason), 0).map_err(|e| err(&e))?;
+            let mut sum = Counter::default();
+            for c in per_cpu.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            if sum.packets != 0 {
+                out.insert((ifindex, reason), sum);
+            }
         }
-        out.insert((k.ifindex, reason), sum);
     }
     Ok(out)
+}
+
+/// ifindexes of the calling thread's namespace.
+fn interfaces() -> Vec<u32> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 {
+            out.push((*p).if_index);
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out.sort_unstable();
+    out
 }

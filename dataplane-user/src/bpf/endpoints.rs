@@ -91,18 +91,52 @@ pub fn link_pins(pins: &Pins, netns_path: &str, ifname: &str) -> [std::path::Pat
     [dir.join(format!("tceg-{ifname}")), dir.join(format!("tcin-{ifname}"))]
 }
 
+/// The endpoint programs, loaded once and then reused from their pins: attaching an
+/// endpoint then needs neither the ELF object, nor kernel BTF, nor the verifier.
+fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
+    let paths = [pins.prog(TC_EP_OUT_PROG), pins.prog(TC_EP_IN_PROG)];
+    if paths.iter().all(|p| p.exists()) {
+        let from = |p: &std::path::PathBuf, name: &'static str| {
+            SchedClassifier::from_pin(p).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
+        };
+        if let (Ok(a), Ok(b)) = (from(&paths[0], TC_EP_OUT_PROG), from(&paths[1], TC_EP_IN_PROG)) {
+            return Ok([a, b]);
+        }
+        // Stale pins (e.g. from an older layout): load afresh below.
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    crate::bpffs::create_private(&pins.progs_dir())?;
+    let mut ebpf = load_object(&pins.maps_dir())?;
+    for (name, path) in [(TC_EP_OUT_PROG, &paths[0]), (TC_EP_IN_PROG, &paths[1])] {
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram { name })?
+            .try_into()
+            .map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
+        p.load().map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
+        // Another process may have pinned it meanwhile; theirs is as good as ours.
+        if let Err(e) = p.pin(path) {
+            if !path.exists() {
+                return Err(BpfError::Pin { path: path.clone(), detail: e.to_string() });
+            }
+        }
+    }
+    let from = |p: &std::path::PathBuf, name: &'static str| {
+        SchedClassifier::from_pin(p).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
+    };
+    Ok([from(&paths[0], TC_EP_OUT_PROG)?, from(&paths[1], TC_EP_IN_PROG)?])
+}
+
 /// Attach the endpoint programs to `ifname` inside the namespace at `netns_path`.
 pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
     let [eg, ing] = link_pins(pins, netns_path, ifname);
     crate::bpffs::create_private(eg.parent().expect("pin has a parent"))?;
-    let mut ebpf = load_object(&pins.maps_dir())?;
-    for (prog, kind, pin) in [(TC_EP_OUT_PROG, TcAttachType::Egress, &eg), (TC_EP_IN_PROG, TcAttachType::Ingress, &ing)] {
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(prog)
-            .ok_or(BpfError::MissingProgram { name: prog })?
-            .try_into()
-            .map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
-        p.load().map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
+    let [mut out_prog, mut in_prog] = endpoint_programs(pins)?;
+    for (prog, p, kind, pin) in
+        [(TC_EP_OUT_PROG, &mut out_prog, TcAttachType::Egress, &eg), (TC_EP_IN_PROG, &mut in_prog, TcAttachType::Ingress, &ing)]
+    {
         // ifname resolves, and the link is created, in the endpoint's namespace.
         let id = crate::nl::with_netns(Path::new(netns_path), || p.attach(ifname, kind))
             .map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("entering {netns_path}: {e}") })?

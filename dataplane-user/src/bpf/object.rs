@@ -53,5 +53,11 @@ pub fn load_object(map_dir: &std::path::Path) -> Result<Ebpf, BpfError> {
         return Err(BpfError::PlaceholderObject);
     }
     crate::bpffs::ensure_dir(map_dir)?;
-    EbpfLoader::new().default_map_pin_directory(map_dir).load(OBJECT).map_err(|e| BpfError::Load(Box::new(e)))
+    // No CO-RE relocations in our programs: skipping the kernel BTF saves parsing
+    // /sys/kernel/btf/vmlinux (about 20 ms) on every command that loads the object.
+    EbpfLoader::new()
+        .btf(None)
+        .default_map_pin_directory(map_dir)
+        .load(OBJECT)
+        .map_err(|e| BpfError::Load(Box::new(e)))
 }

@@ -196,9 +196,10 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
         return Ok(());
     }
     let mut first_err = None;
-    let maps: Vec<PathBuf> = std::fs::read_dir(pins.maps_dir())
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let maps: Vec<PathBuf> = [pins.maps_dir(), pins.progs_dir()]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default())
+        .collect();
     for path in maps {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -214,7 +215,7 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
             let _ = std::fs::remove_dir(d.path());
         }
     }
-    for dir in [pins.links_dir(), pins.maps_dir(), pins.root().to_path_buf()] {
+    for dir in [pins.links_dir(), pins.maps_dir(), pins.progs_dir(), pins.root().to_path_buf()] {
         let _ = std::fs::remove_dir(dir);
     }
     first_err.map_or(Ok(()), Err)

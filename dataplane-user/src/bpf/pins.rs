@@ -4,6 +4,7 @@
 //! <bpffs>/maps/DP_ADMIT, DP_COUNTERS         shared maps (pinned by name)
 //! <bpffs>/links/<netns>/xdp-<iface>          one pinned XDP link per parent interface
 //! <bpffs>/links/<netns>/tcin-<iface>         tcx ingress link (VLAN steering) per interface
+//! <bpffs>/progs/dp_ep_out, dp_ep_in          endpoint programs, loaded once and reused
 //! ```
 //! `<netns>` is `host` for the namespace dataplane runs in, or `ns-<name>` for a named
 //! namespace given with --netns (ifindexes are only unique per namespace).
@@ -57,6 +58,15 @@ impl Pins {
 
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
+    }
+
+    /// Programs kept loaded for reuse (endpoint programs).
+    pub fn progs_dir(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs_dir().join(name)
     }
 }
 

@@ -78,5 +78,19 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
         }
         out.push(Reloaded { pin, program: name, link_id, old_program_id: old, new_program_id: new_id });
     }
+    // Endpoints attached from now on get the new programs too.
+    for name in [dataplane_common::maps::TC_EP_OUT_PROG, dataplane_common::maps::TC_EP_IN_PROG] {
+        let path = pins.prog(name);
+        if !path.exists() {
+            continue;
+        }
+        if let Some(aya::programs::Program::SchedClassifier(p)) = ebpf.program_mut(name) {
+            if !loaded.iter().any(|l| l == name) {
+                p.load().map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
+            }
+            let _ = std::fs::remove_file(&path);
+            p.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), detail: e.to_string() })?;
+        }
+    }
     Ok(out)
 }

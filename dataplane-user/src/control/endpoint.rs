@@ -12,7 +12,7 @@ use std::{
 };
 
 use dataplane_common::{
-    maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, VLAN_TAG_HIDDEN},
+    maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, VLAN_UNTAGGED},
     AdmitKey, AdmitValue, EndpointInfo,
 };
 
@@ -62,7 +62,8 @@ pub(crate) fn admit_keys(n: &Network, mac: [u8; 6]) -> Option<Vec<AdmitKey>> {
     match &n.vlan {
         Some(v) => {
             keys.push(AdmitKey { ifindex, vlan: v.vid, mac });
-            keys.push(AdmitKey { ifindex, vlan: VLAN_TAG_HIDDEN, mac });
+            // For frames whose tag XDP cannot see (see maps.rs).
+            keys.push(AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac });
         }
         None => keys.push(AdmitKey { ifindex, vlan: 0, mac }),
     }
@@ -182,7 +183,18 @@ fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()
     let ns = std::fs::File::open(&ep.netns).map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
-    host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex)).map_err(|e| {
+    let mut tries = 0;
+    let created = loop {
+        match host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex)) {
+            // The same MAC on a macvlan of a namespace that is still being torn down.
+            Err(e) if e.is(libc::EADDRINUSE) && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => break other,
+        }
+    };
+    created.map_err(|e| {
         if e.is(libc::EBUSY) && mode == "passthru" {
             ControlError::Invalid(format!("parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"))
         } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
@@ -541,13 +553,9 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
         return warnings;
     }
     if ep.netns_owned {
-        // Delete the macvlans first: a namespace is freed asynchronously, and its links
-        // (and their MACs on the parent) would linger until then.
-        if Path::new(&ep.netns).exists() {
-            for a in atts {
-                let _ = delete_link_in(&ep.netns, &a.ifname);
-            }
-        }
+        // The kernel frees the namespace, and the macvlans in it, in the background (as
+        // `ip netns del`); deleting them one by one would cost a synchronous unregister
+        // each. A MAC still held by a dying namespace is waited for at creation.
         if let Err(e) = netns::delete_named(Path::new(&ep.netns)) {
             warnings.push(format!("deleting network namespace {}: {e}", ep.netns));
         }
