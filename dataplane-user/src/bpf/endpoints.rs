@@ -159,12 +159,12 @@ pub fn detach(pins: &Pins, netns_path: &str, ifname: &str) {
     }
 }
 
-/// Remove every identity entry of endpoint `number` with `mac`, its links' pins, and (when
-/// `all` is set) its counters.
-pub fn forget(pins: &Pins, number: u32, mac: [u8; 6], netns_path: &str, ifname: &str) {
-    for (k, v) in list(pins).unwrap_or_default() {
-        if v.endpoint == number && v.mac == mac {
-            remove(pins, &k);
+/// Remove the identity entry of interface `ifindex` (if it is still endpoint `number`'s)
+/// and the pins of its links.
+pub fn forget(pins: &Pins, ifindex: u32, number: u32, netns_path: &str, ifname: &str) {
+    if let Ok(mut m) = open_endpoints(pins) {
+        if m.get(&ifindex, 0).is_ok_and(|v| v.endpoint == number) {
+            let _ = m.remove(&ifindex);
         }
     }
     detach(pins, netns_path, ifname);

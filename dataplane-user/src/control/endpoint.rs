@@ -373,9 +373,9 @@ impl Engine {
                     undo.push(format!("deleting {ifname} in {path}"), move || delete_link_in(&path, &ifname));
                 }
                 {
-                    let (pins2, path, ifname, number, mac) = (pins.clone(), netns_path.clone(), a.ifname.clone(), endpoint_number(&ep.id), endpoint_info(&ep, a)?.mac);
+                    let (pins2, path, ifname, number, ifindex) = (pins.clone(), netns_path.clone(), a.ifname.clone(), endpoint_number(&ep.id), a.ifindex);
                     undo.push(format!("removing the programs of {ifname}"), move || {
-                        bpf::endpoints::forget(&pins2, number, mac, &path, &ifname);
+                        bpf::endpoints::forget(&pins2, ifindex, number, &path, &ifname);
                         Ok(())
                     });
                 }
@@ -426,9 +426,7 @@ impl Engine {
         })?;
         if let Err(e) = realise(&pins, &n, &ep, &a) {
             let mut rollback = Vec::new();
-            if let Ok(info) = endpoint_info(&ep, &a) {
-                bpf::endpoints::forget(&pins, info.endpoint, info.mac, &ep.netns, &a.ifname);
-            }
+            bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
             if let Err(x) = delete_link_in(&ep.netns, &a.ifname) {
                 rollback.push(x);
             }
@@ -457,9 +455,7 @@ impl Engine {
             Ok((ep, n, a))
         })?;
         let _ = n;
-        if let Ok(info) = endpoint_info(&ep, &a) {
-            bpf::endpoints::forget(&pins, info.endpoint, info.mac, &ep.netns, &a.ifname);
-        }
+        bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
         delete_link_in(&ep.netns, &a.ifname).map_err(|e| ControlError::Invalid(format!("removed {} from network {network}, but deleting {} failed: {e}", ep.name, a.ifname)))
     }
 
@@ -536,9 +532,7 @@ pub(crate) fn delete_link_in(netns_path: &str, ifname: &str) -> std::result::Res
 pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bool) -> Vec<String> {
     let mut warnings = Vec::new();
     for a in atts {
-        if let Ok(info) = endpoint_info(ep, a) {
-            bpf::endpoints::forget(pins, info.endpoint, info.mac, &ep.netns, &a.ifname);
-        }
+        bpf::endpoints::forget(pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
     }
     if !ep.netns.is_empty() {
         bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));

@@ -125,8 +125,33 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
         eprintln!("  {name}: {:.1} ns/packet (pass-all {kind}: {:.1})", s.median, b.median);
         rows.push(json!({"case": name, "ns_per_packet": s, "baseline": format!("pass-all {kind}"), "baseline_ns": b, "ratio": s.median / b.median}));
     }
-    let xdp_filter = Path::new("/usr/lib/bpf/xdpfilt_alw_eth.o").exists() || Path::new("/usr/sbin/xdp-filter").exists();
-    if !xdp_filter {
+    // xdp-filter's Ethernet program (Debian xdp-tools), loaded and run the same way.
+    let xf = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_eth.o";
+    if Path::new(xf).exists() {
+        match aya::EbpfLoader::new().btf(None).load_file(xf) {
+            Ok(mut xfo) => {
+                let name = xfo.programs().map(|(n, _)| n.to_string()).next().unwrap_or_default();
+                let loaded = xfo.program_mut(&name).and_then(|p| <&mut Xdp>::try_from(p).ok()).map(|p| p.load());
+                match loaded {
+                    Some(Ok(())) => {
+                        let p: &Xdp = xfo.program(&name).context("xdp-filter program")?.try_into()?;
+                        let (mut theirs, mut ours, mut bases) = (Vec::new(), Vec::new(), Vec::new());
+                        for _ in 0..o.runs {
+                            theirs.push(ns_per_packet(&Prog::Xdp(p), &frame64, o.repeat)?);
+                            ours.push(ns_per_packet(&Prog::Xdp(xdp(XDP_PARENT_PROG)?), &frame64, o.repeat)?);
+                            bases.push(ns_per_packet(&base_xdp, &frame64, o.repeat)?);
+                        }
+                        let (t, s, b) = (stat(theirs), stat(ours), stat(bases));
+                        eprintln!("  xdp-filter Ethernet program ({name}): {:.1} ns/packet; ours {:.1}", t.median, s.median);
+                        rows.push(json!({"case": "XDP admit vs xdp-filter's Ethernet program", "ns_per_packet": s, "baseline": "xdp-filter ethernet", "baseline_ns": t, "ratio": s.median / t.median}));
+                        let _ = b;
+                    }
+                    other => eprintln!("  xdp-filter: its object did not load here ({other:?}); not measured"),
+                }
+            }
+            Err(e) => eprintln!("  xdp-filter: its object did not load here ({e}); not measured"),
+        }
+    } else {
         eprintln!("  xdp-filter: not installed (Debian package xdp-tools); its Ethernet program is not measured in this run");
     }
 
@@ -287,7 +312,16 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
         measure("dataplane XDP drops unknown MAC (native)", &mut results)?;
         dp(&["bpf", "unload", "--iface", "r0"])?;
     }
-    if !Path::new("/usr/sbin/xdp-filter").exists() {
+    if Path::new("/usr/sbin/xdp-filter").exists() {
+        let ok = sh(&rcv, &["xdp-filter", "load", "r0", "--mode", "native", "--features", "ethernet"])
+            && sh(&rcv, &["xdp-filter", "ether", "02:db:00:00:00:02", "--mode", "dst"]);
+        if ok {
+            measure("xdp-filter drops unknown MAC (native)", &mut results)?;
+        } else {
+            eprintln!("  xdp-filter: could not be loaded on the receiver; skipped");
+        }
+        let _ = sh(&rcv, &["xdp-filter", "unload", "r0"]);
+    } else {
         eprintln!("  xdp-filter: not installed (Debian package xdp-tools); skipped");
     }
     Ok(results.into_iter().map(|(k, v)| json!({"case": k, "pps": v})).collect())
@@ -383,7 +417,8 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
     })])
 }
 
-fn chart(path: &Path, bars: &[(String, f64)]) -> Result<()> {
+/// Horizontal bars of (label, ratio, target): green where the target is met.
+fn chart(path: &Path, bars: &[(String, f64, f64)]) -> Result<()> {
     use plotters::prelude::*;
     let font = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"]
         .iter()
@@ -394,14 +429,14 @@ fn chart(path: &Path, bars: &[(String, f64)]) -> Result<()> {
     };
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font).map_err(|_| anyhow::anyhow!("bad font"))?;
-    let root = BitMapBackend::new(path, (1100, 60 + 42 * bars.len() as u32)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1200, 80 + 48 * bars.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max) * 1.15;
+    let max = bars.iter().map(|b| b.1.max(b.2)).fold(1.0f64, f64::max) * 1.25;
     let mut c = ChartBuilder::on(&root)
-        .caption("dataplane vs baseline, same run (ratio; >1 = better for speed rows, see labels)", ("sans-serif", 18))
-        .margin(10)
+        .caption("dataplane / baseline, measured side by side in one run (higher is better; | = target)", ("sans-serif", 18))
+        .margin(12)
         .x_label_area_size(30)
-        .y_label_area_size(420)
+        .y_label_area_size(470)
         .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())?;
     c.configure_mesh()
         .disable_y_mesh()
@@ -412,12 +447,15 @@ fn chart(path: &Path, bars: &[(String, f64)]) -> Result<()> {
         })
         .y_label_style(("sans-serif", 14))
         .draw()?;
-    c.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        let color = if *v >= 1.0 { RGBColor(46, 125, 50) } else { RGBColor(198, 40, 40) };
-        Rectangle::new([(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))], color.filled())
+    c.draw_series(bars.iter().enumerate().map(|(i, (_, v, t))| {
+        let color = if v >= t { RGBColor(46, 125, 50) } else { RGBColor(198, 40, 40) };
+        Rectangle::new([(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))], color.mix(0.85).filled())
     }))?;
-    c.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Text::new(format!("{v:.2}x"), (*v + max * 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 14))
+    c.draw_series(bars.iter().enumerate().map(|(i, (_, _, t))| {
+        Rectangle::new([(*t - max * 0.003, SegmentValue::Exact(i)), (*t + max * 0.003, SegmentValue::Exact(i + 1))], BLACK.filled())
+    }))?;
+    c.draw_series(bars.iter().enumerate().map(|(i, (_, v, t))| {
+        Text::new(format!("{v:.2}x (target {t}x)"), (v.max(*t) + max * 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 14))
     }))?;
     root.present()?;
     Ok(())
@@ -458,22 +496,32 @@ fn main() -> Result<()> {
     let results = json!({"machine": machine(), "quick": quick, "per_packet": per_packet, "live": live, "scale": scale, "control_plane": cp});
     std::fs::write(o.out_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
 
-    // Ratios for the chart: speed rows as baseline_time / our_time and our_rate / baseline_rate.
-    let mut bars: Vec<(String, f64)> = Vec::new();
-    for r in &per_packet {
-        bars.push((format!("{} (pass-all / ours, ns)", r["case"].as_str().unwrap_or("")), 1.0 / r["ratio"].as_f64().unwrap_or(1.0)));
-    }
+    // The chart shows the ratios the benchmark issue sets targets for.
+    let mut bars: Vec<(String, f64, f64)> = Vec::new();
     let rate = |k: &str| live.iter().find(|r| r["case"] == k).and_then(|r| r["pps"]["median"].as_f64());
     let ours = rate("dataplane XDP drops unknown MAC (native)");
-    for base in ["kernel stack drops unknown MAC (no program, GRO on)", "nftables netdev ingress `ether daddr` drop", "bare XDP_DROP program (native)"] {
+    for (base, label, target) in [
+        ("kernel stack drops unknown MAC (no program, GRO on)", "unknown-MAC drops/s vs kernel stack", 2.2),
+        ("nftables netdev ingress `ether daddr` drop", "unknown-MAC drops/s vs nftables netdev", 1.0),
+        ("bare XDP_DROP program (native)", "unknown-MAC drops/s vs bare XDP_DROP", 0.85),
+        ("xdp-filter drops unknown MAC (native)", "unknown-MAC drops/s vs xdp-filter", 1.0),
+    ] {
         if let (Some(o), Some(b)) = (ours, rate(base)) {
-            bars.push((format!("unknown-MAC drop rate vs {base}"), o / b));
+            bars.push((label.to_string(), o / b, target));
         }
     }
+    let admit = |m: u64| scale.iter().find(|s| s["macs"] == m).and_then(|s| s["ns_per_packet"]["median"].as_f64());
+    if let (Some(one), Some(many)) = (admit(1), admit(65_536)) {
+        bars.push(("admission cost, 1 MAC / 65 536 MACs (flat)".into(), one / many, 0.9));
+    }
+    if let Some(r) = per_packet.iter().find(|r| r["baseline"] == "xdp-filter ethernet").and_then(|r| r["ratio"].as_f64()) {
+        bars.push(("admission cost: xdp-filter's / ours (ns)".into(), 1.0 / r, 1.0 / 0.6));
+    }
     if let Some(r) = cp[0]["create_ratio"].as_f64() {
-        bars.push(("control plane: endpoints/s vs ip commands".into(), r));
+        bars.push(("endpoints created/s vs ip commands".into(), r, 2.0));
     }
     chart(&o.out_dir.join("ratios.png"), &bars)?;
+    let _ = std::fs::copy(o.out_dir.join("ratios.png"), o.docs.with_file_name("benchmarks-ratios.png"));
 
     let mut md = String::new();
     md.push_str("| benchmark | dataplane | baseline | ratio |\n|---|---|---|---|\n");
@@ -518,6 +566,64 @@ fn main() -> Result<()> {
         c["reconcile_endpoints"], c["reconcile_seconds"].as_f64().unwrap_or(0.0)
     ));
     println!("{md}");
+    let mut targets = String::new();
+    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    let admit_ns = per_packet.iter().find(|r| r["case"] == "XDP admit (known MAC)").and_then(|r| r["ns_per_packet"]["median"].as_f64());
+    let vs_xf = per_packet.iter().find(|r| r["baseline"] == "xdp-filter ethernet");
+    if let Some(r) = vs_xf {
+        targets.push_str(&format!(
+            "- Admission path <= 0.6x xdp-filter's Ethernet program (same test-run harness): {:.0} ns vs {:.0} ns = {:.2}x ({}).\n",
+            r["ns_per_packet"]["median"].as_f64().unwrap_or(0.0),
+            r["baseline_ns"]["median"].as_f64().unwrap_or(0.0),
+            r["ratio"].as_f64().unwrap_or(0.0),
+            verdict(r["ratio"].as_f64().unwrap_or(9.0) <= 0.6)
+        ));
+    } else if let Some(a) = admit_ns {
+        targets.push_str(&format!(
+            "- Admission path <= 0.6x xdp-filter's Ethernet program: xdp-filter was not measured in this run \
+             (not installed); against the reference 68-88 ns measured on this kind of machine the target is \
+             41-53 ns, and the admission path took {a:.0} ns here ({}).\n",
+            verdict(a <= 41.0)
+        ));
+    }
+    if let (Some(one), Some(many)) = (
+        scale.iter().find(|s| s["macs"] == 1).and_then(|s| s["ns_per_packet"]["median"].as_f64()),
+        scale.iter().find(|s| s["macs"] == 65_536).and_then(|s| s["ns_per_packet"]["median"].as_f64()),
+    ) {
+        targets.push_str(&format!("- Flat from 1 to 65 536 MACs (within 10%): {one:.0} ns vs {many:.0} ns ({}).\n", verdict(many <= one * 1.1)));
+    }
+    for (base, target, what) in [
+        ("kernel stack drops unknown MAC (no program, GRO on)", 2.2, "the kernel stack's"),
+        ("bare XDP_DROP program (native)", 0.85, "a bare XDP_DROP program's"),
+        ("xdp-filter drops unknown MAC (native)", 1.0, "xdp-filter's native drop"),
+    ] {
+        if let (Some(o), Some(b)) = (ours, rate(base)) {
+            targets.push_str(&format!("- Unknown-MAC drop rate >= {target}x {what}: {:.2}x ({}).\n", o / b, verdict(o / b >= target)));
+        }
+    }
+    if rate("xdp-filter drops unknown MAC (native)").is_none() {
+        targets.push_str("- Unknown-MAC drop rate >= 1.0x xdp-filter's native drop: not measured in this run (xdp-tools not installed or not loadable).\n");
+    }
+    targets.push_str("- VLAN-steered delivery >= 1.0x a Linux bridge with vlan_filtering: not measured yet (the bridge comparison is still to be written).\n");
+    if let Some(r) = cp[0]["create_ratio"].as_f64() {
+        targets.push_str(&format!(
+            "- Control plane >= 2x the `ip`-command baseline: {r:.2}x ({}). What limits it: each endpoint gets two tcx \
+             links (anti-spoofing egress, rx accounting ingress), and creating a tcx link costs 10-15 ms here \
+             (strace: BPF_LINK_CREATE; the kernel waits for an RCU grace period when it creates a device's tcx \
+             entry); the rest is process start, netlink, and three small SQLite commits. Ideas: one tcx link per \
+             endpoint (count rx at the sender and at XDP instead), or a long-running daemon that batches.\n",
+            verdict(r >= 2.0)
+        ));
+    }
+    if let Some(b) = rate("bare XDP_DROP program (native)").zip(ours).map(|(b, o)| o / b) {
+        if b < 0.85 {
+            targets.push_str(&format!(
+                "- What limits the drop rate ({b:.2}x bare XDP_DROP): per frame the program parses up to the L3 header \
+                 (to refuse truncated frames), does one hash lookup on a 12-byte key and bumps a per-CPU array \
+                 counter; the hash lookup (jhash of the key) is most of the remaining cost.\n"
+            ));
+        }
+    }
     let doc = format!(
         "# Benchmarks\n\nLatest figures from `cargo xtask bench{}` on {} (generated by the bench; noisy \
          machines vary by 10-30%, so compare ratios, which are measured side by side in one run).\n\n\
@@ -529,9 +635,8 @@ fn main() -> Result<()> {
          an XDP live-frames generator (`dp_bench_tx`, XDP_TX into a veth) pinned to one CPU with \
          sched_setaffinity, the receiver's softirq running on the same CPU; control-plane rates \
          time sequential `dataplane run -d` against a shell loop doing the same namespace, \
-         macvlan, address and route work with `ip`.\n\n{md}\n\
-         Targets (from the benchmark issue) and where we are are read off the ratios above; \
-         xdp-filter's Ethernet program is not measured here unless xdp-tools is installed.\n",
+         macvlan, address and route work with `ip`.\n\n{md}\n## Targets and where we are\n\n{targets}\n\
+         ![ratios](benchmarks-ratios.png)\n",
         if quick { " --quick" } else { "" },
         machine(),
         o.runs
