@@ -21,6 +21,8 @@ use dataplane_common::{
     VlanTrunk,
 };
 
+use aya_log_ebpf::debug;
+
 use crate::packet::{SkbPacket, XdpPacket};
 
 /// Admitted (parent ifindex, VLAN, destination MAC). Pinned by name, so every program
@@ -54,6 +56,12 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let decision = admission(&pkt, ifindex, |key| DP_ADMIT.get_ptr(key).is_some());
     count(ifindex, decision.reason, pkt.len_bytes());
+    if decision.verdict == Verdict::Drop {
+        // Off unless user space loads the programs with a debug log level; the level is
+        // a load-time constant, so the verifier removes this when it is off.
+        let dst = pkt.read::<6>(0).unwrap_or([0; 6]);
+        debug!(&ctx, "dp_parent: drop ifindex={} reason={} dst={:mac}", ifindex, decision.reason as u32, dst);
+    }
     match decision.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
@@ -96,6 +104,7 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
     let key = VlanKey { trunk_ifindex: ifindex, vid, pad: 0 };
     let Some(dev) = DP_VLAN_DEVS.get_ptr(key) else {
         count(ifindex, Reason::DropUnknownVlan, u64::from(len));
+        debug!(&ctx, "dp_trunk_in: drop ifindex={} unknown vlan={}", ifindex, vid);
         return TC_ACT_SHOT;
     };
     // SAFETY: map value pointer from a successful lookup.
@@ -205,6 +214,7 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
         }
         Verdict::Drop => {
             count_endpoint(ep.endpoint, 0, 0, 1, u64::from(len));
+            debug!(&ctx, "dp_ep_out: drop endpoint={} reason={}", ep.endpoint, d.reason as u32);
             TC_ACT_SHOT
         }
     }

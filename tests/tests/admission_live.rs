@@ -173,3 +173,28 @@ fn bad_input_is_a_clear_error_and_leaves_no_trace() {
     let after = ok(dataplane(&bpffs, &["bpf", "admit", "ls", "--netns", &lab.b.name, "--format", "json"]));
     assert_eq!(before, after, "a failed command changed the admission map");
 }
+
+#[test]
+fn drop_events_are_off_by_default_and_logged_at_debug() {
+    let lab = Lab::new().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    load(&bpffs, &lab, "auto");
+    exchange(&lab, &[(UNKNOWN, 1..4)]);
+    let quiet = ok(dataplane(&bpffs, &["bpf", "log", "--seconds", "0"]));
+    assert!(!quiet.contains("drop"), "events logged while logging is off: {quiet}");
+
+    let out = ok(dataplane(&bpffs, &["bpf", "reload", "--log-level", "debug"]));
+    assert!(out.contains("dp_parent"), "{out}");
+    exchange(&lab, &[(UNKNOWN, 10..13)]);
+    let events = ok(dataplane(&bpffs, &["bpf", "log", "--seconds", "0"]));
+    let drops: Vec<&str> = events.lines().filter(|l| l.contains("dp_parent: drop") && l.contains("02:db:00:00:00:02")).collect();
+    assert_eq!(drops.len(), 3, "expected 3 drop events: {events}");
+    assert!(drops[0].starts_with("DEBUG"), "{events}");
+    assert!(drops[0].contains(&format!("reason={}", dataplane_common::Reason::DropUnknownDestination as u32)), "{events}");
+
+    // Back off: no more events.
+    ok(dataplane(&bpffs, &["bpf", "reload"]));
+    exchange(&lab, &[(UNKNOWN, 20..23)]);
+    let quiet = ok(dataplane(&bpffs, &["bpf", "log", "--seconds", "0"]));
+    assert!(!quiet.contains("dp_parent: drop"), "{quiet}");
+}

@@ -42,6 +42,33 @@ pub enum BpfError {
     Unpin { path: PathBuf, #[source] source: std::io::Error },
 }
 
+static LOG_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// aya-log level the programs are loaded with: 0 = off (the default), 1 error .. 5 trace.
+/// Drop events are logged at debug (4). DATAPLANE_BPF_LOG_LEVEL sets the default.
+pub fn set_log_level(level: u8) {
+    LOG_LEVEL.store(level, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn log_level() -> u8 {
+    match LOG_LEVEL.load(std::sync::atomic::Ordering::Relaxed) {
+        u8::MAX => std::env::var("DATAPLANE_BPF_LOG_LEVEL").ok().and_then(|v| parse_log_level(&v)).unwrap_or(0),
+        l => l,
+    }
+}
+
+pub fn parse_log_level(s: &str) -> Option<u8> {
+    Some(match s {
+        "off" | "0" => 0,
+        "error" | "1" => 1,
+        "warn" | "2" => 2,
+        "info" | "3" => 3,
+        "debug" | "4" => 4,
+        "trace" | "5" => 5,
+        _ => return None,
+    })
+}
+
 pub fn is_placeholder() -> bool {
     OBJECT.is_empty()
 }
@@ -55,8 +82,10 @@ pub fn load_object(map_dir: &std::path::Path) -> Result<Ebpf, BpfError> {
     crate::bpffs::ensure_dir(map_dir)?;
     // No CO-RE relocations in our programs: skipping the kernel BTF saves parsing
     // /sys/kernel/btf/vmlinux (about 20 ms) on every command that loads the object.
+    let level = log_level();
     EbpfLoader::new()
         .btf(None)
+        .override_global("AYA_LOG_LEVEL", &level, false)
         .default_map_pin_directory(map_dir)
         .load(OBJECT)
         .map_err(|e| BpfError::Load(Box::new(e)))

@@ -51,6 +51,16 @@ pub enum BpfCommand {
     Reload {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// aya-log level compiled into the reloaded programs: off (default), error, warn,
+        /// info, debug (drop events), trace. Read the events with `dataplane bpf log`.
+        #[arg(long, default_value = "off", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
+        log_level: String,
+    },
+    /// Print the programs' aya-log events (drop events need `bpf reload --log-level debug`).
+    Log {
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// Show every pinned program link of this instance.
     Status {
@@ -143,7 +153,11 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
             bpf::detach_parent(&pins, target.ns.netns.as_deref(), &target.iface)?;
             println!("detached from {}", target.iface);
         }
-        BpfCommand::Reload { format } => {
+        BpfCommand::Log { seconds } => {
+            return log_events(&pins, seconds);
+        }
+        BpfCommand::Reload { format, log_level } => {
+            bpf::object::set_log_level(bpf::object::parse_log_level(&log_level).expect("clap checked the value"));
             let r = bpf::reload::reload_all(&pins)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
@@ -232,4 +246,49 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Writes aya-log records to stdout.
+struct PrintLogger;
+
+impl log::Log for PrintLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        println!("{:<5} {}", record.level(), record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+fn log_events(pins: &Pins, seconds: Option<u64>) -> anyhow::Result<i32> {
+    let links = bpf::list_attachments(pins);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut loggers = Vec::new();
+    for l in &links {
+        let Some(id) = l.program_id else { continue };
+        if !seen.insert(id) {
+            continue;
+        }
+        match aya_log::EbpfLogger::init_from_id_with_logger(id, PrintLogger) {
+            Ok(lg) => loggers.push(lg),
+            Err(e) => eprintln!("dataplane: warning: no log buffer for program {id} ({}): {e}", l.iface),
+        }
+    }
+    if loggers.is_empty() {
+        bail!("no attached program to read events from under {}", pins.root().display());
+    }
+    eprintln!("reading events of {} programs{}", loggers.len(), seconds.map(|s| format!(" for {s} s")).unwrap_or_default());
+    let deadline = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+    loop {
+        for lg in &mut loggers {
+            lg.flush();
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
