@@ -166,9 +166,11 @@ pub fn run(engine: &mut Engine, cli: &super::Cli, a: RunArgs) -> Result<i32> {
     let status = match command_in(&ep.netns, &command)?.status() {
         Ok(s) => exit_code(s),
         Err(e) => {
+            // The command never ran: the endpoint made for it goes too (no trace).
             let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            let _ = engine.rm(&a.name, true);
             eprintln!("dataplane: error: {}", spawn_error(&command[0], e));
-            code
+            return Ok(code);
         }
     };
     if a.rm {

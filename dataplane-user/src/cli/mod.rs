@@ -122,8 +122,31 @@ fn engine(cli: &Cli) -> anyhow::Result<Engine> {
     Ok(Engine::open(&cli.state_dir, &cli.bpffs)?)
 }
 
+/// Effective capabilities this process needs: CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21,
+/// namespaces and bpffs mounts), CAP_BPF (39).
+fn missing_capabilities() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN"), (39, "CAP_BPF")]
+        .into_iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect()
+}
+
 pub fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "dataplane manages network namespaces, links and BPF programs and needs root (missing {}): run it as root, e.g. with sudo",
+            missing.join(", ")
+        );
+    }
     match &cli.command {
         Command::Bpf(_) => {
             let Command::Bpf(cmd) = cli.command else { unreachable!() };

@@ -273,6 +273,9 @@ impl Engine {
         if network == "none" && (ip.is_some() || ip6.is_some() || req.mac.is_some()) {
             return invalid("--ip, --ip6 and --mac-address cannot be used with --network none (it has only lo)");
         }
+        if let Some(e) = self.store.read(|tx| tx.endpoint(&req.name))?.filter(|e| e.name == req.name) {
+            return invalid(format!("endpoint name {} is already in use by endpoint {}; remove it first (dataplane rm {}) or pick another name", req.name, &e.id[..12], req.name));
+        }
         let owned = req.netns.is_none() && network != "host";
         let netns_path = match (&req.netns, network.as_str()) {
             (_, "host") => String::new(),
