@@ -61,6 +61,13 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the frame classification (cargo fuzz, libFuzzer) for a bounded time; frames
+    /// that break an invariant are copied to tests/corpus/, which every test run replays.
+    Fuzz {
+        /// Seconds to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Only install the eBPF toolchain (what `build` does first).
     Bootstrap,
 }
@@ -100,6 +107,7 @@ fn run() -> Result<()> {
             run_cmd(&mut cmd)
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Bench { quick } => {
             require_root("benchmarks create network namespaces and load BPF programs")?;
             eprintln!("[build] release build of the dataplane binary and the bench");
@@ -190,4 +198,47 @@ fn test(filter: Option<String>) -> Result<()> {
     }
     it.arg("--test-threads=1");
     run_cmd(&mut it).context("integration tests failed")
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    bootstrap::ensure()?;
+    let has_fuzz = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        eprintln!("[fuzz] installing cargo-fuzz (once)");
+        run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+            .context("installing cargo-fuzz failed; run by hand: cargo install cargo-fuzz --locked")?;
+    }
+    let ws = workspace();
+    let corpus = ws.join("target/fuzz-corpus/classify");
+    std::fs::create_dir_all(&corpus)?;
+    // Seed with the frames kept from earlier runs.
+    if let Ok(rd) = std::fs::read_dir(ws.join("tests/corpus")) {
+        for e in rd.flatten() {
+            let _ = std::fs::copy(e.path(), corpus.join(e.file_name()));
+        }
+    }
+    eprintln!("[fuzz] classify for {seconds} s");
+    let artifacts = ws.join("target/fuzz-artifacts/");
+    std::fs::create_dir_all(&artifacts)?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(ws.join("fuzz"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "fuzz", "run", "classify"])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-max_len=512")
+        .arg(format!("-artifact_prefix={}", artifacts.display()));
+    let result = run_cmd(&mut cmd);
+    let mut kept = 0;
+    if let Ok(rd) = std::fs::read_dir(&artifacts) {
+        for e in rd.flatten() {
+            std::fs::copy(e.path(), ws.join("tests/corpus").join(e.file_name()))?;
+            kept += 1;
+        }
+    }
+    if kept > 0 {
+        eprintln!("[fuzz] {kept} failing input(s) copied to tests/corpus/ (replayed by every test run)");
+    }
+    result.context("the fuzzer found an input that breaks an invariant (see above)")
 }
