@@ -323,6 +323,15 @@ fn reconcile_reports_and_repairs_drift() {
     assert!(report.contains("unexpected entry") && report.contains("02:66:66:66:66:66"), "{report}");
     h.ok(&["reconcile"]);
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    // An endpoint's interface deleted by hand: reported, then re-created as allocated.
+    let ns = format!("/run/netns/{e}");
+    std::process::Command::new("ip").args(["-n", &e, "link", "del", "eth0"]).status().unwrap();
+    let report = h.ok(&["reconcile", "--dry-run"]);
+    assert!(report.contains(&format!("endpoint {e}: interface eth0 is missing from {ns}")), "{report}");
+    h.ok(&["reconcile"]);
+    let addrs = String::from_utf8_lossy(&h.dp(&["exec", &e, "ip", "-br", "addr"]).stdout).into_owned();
+    assert!(addrs.contains("eth0") && addrs.contains("10.90.0.2/24"), "eth0 not re-created: {addrs}");
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
     // A namespace deleted by hand: the endpoint is dropped, its address freed.
     std::process::Command::new("ip").args(["netns", "del", &e]).status().unwrap();
     let report = h.ok(&["reconcile"]);

@@ -188,7 +188,7 @@ pub fn run() -> anyhow::Result<i32> {
         }
         Command::Stats { names, format, watch, iterations } => stats::run(&mut engine(&cli)?, names, *format, *watch, *iterations),
         Command::Reconcile { dry_run, format } => {
-            let r = engine(&cli)?.reconcile(*dry_run)?;
+            let r = engine(&cli)?.reconcile_with(*dry_run, true)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
                 Format::Table => {

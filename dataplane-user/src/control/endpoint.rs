@@ -171,7 +171,7 @@ pub(crate) fn endpoint_info(ep: &Endpoint, a: &Attachment) -> Result<EndpointInf
 
 /// Create the macvlan for `a` inside the endpoint's namespace and configure it. The
 /// anti-spoofing program is in place before the interface comes up.
-fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
+pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
     let parent = n.parent.as_deref().unwrap_or_default();
     let host = Nl::here()?;
     let p = host

@@ -8,7 +8,7 @@ use std::path::Path;
 use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue};
 
 use super::{
-    endpoint::{admit_keys, endpoint_info, endpoint_number, pid_alive, pull_admission, teardown},
+    endpoint::{admit_keys, endpoint_info, endpoint_number, pid_alive, pull_admission, realise, teardown},
     network::{physical_parent, teardown_network},
     vlan, Engine, Result,
 };
@@ -29,7 +29,14 @@ pub struct ReconcileReport {
 }
 
 impl Engine {
+    /// The quick pass that runs before every mutating command.
     pub fn reconcile(&mut self, dry_run: bool) -> Result<ReconcileReport> {
+        self.reconcile_with(dry_run, false)
+    }
+
+    /// `thorough` also looks inside every endpoint's namespace for links deleted by hand
+    /// (one netlink round trip per endpoint, so only `dataplane reconcile` does it).
+    pub fn reconcile_with(&mut self, dry_run: bool, thorough: bool) -> Result<ReconcileReport> {
         let pins = self.pins.clone();
         self.store.write(|tx| -> Result<ReconcileReport> {
             let mut r = ReconcileReport::default();
@@ -143,6 +150,27 @@ impl Engine {
                         r.drift.push(format!("admission map: missing entry ifindex {} vlan {} {}", k.ifindex, k.vlan, Mac(k.mac)));
                         if !dry_run {
                             bpf::admit::insert(&pins, *k, *v)?;
+                        }
+                    }
+                }
+            }
+
+            // 3b. Endpoint links deleted by hand: re-create them as allocated.
+            if thorough {
+                for ep in tx.endpoints()?.iter().filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists()) {
+                    let Ok(inside) = Nl::in_netns(Path::new(&ep.netns)) else { continue };
+                    for a in atts.iter().filter(|a| a.endpoint == ep.name) {
+                        if inside.link(&a.ifname).ok().flatten().is_some() {
+                            continue;
+                        }
+                        r.drift.push(format!("endpoint {}: interface {} is missing from {}", ep.name, a.ifname, ep.netns));
+                        if dry_run {
+                            continue;
+                        }
+                        let Some(n) = nets.iter().find(|n| n.name == a.network) else { continue };
+                        bpf::endpoints::detach(&pins, &ep.netns, &a.ifname);
+                        if let Err(e) = realise(&pins, n, ep, a) {
+                            r.errors.push(format!("re-creating {} of {}: {e}", a.ifname, ep.name));
                         }
                     }
                 }
