@@ -11,11 +11,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let parsed = parse_l2(data);
-    let mut looked_up = None;
+    let looked_up = std::cell::Cell::new(None);
     let d = admission(data, 7, |k| {
-        looked_up = Some(*k);
+        looked_up.set(Some(*k));
         k.mac[5] & 1 == 0
     });
+    let looked_up = looked_up.get();
     match parsed {
         Err(_) => assert_eq!(d.verdict, Verdict::Drop, "unparsable frame passed admission"),
         Ok(h) => {

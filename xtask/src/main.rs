@@ -240,5 +240,5 @@ fn fuzz(seconds: u64) -> Result<()> {
     if kept > 0 {
         eprintln!("[fuzz] {kept} failing input(s) copied to tests/corpus/ (replayed by every test run)");
     }
-    result.context("the fuzzer found an input that breaks an invariant (see above)")
+    result.context("fuzzing failed: a build error or an input that breaks an invariant (see above)")
 }
