@@ -1,7 +1,11 @@
 //! 64 concurrent `run -d` / `rm` loops on one network: every command succeeds, no address
 //! or MAC is ever handed out twice, the store stays consistent, and nothing leaks.
 
-use std::{collections::BTreeSet, path::Path, sync::Barrier};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{Barrier, Mutex},
+};
 
 use dataplane_tests::{
     lab::{veth_between, Host},
@@ -19,34 +23,48 @@ fn sixty_four_concurrent_run_rm_loops() {
     const ROUNDS: usize = 2;
     let barrier = Barrier::new(WORKERS + 1);
     let tag = std::process::id();
+    // Failures are collected, never panicked on inside the scope: a panicking thread
+    // would leave the others waiting at the barrier forever.
+    let failures = Mutex::new(Vec::<String>::new());
+    let fail = |msg: String| failures.lock().unwrap().push(msg);
     std::thread::scope(|s| {
         for w in 0..WORKERS {
-            let (h, barrier) = (&h, &barrier);
+            let (h, barrier, fail) = (&h, &barrier, &fail);
             s.spawn(move || {
                 for r in 0..ROUNDS {
                     let name = format!("k{w}r{r}-{tag}");
                     let out = h.dp(&["run", "-d", "--name", &name, "--network", "busy"]);
-                    assert!(out.status.success(), "run {name}: {}", String::from_utf8_lossy(&out.stderr));
+                    if !out.status.success() {
+                        fail(format!("run {name}: {}", String::from_utf8_lossy(&out.stderr)));
+                    }
                     barrier.wait(); // everyone is up
                     barrier.wait(); // the checker has looked
                     let out = h.dp(&["rm", &name]);
-                    assert!(out.status.success(), "rm {name}: {}", String::from_utf8_lossy(&out.stderr));
+                    if !out.status.success() {
+                        fail(format!("rm {name}: {}", String::from_utf8_lossy(&out.stderr)));
+                    }
                 }
             });
         }
         for _ in 0..ROUNDS {
             barrier.wait();
-            let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
-            let eps = ps.as_array().unwrap();
-            assert_eq!(eps.len(), WORKERS);
-            let ips: BTreeSet<&str> = eps.iter().map(|e| e["Networks"][0]["IPv4Address"].as_str().unwrap()).collect();
-            let macs: BTreeSet<&str> = eps.iter().map(|e| e["Networks"][0]["MacAddress"].as_str().unwrap()).collect();
-            assert_eq!((ips.len(), macs.len()), (WORKERS, WORKERS), "an address or MAC was handed out twice");
-            let admitted: Value = serde_json::from_str(&h.ok(&["bpf", "admit", "ls", "--format", "json"])).unwrap();
-            assert_eq!(admitted.as_array().unwrap().len(), WORKERS + 1, "admission map out of step with the store");
+            let ps: Value = serde_json::from_slice(&h.dp(&["ps", "--format", "json"]).stdout).unwrap_or_default();
+            let eps = ps.as_array().cloned().unwrap_or_default();
+            let ips: BTreeSet<String> = eps.iter().filter_map(|e| e["Networks"][0]["IPv4Address"].as_str().map(str::to_string)).collect();
+            let macs: BTreeSet<String> = eps.iter().filter_map(|e| e["Networks"][0]["MacAddress"].as_str().map(str::to_string)).collect();
+            if (eps.len(), ips.len(), macs.len()) != (WORKERS, WORKERS, WORKERS) {
+                fail(format!("{} endpoints with {} addresses and {} MACs (want {WORKERS} of each)", eps.len(), ips.len(), macs.len()));
+            }
+            let admitted: Value = serde_json::from_slice(&h.dp(&["bpf", "admit", "ls", "--format", "json"]).stdout).unwrap_or_default();
+            let n = admitted.as_array().map_or(0, Vec::len);
+            if n != WORKERS + 1 {
+                fail(format!("admission map has {n} entries, want {}", WORKERS + 1));
+            }
             barrier.wait();
         }
     });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert!(h.endpoint_names().is_empty());
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "store and kernel disagree after the storm");
     for w in 0..WORKERS {

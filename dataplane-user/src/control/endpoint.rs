@@ -218,7 +218,18 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
             inside.add_addr(link.index, ip, prefix)?;
         }
     }
-    inside.set_up(link.index)?;
+    // macvlan checks MAC uniqueness on the parent when the link comes up: a namespace
+    // removed a moment ago may still hold this MAC while the kernel tears it down.
+    let mut tries = 0;
+    loop {
+        match inside.set_up(link.index) {
+            Err(e) if e.is(libc::EADDRINUSE) && tries < 80 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => break other?,
+        }
+    }
     if !n.internal {
         for ip in [a.ipv4, a.ipv6].into_iter().flatten() {
             if let Some(gw) = n.pools.iter().find(|p| p.subnet.contains(ip)).and_then(|p| p.gateway) {

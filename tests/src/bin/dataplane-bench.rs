@@ -4,7 +4,7 @@
 //! target/bench/ratios.png, and docs/BENCHMARKS.md.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     process::Command,
@@ -324,6 +324,9 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
         dp(&["bpf", "unload", "--iface", "r0"])?;
     }
     if Path::new("/usr/sbin/xdp-filter").exists() {
+        // xdp-filter pins its maps straight under /sys/fs/bpf; remove what it adds.
+        let pins_before: BTreeSet<std::ffi::OsString> =
+            std::fs::read_dir("/sys/fs/bpf").map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
         let ok = sh(&rcv, &["xdp-filter", "load", "r0", "--mode", "native", "--features", "ethernet"])
             && sh(&rcv, &["xdp-filter", "ether", "02:db:00:00:00:02", "--mode", "dst"]);
         if ok {
@@ -332,6 +335,12 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
             eprintln!("  xdp-filter: could not be loaded on the receiver; skipped");
         }
         let _ = sh(&rcv, &["xdp-filter", "unload", "r0"]);
+        for e in std::fs::read_dir("/sys/fs/bpf").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            let name = e.file_name();
+            if !pins_before.contains(&name) && ["filter_ethernet", "xdp_stats_map", "xdp", "filter_ports", "filter_ipv4", "filter_ipv6"].iter().any(|n| name == *n) {
+                let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+            }
+        }
     } else {
         eprintln!("  xdp-filter: not installed (Debian package xdp-tools); skipped");
     }
