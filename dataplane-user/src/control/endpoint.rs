@@ -438,7 +438,12 @@ impl Engine {
             push_admission(&pins, &n, &a, &ep.id)?;
             Ok((ep, n, a))
         })?;
-        if let Err(e) = realise(&pins, &n, &ep, &a) {
+        super::fault("connect:allocated");
+        let realised = realise(&pins, &n, &ep, &a);
+        if realised.is_ok() {
+            super::fault("connect:linked");
+        }
+        if let Err(e) = realised {
             let mut rollback = Vec::new();
             bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
             if let Err(x) = delete_link_in(&ep.netns, &a.ifname) {
@@ -469,6 +474,7 @@ impl Engine {
             Ok((ep, n, a))
         })?;
         let _ = n;
+        super::fault("disconnect:removed");
         bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
         delete_link_in(&ep.netns, &a.ifname).map_err(|e| ControlError::Invalid(format!("removed {} from network {network}, but deleting {} failed: {e}", ep.name, a.ifname)))
     }

@@ -49,14 +49,19 @@ pub type Result<T> = std::result::Result<T, ControlError>;
 
 /// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
 /// aborts right there, as if killed. Inert unless that variable is set.
-pub const FAULT_POINTS: [&str; 7] = [
+pub const FAULT_POINTS: [&str; 12] = [
     "network-create:vlan-made",
     "network-create:attached",
+    "network-rm:marked",
+    "network-rm:torn-down",
     "run:allocated",
     "run:netns-made",
     "run:linked",
     "rm:marked",
     "rm:torn-down",
+    "connect:allocated",
+    "connect:linked",
+    "disconnect:removed",
 ];
 
 pub fn fault(point: &'static str) {

@@ -232,8 +232,9 @@ impl Engine {
         }
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
-        self.store.write(|tx| -> Result<Vec<String>> {
-            let Some(n) = tx.network(name)? else {
+        // 1. Check and mark it `removing` (runs refuse it from now on).
+        let (n, others) = self.store.write(|tx| -> Result<(Network, Vec<Network>)> {
+            let Some(mut n) = tx.network(name)? else {
                 return invalid(format!("network {name} not found (list them with dataplane network ls)"));
             };
             let users: Vec<String> =
@@ -247,10 +248,19 @@ impl Engine {
                 ));
             }
             let others: Vec<Network> = tx.networks()?.into_iter().filter(|o| o.name != n.name).collect();
-            let warnings = teardown_network(&pins, &n, &others);
-            tx.delete_network(&n.name)?;
-            Ok(warnings)
-        })
+            n.state = EndpointState::Removing;
+            n.owner_pid = std::process::id();
+            tx.put_network(&n)?;
+            Ok((n, others))
+        })?;
+        super::fault("network-rm:marked");
+        // 2. Kernel side; a crash from here on is finished by reconcile.
+        let warnings = teardown_network(&pins, &n, &others);
+        super::fault("network-rm:torn-down");
+        // 3. Done.
+        let name = n.name.clone();
+        self.store.write(|tx| -> Result<()> { Ok(tx.delete_network(&name)?) })?;
+        Ok(warnings)
     }
 
     pub fn networks(&mut self) -> Result<Vec<Network>> {

@@ -159,6 +159,20 @@ impl Engine {
             if thorough {
                 for ep in tx.endpoints()?.iter().filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists()) {
                     let Ok(inside) = Nl::in_netns(Path::new(&ep.netns)) else { continue };
+                    // Interfaces dataplane made (ifindex from EP_IFINDEX_BASE) that the store
+                    // no longer knows: left by a crashed disconnect, or added by hand.
+                    let mine: Vec<u32> = atts.iter().filter(|a| a.endpoint == ep.name).map(|a| a.ifindex).collect();
+                    for l in inside.links().unwrap_or_default() {
+                        if l.index >= dataplane_common::maps::EP_IFINDEX_BASE && !mine.contains(&l.index) {
+                            r.drift.push(format!("endpoint {}: unexpected interface {} in {}", ep.name, l.name, ep.netns));
+                            if !dry_run {
+                                bpf::endpoints::forget(&pins, l.index, endpoint_number(&ep.id), &ep.netns, &l.name);
+                                if let Err(e) = inside.del_link(l.index) {
+                                    r.errors.push(format!("deleting {} of {}: {e}", l.name, ep.name));
+                                }
+                            }
+                        }
+                    }
                     for a in atts.iter().filter(|a| a.endpoint == ep.name) {
                         if inside.link(&a.ifname).ok().flatten().is_some() {
                             continue;
