@@ -198,3 +198,54 @@ fn drop_events_are_off_by_default_and_logged_at_debug() {
     let quiet = ok(dataplane(&bpffs, &["bpf", "log", "--seconds", "0"]));
     assert!(!quiet.contains("dp_parent: drop"), "{quiet}");
 }
+
+/// A pinned map left by an older build with another layout is re-created with this
+/// build's layout on reload, and its entries are carried over.
+#[test]
+fn reload_migrates_a_map_whose_layout_changed() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let lab = Lab::new().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    load(&bpffs, &lab, "auto");
+    let pin = bpffs.dir.join("maps/DP_ADMIT");
+
+    // An "old" DP_ADMIT: same key and value, a tenth of the capacity.
+    #[repr(C)]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let attr = Create { map_type: 1 /* BPF_MAP_TYPE_HASH */, key_size: 12, value_size: 8, max_entries: 1024, map_flags: 0 };
+    // SAFETY: BPF_MAP_CREATE (0) with a valid attr prefix; the fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0 as libc::c_long, &attr as *const Create, std::mem::size_of::<Create>()) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh map fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    std::fs::remove_file(&pin).unwrap();
+    #[repr(C)]
+    struct Pin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
+    let attr = Pin { pathname: path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    // SAFETY: BPF_OBJ_PIN (6) with a valid attr.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6 as libc::c_long, &attr as *const Pin, std::mem::size_of::<Pin>()) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+
+    // The allocation goes into the old-layout map; the running program does not see it.
+    admit(&bpffs, &lab, ADMITTED);
+    assert!(exchange(&lab, &[(ADMITTED, 1..4)]).is_empty(), "the running program should not know the new entry yet");
+
+    let out = dataplane(&bpffs, &["bpf", "reload"]);
+    let text = ok(out);
+    assert!(text.contains("migrated map DP_ADMIT (type 1 key 12 value 8 entries 1024 -> type 1 key 12 value 8 entries 131072): 1 entries carried over"), "{text}");
+    let info = aya::maps::MapInfo::from_pin(&pin).unwrap();
+    assert_eq!(info.max_entries(), 131_072);
+    assert_eq!(exchange(&lab, &[(ADMITTED, 10..14)]), (10..14).collect(), "the migrated entry must admit frames");
+    assert!(!bpffs.dir.join("maps/DP_ADMIT_migrating").exists());
+}

@@ -53,9 +53,14 @@ fn reload_under_traffic_loses_nothing() {
         let receiver = s.spawn(|| {
             let mut seqs = Vec::with_capacity(total as usize);
             let mut buf = [0u8; 64];
-            while let Ok(n) = rx.recv(&mut buf) {
-                if n >= 4 {
-                    seqs.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            // A quiet moment is only the end once the sender is done (a busy machine can
+            // stall the sender for a while without any packet being lost).
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(n) if n >= 4 => seqs.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]])),
+                    Ok(_) => {}
+                    Err(_) if done.load(Ordering::SeqCst) => break,
+                    Err(_) => {}
                 }
             }
             seqs

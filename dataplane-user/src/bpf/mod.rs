@@ -6,6 +6,7 @@ pub mod counters;
 pub mod endpoints;
 pub mod object;
 pub mod parent;
+pub mod migrate;
 pub mod pins;
 pub mod reload;
 pub mod tc;

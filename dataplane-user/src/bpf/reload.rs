@@ -16,6 +16,13 @@ use super::{
     pins::Pins,
 };
 
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Maps re-created with a new layout, entries carried over.
+    pub migrated: Vec<super::migrate::Migrated>,
+    pub links: Vec<Reloaded>,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reloaded {
     pub pin: PathBuf,
@@ -30,6 +37,15 @@ fn program_names() -> BTreeMap<u32, String> {
         .flatten()
         .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
         .collect()
+}
+
+/// Migrate maps whose layout changed, then swap the new programs into every link.
+pub fn upgrade(pins: &Pins) -> Result<ReloadReport, BpfError> {
+    if list_link_pins(pins).is_empty() {
+        return Ok(ReloadReport::default());
+    }
+    let migrated = super::migrate::migrate_maps(pins)?;
+    Ok(ReloadReport { migrated, links: reload_all(pins)? })
 }
 
 pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {

@@ -158,14 +158,22 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
         }
         BpfCommand::Reload { format, log_level } => {
             bpf::object::set_log_level(bpf::object::parse_log_level(&log_level).expect("clap checked the value"));
-            let r = bpf::reload::reload_all(&pins)?;
+            let report = bpf::reload::upgrade(&pins)?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Format::Json => {
+                    for m in &report.migrated {
+                        eprintln!("migrated map {} ({} -> {}): {} entries carried over", m.map, m.from, m.to, m.entries);
+                    }
+                    println!("{}", serde_json::to_string_pretty(&report.links)?)
+                }
                 Format::Table => {
-                    if r.is_empty() {
+                    if report.links.is_empty() {
                         println!("nothing attached under {}", pins.root().display());
                     }
-                    for x in r {
+                    for m in &report.migrated {
+                        println!("migrated map {} ({} -> {}): {} entries carried over", m.map, m.from, m.to, m.entries);
+                    }
+                    for x in report.links {
                         println!("{}: link {} now runs {} (program {} -> {})", x.pin.display(), x.link_id, x.program, x.old_program_id, x.new_program_id);
                     }
                 }
