@@ -95,3 +95,40 @@ fn spoofed_frames_reach_neither_the_trunk_nor_a_sibling() {
     let watch = h.ok(&["stats", "--watch", "--iterations", "1"]);
     assert!(watch.contains("/s"), "--watch shows rates: {watch}");
 }
+
+/// The check does not depend on anything an endpoint without CAP_BPF/CAP_SYS_ADMIN can
+/// remove: even root inside the endpoint, limited to CAP_NET_ADMIN and CAP_NET_RAW (what
+/// containers typically hold), cannot take it off, and spoofing still fails.
+#[test]
+fn a_net_admin_endpoint_cannot_remove_the_check() {
+    let h = Host::new("dpY").unwrap();
+    let sw = Netns::new("dpYs").unwrap();
+    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.67.0.1/24", "dev", "up0"]).unwrap();
+    h.ok(&["network", "create", "--subnet=10.67.0.0/24", "--gateway=10.67.0.1", "-o", "parent=eth0", "n67"]);
+    let a = unique("tamper");
+    h.ok(&["run", "-d", "--name", &a, "--network", "n67"]);
+    let ns = format!("/run/netns/{a}");
+    let limited = |cmd: &[&str]| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["setpriv", "--bounding-set=-all,+net_admin,+net_raw", "--inh-caps=-all,+net_admin,+net_raw"])
+            .args(cmd)
+            .output()
+            .unwrap()
+    };
+    // Tampering attempts a container could make.
+    let _ = limited(&["tc", "qdisc", "del", "dev", "eth0", "clsact"]);
+    let _ = limited(&["tc", "filter", "del", "dev", "eth0", "egress"]);
+    let _ = limited(&["ip", "link", "set", "dev", "eth0", "xdp", "off"]);
+    let ok_ping = limited(&["ping", "-c", "1", "-W", "1", "10.67.0.1"]);
+    assert!(ok_ping.status.success(), "legitimate traffic must still flow: {}", String::from_utf8_lossy(&ok_ping.stderr));
+    // Now spoof: another address on the interface, used as the source.
+    assert!(limited(&["ip", "addr", "add", "10.67.0.99/24", "dev", "eth0"]).status.success());
+    let spoof = limited(&["ping", "-c", "2", "-W", "1", "-I", "10.67.0.99", "10.67.0.1"]);
+    assert!(!spoof.status.success(), "a spoofed source got through after tampering");
+    let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &a])).unwrap();
+    assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 1, "{stats:#}");
+    let links = h.ok(&["bpf", "status", "--format", "json"]);
+    assert!(links.contains("tceg-eth0"), "the anti-spoofing link is gone: {links}");
+}

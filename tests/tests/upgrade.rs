@@ -83,6 +83,8 @@ fn reload_under_traffic_loses_nothing() {
         while !done.load(Ordering::SeqCst) {
             reloads.push(reload(&a));
             reloads.push(reload(&b));
+            // The upgrade recipe: reload, then reconcile.
+            a.ok(&["reconcile"]);
             std::thread::sleep(Duration::from_millis(100));
         }
         sender.join().unwrap();
