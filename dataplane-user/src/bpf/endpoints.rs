@@ -133,19 +133,27 @@ fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
 pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
     let [eg, ing] = link_pins(pins, netns_path, ifname);
     crate::bpffs::create_private(eg.parent().expect("pin has a parent"))?;
-    let [mut out_prog, mut in_prog] = endpoint_programs(pins)?;
-    for (prog, p, kind, pin) in
-        [(TC_EP_OUT_PROG, &mut out_prog, TcAttachType::Egress, &eg), (TC_EP_IN_PROG, &mut in_prog, TcAttachType::Ingress, &ing)]
-    {
+    let [out_prog, in_prog] = endpoint_programs(pins)?;
+    // Creating a tcx link waits for an RCU grace period (10-15 ms here); the two links
+    // are independent, so they are made side by side and the waits overlap.
+    let attach_one = |prog: &'static str, mut p: SchedClassifier, kind: TcAttachType, pin: &std::path::Path| -> Result<(), BpfError> {
         // ifname resolves, and the link is created, in the endpoint's namespace.
         let id = crate::nl::with_netns(Path::new(netns_path), || p.attach(ifname, kind))
-            .map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("entering {netns_path}: {e}") })?
+            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {netns_path}: {e}") })?
             .map_err(|e| BpfError::Attach { name: prog, iface: ifname.into(), mode: "tcx", source: Box::new(e) })?;
-        let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.clone(), detail: e.to_string() })?;
-        let fd: FdLink = link.try_into().map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("tcx link expected: {e}") })?;
-        fd.pin(pin).map_err(|e| BpfError::Pin { path: pin.clone(), detail: e.to_string() })?;
-    }
-    Ok(())
+        let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("tcx link expected: {e}") })?;
+        fd.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })?;
+        Ok(())
+    };
+    let (out_res, in_res) = std::thread::scope(|s| {
+        let ingress = s.spawn(|| attach_one(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, &ing));
+        let egress = attach_one(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, &eg);
+        (egress, ingress.join().unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "attach thread panicked".into() })))
+    });
+    out_res.and(in_res)
 }
 
 /// Unpin an endpoint interface's links (and its namespace's pin dir when empty).
