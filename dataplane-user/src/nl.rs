@@ -215,9 +215,18 @@ impl Nl {
     }
 
     pub fn add_addr(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
         let h = self.handle.clone();
         self.rt
-            .block_on(async move { h.address().add(index, ip, prefix).execute().await })
+            .block_on(async move {
+                let mut req = h.address().add(index, ip, prefix);
+                if ip.is_ipv6() {
+                    // IPAM already guarantees uniqueness; duplicate address detection would
+                    // only keep a new endpoint's IPv6 address unusable for a second or two.
+                    req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+                }
+                req.execute().await
+            })
             .map_err(|e| NlError::new(format!("adding address {ip}/{prefix}"), e))
     }
 

@@ -338,3 +338,31 @@ fn reconcile_reports_and_repairs_drift() {
     assert!(report.contains(&format!("endpoint {e}: its network namespace /run/netns/{e} is gone")), "{report}");
     assert!(h.endpoint_names().is_empty());
 }
+
+#[test]
+fn ipv6_networks_give_addresses_routes_and_reachability() {
+    let (h, sw) = host_and_switch();
+    sw.exec(&["sysctl", "-qw", "net.ipv6.conf.up0.disable_ipv6=0"]).unwrap();
+    sw.exec(&["ip", "addr", "add", "fd00:71::1/64", "dev", "up0", "nodad"]).unwrap();
+    h.ok(&["network", "create", "--ipv6", "--subnet=10.71.0.0/24", "--subnet=fd00:71::/64", "--gateway=10.71.0.1", "--gateway=fd00:71::1", "-o", "parent=eth0", "n71"]);
+    let (a, b) = (unique("six"), unique("sixb"));
+    h.ok(&["run", "-d", "--name", &a, "--network", "n71"]);
+    h.ok(&["run", "-d", "--name", &b, "--network", "n71", "--ip6", "fd00:71::20"]);
+    let e = ep_json(&h, &a);
+    assert_eq!(e["Networks"][0]["IPv6Address"], "fd00:71::2");
+    let inspect = json(&h.ok(&["network", "inspect", "n71"]));
+    assert_eq!(inspect[0]["EnableIPv6"], true);
+    assert_eq!(inspect[0]["IPAM"]["Config"][1]["Gateway"], "fd00:71::1");
+    let routes = String::from_utf8_lossy(&h.dp(&["exec", &a, "ip", "-6", "route"]).stdout).into_owned();
+    assert!(routes.contains("default via fd00:71::1"), "{routes}");
+    // Usable at once (no DAD wait), reachable within the network and at the gateway.
+    assert!(ping(&h, &a, "fd00:71::20"), "no IPv6 between siblings");
+    assert!(ping(&h, &a, "fd00:71::1"), "no IPv6 to the switch");
+    // An IPv6 source that is not the endpoint's own is dropped on egress.
+    h.ok(&["exec", &a, "ip", "addr", "add", "fd00:71::99/64", "dev", "eth0", "nodad"]);
+    assert!(!h.dp(&["exec", &a, "ping", "-c", "1", "-W", "1", "-I", "fd00:71::99", "fd00:71::20"]).status.success(), "spoofed IPv6 source got through");
+    let stats = json(&h.ok(&["stats", "--format", "json", &a]));
+    assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 1, "{stats:#}");
+    let out = h.dp(&["run", "-d", "--name", "x6", "--network", "n71", "--ip6", "fd00:72::5"]);
+    assert!(stderr(&out).contains("address fd00:72::5 is not in any subnet of network n71 (fd00:71::/64)"), "{}", stderr(&out));
+}
