@@ -28,18 +28,22 @@ pub struct RunArgs {
     /// Remove the endpoint when its command exits.
     #[arg(long)]
     pub rm: bool,
+    /// Endpoint name (also the namespace's: /run/netns/NAME).
     #[arg(long)]
     pub name: String,
-    /// host, none, or a network created with `dataplane network create` (default: none).
+    /// host, none, or a network created with `dataplane network create`.
     #[arg(long = "network", alias = "net", default_value = "none")]
     pub network: String,
     /// Use this existing network namespace (a name under /run/netns or a path such as /proc/PID/ns/net) instead of making one.
     #[arg(long)]
     pub netns: Option<String>,
+    /// IPv4 address (any free, unreserved address of the network's subnet).
     #[arg(long)]
     pub ip: Option<String>,
+    /// IPv6 address (the network needs --ipv6).
     #[arg(long)]
     pub ip6: Option<String>,
+    /// MAC address (unicast, unique on the parent); default 02:42 + the IPv4 address.
     #[arg(long = "mac-address")]
     pub mac_address: Option<String>,
     /// Accepted for Docker compatibility; endpoints are reached at their own addresses.
