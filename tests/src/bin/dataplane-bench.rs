@@ -801,9 +801,10 @@ fn main() -> Result<()> {
     if let Some(r) = cp[0]["create_ratio"].as_f64() {
         targets.push_str(&format!(
             "- Control plane >= 2x the `ip`-command baseline: {r:.2}x ({}). What limits it: each endpoint gets two tcx \
-             links (anti-spoofing egress, rx accounting ingress), and creating a tcx link costs 10-15 ms here \
+             links (anti-spoofing egress, rx accounting ingress), and creating a tcx link costs 10-25 ms here \
              (strace: BPF_LINK_CREATE; the kernel waits for an RCU grace period when it creates a device's tcx \
-             entry); the rest is process start, netlink, and three small SQLite commits. Ideas: one tcx link per \
+             entry; the two are made in parallel so the waits overlap); the rest is process start, netlink, \
+             the reconcile pass every mutating command starts with, and three small SQLite commits. Ideas: one tcx link per \
              endpoint (count rx at the sender and at XDP instead), or a long-running daemon that batches.\n",
             verdict(r >= 2.0)
         ));
