@@ -85,7 +85,7 @@ fn corpus() -> Vec<Vec<u8>> {
         }
     }
     if let Ok(dir) = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/corpus")) {
-        for e in dir.flatten() {
+        for e in dir.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "bin")) {
             if let Ok(bytes) = std::fs::read(e.path()) {
                 if bytes.len() >= 14 && bytes.len() <= 4000 {
                     out.push(bytes);

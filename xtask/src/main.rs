@@ -213,7 +213,7 @@ fn fuzz(seconds: u64) -> Result<()> {
     std::fs::create_dir_all(&corpus)?;
     // Seed with the frames kept from earlier runs.
     if let Ok(rd) = std::fs::read_dir(ws.join("tests/corpus")) {
-        for e in rd.flatten() {
+        for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "bin")) {
             let _ = std::fs::copy(e.path(), corpus.join(e.file_name()));
         }
     }
@@ -232,8 +232,10 @@ fn fuzz(seconds: u64) -> Result<()> {
     let result = run_cmd(&mut cmd);
     let mut kept = 0;
     if let Ok(rd) = std::fs::read_dir(&artifacts) {
+        std::fs::create_dir_all(ws.join("tests/corpus"))?;
         for e in rd.flatten() {
-            std::fs::copy(e.path(), ws.join("tests/corpus").join(e.file_name()))?;
+            let name = format!("{}.bin", e.file_name().to_string_lossy());
+            std::fs::copy(e.path(), ws.join("tests/corpus").join(name))?;
             kept += 1;
         }
     }
