@@ -45,6 +45,13 @@ pub fn lab_seq(frame: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes([frame[42], frame[43], frame[44], frame[45]]))
 }
 
+/// Recompute the IPv4 header checksum of an untagged lab frame after editing it.
+pub fn fix_ipv4_checksum(f: &mut [u8]) {
+    f[24..26].copy_from_slice(&[0, 0]);
+    let sum = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+}
+
 fn checksum(b: &[u8]) -> u16 {
     let mut s: u32 = 0;
     for c in b.chunks(2) {

@@ -255,3 +255,11 @@ pub fn veth_between(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Res
     }
     Ok(())
 }
+
+/// A [`Host`] whose parent `eth0` is wired to a "switch" namespace (interface `up0`).
+pub fn host_with_switch(prefix: &str) -> anyhow::Result<(Host, Netns)> {
+    let h = Host::new(prefix)?;
+    let sw = Netns::new(&format!("{prefix}s"))?;
+    veth_between(&sw, "up0", &h.ns, "eth0")?;
+    Ok((h, sw))
+}

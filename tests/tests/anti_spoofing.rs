@@ -4,10 +4,9 @@
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use dataplane_tests::{
-    frames::{lab_seq, udp},
-    lab::{unique, veth_between, Host},
+    frames::{fix_ipv4_checksum, lab_seq, udp},
+    lab::{host_with_switch, unique},
     raw::RawSocket,
-    Netns,
 };
 use serde_json::Value;
 
@@ -25,12 +24,7 @@ fn frame(dst: [u8; 6], src_mac: [u8; 6], src_ip: [u8; 4], seq: u32) -> Vec<u8> {
     f[6..12].copy_from_slice(&src_mac);
     f[26..30].copy_from_slice(&src_ip);
     // Keep the IPv4 checksum right so only the identity differs.
-    f[24..26].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = f[14..34].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    fix_ipv4_checksum(&mut f);
     f
 }
 
@@ -47,9 +41,7 @@ fn seqs(frames: &[Vec<u8>]) -> BTreeSet<u32> {
 
 #[test]
 fn spoofed_frames_reach_neither_the_trunk_nor_a_sibling() {
-    let h = Host::new("dpX").unwrap();
-    let sw = Netns::new("dpXs").unwrap();
-    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    let (h, sw) = host_with_switch("dpX").unwrap();
     h.ok(&["network", "create", "--subnet=10.66.0.0/24", "-o", "parent=eth0", "n66"]);
     let (a, b) = (unique("spoofer"), unique("victim"));
     h.ok(&["run", "-d", "--name", &a, "--network", "n66"]);
@@ -101,9 +93,7 @@ fn spoofed_frames_reach_neither_the_trunk_nor_a_sibling() {
 /// containers typically hold), cannot take it off, and spoofing still fails.
 #[test]
 fn a_net_admin_endpoint_cannot_remove_the_check() {
-    let h = Host::new("dpY").unwrap();
-    let sw = Netns::new("dpYs").unwrap();
-    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    let (h, sw) = host_with_switch("dpY").unwrap();
     sw.exec(&["ip", "addr", "add", "10.67.0.1/24", "dev", "up0"]).unwrap();
     h.ok(&["network", "create", "--subnet=10.67.0.0/24", "--gateway=10.67.0.1", "-o", "parent=eth0", "n67"]);
     let a = unique("tamper");

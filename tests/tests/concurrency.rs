@@ -7,17 +7,12 @@ use std::{
     sync::{Barrier, Mutex},
 };
 
-use dataplane_tests::{
-    lab::{veth_between, Host},
-    Netns,
-};
+use dataplane_tests::lab::host_with_switch;
 use serde_json::Value;
 
 #[test]
 fn sixty_four_concurrent_run_rm_loops() {
-    let h = Host::new("dpK").unwrap();
-    let sw = Netns::new("dpKs").unwrap();
-    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    let (h, _sw) = host_with_switch("dpK").unwrap();
     h.ok(&["network", "create", "--subnet=10.88.0.0/24", "-o", "parent=eth0", "busy"]);
     const WORKERS: usize = 64;
     const ROUNDS: usize = 2;

@@ -15,10 +15,7 @@ fn stderr(o: &Output) -> String {
 
 /// Host `h` with parent `eth0`, wired to switch namespace `sw` (interface `up0`).
 fn host_and_switch() -> (Host, Netns) {
-    let h = Host::new("dpH").unwrap();
-    let sw = Netns::new("dpS").unwrap();
-    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
-    (h, sw)
+    dataplane_tests::lab::host_with_switch("dpH").unwrap()
 }
 
 fn ping(h: &Host, from: &str, to: &str) -> bool {

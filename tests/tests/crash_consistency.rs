@@ -4,16 +4,13 @@
 use std::{collections::BTreeSet, path::Path};
 
 use dataplane_tests::{
-    lab::{unique, veth_between, Host},
+    lab::{host_with_switch, unique, Host},
     Netns,
 };
 use serde_json::Value;
 
 fn host() -> (Host, Netns) {
-    let h = Host::new("dpC").unwrap();
-    let sw = Netns::new("dpCs").unwrap();
-    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
-    (h, sw)
+    host_with_switch("dpC").unwrap()
 }
 
 fn link_names(h: &Host) -> BTreeSet<String> {

@@ -6,8 +6,7 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 
 use dataplane_tests::{
     dataplane_bin,
-    lab::{veth_between, Host},
-    Netns,
+    lab::{host_with_switch, Host},
 };
 use serde_json::Value;
 
@@ -32,9 +31,7 @@ fn trace(h: &Host) -> Trace {
 
 #[test]
 fn fifty_bad_inputs_fail_clearly_and_leave_no_trace() {
-    let h = Host::new("dpHI").unwrap();
-    let sw = Netns::new("dpHIs").unwrap();
-    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    let (h, _sw) = host_with_switch("dpHI").unwrap();
     h.ok(&["network", "create", "--subnet=172.16.86.0/24", "--gateway=172.16.86.1", "-o", "parent=eth0", "pub_net"]);
     h.ok(&["network", "create", "--subnet=10.9.0.0/30", "--gateway=10.9.0.1", "-o", "parent=eth0", "tiny"]);
     // tiny (/30) has exactly one free address: take it so the pool is exhausted.
@@ -164,9 +161,7 @@ fn fifty_bad_inputs_fail_clearly_and_leave_no_trace() {
 #[test]
 fn state_and_pins_are_private() {
     use std::os::unix::fs::PermissionsExt;
-    let h = Host::new("dpHP").unwrap();
-    let sw = Netns::new("dpHPs").unwrap();
-    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    let (h, _sw) = host_with_switch("dpHP").unwrap();
     h.ok(&["network", "create", "--subnet=10.3.0.0/24", "-o", "parent=eth0", "p"]);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&h.state), 0o700, "state dir");

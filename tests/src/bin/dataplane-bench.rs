@@ -376,12 +376,7 @@ fn vlan_delivery(o: &Opts) -> Result<Vec<Value>> {
     let ep_mac = [0x02, 0x42, 0xc0, 0xa8, 0x32, 0x0a];
     let mut frame = udp(ep_mac, 1, 64);
     frame[30..34].copy_from_slice(&[192, 168, 50, 10]);
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = frame[14..34].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    dataplane_tests::frames::fix_ipv4_checksum(&mut frame);
     let frame = tagged(frame, ETH_P_8021Q, 50);
 
     // dataplane: a host with a VLAN 50 network on its trunk and one endpoint.
@@ -478,9 +473,7 @@ fn vlan_delivery(o: &Opts) -> Result<Vec<Value>> {
 /// 4. Control plane: endpoints per second vs the same work done with `ip` commands.
 fn control_plane(o: &Opts) -> Result<Vec<Value>> {
     let n = if o.quick { 20 } else { 200 };
-    let h = Host::new("bC")?;
-    let sw = Netns::new("bCs")?;
-    veth_between(&sw, "up0", &h.ns, "eth0")?;
+    let (h, _sw) = dataplane_tests::lab::host_with_switch("bC")?;
     h.ok(&["network", "create", "--subnet=10.200.0.0/16", "-o", "parent=eth0", "bench"]);
     let names: Vec<String> = (0..n).map(|i| format!("bce{i}-{}", std::process::id())).collect();
     let start = Instant::now();
