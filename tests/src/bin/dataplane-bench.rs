@@ -337,7 +337,8 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
         let _ = sh(&rcv, &["xdp-filter", "unload", "r0"]);
         for e in std::fs::read_dir("/sys/fs/bpf").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
             let name = e.file_name();
-            if !pins_before.contains(&name) && ["filter_ethernet", "xdp_stats_map", "xdp", "filter_ports", "filter_ipv4", "filter_ipv6"].iter().any(|n| name == *n) {
+            // Everything new here that is not one of our own lab dirs is xdp-filter's.
+            if !pins_before.contains(&name) && !name.to_string_lossy().starts_with("dpt-") {
                 let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
             }
         }
