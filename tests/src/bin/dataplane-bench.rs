@@ -128,7 +128,10 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
     // xdp-filter's Ethernet program (Debian xdp-tools), loaded and run the same way.
     let xf = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_eth.o";
     if Path::new(xf).exists() {
-        match aya::EbpfLoader::new().btf(None).load_file(xf) {
+        // Its maps are pinned by name: keep them in our scratch dir, not /sys/fs/bpf.
+        let xf_pins = bpffs.dir.join("xdp-filter");
+        dataplane_user::bpffs::ensure_dir(&xf_pins)?;
+        match aya::EbpfLoader::new().btf(None).default_map_pin_directory(&xf_pins).load_file(xf) {
             Ok(mut xfo) => {
                 let name = xfo.programs().map(|(n, _)| n.to_string()).next().unwrap_or_default();
                 let loaded = xfo.program_mut(&name).and_then(|p| <&mut Xdp>::try_from(p).ok()).map(|p| p.load());
