@@ -178,13 +178,20 @@ fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
     assert!(link_names(&a.ns).contains("trunk0.50"));
     let cap = std::process::Command::new("nsenter")
         .arg(format!("--net={}", b.ns.path().display()))
-        .args(["timeout", "5", "tcpdump", "-i", "trunk0", "-e", "-n", "-c", "2", "-l", "icmp or vlan"])
+        .args(["timeout", "8", "tcpdump", "-i", "trunk0", "-e", "-n", "-c", "2", "-l", "icmp or vlan"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
-    assert!(ping(&a, &a50, "192.168.50.20"));
+    // Keep pinging until the capture has its frames (tcpdump takes a moment to start).
+    let mut cap = cap;
+    for _ in 0..12 {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(ping(&a, &a50, "192.168.50.20"));
+        if cap.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
     let seen = String::from_utf8_lossy(&cap.wait_with_output().unwrap().stdout).into_owned();
     assert!(seen.contains("vlan 50"), "no 802.1Q tag 50 seen on the trunk: {seen}");
 
