@@ -61,7 +61,8 @@ fn sixty_four_concurrent_run_rm_loops() {
     let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert!(h.endpoint_names().is_empty());
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "store and kernel disagree after the storm");
+    let report = h.ok(&["reconcile", "--dry-run"]);
+    assert!(report.contains("no drift"), "store and kernel disagree after the storm: {report}");
     for w in 0..WORKERS {
         for r in 0..ROUNDS {
             assert!(!Path::new(&format!("/run/netns/k{w}r{r}-{tag}")).exists(), "namespace leaked");

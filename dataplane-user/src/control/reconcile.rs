@@ -129,7 +129,11 @@ impl Engine {
                     }
                 }
                 let eps = tx.endpoints()?;
-                for a in &atts {
+                // An endpoint being removed by a live process has had its entries pulled
+                // already; putting them back would leak them once its rows are gone.
+                let removing: Vec<&str> =
+                    eps.iter().filter(|e| e.state == EndpointState::Removing).map(|e| e.name.as_str()).collect();
+                for a in atts.iter().filter(|a| !removing.contains(&a.endpoint.as_str())) {
                     let (Some(n), Ok(mac)) = (nets.iter().find(|n| n.name == a.network), a.mac.parse::<Mac>()) else { continue };
                     let number = eps.iter().find(|e| e.name == a.endpoint).map_or(0, |e| endpoint_number(&e.id));
                     for k in admit_keys(n, mac.0).unwrap_or_default() {
