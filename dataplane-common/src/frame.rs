@@ -200,11 +200,7 @@ where
         Err(m) => return Decision::of(m.reason()),
     };
     if is_group(&hdr.dst) {
-        return Decision::of(if is_broadcast(&hdr.dst) {
-            Reason::PassBroadcast
-        } else {
-            Reason::PassMulticast
-        });
+        return Decision::of(if is_broadcast(&hdr.dst) { Reason::PassBroadcast } else { Reason::PassMulticast });
     }
     let key = AdmitKey { ifindex, vlan: hdr.vlan, mac: hdr.dst };
     if admitted(&key) {
@@ -237,7 +233,9 @@ pub fn egress_check<P: Packet + ?Sized>(p: &P, ep: &EndpointInfo) -> Decision {
             None => false,
         },
         ETH_P_ARP => match (p.read::<6>(off + 8), p.read::<4>(off + 14)) {
-            (Some(sha), Some(spa)) => sha == ep.mac && ((ep.flags & EP_HAS_IPV4 != 0 && spa == ep.ipv4) || spa == [0; 4]),
+            (Some(sha), Some(spa)) => {
+                sha == ep.mac && ((ep.flags & EP_HAS_IPV4 != 0 && spa == ep.ipv4) || spa == [0; 4])
+            }
             _ => false,
         },
         ETH_P_IPV6 => match p.read::<16>(off + 8) {
@@ -315,10 +313,7 @@ mod tests {
         let h = parse_l2(&f[..46]).unwrap();
         assert_eq!((h.vlan, h.tagged, h.ethertype, h.l3_offset), (50, true, ETH_P_IPV4, 18));
         assert_eq!(admission(&f[..46], 3, admit_only(3, 50, ADMITTED)).reason, Reason::PassAdmitted);
-        assert_eq!(
-            admission(&f[..46], 3, admit_only(3, 0, ADMITTED)).reason,
-            Reason::DropUnknownDestination
-        );
+        assert_eq!(admission(&f[..46], 3, admit_only(3, 0, ADMITTED)).reason, Reason::DropUnknownDestination);
         // Priority tag (VID 0) with PCP bits is untagged traffic.
         let f = frame(ADMITTED, &[(ETH_P_8021Q, 0xa000)], ETH_P_IPV4, &ip);
         assert_eq!(admission(&f[..46], 3, admit_only(3, 0, ADMITTED)).reason, Reason::PassAdmitted);

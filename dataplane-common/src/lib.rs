@@ -11,6 +11,4 @@ pub mod frame;
 pub mod maps;
 
 pub use frame::{admission, egress_check, parse_l2, Decision, L2Header, Malformed, Packet, Verdict};
-pub use maps::{
-    AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Reason, VlanKey, VlanTrunk,
-};
+pub use maps::{AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Reason, VlanKey, VlanTrunk};

@@ -248,7 +248,8 @@ mod tests {
         assert_eq!(counter_slot(1, Reason::PassAdmitted), 16);
         assert_eq!(counter_slot(1025, Reason::DropMalformed), 20);
         assert!(counter_slot(u32::MAX, Reason::PassEgress) < COUNTERS_MAX_ENTRIES);
-        assert!(Reason::ALL.len() as u32 <= COUNTER_REASON_SLOTS);        assert_eq!(core::mem::size_of::<Counter>(), 16);
+        assert!(Reason::ALL.len() as u32 <= COUNTER_REASON_SLOTS);
+        assert_eq!(core::mem::size_of::<Counter>(), 16);
         assert_eq!(core::mem::size_of::<EndpointInfo>(), 36);
         assert_eq!(core::mem::size_of::<EndpointCounters>(), 48);
         let k = AdmitKey { ifindex: 0x0102_0304, vlan: 50, mac: [2, 0, 0, 0, 0, 9] };

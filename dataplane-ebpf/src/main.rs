@@ -14,11 +14,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
-    admission, egress_check, Packet,
+    admission, egress_check,
     frame::{ETH_P_8021AD, ETH_P_8021Q, VID_MASK},
     maps::{counter_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
-    AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Reason, Verdict, VlanKey,
-    VlanTrunk,
+    AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Packet, Reason, Verdict, VlanKey, VlanTrunk,
 };
 
 use aya_log_ebpf::debug;

@@ -13,9 +13,16 @@ pub enum BpffsError {
     #[error("{} is not on a BPF filesystem; mount one there (`mount -t bpf bpf DIR`) or pass --bpffs DIR under /sys/fs/bpf", dir.display())]
     NotBpffs { dir: PathBuf },
     #[error("mounting bpffs at /sys/fs/bpf failed: {source} (needs CAP_SYS_ADMIN; try `mount -t bpf bpf /sys/fs/bpf` as root)")]
-    Mount { #[source] source: io::Error },
+    Mount {
+        #[source]
+        source: io::Error,
+    },
     #[error("creating pin directory {}: {source}", dir.display())]
-    Create { dir: PathBuf, #[source] source: io::Error },
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -64,9 +71,7 @@ fn mount_sys_fs_bpf() -> Result<(), BpffsError> {
     let src = c"bpf";
     let target = c"/sys/fs/bpf";
     // SAFETY: constant NUL-terminated strings, no data argument.
-    let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(BpffsError::Mount { source: io::Error::last_os_error() });
     }

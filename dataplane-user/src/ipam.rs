@@ -64,7 +64,11 @@ pub struct Cidr {
 }
 
 fn bits(a: IpAddr) -> u32 {
-    if a.is_ipv4() { 32 } else { 128 }
+    if a.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
 fn to_u128(a: IpAddr) -> u128 {
@@ -75,13 +79,21 @@ fn to_u128(a: IpAddr) -> u128 {
 }
 
 fn from_u128(v: u128, v4: bool) -> IpAddr {
-    if v4 { IpAddr::V4(Ipv4Addr::from(v as u32)) } else { IpAddr::V6(Ipv6Addr::from(v)) }
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(v as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(v))
+    }
 }
 
 impl Cidr {
     fn host_mask(&self) -> u128 {
         let host_bits = bits(self.addr) - u32::from(self.prefix);
-        if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 }
+        if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        }
     }
 
     pub fn is_ipv4(&self) -> bool {
@@ -260,10 +272,8 @@ pub fn build_pools(
             return Err(IpamError::Overlap { subnet: a.to_string(), other: other.to_string(), network: net.clone() });
         }
     }
-    let mut pools: Vec<Pool> = subnets
-        .iter()
-        .map(|s| Pool { subnet: *s, ip_range: None, gateway: None, aux: BTreeMap::new() })
-        .collect();
+    let mut pools: Vec<Pool> =
+        subnets.iter().map(|s| Pool { subnet: *s, ip_range: None, gateway: None, aux: BTreeMap::new() }).collect();
     for (i, g) in req.gateways.iter().enumerate() {
         let ip = parse_ip(g)?;
         let pool = &mut pools[i];
@@ -301,7 +311,8 @@ pub fn build_pools(
         if pool.gateway.is_none() {
             let mut scratch = pool.clone();
             scratch.ip_range = None;
-            pool.gateway = scratch.next_free(&BTreeSet::new()).filter(|_| !(pool.subnet.is_ipv4() && pool.subnet.prefix >= 31));
+            pool.gateway =
+                scratch.next_free(&BTreeSet::new()).filter(|_| !(pool.subnet.is_ipv4() && pool.subnet.prefix >= 31));
         }
     }
     Ok(pools)
@@ -332,7 +343,11 @@ pub fn allocate(
                 return Err(IpamError::BadIp { input: ip.to_string() });
             }
             if family.is_empty() {
-                return Err(IpamError::NoFamily { addr: ip.to_string(), network: network.into(), family: if v4 { "IPv4" } else { "IPv6" } });
+                return Err(IpamError::NoFamily {
+                    addr: ip.to_string(),
+                    network: network.into(),
+                    family: if v4 { "IPv4" } else { "IPv6" },
+                });
             }
             let pool = family.iter().find(|p| p.subnet.contains(ip)).ok_or_else(|| IpamError::NotInNetwork {
                 addr: ip.to_string(),
@@ -384,7 +399,13 @@ mod tests {
 
     #[test]
     fn seed_macnet32_reserves_and_allocates_like_docker() {
-        let p = pools(&req(&["192.168.32.0/24"], &["192.168.32.254"], &["192.168.32.128/25"], &["my-router=192.168.32.129"])).unwrap();
+        let p = pools(&req(
+            &["192.168.32.0/24"],
+            &["192.168.32.254"],
+            &["192.168.32.128/25"],
+            &["my-router=192.168.32.129"],
+        ))
+        .unwrap();
         assert_eq!(p.len(), 1);
         let mut used = BTreeMap::new();
         let a = allocate("macnet32", &p, true, None, &used).unwrap().unwrap();
@@ -394,8 +415,16 @@ mod tests {
         // .129 is the aux address: skipped.
         assert_eq!(allocate("macnet32", &p, true, None, &used).unwrap(), Some(ip("192.168.32.130")));
         // Static addresses may come from outside the range, inside the subnet.
-        assert_eq!(allocate("macnet32", &p, true, Some(ip("192.168.32.10")), &used).unwrap(), Some(ip("192.168.32.10")));
-        for (bad, why) in [("192.168.32.254", "the gateway"), ("192.168.32.129", "aux address my-router"), ("192.168.32.255", "broadcast"), ("192.168.32.0", "network address")] {
+        assert_eq!(
+            allocate("macnet32", &p, true, Some(ip("192.168.32.10")), &used).unwrap(),
+            Some(ip("192.168.32.10"))
+        );
+        for (bad, why) in [
+            ("192.168.32.254", "the gateway"),
+            ("192.168.32.129", "aux address my-router"),
+            ("192.168.32.255", "broadcast"),
+            ("192.168.32.0", "network address"),
+        ] {
             let e = allocate("macnet32", &p, true, Some(ip(bad)), &used).unwrap_err();
             assert!(e.to_string().contains(why), "{bad}: {e}");
             assert!(e.to_string().contains(bad), "{e}");
@@ -424,7 +453,10 @@ mod tests {
         }
         // .7 is the /29's broadcast.
         let e = allocate("n", &p, true, None, &used).unwrap_err();
-        assert!(e.to_string().starts_with("address pool of subnet 10.9.0.0/29 is exhausted (ip range 10.9.0.4/30)"), "{e}");
+        assert!(
+            e.to_string().starts_with("address pool of subnet 10.9.0.0/29 is exhausted (ip range 10.9.0.4/30)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -441,14 +473,26 @@ mod tests {
     #[test]
     fn validation_errors_name_the_value() {
         let cases: Vec<(PoolRequest, &str)> = vec![
-            (req(&["172.16.86.1/24"], &[], &[], &[]), "invalid subnet 172.16.86.1/24: host bits are set; did you mean 172.16.86.0/24?"),
+            (
+                req(&["172.16.86.1/24"], &[], &[], &[]),
+                "invalid subnet 172.16.86.1/24: host bits are set; did you mean 172.16.86.0/24?",
+            ),
             (req(&["172.16.86.0/33"], &[], &[], &[]), "invalid CIDR \"172.16.86.0/33\""),
             (req(&["172.16.86.0"], &[], &[], &[]), "invalid CIDR \"172.16.86.0\""),
             (req(&["300.1.1.0/24"], &[], &[], &[]), "invalid CIDR \"300.1.1.0/24\""),
-            (req(&["172.16.86.0/24"], &["172.16.87.1"], &[], &[]), "gateway 172.16.87.1 is not inside subnet 172.16.86.0/24"),
+            (
+                req(&["172.16.86.0/24"], &["172.16.87.1"], &[], &[]),
+                "gateway 172.16.87.1 is not inside subnet 172.16.86.0/24",
+            ),
             (req(&["172.16.86.0/24"], &["nope"], &[], &[]), "invalid IP address \"nope\""),
-            (req(&["172.16.86.0/24"], &[], &["172.16.0.0/16"], &[]), "ip range 172.16.0.0/16 is larger than subnet 172.16.86.0/24"),
-            (req(&["172.16.86.0/24"], &[], &["172.16.87.0/25"], &[]), "ip range 172.16.87.0/25 is not inside subnet 172.16.86.0/24"),
+            (
+                req(&["172.16.86.0/24"], &[], &["172.16.0.0/16"], &[]),
+                "ip range 172.16.0.0/16 is larger than subnet 172.16.86.0/24",
+            ),
+            (
+                req(&["172.16.86.0/24"], &[], &["172.16.87.0/25"], &[]),
+                "ip range 172.16.87.0/25 is not inside subnet 172.16.86.0/24",
+            ),
             (req(&["172.16.86.0/24"], &[], &[], &["router"]), "invalid aux address \"router\""),
             (req(&["172.16.86.0/24"], &[], &[], &["r=10.0.0.1"]), "aux address r=10.0.0.1 is not inside any --subnet"),
             (req(&["10.0.0.0/8", "10.1.0.0/16"], &[], &[], &[]), "subnets 10.0.0.0/8 and 10.1.0.0/16 overlap"),
@@ -469,7 +513,9 @@ mod tests {
         let existing = vec![("pub_net".to_string(), "172.16.86.0/24".parse().unwrap())];
         let e = build_pools(&req(&["172.16.0.0/16"], &[], &[], &[]), &existing, default_v4_pool).unwrap_err();
         assert_eq!(e.to_string(), "subnet 172.16.0.0/16 overlaps subnet 172.16.86.0/24 of network pub_net: choose a subnet that does not overlap");
-        let p = build_pools(&req(&[], &[], &[], &[]), &[("x".into(), "172.18.0.0/24".parse().unwrap())], default_v4_pool).unwrap();
+        let p =
+            build_pools(&req(&[], &[], &[], &[]), &[("x".into(), "172.18.0.0/24".parse().unwrap())], default_v4_pool)
+                .unwrap();
         assert_eq!(p[0].subnet.to_string(), "172.18.1.0/24");
     }
 

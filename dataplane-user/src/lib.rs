@@ -5,10 +5,10 @@ pub mod bpf;
 pub mod bpffs;
 pub mod control;
 pub mod ipam;
-pub mod store;
 pub mod mac;
 pub mod netns;
 pub mod nl;
+pub mod store;
 
 /// Default bpffs directory for pins (maps, links); one per host network namespace.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/dataplane";

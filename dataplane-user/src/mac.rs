@@ -60,7 +60,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "02:42:ac:10:56", "02:42:ac:10:56:0a:01", "2:42:ac:10:56:0a", "02-42-ac-10-56-0a", "02:42:ac:10:56:zz", "02:42:ac:10:56:+1"] {
+        for bad in [
+            "",
+            "02:42:ac:10:56",
+            "02:42:ac:10:56:0a:01",
+            "2:42:ac:10:56:0a",
+            "02-42-ac-10-56-0a",
+            "02:42:ac:10:56:zz",
+            "02:42:ac:10:56:+1",
+        ] {
             let e = bad.parse::<Mac>().unwrap_err();
             assert_eq!(e.input, bad);
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");

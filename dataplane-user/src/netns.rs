@@ -10,9 +10,19 @@ use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("network namespace {name:?} not found at {}: {source} (list them with `ip netns list`)", path.display())]
-    Open { name: String, path: PathBuf, #[source] source: std::io::Error },
+    Open {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot enter network namespace {name:?} ({}): {source}", path.display())]
-    Enter { name: String, path: PathBuf, #[source] source: std::io::Error },
+    Enter {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `/run/netns/NAME` for a bare name; a value containing '/' is taken as a path
@@ -28,8 +38,8 @@ pub fn path_of(name: &str) -> PathBuf {
 /// Move the calling thread into the network namespace `name`.
 pub fn enter(name: &str) -> Result<(), NetnsError> {
     let path = path_of(name);
-    let file = File::open(&path)
-        .map_err(|source| NetnsError::Open { name: name.into(), path: path.clone(), source })?;
+    let file =
+        File::open(&path).map_err(|source| NetnsError::Open { name: name.into(), path: path.clone(), source })?;
     // SAFETY: setns on a valid fd we own; CLONE_NEWNET only affects this thread's netns.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
@@ -102,12 +112,23 @@ pub fn create_named(name: &str) -> std::io::Result<PathBuf> {
     let none = c"none";
     // SAFETY: mount(2) with valid NUL-terminated strings and no data.
     unsafe {
-        if libc::mount(none.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) != 0 {
+        if libc::mount(none.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_SHARED | libc::MS_REC, std::ptr::null())
+            != 0
+        {
             // Not a mount point yet: make it one, then shared.
-            if libc::mount(cdir.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+            if libc::mount(cdir.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
+                != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::mount(none.as_ptr(), cdir.as_ptr(), none.as_ptr(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) != 0 {
+            if libc::mount(
+                none.as_ptr(),
+                cdir.as_ptr(),
+                none.as_ptr(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
         }

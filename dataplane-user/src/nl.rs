@@ -121,7 +121,8 @@ impl Nl {
             .map_err(|e| NlError::io("starting the netlink runtime", e))?;
         let handle = {
             let _g = rt.enter();
-            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NlError::io("opening a netlink socket", e))?;
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|e| NlError::io("opening a netlink socket", e))?;
             rt.spawn(conn);
             handle
         };
@@ -130,7 +131,8 @@ impl Nl {
 
     /// A handle on the network namespace at `path`.
     pub fn in_netns(path: &Path) -> Result<Nl> {
-        with_netns(path, Nl::here).map_err(|e| NlError::io(format!("entering network namespace {}", path.display()), e))?
+        with_netns(path, Nl::here)
+            .map_err(|e| NlError::io(format!("entering network namespace {}", path.display()), e))?
     }
 
     pub fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
@@ -161,7 +163,15 @@ impl Nl {
 
     /// Create a macvlan of `parent_index` named `name`, with `mac`, directly inside the
     /// namespace `netns_fd` when given.
-    pub fn add_macvlan(&self, name: &str, parent_index: u32, mode: &str, mac: [u8; 6], netns_fd: Option<RawFd>, ifindex: Option<u32>) -> Result<()> {
+    pub fn add_macvlan(
+        &self,
+        name: &str,
+        parent_index: u32,
+        mode: &str,
+        mac: [u8; 6],
+        netns_fd: Option<RawFd>,
+        ifindex: Option<u32>,
+    ) -> Result<()> {
         let mode = match mode {
             "private" => MacVlanMode::Private,
             "vepa" => MacVlanMode::Vepa,
@@ -232,8 +242,12 @@ impl Nl {
 
     pub fn add_default_route(&self, gateway: IpAddr, index: u32) -> Result<()> {
         let msg = match gateway {
-            IpAddr::V4(g) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().gateway(g).output_interface(index).build(),
-            IpAddr::V6(g) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().gateway(g).output_interface(index).build(),
+            IpAddr::V4(g) => {
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new().gateway(g).output_interface(index).build()
+            }
+            IpAddr::V6(g) => {
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new().gateway(g).output_interface(index).build()
+            }
         };
         let h = self.handle.clone();
         self.rt

@@ -20,9 +20,17 @@ use crate::ipam::Pool;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create state dir {}: {source} (pass --state-dir DIR or set DATAPLANE_STATE_DIR to a writable directory)", dir.display())]
-    Dir { dir: PathBuf, #[source] source: std::io::Error },
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state database {}: {source}", path.display())]
-    Db { path: PathBuf, #[source] source: rusqlite::Error },
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("corrupt row in the state database: {0}")]
     Corrupt(String),
 }
@@ -269,7 +277,8 @@ impl Tx<'_> {
     }
 
     pub fn attachments(&self) -> Result<Vec<Attachment>, StoreError> {
-        let mut st = self.tx.prepare("SELECT doc FROM attachments ORDER BY network, endpoint").map_err(|e| self.db(e))?;
+        let mut st =
+            self.tx.prepare("SELECT doc FROM attachments ORDER BY network, endpoint").map_err(|e| self.db(e))?;
         let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.db(e))?;
         rows.map(|r| r.map_err(|e| self.db(e)).and_then(|s| parse(&s))).collect()
     }
@@ -339,15 +348,34 @@ mod tests {
         let dir = tmpdir();
         let mut s = Store::open(&dir).unwrap();
         let n = Network {
-            id: new_id(), name: "pub_net".into(), driver: Driver::Macvlan, created: now_rfc3339(), internal: false,
-            ipv6: false, options: BTreeMap::new(), pools: vec![], parent: Some("eth1".into()), macvlan_mode: Some("bridge".into()), vlan: None,
-            state: EndpointState::Ready, owner_pid: 0,
+            id: new_id(),
+            name: "pub_net".into(),
+            driver: Driver::Macvlan,
+            created: now_rfc3339(),
+            internal: false,
+            ipv6: false,
+            options: BTreeMap::new(),
+            pools: vec![],
+            parent: Some("eth1".into()),
+            macvlan_mode: Some("bridge".into()),
+            vlan: None,
+            state: EndpointState::Ready,
+            owner_pid: 0,
         };
         s.write(|t| t.put_network(&n)).unwrap();
         let got = s.read(|t| t.network("pub_net")).unwrap().unwrap();
         assert_eq!(got, n);
         assert_eq!(s.read(|t| t.network(&n.id[..12])).unwrap().unwrap().name, "pub_net");
-        let a = Attachment { endpoint: "e1".into(), network: "pub_net".into(), ifname: "eth0".into(), mac: "02:42:00:00:00:01".into(), ipv4: Some("10.0.0.2".parse().unwrap()), ipv6: None, parent: "eth1".into(), ifindex: 0 };
+        let a = Attachment {
+            endpoint: "e1".into(),
+            network: "pub_net".into(),
+            ifname: "eth0".into(),
+            mac: "02:42:00:00:00:01".into(),
+            ipv4: Some("10.0.0.2".parse().unwrap()),
+            ipv6: None,
+            parent: "eth1".into(),
+            ifindex: 0,
+        };
         s.write(|t| t.put_attachment(&a)).unwrap();
         let mut b = a.clone();
         b.endpoint = "e2".into();

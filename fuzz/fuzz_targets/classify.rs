@@ -4,9 +4,7 @@
 //! passes carries the endpoint's own source MAC and no tag.
 #![no_main]
 
-use dataplane_common::{
-    admission, egress_check, maps::EP_HAS_IPV4, parse_l2, EndpointInfo, Reason, Verdict,
-};
+use dataplane_common::{admission, egress_check, maps::EP_HAS_IPV4, parse_l2, EndpointInfo, Reason, Verdict};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +25,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let ep = EndpointInfo { endpoint: 1, flags: EP_HAS_IPV4, mac: [2, 0, 0, 0, 0, 1], ipv4: [10, 0, 0, 2], ..Default::default() };
+    let ep = EndpointInfo {
+        endpoint: 1,
+        flags: EP_HAS_IPV4,
+        mac: [2, 0, 0, 0, 0, 1],
+        ipv4: [10, 0, 0, 2],
+        ..Default::default()
+    };
     let e = egress_check(data, &ep);
     if e.verdict == Verdict::Pass {
         let h = parse_l2(data).expect("egress passed an unparsable frame");

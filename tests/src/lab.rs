@@ -42,10 +42,7 @@ impl Netns {
 
     /// Run a command inside the namespace (network namespace only, host mounts kept).
     pub fn exec(&self, argv: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.path().display()))
-            .args(argv)
-            .output()?;
+        let out = Command::new("nsenter").arg(format!("--net={}", self.path().display())).args(argv).output()?;
         if !out.status.success() {
             anyhow::bail!("in {}: {}: {}", self.name, argv.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -162,12 +159,7 @@ pub fn dataplane_bin() -> PathBuf {
 
 /// Run `dataplane --bpffs DIR ARGS...` and return its output (whatever the exit code).
 pub fn dataplane(bpffs: &Bpffs, args: &[&str]) -> Output {
-    Command::new(dataplane_bin())
-        .arg("--bpffs")
-        .arg(&bpffs.dir)
-        .args(args)
-        .output()
-        .expect("spawn dataplane")
+    Command::new(dataplane_bin()).arg("--bpffs").arg(&bpffs.dir).args(args).output().expect("spawn dataplane")
 }
 
 /// A "host" for control-plane tests: a network namespace with its own `dataplane`

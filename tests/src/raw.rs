@@ -54,7 +54,11 @@ impl RawSocket {
             sll.sll_protocol = proto as u16;
             sll.sll_ifindex = ifindex;
             let rc = unsafe {
-                libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sll) as u32)
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sll) as u32,
+                )
             };
             if rc != 0 {
                 return Err(err("bind(AF_PACKET)"));

@@ -106,11 +106,13 @@ fn reload_replaces_the_program_in_place() {
     let lab = Lab::new().unwrap();
     let bpffs = Bpffs::new().unwrap();
     load(&bpffs, &lab, "auto");
-    let st1: serde_json::Value = serde_json::from_str(&ok(dataplane(&bpffs, &["bpf", "status", "--format", "json"]))).unwrap();
+    let st1: serde_json::Value =
+        serde_json::from_str(&ok(dataplane(&bpffs, &["bpf", "status", "--format", "json"]))).unwrap();
     admit(&bpffs, &lab, ADMITTED);
     let out = load(&bpffs, &lab, "auto");
     assert!(out.contains("replaced the program on veth-b in place"), "{out}");
-    let st2: serde_json::Value = serde_json::from_str(&ok(dataplane(&bpffs, &["bpf", "status", "--format", "json"]))).unwrap();
+    let st2: serde_json::Value =
+        serde_json::from_str(&ok(dataplane(&bpffs, &["bpf", "status", "--format", "json"]))).unwrap();
     assert_eq!(st1[0]["link_id"], st2[0]["link_id"], "the same link must carry the new program");
     assert_ne!(st1[0]["program_id"], st2[0]["program_id"], "the program was not replaced");
     assert_eq!(lab.b.xdp_prog_id(&lab.b_if).unwrap(), st2[0]["program_id"].as_u64());
@@ -129,7 +131,11 @@ fn unload_leaves_no_program_and_no_pins() {
     let prog = lab.b.xdp_prog_id(&lab.b_if).unwrap().expect("attached");
     ok(dataplane(&bpffs, &["bpf", "unload", "--iface", &lab.b_if, "--netns", &lab.b.name]));
     assert_eq!(lab.b.xdp_prog_id(&lab.b_if).unwrap(), None, "XDP still attached after unload");
-    assert!(!bpffs.dir.exists(), "pins left behind: {:?}", std::fs::read_dir(&bpffs.dir).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()));
+    assert!(
+        !bpffs.dir.exists(),
+        "pins left behind: {:?}",
+        std::fs::read_dir(&bpffs.dir).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
     let still_loaded = aya::programs::loaded_programs().flatten().any(|p| u64::from(p.id()) == prog);
     assert!(!still_loaded, "program {prog} is still loaded in the kernel");
     // With the program gone, the unknown MAC reaches the interface again.
@@ -142,11 +148,26 @@ fn bad_input_is_a_clear_error_and_leaves_no_trace() {
     let lab = Lab::new().unwrap();
     let bpffs = Bpffs::new().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["bpf", "load", "--iface", "nope0", "--netns", &lab.b.name], "interface \"nope0\" not found in network namespace"),
-        (vec!["bpf", "load", "--iface", "veth-b", "--netns", "dp-no-such-ns"], "network namespace \"dp-no-such-ns\" not found at /run/netns/dp-no-such-ns"),
-        (vec!["bpf", "unload", "--iface", "veth-b", "--netns", &lab.b.name], "nothing to detach: dataplane has no program on veth-b"),
-        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00:01"], "no dataplane maps under"),
-        (vec!["bpf", "load", "--iface", "veth-b", "--netns", &lab.b.name, "--mode", "turbo"], "invalid value 'turbo' for '--mode <MODE>'"),
+        (
+            vec!["bpf", "load", "--iface", "nope0", "--netns", &lab.b.name],
+            "interface \"nope0\" not found in network namespace",
+        ),
+        (
+            vec!["bpf", "load", "--iface", "veth-b", "--netns", "dp-no-such-ns"],
+            "network namespace \"dp-no-such-ns\" not found at /run/netns/dp-no-such-ns",
+        ),
+        (
+            vec!["bpf", "unload", "--iface", "veth-b", "--netns", &lab.b.name],
+            "nothing to detach: dataplane has no program on veth-b",
+        ),
+        (
+            vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00:01"],
+            "no dataplane maps under",
+        ),
+        (
+            vec!["bpf", "load", "--iface", "veth-b", "--netns", &lab.b.name, "--mode", "turbo"],
+            "invalid value 'turbo' for '--mode <MODE>'",
+        ),
     ];
     for (args, want) in cases {
         let out = dataplane(&bpffs, &args);
@@ -160,10 +181,33 @@ fn bad_input_is_a_clear_error_and_leaves_no_trace() {
     load(&bpffs, &lab, "auto");
     let before = ok(dataplane(&bpffs, &["bpf", "admit", "ls", "--netns", &lab.b.name, "--format", "json"]));
     for (args, want) in [
-        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00"], "invalid MAC address \"02:00:00:00:00\""),
-        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "01:00:5e:00:00:01"], "MAC 01:00:5e:00:00:01 is a group"),
-        (vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "--vlan", "4095", "02:00:00:00:00:01"], "VLAN id 4095 is out of range"),
-        (vec!["bpf", "admit", "del", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00:07"], "02:00:00:00:00:07 is not admitted on veth-b"),
+        (
+            vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00"],
+            "invalid MAC address \"02:00:00:00:00\"",
+        ),
+        (
+            vec!["bpf", "admit", "add", "--iface", "veth-b", "--netns", &lab.b.name, "01:00:5e:00:00:01"],
+            "MAC 01:00:5e:00:00:01 is a group",
+        ),
+        (
+            vec![
+                "bpf",
+                "admit",
+                "add",
+                "--iface",
+                "veth-b",
+                "--netns",
+                &lab.b.name,
+                "--vlan",
+                "4095",
+                "02:00:00:00:00:01",
+            ],
+            "VLAN id 4095 is out of range",
+        ),
+        (
+            vec!["bpf", "admit", "del", "--iface", "veth-b", "--netns", &lab.b.name, "02:00:00:00:00:07"],
+            "02:00:00:00:00:07 is not admitted on veth-b",
+        ),
     ] {
         let out = dataplane(&bpffs, &args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -187,10 +231,14 @@ fn drop_events_are_off_by_default_and_logged_at_debug() {
     assert!(out.contains("dp_parent"), "{out}");
     exchange(&lab, &[(UNKNOWN, 10..13)]);
     let events = ok(dataplane(&bpffs, &["bpf", "log", "--seconds", "0"]));
-    let drops: Vec<&str> = events.lines().filter(|l| l.contains("dp_parent: drop") && l.contains("02:db:00:00:00:02")).collect();
+    let drops: Vec<&str> =
+        events.lines().filter(|l| l.contains("dp_parent: drop") && l.contains("02:db:00:00:00:02")).collect();
     assert_eq!(drops.len(), 3, "expected 3 drop events: {events}");
     assert!(drops[0].starts_with("DEBUG"), "{events}");
-    assert!(drops[0].contains(&format!("reason={}", dataplane_common::Reason::DropUnknownDestination as u32)), "{events}");
+    assert!(
+        drops[0].contains(&format!("reason={}", dataplane_common::Reason::DropUnknownDestination as u32)),
+        "{events}"
+    );
 
     // Back off: no more events.
     ok(dataplane(&bpffs, &["bpf", "reload"]));
@@ -218,9 +266,17 @@ fn reload_migrates_a_map_whose_layout_changed() {
         max_entries: u32,
         map_flags: u32,
     }
-    let attr = Create { map_type: 1 /* BPF_MAP_TYPE_HASH */, key_size: 12, value_size: 8, max_entries: 1024, map_flags: 0 };
+    let attr = Create {
+        map_type: 1, /* BPF_MAP_TYPE_HASH */
+        key_size: 12,
+        value_size: 8,
+        max_entries: 1024,
+        map_flags: 0,
+    };
     // SAFETY: BPF_MAP_CREATE (0) with a valid attr prefix; the fd is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0 as libc::c_long, &attr as *const Create, std::mem::size_of::<Create>()) };
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, 0 as libc::c_long, &attr as *const Create, std::mem::size_of::<Create>())
+    };
     assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
     // SAFETY: fd is a fresh map fd.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -234,7 +290,8 @@ fn reload_migrates_a_map_whose_layout_changed() {
     let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
     let attr = Pin { pathname: path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
     // SAFETY: BPF_OBJ_PIN (6) with a valid attr.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6 as libc::c_long, &attr as *const Pin, std::mem::size_of::<Pin>()) };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, 6 as libc::c_long, &attr as *const Pin, std::mem::size_of::<Pin>()) };
     assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
 
     // The allocation goes into the old-layout map; the running program does not see it.

@@ -47,7 +47,9 @@ fn spoofed_frames_reach_neither_the_trunk_nor_a_sibling() {
     h.ok(&["run", "-d", "--name", &a, "--network", "n66"]);
     h.ok(&["run", "-d", "--name", &b, "--network", "n66"]);
     let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
-    let get = |n: &str, k: &str| ps.as_array().unwrap().iter().find(|e| e["Name"] == n).unwrap()["Networks"][0][k].as_str().unwrap().to_string();
+    let get = |n: &str, k: &str| {
+        ps.as_array().unwrap().iter().find(|e| e["Name"] == n).unwrap()["Networks"][0][k].as_str().unwrap().to_string()
+    };
     let (a_mac, b_mac) = (mac_bytes(&get(&a, "MacAddress")), mac_bytes(&get(&b, "MacAddress")));
     let a_ip: [u8; 4] = get(&a, "IPv4Address").parse::<std::net::Ipv4Addr>().unwrap().octets();
     let sw_mac = sw.mac("up0").unwrap();
@@ -59,8 +61,8 @@ fn spoofed_frames_reach_neither_the_trunk_nor_a_sibling() {
     let other_ip = [10, 66, 0, 99];
     for (dst, base) in [(b_mac, 100u32), (sw_mac, 200u32)] {
         tx.send(&frame(dst, a_mac, a_ip, base)).unwrap(); // legitimate
-        // Spoofed: a drop at tc egress may surface as ENOBUFS to the sender; either way
-        // what counts is what arrives.
+                                                          // Spoofed: a drop at tc egress may surface as ENOBUFS to the sender; either way
+                                                          // what counts is what arrives.
         let _ = tx.send(&frame(dst, other_mac, a_ip, base + 1)); // spoofed MAC
         let _ = tx.send(&frame(dst, a_mac, other_ip, base + 2)); // spoofed IPv4
         let _ = tx.send(&frame(dst, other_mac, other_ip, base + 3)); // both
@@ -112,7 +114,11 @@ fn a_net_admin_endpoint_cannot_remove_the_check() {
     let _ = limited(&["tc", "filter", "del", "dev", "eth0", "egress"]);
     let _ = limited(&["ip", "link", "set", "dev", "eth0", "xdp", "off"]);
     let ok_ping = limited(&["ping", "-c", "1", "-W", "1", "10.67.0.1"]);
-    assert!(ok_ping.status.success(), "legitimate traffic must still flow: {}", String::from_utf8_lossy(&ok_ping.stderr));
+    assert!(
+        ok_ping.status.success(),
+        "legitimate traffic must still flow: {}",
+        String::from_utf8_lossy(&ok_ping.stderr)
+    );
     // Now spoof: another address on the interface, used as the source.
     assert!(limited(&["ip", "addr", "add", "10.67.0.99/24", "dev", "eth0"]).status.success());
     let spoof = limited(&["ping", "-c", "2", "-W", "1", "-I", "10.67.0.99", "10.67.0.1"]);

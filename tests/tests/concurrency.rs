@@ -45,12 +45,20 @@ fn sixty_four_concurrent_run_rm_loops() {
             barrier.wait();
             let ps: Value = serde_json::from_slice(&h.dp(&["ps", "--format", "json"]).stdout).unwrap_or_default();
             let eps = ps.as_array().cloned().unwrap_or_default();
-            let ips: BTreeSet<String> = eps.iter().filter_map(|e| e["Networks"][0]["IPv4Address"].as_str().map(str::to_string)).collect();
-            let macs: BTreeSet<String> = eps.iter().filter_map(|e| e["Networks"][0]["MacAddress"].as_str().map(str::to_string)).collect();
+            let ips: BTreeSet<String> =
+                eps.iter().filter_map(|e| e["Networks"][0]["IPv4Address"].as_str().map(str::to_string)).collect();
+            let macs: BTreeSet<String> =
+                eps.iter().filter_map(|e| e["Networks"][0]["MacAddress"].as_str().map(str::to_string)).collect();
             if (eps.len(), ips.len(), macs.len()) != (WORKERS, WORKERS, WORKERS) {
-                fail(format!("{} endpoints with {} addresses and {} MACs (want {WORKERS} of each)", eps.len(), ips.len(), macs.len()));
+                fail(format!(
+                    "{} endpoints with {} addresses and {} MACs (want {WORKERS} of each)",
+                    eps.len(),
+                    ips.len(),
+                    macs.len()
+                ));
             }
-            let admitted: Value = serde_json::from_slice(&h.dp(&["bpf", "admit", "ls", "--format", "json"]).stdout).unwrap_or_default();
+            let admitted: Value =
+                serde_json::from_slice(&h.dp(&["bpf", "admit", "ls", "--format", "json"]).stdout).unwrap_or_default();
             let n = admitted.as_array().map_or(0, Vec::len);
             if n != WORKERS + 1 {
                 fail(format!("admission map has {n} entries, want {}", WORKERS + 1));

@@ -28,12 +28,21 @@ fn json(s: &str) -> Value {
 
 fn ep_json(h: &Host, name: &str) -> Value {
     let all = json(&h.ok(&["ps", "--format", "json"]));
-    all.as_array().unwrap().iter().find(|e| e["Name"] == name).cloned().unwrap_or_else(|| panic!("no endpoint {name} in {all:#}"))
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["Name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no endpoint {name} in {all:#}"))
 }
 
 /// Links of a namespace (by name) as JSON, read inside it.
 fn links_in(ns_path: &str) -> Vec<Value> {
-    let out = std::process::Command::new("nsenter").arg(format!("--net={ns_path}")).args(["ip", "-j", "-d", "link"]).output().unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={ns_path}"))
+        .args(["ip", "-j", "-d", "link"])
+        .output()
+        .unwrap();
     json(&String::from_utf8_lossy(&out.stdout)).as_array().cloned().unwrap_or_default()
 }
 
@@ -45,7 +54,17 @@ fn link_names(ns: &Netns) -> BTreeSet<String> {
 fn bridge_mode_endpoints_reach_each_other_and_the_switch() {
     let (h, sw) = host_and_switch();
     sw.exec(&["ip", "addr", "add", "172.16.86.1/24", "dev", "up0"]).unwrap();
-    let id = h.ok(&["network", "create", "-d", "macvlan", "--subnet=172.16.86.0/24", "--gateway=172.16.86.1", "-o", "parent=eth0", "pub_net"]);
+    let id = h.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet=172.16.86.0/24",
+        "--gateway=172.16.86.1",
+        "-o",
+        "parent=eth0",
+        "pub_net",
+    ]);
     assert_eq!(id.trim().len(), 64, "network create prints a 64-hex id: {id}");
     assert!(id.trim().chars().all(|c| c.is_ascii_hexdigit()));
     let (web, db) = (unique("web"), unique("db"));
@@ -69,7 +88,10 @@ fn bridge_mode_endpoints_reach_each_other_and_the_switch() {
     assert_eq!(eth0_link["linkinfo"]["info_kind"], "macvlan");
     assert_eq!(eth0_link["linkinfo"]["info_data"]["mode"], "bridge");
     let routes = json(&String::from_utf8_lossy(&h.dp(&["exec", &web, "ip", "-j", "route"]).stdout));
-    assert!(routes.as_array().unwrap().iter().any(|r| r["dst"] == "default" && r["gateway"] == "172.16.86.1"), "{routes:#}");
+    assert!(
+        routes.as_array().unwrap().iter().any(|r| r["dst"] == "default" && r["gateway"] == "172.16.86.1"),
+        "{routes:#}"
+    );
 
     assert!(ping(&h, &web, "172.16.86.3"), "web cannot reach db (bridge mode)");
     assert!(ping(&h, &web, "172.16.86.1"), "web cannot reach the switch");
@@ -90,15 +112,39 @@ fn bridge_mode_endpoints_reach_each_other_and_the_switch() {
 fn ip_range_and_aux_addresses_follow_docker_ipam() {
     let (h, _sw) = host_and_switch();
     h.ok(&[
-        "network", "create", "-d", "macvlan", "--subnet=192.168.32.0/24", "--ip-range=192.168.32.128/25",
-        "--gateway=192.168.32.254", "--aux-address=my-router=192.168.32.129", "-o", "parent=eth0", "macnet32",
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet=192.168.32.0/24",
+        "--ip-range=192.168.32.128/25",
+        "--gateway=192.168.32.254",
+        "--aux-address=my-router=192.168.32.129",
+        "-o",
+        "parent=eth0",
+        "macnet32",
     ]);
     let names: Vec<String> = (0..3).map(|i| unique(&format!("m{i}"))).collect();
     h.ok(&["run", "-d", "--name", &names[0], "--network", "macnet32"]);
     h.ok(&["run", "-d", "--name", &names[1], "--network", "macnet32"]);
     assert_eq!(ep_json(&h, &names[0])["Networks"][0]["IPv4Address"], "192.168.32.128");
-    assert_eq!(ep_json(&h, &names[1])["Networks"][0]["IPv4Address"], "192.168.32.130", "the aux address must be skipped");
-    h.ok(&["run", "-d", "--name", &names[2], "--network", "macnet32", "--ip", "192.168.32.10", "--mac-address", "02:00:00:00:32:0a"]);
+    assert_eq!(
+        ep_json(&h, &names[1])["Networks"][0]["IPv4Address"],
+        "192.168.32.130",
+        "the aux address must be skipped"
+    );
+    h.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &names[2],
+        "--network",
+        "macnet32",
+        "--ip",
+        "192.168.32.10",
+        "--mac-address",
+        "02:00:00:00:32:0a",
+    ]);
     let e = ep_json(&h, &names[2]);
     assert_eq!(e["Networks"][0]["IPv4Address"], "192.168.32.10", "static addresses may lie outside the range");
     assert_eq!(e["Networks"][0]["MacAddress"], "02:00:00:00:32:0a");
@@ -150,9 +196,25 @@ fn none_endpoint_has_only_lo_and_seed_commands_work() {
 fn host_mode_runs_in_the_host_namespace_and_warns_about_ports() {
     let (h, _sw) = host_and_switch();
     let name = unique("hostnet");
-    let out = h.dp(&["run", "--rm", "--network", "host", "-p", "80:80", "--name", &name, "--", "readlink", "/proc/self/ns/net"]);
+    let out = h.dp(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "-p",
+        "80:80",
+        "--name",
+        &name,
+        "--",
+        "readlink",
+        "/proc/self/ns/net",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("WARNING: Published ports are discarded when using host network mode"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WARNING: Published ports are discarded when using host network mode"),
+        "{}",
+        stderr(&out)
+    );
     let ns_of_host = h.ns.exec(&["readlink", "/proc/self/ns/net"]).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), ns_of_host, "the command did not run in the host's namespace");
     let out = h.dp(&["run", "--rm", "--network", "none", "--name", &name, "--", "sh", "-c", "exit 7"]);
@@ -167,7 +229,17 @@ fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
     veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
     // VLAN 50 on both hosts; VLAN 60 on B uses the same subnet, so only the tag separates it.
     for h in [&a, &b] {
-        h.ok(&["network", "create", "-d", "macvlan", "--subnet=192.168.50.0/24", "--gateway=192.168.50.1", "-o", "parent=trunk0.50", "macvlan50"]);
+        h.ok(&[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet=192.168.50.0/24",
+            "--gateway=192.168.50.1",
+            "-o",
+            "parent=trunk0.50",
+            "macvlan50",
+        ]);
     }
     let (a50, b50) = (unique("a50"), unique("b50"));
     a.ok(&["run", "-d", "--name", &a50, "--network", "macvlan50", "--ip", "192.168.50.10"]);
@@ -203,15 +275,31 @@ fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
     assert!(!ping(&a, &a50, "192.168.50.30"), "a frame crossed from VLAN 50 into VLAN 60");
     // A frame tagged 50 for a MAC nobody has is dropped at A's XDP and counted.
     let tx = dataplane_tests::raw::RawSocket::open(&b.ns, "trunk0").unwrap();
-    let unknown = dataplane_tests::frames::tagged(dataplane_tests::frames::udp([2, 0x42, 0xc0, 0xa8, 0x32, 0x63], 1, 64), 0x8100, 50);
+    let unknown = dataplane_tests::frames::tagged(
+        dataplane_tests::frames::udp([2, 0x42, 0xc0, 0xa8, 0x32, 0x63], 1, 64),
+        0x8100,
+        50,
+    );
     for _ in 0..5 {
         tx.send(&unknown).unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     let counters = json(&a.ok(&["bpf", "counters", "--format", "json"]));
-    let unknown_drops: u64 = counters.as_array().unwrap().iter().filter(|c| c["reason"] == "drop_unknown_destination").map(|c| c["packets"].as_u64().unwrap()).sum();
+    let unknown_drops: u64 = counters
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["reason"] == "drop_unknown_destination")
+        .map(|c| c["packets"].as_u64().unwrap())
+        .sum();
     assert_eq!(unknown_drops, 5, "unknown-MAC frames in VLAN 50 not dropped and counted: {counters:#}");
-    let steered: u64 = counters.as_array().unwrap().iter().filter(|c| c["reason"] == "vlan_steered").map(|c| c["packets"].as_u64().unwrap()).sum();
+    let steered: u64 = counters
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["reason"] == "vlan_steered")
+        .map(|c| c["packets"].as_u64().unwrap())
+        .sum();
     assert!(steered > 0, "no frames counted as steered into VLAN 50: {counters:#}");
 
     // Removing the last network of a VLAN removes the subinterface dataplane made.
@@ -227,32 +315,89 @@ fn bad_input_is_refused_with_a_clear_error_and_no_trace() {
     h.ok(&["network", "create", "--subnet=172.16.86.0/24", "-o", "parent=eth0", "pub_net"]);
     let long_parent = "parent=longtrunkname0.4000".to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["network", "create", "--subnet=172.16.86.1/24", "-o", "parent=eth0", "n1"], "invalid subnet 172.16.86.1/24: host bits are set; did you mean 172.16.86.0/24?"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "--gateway=10.0.1.1", "-o", "parent=eth0", "n1"], "gateway 10.0.1.1 is not inside subnet 10.0.0.0/24"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "--ip-range=10.0.0.0/16", "-o", "parent=eth0", "n1"], "ip range 10.0.0.0/16 is larger than subnet 10.0.0.0/24"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "--aux-address=r=10.9.9.9", "-o", "parent=eth0", "n1"], "aux address r=10.9.9.9 is not inside any --subnet"),
-        (vec!["network", "create", "--subnet=172.16.0.0/16", "-o", "parent=eth0", "n1"], "subnet 172.16.0.0/16 overlaps subnet 172.16.86.0/24 of network pub_net"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "pub_net"], "network with name pub_net already exists"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=nope0", "n1"], "parent interface nope0 does not exist"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=lo", "n1"], "parent lo is the loopback device"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.4095", "n1"], "invalid 802.1Q parent \"eth0.4095\""),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.5.6", "n1"], "invalid 802.1Q parent \"eth0.5.6\""),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", &long_parent, "n1"], "is longer than the kernel allows (15 characters)"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=nope0.50", "n1"], "trunk interface nope0 does not exist"),
+        (
+            vec!["network", "create", "--subnet=172.16.86.1/24", "-o", "parent=eth0", "n1"],
+            "invalid subnet 172.16.86.1/24: host bits are set; did you mean 172.16.86.0/24?",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "--gateway=10.0.1.1", "-o", "parent=eth0", "n1"],
+            "gateway 10.0.1.1 is not inside subnet 10.0.0.0/24",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "--ip-range=10.0.0.0/16", "-o", "parent=eth0", "n1"],
+            "ip range 10.0.0.0/16 is larger than subnet 10.0.0.0/24",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "--aux-address=r=10.9.9.9", "-o", "parent=eth0", "n1"],
+            "aux address r=10.9.9.9 is not inside any --subnet",
+        ),
+        (
+            vec!["network", "create", "--subnet=172.16.0.0/16", "-o", "parent=eth0", "n1"],
+            "subnet 172.16.0.0/16 overlaps subnet 172.16.86.0/24 of network pub_net",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "pub_net"],
+            "network with name pub_net already exists",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=nope0", "n1"],
+            "parent interface nope0 does not exist",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=lo", "n1"],
+            "parent lo is the loopback device",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.4095", "n1"],
+            "invalid 802.1Q parent \"eth0.4095\"",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.5.6", "n1"],
+            "invalid 802.1Q parent \"eth0.5.6\"",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", &long_parent, "n1"],
+            "is longer than the kernel allows (15 characters)",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=nope0.50", "n1"],
+            "trunk interface nope0 does not exist",
+        ),
         (vec!["network", "create", "--subnet=10.0.0.0/24", "n1"], "the macvlan driver needs a parent interface"),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "-o", "macvlan_mode=turbo", "n1"], "invalid macvlan_mode \"turbo\""),
-        (vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "-o", "color=blue", "n1"], "unknown option \"color\""),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "-o", "macvlan_mode=turbo", "n1"],
+            "invalid macvlan_mode \"turbo\"",
+        ),
+        (
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0", "-o", "color=blue", "n1"],
+            "unknown option \"color\"",
+        ),
         (vec!["network", "create", "-d", "bridge", "n1"], "driver \"bridge\" is not supported"),
         (vec!["network", "create", "-o", "parent=eth0", "host"], "network name \"host\" is predefined"),
         (vec!["network", "create", "-o", "parent=eth0", "bad name"], "invalid network name \"bad name\""),
         (vec!["network", "rm", "none"], "none is a predefined network and cannot be removed"),
         (vec!["network", "rm", "ghost"], "network ghost not found"),
         (vec!["run", "-d", "--name", "x1", "--network", "ghost"], "network ghost not found"),
-        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--ip", "172.16.86.999"], "invalid IP address \"172.16.86.999\""),
-        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--mac-address", "01:00:5e:00:00:01"], "invalid --mac-address 01:00:5e:00:00:01: it must be a unicast address"),
-        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--mac-address", "zz"], "invalid MAC address \"zz\""),
-        (vec!["run", "-d", "--name", "x1", "--network", "none", "--ip", "10.0.0.1"], "cannot be used with --network none"),
-        (vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--netns", "/run/netns/dp-nope"], "network namespace /run/netns/dp-nope does not exist"),
+        (
+            vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--ip", "172.16.86.999"],
+            "invalid IP address \"172.16.86.999\"",
+        ),
+        (
+            vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--mac-address", "01:00:5e:00:00:01"],
+            "invalid --mac-address 01:00:5e:00:00:01: it must be a unicast address",
+        ),
+        (
+            vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--mac-address", "zz"],
+            "invalid MAC address \"zz\"",
+        ),
+        (
+            vec!["run", "-d", "--name", "x1", "--network", "none", "--ip", "10.0.0.1"],
+            "cannot be used with --network none",
+        ),
+        (
+            vec!["run", "-d", "--name", "x1", "--network", "pub_net", "--netns", "/run/netns/dp-nope"],
+            "network namespace /run/netns/dp-nope does not exist",
+        ),
         (vec!["run", "-d", "--name", "-x", "--network", "none"], "invalid endpoint name"),
         (vec!["rm", "ghost"], "endpoint ghost not found"),
         (vec!["exec", "ghost", "true"], "endpoint ghost not found"),
@@ -278,15 +423,18 @@ fn parallel_runs_get_distinct_addresses_and_macs() {
     h.ok(&["network", "create", "--subnet=10.77.0.0/24", "-o", "parent=eth0", "par"]);
     let names: Vec<String> = (0..32).map(|i| unique(&format!("p{i}-"))).collect();
     let outs: Vec<Output> = std::thread::scope(|s| {
-        let hs: Vec<_> = names.iter().map(|n| s.spawn(|| h.dp(&["run", "-d", "--name", n, "--network", "par"]))).collect();
+        let hs: Vec<_> =
+            names.iter().map(|n| s.spawn(|| h.dp(&["run", "-d", "--name", n, "--network", "par"]))).collect();
         hs.into_iter().map(|j| j.join().unwrap()).collect()
     });
     for (n, o) in names.iter().zip(&outs) {
         assert!(o.status.success(), "run {n} failed: {}", stderr(o));
     }
     let all = json(&h.ok(&["ps", "--format", "json"]));
-    let ips: BTreeSet<String> = all.as_array().unwrap().iter().map(|e| e["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()).collect();
-    let macs: BTreeSet<String> = all.as_array().unwrap().iter().map(|e| e["Networks"][0]["MacAddress"].as_str().unwrap().to_string()).collect();
+    let ips: BTreeSet<String> =
+        all.as_array().unwrap().iter().map(|e| e["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()).collect();
+    let macs: BTreeSet<String> =
+        all.as_array().unwrap().iter().map(|e| e["Networks"][0]["MacAddress"].as_str().unwrap().to_string()).collect();
     assert_eq!((ips.len(), macs.len()), (32, 32), "addresses or MACs handed out twice");
     let rc = h.dp(&["rm"].into_iter().chain(names.iter().map(String::as_str)).collect::<Vec<_>>());
     assert!(rc.status.success(), "{}", stderr(&rc));
@@ -348,7 +496,18 @@ fn ipv6_networks_give_addresses_routes_and_reachability() {
     let (h, sw) = host_and_switch();
     sw.exec(&["sysctl", "-qw", "net.ipv6.conf.up0.disable_ipv6=0"]).unwrap();
     sw.exec(&["ip", "addr", "add", "fd00:71::1/64", "dev", "up0", "nodad"]).unwrap();
-    h.ok(&["network", "create", "--ipv6", "--subnet=10.71.0.0/24", "--subnet=fd00:71::/64", "--gateway=10.71.0.1", "--gateway=fd00:71::1", "-o", "parent=eth0", "n71"]);
+    h.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet=10.71.0.0/24",
+        "--subnet=fd00:71::/64",
+        "--gateway=10.71.0.1",
+        "--gateway=fd00:71::1",
+        "-o",
+        "parent=eth0",
+        "n71",
+    ]);
     let (a, b) = (unique("six"), unique("sixb"));
     h.ok(&["run", "-d", "--name", &a, "--network", "n71"]);
     h.ok(&["run", "-d", "--name", &b, "--network", "n71", "--ip6", "fd00:71::20"]);
@@ -364,9 +523,16 @@ fn ipv6_networks_give_addresses_routes_and_reachability() {
     assert!(ping(&h, &a, "fd00:71::1"), "no IPv6 to the switch");
     // An IPv6 source that is not the endpoint's own is dropped on egress.
     h.ok(&["exec", &a, "ip", "addr", "add", "fd00:71::99/64", "dev", "eth0", "nodad"]);
-    assert!(!h.dp(&["exec", &a, "ping", "-c", "1", "-W", "1", "-I", "fd00:71::99", "fd00:71::20"]).status.success(), "spoofed IPv6 source got through");
+    assert!(
+        !h.dp(&["exec", &a, "ping", "-c", "1", "-W", "1", "-I", "fd00:71::99", "fd00:71::20"]).status.success(),
+        "spoofed IPv6 source got through"
+    );
     let stats = json(&h.ok(&["stats", "--format", "json", &a]));
     assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 1, "{stats:#}");
     let out = h.dp(&["run", "-d", "--name", "x6", "--network", "n71", "--ip6", "fd00:72::5"]);
-    assert!(stderr(&out).contains("address fd00:72::5 is not in any subnet of network n71 (fd00:71::/64)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("address fd00:72::5 is not in any subnet of network n71 (fd00:71::/64)"),
+        "{}",
+        stderr(&out)
+    );
 }

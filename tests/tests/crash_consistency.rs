@@ -21,14 +21,22 @@ fn link_names(h: &Host) -> BTreeSet<String> {
 
 fn aborted(out: &std::process::Output, point: &str) {
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "fault point {point} did not abort: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "fault point {point} did not abort: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn crashed_network_create_is_torn_down_by_the_next_command() {
     for point in ["network-create:vlan-made", "network-create:attached"] {
         let (h, _sw) = host();
-        let out = h.dp_env(&[("DATAPLANE_FAULT", point)], &["network", "create", "--subnet=10.50.0.0/24", "-o", "parent=eth0.50", "n50"]);
+        let out = h.dp_env(
+            &[("DATAPLANE_FAULT", point)],
+            &["network", "create", "--subnet=10.50.0.0/24", "-o", "parent=eth0.50", "n50"],
+        );
         aborted(&out, point);
         let report = h.ok(&["reconcile"]);
         assert!(report.contains("network n50 was left Creating by process"), "{point}: {report}");
@@ -52,7 +60,10 @@ fn crashed_run_and_rm_are_finished_by_the_next_command() {
             h.ok(&["run", "-d", "--name", &name, "--network", "n51"]);
             aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &["rm", &name]), point);
         } else {
-            aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &["run", "-d", "--name", &name, "--network", "n51"]), point);
+            aborted(
+                &h.dp_env(&[("DATAPLANE_FAULT", point)], &["run", "-d", "--name", &name, "--network", "n51"]),
+                point,
+            );
         }
         let report = h.ok(&["reconcile"]);
         assert!(report.contains(&format!("endpoint {name} was left")), "{point}: {report}");

@@ -10,7 +10,7 @@ use dataplane_common::{
     maps::{EP_HAS_IPV4, TC_EP_OUT_PROG, XDP_PARENT_PROG},
     parse_l2, AdmitKey, AdmitValue, EndpointInfo, Verdict,
 };
-use dataplane_tests::{frames::udp, frames::tagged, frames::LAB_SRC, Bpffs};
+use dataplane_tests::{frames::tagged, frames::udp, frames::LAB_SRC, Bpffs};
 use dataplane_user::bpf::{self, Pins};
 
 const LO: u32 = 1;
@@ -138,7 +138,11 @@ fn kernel_and_host_agree_and_nothing_malformed_is_admitted() {
             }
         };
         let want_eg = if host_eg.verdict == Verdict::Pass { 0 } else { 2 };
-        assert_eq!(got_eg, want_eg, "frame {i}: egress check: kernel and host disagree ({:?}): {f:02x?}", host_eg.reason);
+        assert_eq!(
+            got_eg, want_eg,
+            "frame {i}: egress check: kernel and host disagree ({:?}): {f:02x?}",
+            host_eg.reason
+        );
     }
     // The corpus must exercise both sides of the decision.
     assert!(malformed > 500 && admitted > 100, "corpus too narrow: {malformed} malformed, {admitted} admitted");

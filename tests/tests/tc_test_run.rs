@@ -6,7 +6,7 @@ use dataplane_common::{
     maps::{EP_HAS_IPV4, TC_EP_OUT_PROG},
     EndpointInfo,
 };
-use dataplane_tests::{frames::udp, frames::tagged, frames::LAB_SRC, Bpffs};
+use dataplane_tests::{frames::tagged, frames::udp, frames::LAB_SRC, Bpffs};
 use dataplane_user::bpf::{self, Pins};
 
 const TC_ACT_OK: u32 = 0;
@@ -78,7 +78,15 @@ fn anti_spoofing_verdicts_on_crafted_frames() {
         ("ARP claiming another IP", arp(LAB_SRC, [10, 99, 0, 5]), TC_ACT_SHOT),
         ("ARP with another sender MAC", arp([2, 0, 0, 0, 0, 0x66], [10, 99, 0, 1]), TC_ACT_SHOT),
         ("tagged frame from an endpoint", tagged(udp([2, 0, 0, 0, 0, 9], 1, 64), ETH_P_8021Q, 60), TC_ACT_SHOT),
-        ("IPv4 header longer than the frame", { let mut f = udp([2, 0, 0, 0, 0, 9], 1, 64); f[14] = 0x4f; f }, TC_ACT_SHOT),
+        (
+            "IPv4 header longer than the frame",
+            {
+                let mut f = udp([2, 0, 0, 0, 0, 9], 1, 64);
+                f[14] = 0x4f;
+                f
+            },
+            TC_ACT_SHOT,
+        ),
     ];
     for (name, frame, want) in &cases {
         assert_eq!(h.run(frame), *want, "{name}");
@@ -135,10 +143,22 @@ mod vlan {
         assert_eq!(rc, TC_ACT_REDIRECT, "VLAN 50 must be redirected to its device");
         assert_eq!(out, plain, "exactly the 4-byte tag must be removed");
         let t60 = tagged(plain.clone(), ETH_P_8021Q, 60);
-        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &t60), (TC_ACT_OK, t60.clone()), "kernel VLAN devices get their frames untouched");
+        assert_eq!(
+            run(&ebpf, TC_TRUNK_PROG, &t60),
+            (TC_ACT_OK, t60.clone()),
+            "kernel VLAN devices get their frames untouched"
+        );
         assert_eq!(run(&ebpf, TC_TRUNK_PROG, &plain).0, TC_ACT_OK, "untagged frames pass");
-        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 0x2000)).0, TC_ACT_OK, "priority tag = untagged");
-        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 70)).0, TC_ACT_SHOT, "VLAN without a network");
+        assert_eq!(
+            run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 0x2000)).0,
+            TC_ACT_OK,
+            "priority tag = untagged"
+        );
+        assert_eq!(
+            run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 70)).0,
+            TC_ACT_SHOT,
+            "VLAN without a network"
+        );
         let hop = tagged(tagged(plain.clone(), ETH_P_8021Q, 60), ETH_P_8021AD, 50);
         assert_eq!(run(&ebpf, TC_TRUNK_PROG, &hop).0, TC_ACT_SHOT, "double tag (VLAN hopping)");
         let hop2 = tagged(tagged(plain.clone(), ETH_P_8021Q, 60), ETH_P_8021Q, 50);

@@ -94,7 +94,11 @@ fn reload_under_traffic_loses_nothing() {
     let expected: Vec<u32> = (0..total).collect();
     if got != expected {
         let missing = expected.iter().filter(|s| !got.contains(s)).count();
-        panic!("{} of {total} packets arrived, {missing} missing; reordered: {}", got.len(), got.windows(2).any(|w| w[0] > w[1]));
+        panic!(
+            "{} of {total} packets arrived, {missing} missing; reordered: {}",
+            got.len(),
+            got.windows(2).any(|w| w[0] > w[1])
+        );
     }
     // Every link kept its id and runs a program newer than before the stream.
     let after_a = reload(&a);

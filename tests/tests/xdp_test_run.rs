@@ -7,7 +7,7 @@ use dataplane_common::{
     maps::XDP_PARENT_PROG,
     AdmitKey, AdmitValue, Reason, Verdict,
 };
-use dataplane_tests::{frames::udp, frames::tagged, Bpffs};
+use dataplane_tests::{frames::tagged, frames::udp, Bpffs};
 use dataplane_user::bpf::{self, Pins};
 
 const XDP_DROP: u32 = 1;

@@ -34,13 +34,22 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn ensure_nightly_src() -> Result<()> {
-    let toolchains = output(rustup().args(["toolchain", "list"])).context(
-        "step 1/2 (nightly toolchain): rustup is needed; install it from your distribution, then rerun",
-    )?;
+    let toolchains = output(rustup().args(["toolchain", "list"]))
+        .context("step 1/2 (nightly toolchain): rustup is needed; install it from your distribution, then rerun")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("[bootstrap] installing the nightly toolchain with rust-src (for -Z build-std=core)");
-        crate::run_cmd(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
-            .context("step 1/2 (nightly toolchain) failed; run by hand: rustup toolchain install nightly --component rust-src")?;
+        crate::run_cmd(rustup().args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context(
+            "step 1/2 (nightly toolchain) failed; run by hand: rustup toolchain install nightly --component rust-src",
+        )?;
         return Ok(());
     }
     let comps = output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
@@ -61,12 +70,7 @@ fn cargo_bin() -> PathBuf {
 }
 
 fn linker_works(path: &Path) -> bool {
-    Command::new(path)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new(path).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn ensure_bpf_linker() -> Result<()> {
@@ -94,7 +98,12 @@ fn ensure_bpf_linker() -> Result<()> {
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM") && n.ends_with(".so"))
-        .with_context(|| format!("step 2/2 (bpf-linker): no libLLVM-*.so in {}; is the nightly toolchain complete?", lib_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "step 2/2 (bpf-linker): no libLLVM-*.so in {}; is the nightly toolchain complete?",
+                lib_dir.display()
+            )
+        })?;
     let lib_name = llvm_lib.trim_start_matches("lib").trim_end_matches(".so").to_string();
     let major: String = lib_name.trim_start_matches("LLVM-").chars().take_while(|c| c.is_ascii_digit()).collect();
     if major.is_empty() {
@@ -109,7 +118,15 @@ fn ensure_bpf_linker() -> Result<()> {
     cmd.env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_TARGET_DIR")
         .env("RUSTFLAGS", &rustflags)
-        .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major},no-llvm-linking")]);
     if force {
         cmd.arg("--force");

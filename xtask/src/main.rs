@@ -138,9 +138,7 @@ pub fn workspace() -> PathBuf {
 }
 
 fn bin_path(release: bool, name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
     target.join(if release { "release" } else { "debug" }).join(name)
 }
 

@@ -56,7 +56,8 @@ pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError
     }
     let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
     let m: PerCpuHashMap<MapData, u32, EndpointCounters> =
-        PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))?;
+        PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?)
+            .map_err(|e| map_err(&path, e))?;
     let mut out = BTreeMap::new();
     for item in m.iter() {
         let (k, per_cpu) = item.map_err(|e| map_err(&path, e))?;
@@ -136,7 +137,11 @@ pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfErro
     let [out_prog, in_prog] = endpoint_programs(pins)?;
     // Creating a tcx link waits for an RCU grace period (10-15 ms here); the two links
     // are independent, so they are made side by side and the waits overlap.
-    let attach_one = |prog: &'static str, mut p: SchedClassifier, kind: TcAttachType, pin: &std::path::Path| -> Result<(), BpfError> {
+    let attach_one = |prog: &'static str,
+                      mut p: SchedClassifier,
+                      kind: TcAttachType,
+                      pin: &std::path::Path|
+     -> Result<(), BpfError> {
         // ifname resolves, and the link is created, in the endpoint's namespace.
         let id = crate::nl::with_netns(Path::new(netns_path), || p.attach(ifname, kind))
             .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {netns_path}: {e}") })?
@@ -151,7 +156,12 @@ pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfErro
     let (out_res, in_res) = std::thread::scope(|s| {
         let ingress = s.spawn(|| attach_one(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, &ing));
         let egress = attach_one(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, &eg);
-        (egress, ingress.join().unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "attach thread panicked".into() })))
+        (
+            egress,
+            ingress
+                .join()
+                .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "attach thread panicked".into() })),
+        )
     });
     out_res.and(in_res)
 }

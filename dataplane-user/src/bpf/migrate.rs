@@ -184,13 +184,8 @@ pub fn migrate_maps(pins: &Pins) -> Result<Vec<Migrated>, BpfError> {
             let ebpf = load_object(&pins.maps_dir())?;
             drop(ebpf);
             let new_data = MapData::from_pin(&pin).map_err(|e| err(e.to_string()))?;
-            copy_entries(
-                old_data.fd().as_fd().as_raw_fd(),
-                old_layout,
-                new_data.fd().as_fd().as_raw_fd(),
-                new_layout,
-            )
-            .map_err(|e| err(format!("copying entries: {e}")))
+            copy_entries(old_data.fd().as_fd().as_raw_fd(), old_layout, new_data.fd().as_fd().as_raw_fd(), new_layout)
+                .map_err(|e| err(format!("copying entries: {e}")))
         })();
         match result {
             Ok(entries) => {

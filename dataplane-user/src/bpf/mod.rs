@@ -4,9 +4,9 @@
 pub mod admit;
 pub mod counters;
 pub mod endpoints;
+pub mod migrate;
 pub mod object;
 pub mod parent;
-pub mod migrate;
 pub mod pins;
 pub mod reload;
 pub mod tc;

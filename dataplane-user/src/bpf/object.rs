@@ -21,13 +21,27 @@ pub enum BpfError {
     #[error("program {name} is missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("the kernel refused program {name}: {source}")]
-    Verify { name: &'static str, #[source] source: Box<aya::programs::ProgramError> },
+    Verify {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("interface {iface:?} not found in {netns}")]
     NoSuchInterface { iface: String, netns: String },
     #[error("{iface} already has an XDP program that dataplane did not attach (or attached under another --bpffs dir); remove it first (`ip link set dev {iface} xdp off`): {source}")]
-    Busy { iface: String, #[source] source: Box<aya::programs::ProgramError> },
+    Busy {
+        iface: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("attaching {name} to {iface} in {mode} mode failed: {source}")]
-    Attach { name: &'static str, iface: String, mode: &'static str, #[source] source: Box<aya::programs::ProgramError> },
+    Attach {
+        name: &'static str,
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("pinned link {} is unusable: {detail}", path.display())]
     Link { path: PathBuf, detail: String },
     #[error("pinning {} failed: {detail}", path.display())]
@@ -39,7 +53,11 @@ pub enum BpfError {
     #[error("map {} : {detail}", path.display())]
     Map { path: PathBuf, detail: String },
     #[error("removing pin {}: {source}", path.display())]
-    Unpin { path: PathBuf, #[source] source: std::io::Error },
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 static LOG_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);

@@ -67,16 +67,9 @@ fn link_error(path: &Path, detail: impl ToString) -> BpfError {
 
 /// Load the current object and attach its parent program to `iface`, or, when a pinned
 /// link for `iface` exists, swap the new program into that link atomically.
-pub fn attach_parent(
-    pins: &Pins,
-    netns: Option<&str>,
-    iface: &str,
-    mode: AttachMode,
-) -> Result<Attachment, BpfError> {
-    let ifindex = netns::ifindex(iface).ok_or_else(|| BpfError::NoSuchInterface {
-        iface: iface.to_string(),
-        netns: netns_label(netns),
-    })?;
+pub fn attach_parent(pins: &Pins, netns: Option<&str>, iface: &str, mode: AttachMode) -> Result<Attachment, BpfError> {
+    let ifindex = netns::ifindex(iface)
+        .ok_or_else(|| BpfError::NoSuchInterface { iface: iface.to_string(), netns: netns_label(netns) })?;
     let mut ebpf = load_object(&pins.maps_dir())?;
     let prog: &mut Xdp = ebpf
         .program_mut(XDP_PARENT_PROG)
@@ -108,9 +101,7 @@ pub fn attach_parent(
                 })
             }
             // The interface the link pointed at is gone: drop the stale pin, attach anew.
-            None => {
-                std::fs::remove_file(&pin).map_err(|source| BpfError::Unpin { path: pin.clone(), source })?
-            }
+            None => std::fs::remove_file(&pin).map_err(|source| BpfError::Unpin { path: pin.clone(), source })?,
         }
     }
 
@@ -125,7 +116,12 @@ pub fn attach_parent(
             Ok(id) => {
                 let link = prog.take_link(id).map_err(|e| link_error(&pin, e))?;
                 let fd: FdLink = link.try_into().map_err(|e| {
-                    link_error(&pin, format!("the kernel attached without a BPF link ({e}); dataplane needs bpf_link XDP (Linux >= 5.9)"))
+                    link_error(
+                        &pin,
+                        format!(
+                            "the kernel attached without a BPF link ({e}); dataplane needs bpf_link XDP (Linux >= 5.9)"
+                        ),
+                    )
                 })?;
                 let info = fd.info().map_err(|e| link_error(&pin, e))?;
                 fd.pin(&pin).map_err(|e| BpfError::Pin { path: pin.clone(), detail: e.to_string() })?;
@@ -144,7 +140,12 @@ pub fn attach_parent(
         }
     }
     let (m, source) = last.expect("at least one mode was tried");
-    Err(BpfError::Attach { name: XDP_PARENT_PROG, iface: iface.to_string(), mode: mode_name(m), source: Box::new(source) })
+    Err(BpfError::Attach {
+        name: XDP_PARENT_PROG,
+        iface: iface.to_string(),
+        mode: mode_name(m),
+        source: Box::new(source),
+    })
 }
 
 /// Swap `prog` into the pinned link at `pin`. `Ok(None)` when the link is defunct (its
@@ -156,9 +157,7 @@ fn replace_in_link(prog: &mut Xdp, pin: &Path) -> Result<Option<(u32, u32)>, Bpf
         .map_err(|e| link_error(pin, format!("not an XDP link ({e}); remove it by hand")))?;
     let id = match prog.attach_to_link(xdp_link) {
         Ok(id) => id,
-        Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOLINK) => {
-            return Ok(None)
-        }
+        Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOLINK) => return Ok(None),
         Err(e) => return Err(link_error(pin, format!("in-place replacement failed: {e}"))),
     };
     let link = prog.take_link(id).map_err(|e| link_error(pin, e))?;
@@ -198,7 +197,9 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
     let mut first_err = None;
     let maps: Vec<PathBuf> = [pins.maps_dir(), pins.progs_dir()]
         .iter()
-        .flat_map(|d| std::fs::read_dir(d).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default())
+        .flat_map(|d| {
+            std::fs::read_dir(d).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default()
+        })
         .collect();
     for path in maps {
         match std::fs::remove_file(&path) {
@@ -253,13 +254,24 @@ pub fn list_attachments(pins: &Pins) -> Vec<LinkStatus> {
         .into_iter()
         .map(|(netns, pin)| {
             let iface = pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let iface = iface.strip_prefix("xdp-").map(|s| format!("{s} (xdp)")).or_else(|| iface.strip_prefix("tcin-").map(|s| format!("{s} (tc ingress)"))).unwrap_or(iface);
+            let iface = iface
+                .strip_prefix("xdp-")
+                .map(|s| format!("{s} (xdp)"))
+                .or_else(|| iface.strip_prefix("tcin-").map(|s| format!("{s} (tc ingress)")))
+                .unwrap_or(iface);
             let info = PinnedLink::from_pin(&pin).map_err(|e| e.to_string()).and_then(|p| {
                 let fd: FdLink = p.into();
                 fd.info().map_err(|e| e.to_string())
             });
             match info {
-                Ok(i) => LinkStatus { netns, iface, pin, link_id: Some(i.id()), program_id: Some(i.program_id()), error: None },
+                Ok(i) => LinkStatus {
+                    netns,
+                    iface,
+                    pin,
+                    link_id: Some(i.id()),
+                    program_id: Some(i.program_id()),
+                    error: None,
+                },
                 Err(e) => LinkStatus { netns, iface, pin, link_id: None, program_id: None, error: Some(e) },
             }
         })

@@ -33,10 +33,7 @@ pub struct Reloaded {
 }
 
 fn program_names() -> BTreeMap<u32, String> {
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
-        .collect()
+    aya::programs::loaded_programs().flatten().filter_map(|p| Some((p.id(), p.name_as_str()?.to_string()))).collect()
 }
 
 /// Migrate maps whose layout changed, then swap the new programs into every link.
@@ -64,9 +61,8 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
         let (link_id, old) = (info.id(), info.program_id());
         // Kernel program names are cut at 15 characters; ours are shorter.
         let name = names.get(&old).cloned().ok_or_else(|| err(format!("program {old} of this link is not loaded")))?;
-        let prog = ebpf
-            .program_mut(&name)
-            .ok_or_else(|| err(format!("program {name} is not in this binary's object")))?;
+        let prog =
+            ebpf.program_mut(&name).ok_or_else(|| err(format!("program {name} is not in this binary's object")))?;
         let first = !loaded.contains(&name);
         let new_id = match prog {
             aya::programs::Program::Xdp(p) => {
@@ -75,16 +71,25 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
                 }
                 let l = XdpLink::try_from(fd).map_err(|e| err(e.to_string()))?;
                 let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
-                let l: FdLink = p.take_link(id).map_err(|e| err(e.to_string()))?.try_into().map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
+                let l: FdLink = p
+                    .take_link(id)
+                    .map_err(|e| err(e.to_string()))?
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
                 l.info().map_err(|e| err(e.to_string()))?.program_id()
             }
             aya::programs::Program::SchedClassifier(p) => {
                 if first {
-                    p.load().map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("loading {name}: {e}") })?;
+                    p.load()
+                        .map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("loading {name}: {e}") })?;
                 }
                 let l = SchedClassifierLink::try_from(fd).map_err(|e| err(e.to_string()))?;
                 let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
-                let l: FdLink = p.take_link(id).map_err(|e| err(e.to_string()))?.try_into().map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
+                let l: FdLink = p
+                    .take_link(id)
+                    .map_err(|e| err(e.to_string()))?
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
                 l.info().map_err(|e| err(e.to_string()))?.program_id()
             }
             _ => return Err(err(format!("program {name} has an unexpected type"))),

@@ -33,9 +33,10 @@ pub fn attach_ingress(pins: &Pins, netns: Option<&str>, iface: &str, prog: &'sta
         source: Box::new(e),
     })?;
     let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.clone(), detail: e.to_string() })?;
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("tc attached without a BPF link (tcx needs Linux >= 6.6): {e}") })?;
+    let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
+        path: pin.clone(),
+        detail: format!("tc attached without a BPF link (tcx needs Linux >= 6.6): {e}"),
+    })?;
     fd.pin(&pin).map_err(|e| BpfError::Pin { path: pin.clone(), detail: e.to_string() })?;
     Ok(true)
 }

@@ -139,12 +139,21 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
             if a.replaced {
                 println!(
                     "replaced the program on {} in place: link {} now runs program {} (pinned at {})",
-                    a.iface, a.link_id, a.program_id, a.pin.display()
+                    a.iface,
+                    a.link_id,
+                    a.program_id,
+                    a.pin.display()
                 );
             } else {
                 println!(
                     "attached {} to {} (ifindex {}, {} XDP): link {}, program {}, pinned at {}",
-                    dataplane_common::maps::XDP_PARENT_PROG, a.iface, a.ifindex, a.mode, a.link_id, a.program_id, a.pin.display()
+                    dataplane_common::maps::XDP_PARENT_PROG,
+                    a.iface,
+                    a.ifindex,
+                    a.mode,
+                    a.link_id,
+                    a.program_id,
+                    a.pin.display()
                 );
             }
         }
@@ -162,7 +171,10 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
             match format {
                 Format::Json => {
                     for m in &report.migrated {
-                        eprintln!("migrated map {} ({} -> {}): {} entries carried over", m.map, m.from, m.to, m.entries);
+                        eprintln!(
+                            "migrated map {} ({} -> {}): {} entries carried over",
+                            m.map, m.from, m.to, m.entries
+                        );
                     }
                     println!("{}", serde_json::to_string_pretty(&report.links)?)
                 }
@@ -174,7 +186,14 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
                         println!("migrated map {} ({} -> {}): {} entries carried over", m.map, m.from, m.to, m.entries);
                     }
                     for x in report.links {
-                        println!("{}: link {} now runs {} (program {} -> {})", x.pin.display(), x.link_id, x.program, x.old_program_id, x.new_program_id);
+                        println!(
+                            "{}: link {} now runs {} (program {} -> {})",
+                            x.pin.display(),
+                            x.link_id,
+                            x.program,
+                            x.old_program_id,
+                            x.new_program_id
+                        );
                     }
                 }
             }
@@ -187,8 +206,15 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
                     println!("{:<20} {:<16} {:>8} {:>8}  PIN", "NETNS", "IFACE", "LINK", "PROG");
                     for s in st {
                         let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-                        println!("{:<20} {:<16} {:>8} {:>8}  {}{}", s.netns, s.iface, id(s.link_id), id(s.program_id), s.pin.display(),
-                            s.error.map(|e| format!("  (error: {e})")).unwrap_or_default());
+                        println!(
+                            "{:<20} {:<16} {:>8} {:>8}  {}{}",
+                            s.netns,
+                            s.iface,
+                            id(s.link_id),
+                            id(s.program_id),
+                            s.pin.display(),
+                            s.error.map(|e| format!("  (error: {e})")).unwrap_or_default()
+                        );
                     }
                 }
             }
@@ -224,7 +250,13 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
                 Format::Table => {
                     println!("{:<16} {:>5} {:<17} {:>8}", "IFACE", "VLAN", "MAC", "ENDPOINT");
                     for r in rows {
-                        println!("{:<16} {:>5} {:<17} {:>8}", r["iface"].as_str().unwrap_or(""), r["vlan"].to_string(), r["mac"].as_str().unwrap_or(""), r["endpoint"].to_string());
+                        println!(
+                            "{:<16} {:>5} {:<17} {:>8}",
+                            r["iface"].as_str().unwrap_or(""),
+                            r["vlan"].to_string(),
+                            r["mac"].as_str().unwrap_or(""),
+                            r["endpoint"].to_string()
+                        );
                     }
                 }
             }
@@ -247,7 +279,13 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
                 Format::Table => {
                     println!("{:<16} {:<26} {:>12} {:>14}", "IFACE", "REASON", "PACKETS", "BYTES");
                     for r in rows {
-                        println!("{:<16} {:<26} {:>12} {:>14}", r["iface"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""), r["packets"].to_string(), r["bytes"].to_string());
+                        println!(
+                            "{:<16} {:<26} {:>12} {:>14}",
+                            r["iface"].as_str().unwrap_or(""),
+                            r["reason"].as_str().unwrap_or(""),
+                            r["packets"].to_string(),
+                            r["bytes"].to_string()
+                        );
                     }
                 }
             }
@@ -288,7 +326,11 @@ fn log_events(pins: &Pins, seconds: Option<u64>) -> anyhow::Result<i32> {
     if loggers.is_empty() {
         bail!("no attached program to read events from under {}", pins.root().display());
     }
-    eprintln!("reading events of {} programs{}", loggers.len(), seconds.map(|s| format!(" for {s} s")).unwrap_or_default());
+    eprintln!(
+        "reading events of {} programs{}",
+        loggers.len(),
+        seconds.map(|s| format!(" for {s} s")).unwrap_or_default()
+    );
     let deadline = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
     loop {
         for lg in &mut loggers {

@@ -190,7 +190,13 @@ pub fn log_path(state_dir: &Path, name: &str) -> std::path::PathBuf {
 }
 
 /// The detached-command supervisor (`dataplane __supervise NAME -- CMD`).
-pub fn supervise(engine: &mut Engine, state_dir: &Path, name: &str, interactive: bool, command: &[String]) -> Result<i32> {
+pub fn supervise(
+    engine: &mut Engine,
+    state_dir: &Path,
+    name: &str,
+    interactive: bool,
+    command: &[String],
+) -> Result<i32> {
     let ep = engine.endpoint(name)?;
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -307,7 +313,11 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
             for r in rows {
                 let nets = r["Networks"].as_array().cloned().unwrap_or_default();
                 let first = nets.first();
-                let network = if nets.is_empty() { r["NetworkMode"].as_str().unwrap_or("").to_string() } else { nets.iter().map(|n| n["Network"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(",") };
+                let network = if nets.is_empty() {
+                    r["NetworkMode"].as_str().unwrap_or("").to_string()
+                } else {
+                    nets.iter().map(|n| n["Network"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(",")
+                };
                 println!(
                     "{:<14} {:<20} {:<16} {:<18} {:<18} {}",
                     r["ID"].as_str().unwrap_or(""),

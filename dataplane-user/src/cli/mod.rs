@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use dataplane_user::control::Engine;
 
 #[derive(Parser, Debug)]
-#[command(name = "dataplane", version, about = "Docker-style host networks (macvlan, 802.1Q trunks, host, none) enforced in the kernel by XDP/TC programs")]
+#[command(
+    name = "dataplane",
+    version,
+    about = "Docker-style host networks (macvlan, 802.1Q trunks, host, none) enforced in the kernel by XDP/TC programs"
+)]
 pub struct Cli {
     /// Directory of the state database (one per instance).
     #[arg(long, global = true, env = "DATAPLANE_STATE_DIR", default_value = "/var/lib/dataplane")]
@@ -159,7 +163,11 @@ pub fn run() -> anyhow::Result<i32> {
         }
         Command::Run(_) => {
             let mut e = engine(&cli)?;
-            let cli2 = Cli { state_dir: cli.state_dir.clone(), bpffs: cli.bpffs.clone(), command: Command::Ps { all: false, format: Format::Table } };
+            let cli2 = Cli {
+                state_dir: cli.state_dir.clone(),
+                bpffs: cli.bpffs.clone(),
+                command: Command::Ps { all: false, format: Format::Table },
+            };
             let Command::Run(args) = cli.command else { unreachable!() };
             endpoint::run(&mut e, &cli2, args).map_err(|e| e.context(ExitCode(125)))
         }
@@ -186,7 +194,9 @@ pub fn run() -> anyhow::Result<i32> {
             }
             Ok(i32::from(failed))
         }
-        Command::Stats { names, format, watch, iterations } => stats::run(&mut engine(&cli)?, names, *format, *watch, *iterations),
+        Command::Stats { names, format, watch, iterations } => {
+            stats::run(&mut engine(&cli)?, names, *format, *watch, *iterations)
+        }
         Command::Reconcile { dry_run, format } => {
             let r = engine(&cli)?.reconcile_with(*dry_run, true)?;
             match format {

@@ -97,10 +97,21 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 }
                 Format::Table => {
-                    println!("{:<14} {:<20} {:<10} {:<10} {:<12} SUBNETS", "NETWORK ID", "NAME", "DRIVER", "SCOPE", "PARENT");
+                    println!(
+                        "{:<14} {:<20} {:<10} {:<10} {:<12} SUBNETS",
+                        "NETWORK ID", "NAME", "DRIVER", "SCOPE", "PARENT"
+                    );
                     for n in nets {
                         let subnets: Vec<String> = n.pools.iter().map(|p| p.subnet.to_string()).collect();
-                        println!("{:<14} {:<20} {:<10} {:<10} {:<12} {}", &n.id[..12], n.name, n.driver.name(), "local", n.parent.unwrap_or_default(), subnets.join(","));
+                        println!(
+                            "{:<14} {:<20} {:<10} {:<10} {:<12} {}",
+                            &n.id[..12],
+                            n.name,
+                            n.driver.name(),
+                            "local",
+                            n.parent.unwrap_or_default(),
+                            subnets.join(",")
+                        );
                     }
                 }
             }

@@ -39,7 +39,8 @@ fn snapshot(engine: &mut Engine, names: &[String]) -> Result<Value> {
             *parents.entry(iface).or_default().entry(reason.name()).or_default() += c.packets;
         }
     }
-    let parents: Vec<Value> = parents.into_iter().map(|(iface, reasons)| json!({"iface": iface, "packets": reasons})).collect();
+    let parents: Vec<Value> =
+        parents.into_iter().map(|(iface, reasons)| json!({"iface": iface, "packets": reasons})).collect();
     Ok(json!({"endpoints": endpoints, "parents": parents}))
 }
 
@@ -52,7 +53,10 @@ fn rate(now: &Value, before: Option<&Value>, key: &str, secs: f64) -> String {
 }
 
 fn print_table(now: &Value, before: Option<&Value>, secs: f64) {
-    println!("{:<24} {:>12} {:>14} {:>12} {:>14} {:>10}", "ENDPOINT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "SPOOFED");
+    println!(
+        "{:<24} {:>12} {:>14} {:>12} {:>14} {:>10}",
+        "ENDPOINT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "SPOOFED"
+    );
     for e in now["endpoints"].as_array().into_iter().flatten() {
         let b = before.and_then(|b| b["endpoints"].as_array()?.iter().find(|x| x["name"] == e["name"]));
         println!(
@@ -73,7 +77,10 @@ fn print_table(now: &Value, before: Option<&Value>, secs: f64) {
                 .and_then(|b| b["parents"].as_array()?.iter().find(|x| x["iface"] == p["iface"]))
                 .map(|x| x["packets"].clone());
             let shown = match b {
-                Some(bp) => format!("{:.0}/s", n.as_u64().unwrap_or(0).saturating_sub(bp[reason].as_u64().unwrap_or(0)) as f64 / secs),
+                Some(bp) => format!(
+                    "{:.0}/s",
+                    n.as_u64().unwrap_or(0).saturating_sub(bp[reason].as_u64().unwrap_or(0)) as f64 / secs
+                ),
                 None => n.to_string(),
             };
             println!("{:<16} {:<26} {:>12}", p["iface"].as_str().unwrap_or(""), reason, shown);

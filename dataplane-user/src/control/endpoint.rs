@@ -47,7 +47,9 @@ pub struct RunSpec {
 
 pub(crate) fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence/permission.
-    pid > 0 && (unsafe { libc::kill(pid as i32, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    pid > 0
+        && (unsafe { libc::kill(pid as i32, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 fn parse_opt_ip(s: &Option<String>) -> Result<Option<IpAddr>> {
@@ -78,7 +80,11 @@ pub fn endpoint_number(id: &str) -> u32 {
 fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_id: &str) -> Result<()> {
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let keys = admit_keys(n, mac.0).ok_or_else(|| {
-        ControlError::Invalid(format!("parent {} of network {} is gone; recreate it or remove the network", physical_parent(n).unwrap_or("?"), n.name))
+        ControlError::Invalid(format!(
+            "parent {} of network {} is gone; recreate it or remove the network",
+            physical_parent(n).unwrap_or("?"),
+            n.name
+        ))
     })?;
     for k in keys {
         bpf::admit::insert(pins, k, AdmitValue { endpoint: endpoint_number(endpoint_id), flags: 0 })?;
@@ -97,7 +103,15 @@ pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment) {
 }
 
 /// Allocate addresses and a MAC for `ep` on `n` (inside the caller's transaction).
-fn allocate(tx: &Tx, ep: &Endpoint, n: &Network, ip: Option<IpAddr>, ip6: Option<IpAddr>, mac: Option<&str>, ifname: String) -> Result<Attachment> {
+fn allocate(
+    tx: &Tx,
+    ep: &Endpoint,
+    n: &Network,
+    ip: Option<IpAddr>,
+    ip6: Option<IpAddr>,
+    mac: Option<&str>,
+    ifname: String,
+) -> Result<Attachment> {
     let atts = tx.attachments()?;
     let used: BTreeMap<IpAddr, String> = atts
         .iter()
@@ -105,7 +119,11 @@ fn allocate(tx: &Tx, ep: &Endpoint, n: &Network, ip: Option<IpAddr>, ip6: Option
         .flat_map(|a| [a.ipv4, a.ipv6].into_iter().flatten().map(|ip| (ip, a.endpoint.clone())))
         .collect();
     if ip6.is_some() && !n.ipv6 {
-        return invalid(format!("--ip6 {} given but network {} has no IPv6 (create it with --ipv6 and an IPv6 --subnet)", ip6.unwrap_or(IpAddr::from([0u8; 16])), n.name));
+        return invalid(format!(
+            "--ip6 {} given but network {} has no IPv6 (create it with --ipv6 and an IPv6 --subnet)",
+            ip6.unwrap_or(IpAddr::from([0u8; 16])),
+            n.name
+        ));
     }
     let ipv4 = ipam::allocate(&n.name, &n.pools, true, ip, &used)?;
     let ipv6 = if n.ipv6 { ipam::allocate(&n.name, &n.pools, false, ip6, &used)? } else { None };
@@ -119,7 +137,10 @@ fn allocate(tx: &Tx, ep: &Endpoint, n: &Network, ip: Option<IpAddr>, ip6: Option
             }
             let s = m.to_string();
             if let Some(a) = atts.iter().find(|a| a.parent == phys && a.mac == s) {
-                return invalid(format!("MAC address {s} is already used on parent {phys} by endpoint {}; pick another --mac-address", a.endpoint));
+                return invalid(format!(
+                    "MAC address {s} is already used on parent {phys} by endpoint {}; pick another --mac-address",
+                    a.endpoint
+                ));
             }
             s
         }
@@ -130,7 +151,16 @@ fn allocate(tx: &Tx, ep: &Endpoint, n: &Network, ip: Option<IpAddr>, ip6: Option
         .map(|i| EP_IFINDEX_BASE + ((endpoint_number(&ep.id).wrapping_add(i)) & 0x0fff_ffff))
         .find(|i| !used_idx.contains(i))
         .expect("an unbounded search finds a free index");
-    Ok(Attachment { endpoint: ep.name.clone(), network: n.name.clone(), ifname, mac, ipv4, ipv6, parent: phys, ifindex })
+    Ok(Attachment {
+        endpoint: ep.name.clone(),
+        network: n.name.clone(),
+        ifname,
+        mac,
+        ipv4,
+        ipv6,
+        parent: phys,
+        ifindex,
+    })
 }
 
 /// Docker-style 02:42:<IPv4 octets> when free, else random locally administered unicast.
@@ -174,13 +204,17 @@ pub(crate) fn endpoint_info(ep: &Endpoint, a: &Attachment) -> Result<EndpointInf
 pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
     let parent = n.parent.as_deref().unwrap_or_default();
     let host = Nl::here()?;
-    let p = host
-        .link(parent)?
-        .ok_or_else(|| ControlError::Invalid(format!("parent interface {parent} of network {} is gone; recreate it or remove the network", n.name)))?;
+    let p = host.link(parent)?.ok_or_else(|| {
+        ControlError::Invalid(format!(
+            "parent interface {parent} of network {} is gone; recreate it or remove the network",
+            n.name
+        ))
+    })?;
     if !p.up {
         host.set_up(p.index)?;
     }
-    let ns = std::fs::File::open(&ep.netns).map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
+    let ns = std::fs::File::open(&ep.netns)
+        .map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
     let mut tries = 0;
@@ -196,9 +230,14 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
     };
     created.map_err(|e| {
         if e.is(libc::EBUSY) && mode == "passthru" {
-            ControlError::Invalid(format!("parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"))
+            ControlError::Invalid(format!(
+                "parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"
+            ))
         } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
-            ControlError::Invalid(format!("cannot create {} on {parent}: {e} (MAC {} or the name is taken)", a.ifname, a.mac))
+            ControlError::Invalid(format!(
+                "cannot create {} on {parent}: {e} (MAC {} or the name is taken)",
+                a.ifname, a.mac
+            ))
         } else {
             e.into()
         }
@@ -214,7 +253,8 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
     bpf::endpoints::attach(pins, &ep.netns, &a.ifname)?;
     for (ip, v4) in [(a.ipv4, true), (a.ipv6, false)] {
         if let Some(ip) = ip {
-            let prefix = n.pools.iter().find(|p| p.subnet.contains(ip)).map_or(if v4 { 32 } else { 128 }, |p| p.subnet.prefix);
+            let prefix =
+                n.pools.iter().find(|p| p.subnet.contains(ip)).map_or(if v4 { 32 } else { 128 }, |p| p.subnet.prefix);
             inside.add_addr(link.index, ip, prefix)?;
         }
     }
@@ -275,7 +315,9 @@ impl Engine {
         let network = if req.network.is_empty() { "none".to_string() } else { req.network.clone() };
         if network == "host" {
             if req.netns.is_some() {
-                return invalid("--netns cannot be used with --network host: the endpoint runs in the host's namespace");
+                return invalid(
+                    "--netns cannot be used with --network host: the endpoint runs in the host's namespace",
+                );
             }
             if ip.is_some() || ip6.is_some() || req.mac.is_some() {
                 return invalid("--ip, --ip6 and --mac-address cannot be used with --network host");
@@ -375,9 +417,14 @@ impl Engine {
                 return Ok(());
             }
             if owned {
-                netns::create_named(&req.name).map_err(|source| ControlError::Io { what: format!("creating network namespace {netns_path}"), source })?;
+                netns::create_named(&req.name).map_err(|source| ControlError::Io {
+                    what: format!("creating network namespace {netns_path}"),
+                    source,
+                })?;
                 let p = PathBuf::from(&netns_path);
-                undo.push(format!("deleting network namespace {netns_path}"), move || netns::delete_named(&p).map_err(|e| e.to_string()));
+                undo.push(format!("deleting network namespace {netns_path}"), move || {
+                    netns::delete_named(&p).map_err(|e| e.to_string())
+                });
                 super::fault("run:netns-made");
             }
             lo_up(&netns_path)?;
@@ -387,7 +434,8 @@ impl Engine {
                     undo.push(format!("deleting {ifname} in {path}"), move || delete_link_in(&path, &ifname));
                 }
                 {
-                    let (pins2, path, ifname, number, ifindex) = (pins.clone(), netns_path.clone(), a.ifname.clone(), endpoint_number(&ep.id), a.ifindex);
+                    let (pins2, path, ifname, number, ifindex) =
+                        (pins.clone(), netns_path.clone(), a.ifname.clone(), endpoint_number(&ep.id), a.ifindex);
                     undo.push(format!("removing the programs of {ifname}"), move || {
                         bpf::endpoints::forget(&pins2, ifindex, number, &path, &ifname);
                         Ok(())
@@ -414,7 +462,13 @@ impl Engine {
         Ok(RunSpec { endpoint: ep, attachment: att })
     }
 
-    pub fn connect(&mut self, network: &str, endpoint: &str, ip: Option<String>, ip6: Option<String>) -> Result<Attachment> {
+    pub fn connect(
+        &mut self,
+        network: &str,
+        endpoint: &str,
+        ip: Option<String>,
+        ip6: Option<String>,
+    ) -> Result<Attachment> {
         if super::PREDEFINED.contains(&network) {
             return invalid(format!("cannot connect to the predefined network {network}: it is chosen at dataplane run (--network {network})"));
         }
@@ -422,11 +476,18 @@ impl Engine {
         let ip6 = parse_opt_ip(&ip6)?;
         let pins = self.pins.clone();
         let (ep, n, a) = self.store.write(|tx| -> Result<(Endpoint, Network, Attachment)> {
-            let ep = tx.endpoint(endpoint)?.ok_or_else(|| ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)")))?;
+            let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
+                ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
+            })?;
             if ep.network_mode == "host" {
-                return invalid(format!("endpoint {} uses the host's network namespace; it cannot be connected to other networks", ep.name));
+                return invalid(format!(
+                    "endpoint {} uses the host's network namespace; it cannot be connected to other networks",
+                    ep.name
+                ));
             }
-            let n = tx.network(network)?.ok_or_else(|| ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)")))?;
+            let n = tx.network(network)?.ok_or_else(|| {
+                ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
+            })?;
             let mine: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
             if mine.iter().any(|a| a.network == n.name) {
                 return invalid(format!("endpoint {} is already connected to network {}", ep.name, n.name));
@@ -462,13 +523,15 @@ impl Engine {
     pub fn disconnect(&mut self, network: &str, endpoint: &str) -> Result<()> {
         let pins = self.pins.clone();
         let (ep, n, a) = self.store.write(|tx| -> Result<(Endpoint, Network, Attachment)> {
-            let ep = tx.endpoint(endpoint)?.ok_or_else(|| ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)")))?;
-            let n = tx.network(network)?.ok_or_else(|| ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)")))?;
-            let a = tx
-                .attachments()?
-                .into_iter()
-                .find(|a| a.endpoint == ep.name && a.network == n.name)
-                .ok_or_else(|| ControlError::Invalid(format!("endpoint {} is not connected to network {}", ep.name, n.name)))?;
+            let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
+                ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
+            })?;
+            let n = tx.network(network)?.ok_or_else(|| {
+                ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
+            })?;
+            let a = tx.attachments()?.into_iter().find(|a| a.endpoint == ep.name && a.network == n.name).ok_or_else(
+                || ControlError::Invalid(format!("endpoint {} is not connected to network {}", ep.name, n.name)),
+            )?;
             pull_admission(&pins, &n, &a);
             tx.delete_attachment(&ep.name, &n.name)?;
             Ok((ep, n, a))
@@ -476,7 +539,12 @@ impl Engine {
         let _ = n;
         super::fault("disconnect:removed");
         bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
-        delete_link_in(&ep.netns, &a.ifname).map_err(|e| ControlError::Invalid(format!("removed {} from network {network}, but deleting {} failed: {e}", ep.name, a.ifname)))
+        delete_link_in(&ep.netns, &a.ifname).map_err(|e| {
+            ControlError::Invalid(format!(
+                "removed {} from network {network}, but deleting {} failed: {e}",
+                ep.name, a.ifname
+            ))
+        })
     }
 
     /// Remove an endpoint: its command (with `force`), links, namespace, map entries, rows.
@@ -484,10 +552,15 @@ impl Engine {
         let pins = self.pins.clone();
         let me = std::process::id();
         let (ep, atts, nets) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>, Vec<Network>)> {
-            let mut ep = tx.endpoint(name)?.ok_or_else(|| ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)")))?;
+            let mut ep = tx.endpoint(name)?.ok_or_else(|| {
+                ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)"))
+            })?;
             if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != me) {
                 if !force {
-                    return invalid(format!("endpoint {} is running (pid {pid}): stop it first (dataplane stop {}) or use dataplane rm -f", ep.name, ep.name));
+                    return invalid(format!(
+                        "endpoint {} is running (pid {pid}): stop it first (dataplane stop {}) or use dataplane rm -f",
+                        ep.name, ep.name
+                    ));
                 }
             }
             let atts: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();

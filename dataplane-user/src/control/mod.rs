@@ -39,7 +39,11 @@ pub enum ControlError {
     #[error(transparent)]
     Netlink(#[from] NlError),
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A step failed and the rollback also hit errors; all of them are listed.
     #[error("{error}; rollback also failed: {}", rollback.join("; "))]
     Rollback { error: Box<ControlError>, rollback: Vec<String> },
@@ -122,7 +126,10 @@ impl Engine {
             .map_err(|source| ControlError::Io { what: format!("opening {}", path.display()), source })?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(ControlError::Io { what: format!("locking {}", path.display()), source: std::io::Error::last_os_error() });
+            return Err(ControlError::Io {
+                what: format!("locking {}", path.display()),
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(f)
     }

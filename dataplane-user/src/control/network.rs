@@ -37,7 +37,12 @@ pub fn parse_trunk_parent(parent: &str) -> Result<Option<(String, u16)>> {
             "invalid 802.1Q parent {parent:?}: expected IFACE.VID with a single dot and VID 1..4094 (e.g. eth0.50)"
         ))
     };
-    if trunk.is_empty() || vid.contains('.') || vid.is_empty() || !vid.bytes().all(|b| b.is_ascii_digit()) || vid.len() > 4 {
+    if trunk.is_empty()
+        || vid.contains('.')
+        || vid.is_empty()
+        || !vid.bytes().all(|b| b.is_ascii_digit())
+        || vid.len() > 4
+    {
         return Err(bad());
     }
     let v: u16 = vid.parse().map_err(|_| bad())?;
@@ -62,9 +67,17 @@ impl Engine {
         match req.driver.as_str() {
             "macvlan" => {}
             "host" | "null" | "none" => {
-                return invalid(format!("only one instance of the {:?} network is allowed: it is predefined (use --network {})", req.driver, if req.driver == "host" { "host" } else { "none" }))
+                return invalid(format!(
+                    "only one instance of the {:?} network is allowed: it is predefined (use --network {})",
+                    req.driver,
+                    if req.driver == "host" { "host" } else { "none" }
+                ))
             }
-            other => return invalid(format!("driver {other:?} is not supported: use -d macvlan (the host and none networks always exist)")),
+            other => {
+                return invalid(format!(
+                    "driver {other:?} is not supported: use -d macvlan (the host and none networks always exist)"
+                ))
+            }
         }
         let mut options = BTreeMap::new();
         for o in &req.opts {
@@ -73,7 +86,11 @@ impl Engine {
             };
             match k {
                 "parent" | "macvlan_mode" => {}
-                _ => return invalid(format!("unknown option {k:?} for driver macvlan: known options are parent and macvlan_mode")),
+                _ => {
+                    return invalid(format!(
+                        "unknown option {k:?} for driver macvlan: known options are parent and macvlan_mode"
+                    ))
+                }
             }
             if options.insert(k.to_string(), v.to_string()).is_some() {
                 return invalid(format!("option {k:?} given twice"));
@@ -84,13 +101,17 @@ impl Engine {
             return invalid(format!("invalid macvlan_mode {mode:?}: use one of bridge, private, vepa, passthru"));
         }
         let Some(parent) = options.get("parent").cloned() else {
-            return invalid("the macvlan driver needs a parent interface: add -o parent=IFACE (or IFACE.VID for an 802.1Q trunk)");
+            return invalid(
+                "the macvlan driver needs a parent interface: add -o parent=IFACE (or IFACE.VID for an 802.1Q trunk)",
+            );
         };
         if parent.is_empty() || parent.contains('/') || parent.chars().any(char::is_whitespace) {
             return invalid(format!("invalid parent interface name {parent:?}"));
         }
         if parent.len() > IFNAMSIZ_MAX {
-            return invalid(format!("parent interface name {parent:?} is longer than the kernel allows ({IFNAMSIZ_MAX} characters)"));
+            return invalid(format!(
+                "parent interface name {parent:?} is longer than the kernel allows ({IFNAMSIZ_MAX} characters)"
+            ));
         }
         if parent == "lo" {
             return invalid("parent lo is the loopback device; macvlan needs an Ethernet parent");
@@ -105,7 +126,11 @@ impl Engine {
             (Some(_), Ok(t)) => t,
             (Some(_), Err(_)) => None,
             (None, Ok(Some(t))) => Some(t),
-            (None, Ok(None)) => return invalid(format!("parent interface {parent} does not exist; create it first or pick another parent")),
+            (None, Ok(None)) => {
+                return invalid(format!(
+                    "parent interface {parent} does not exist; create it first or pick another parent"
+                ))
+            }
             (None, Err(e)) => return Err(e),
         };
         if let Some((t, _)) = &trunk {
@@ -181,7 +206,11 @@ impl Engine {
                 undo.push(format!("removing VLAN device {parent}"), move || {
                     let nl = Nl::here().map_err(|e| e.to_string())?;
                     let errs = vlan::remove(&nl, &pins2, &p2, &v2);
-                    if errs.is_empty() { Ok(()) } else { Err(errs.join("; ")) }
+                    if errs.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(errs.join("; "))
+                    }
                 });
                 n.vlan = Some(v);
                 // Record it at once, so a crash from here on is torn down by reconcile.
@@ -278,7 +307,8 @@ impl Engine {
 
     /// Docker-shaped JSON of one network.
     pub fn network_json(&mut self, n: &Network) -> Result<Value> {
-        let (eps, atts): (Vec<Endpoint>, Vec<Attachment>) = self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
+        let (eps, atts): (Vec<Endpoint>, Vec<Attachment>) =
+            self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
         let mut containers = serde_json::Map::new();
         for e in &eps {
             let att = atts.iter().find(|a| a.endpoint == e.name && a.network == n.name);
@@ -288,7 +318,11 @@ impl Engine {
             }
             let prefix = |ip: Option<std::net::IpAddr>| -> String {
                 ip.map(|ip| {
-                    let p = n.pools.iter().find(|p| p.subnet.contains(ip)).map_or(if ip.is_ipv4() { 32 } else { 128 }, |p| p.subnet.prefix);
+                    let p = n
+                        .pools
+                        .iter()
+                        .find(|p| p.subnet.contains(ip))
+                        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |p| p.subnet.prefix);
                     format!("{ip}/{p}")
                 })
                 .unwrap_or_default()

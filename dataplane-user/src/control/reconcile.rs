@@ -43,7 +43,10 @@ impl Engine {
             // 0. Networks a crashed `network create` left behind.
             let all = tx.networks()?;
             for n in all.iter().filter(|n| n.state != EndpointState::Ready && !pid_alive(n.owner_pid)) {
-                r.drift.push(format!("network {} was left {:?} by process {} which is gone: removing it", n.name, n.state, n.owner_pid));
+                r.drift.push(format!(
+                    "network {} was left {:?} by process {} which is gone: removing it",
+                    n.name, n.state, n.owner_pid
+                ));
                 if dry_run {
                     continue;
                 }
@@ -56,13 +59,17 @@ impl Engine {
             // 1. Half-done commands whose process is gone, and endpoints whose namespace vanished.
             for ep in tx.endpoints()? {
                 let crashed = ep.state != EndpointState::Ready && !pid_alive(ep.owner_pid);
-                let vanished = ep.state == EndpointState::Ready && !ep.netns.is_empty() && !Path::new(&ep.netns).exists();
+                let vanished =
+                    ep.state == EndpointState::Ready && !ep.netns.is_empty() && !Path::new(&ep.netns).exists();
                 if !crashed && !vanished {
                     continue;
                 }
                 let mine: Vec<_> = atts.iter().filter(|a| a.endpoint == ep.name).cloned().collect();
                 r.drift.push(if crashed {
-                    format!("endpoint {} was left {:?} by process {} which is gone: removing it", ep.name, ep.state, ep.owner_pid)
+                    format!(
+                        "endpoint {} was left {:?} by process {} which is gone: removing it",
+                        ep.name, ep.state, ep.owner_pid
+                    )
                 } else {
                     format!("endpoint {}: its network namespace {} is gone: removing it", ep.name, ep.netns)
                 });
@@ -91,9 +98,14 @@ impl Engine {
                 parents.insert(phys.to_string());
                 if let Some(v) = n.vlan.as_ref().filter(|v| v.created) {
                     let missing_dev = nl.link(parent)?.is_none();
-                    let missing_tc = v.kind == "ebpf" && v.peer.as_ref().is_some_and(|p| !pins.tc_link(None, p).exists());
+                    let missing_tc =
+                        v.kind == "ebpf" && v.peer.as_ref().is_some_and(|p| !pins.tc_link(None, p).exists());
                     if missing_dev || missing_tc {
-                        r.drift.push(format!("network {}: VLAN device {parent} is {}", n.name, if missing_dev { "missing" } else { "not steered" }));
+                        r.drift.push(format!(
+                            "network {}: VLAN device {parent} is {}",
+                            n.name,
+                            if missing_dev { "missing" } else { "not steered" }
+                        ));
                         if !dry_run {
                             let _ = vlan::remove(&nl, &pins, parent, v);
                             if let Err(e) = vlan::create(&nl, &pins, &v.trunk, v.vid, parent) {
@@ -105,7 +117,9 @@ impl Engine {
                 if !pins.tc_link(None, phys).exists() {
                     r.drift.push(format!("network {}: no VLAN filter (tc) on {phys}", n.name));
                     if !dry_run {
-                        if let Err(e) = bpf::tc::attach_ingress(&pins, None, phys, dataplane_common::maps::TC_TRUNK_PROG) {
+                        if let Err(e) =
+                            bpf::tc::attach_ingress(&pins, None, phys, dataplane_common::maps::TC_TRUNK_PROG)
+                        {
                             r.errors.push(format!("attaching tc to {phys}: {e}"));
                         }
                     }
@@ -125,7 +139,10 @@ impl Engine {
                 let mut want: Vec<(AdmitKey, AdmitValue)> = Vec::new();
                 for p in &parents {
                     if let (Some(ifindex), Some(mac)) = (netns::ifindex(p), netns::hwaddr(p)) {
-                        want.push((AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac }, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 }));
+                        want.push((
+                            AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac },
+                            AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 },
+                        ));
                     }
                 }
                 let eps = tx.endpoints()?;
@@ -134,7 +151,9 @@ impl Engine {
                 let removing: Vec<&str> =
                     eps.iter().filter(|e| e.state == EndpointState::Removing).map(|e| e.name.as_str()).collect();
                 for a in atts.iter().filter(|a| !removing.contains(&a.endpoint.as_str())) {
-                    let (Some(n), Ok(mac)) = (nets.iter().find(|n| n.name == a.network), a.mac.parse::<Mac>()) else { continue };
+                    let (Some(n), Ok(mac)) = (nets.iter().find(|n| n.name == a.network), a.mac.parse::<Mac>()) else {
+                        continue;
+                    };
                     let number = eps.iter().find(|e| e.name == a.endpoint).map_or(0, |e| endpoint_number(&e.id));
                     for k in admit_keys(n, mac.0).unwrap_or_default() {
                         want.push((k, AdmitValue { endpoint: number, flags: 0 }));
@@ -143,7 +162,12 @@ impl Engine {
                 let have = bpf::admit::list(&pins)?;
                 for (k, v) in &have {
                     if !want.iter().any(|(wk, wv)| wk == k && wv == v) {
-                        r.drift.push(format!("admission map: unexpected entry ifindex {} vlan {} {}", k.ifindex, k.vlan, Mac(k.mac)));
+                        r.drift.push(format!(
+                            "admission map: unexpected entry ifindex {} vlan {} {}",
+                            k.ifindex,
+                            k.vlan,
+                            Mac(k.mac)
+                        ));
                         if !dry_run {
                             bpf::admit::remove(&pins, k)?;
                         }
@@ -151,7 +175,12 @@ impl Engine {
                 }
                 for (k, v) in &want {
                     if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
-                        r.drift.push(format!("admission map: missing entry ifindex {} vlan {} {}", k.ifindex, k.vlan, Mac(k.mac)));
+                        r.drift.push(format!(
+                            "admission map: missing entry ifindex {} vlan {} {}",
+                            k.ifindex,
+                            k.vlan,
+                            Mac(k.mac)
+                        ));
                         if !dry_run {
                             bpf::admit::insert(&pins, *k, *v)?;
                         }
@@ -161,14 +190,19 @@ impl Engine {
 
             // 3b. Endpoint links deleted by hand: re-create them as allocated.
             if thorough {
-                for ep in tx.endpoints()?.iter().filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists()) {
+                for ep in tx
+                    .endpoints()?
+                    .iter()
+                    .filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists())
+                {
                     let Ok(inside) = Nl::in_netns(Path::new(&ep.netns)) else { continue };
                     // Interfaces dataplane made (ifindex from EP_IFINDEX_BASE) that the store
                     // no longer knows: left by a crashed disconnect, or added by hand.
                     let mine: Vec<u32> = atts.iter().filter(|a| a.endpoint == ep.name).map(|a| a.ifindex).collect();
                     for l in inside.links().unwrap_or_default() {
                         if l.index >= dataplane_common::maps::EP_IFINDEX_BASE && !mine.contains(&l.index) {
-                            r.drift.push(format!("endpoint {}: unexpected interface {} in {}", ep.name, l.name, ep.netns));
+                            r.drift
+                                .push(format!("endpoint {}: unexpected interface {} in {}", ep.name, l.name, ep.netns));
                             if !dry_run {
                                 bpf::endpoints::forget(&pins, l.index, endpoint_number(&ep.id), &ep.netns, &l.name);
                                 if let Err(e) = inside.del_link(l.index) {
@@ -181,7 +215,8 @@ impl Engine {
                         if inside.link(&a.ifname).ok().flatten().is_some() {
                             continue;
                         }
-                        r.drift.push(format!("endpoint {}: interface {} is missing from {}", ep.name, a.ifname, ep.netns));
+                        r.drift
+                            .push(format!("endpoint {}: interface {} is missing from {}", ep.name, a.ifname, ep.netns));
                         if dry_run {
                             continue;
                         }
@@ -204,7 +239,10 @@ impl Engine {
                 in_flight.insert(endpoint_number(&ep.id));
                 live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
             }
-            for ep in eps.iter().filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists()) {
+            for ep in eps
+                .iter()
+                .filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists())
+            {
                 live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
                 for a in atts.iter().filter(|a| a.endpoint == ep.name) {
                     want.push((a.ifindex, endpoint_info(ep, a)?));

@@ -25,11 +25,15 @@ pub fn hidden_peer(trunk_index: u32, vid: u16) -> String {
 /// Create `name` as VLAN `vid` of `trunk`. Undoes its own partial work on failure.
 pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result<VlanParent> {
     let t = nl.link(trunk)?.ok_or_else(|| {
-        ControlError::Invalid(format!("parent {name}: trunk interface {trunk} does not exist; create it first or pick another parent"))
+        ControlError::Invalid(format!(
+            "parent {name}: trunk interface {trunk} does not exist; create it first or pick another parent"
+        ))
     })?;
     match nl.add_vlan(name, t.index, vid) {
         Ok(()) => {
-            let dev = nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("VLAN device {name} vanished after creation")))?;
+            let dev = nl
+                .link(name)?
+                .ok_or_else(|| ControlError::Invalid(format!("VLAN device {name} vanished after creation")))?;
             if let Err(e) = nl.set_up(dev.index) {
                 let _ = nl.del_link(dev.index);
                 return Err(e.into());
@@ -74,7 +78,9 @@ pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result
 
 /// Let frames of an existing (not ours) VLAN device through the trunk's tc program.
 pub fn register_existing(nl: &Nl, pins: &Pins, v: &VlanParent) -> Result<()> {
-    let t = nl.link(&v.trunk)?.ok_or_else(|| ControlError::Invalid(format!("trunk interface {} does not exist", v.trunk)))?;
+    let t = nl
+        .link(&v.trunk)?
+        .ok_or_else(|| ControlError::Invalid(format!("trunk interface {} does not exist", v.trunk)))?;
     bpf::ensure_maps(pins)?;
     bpf::vlan_maps::insert(pins, t.index, v.vid, 0)?;
     Ok(())

@@ -94,7 +94,11 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
     }
     bpf::admit::insert(&pins, AdmitKey { ifindex: LO, vlan: 0, mac: ADMITTED }, AdmitValue::default())?;
     bpf::vlan_maps::insert(&pins, LO, 50, LO)?;
-    bpf::endpoints::insert(&pins, LO, EndpointInfo { endpoint: 1, flags: EP_HAS_IPV4, mac: LAB_SRC, ipv4: [10, 99, 0, 1], ..Default::default() })?;
+    bpf::endpoints::insert(
+        &pins,
+        LO,
+        EndpointInfo { endpoint: 1, flags: EP_HAS_IPV4, mac: LAB_SRC, ipv4: [10, 99, 0, 1], ..Default::default() },
+    )?;
 
     let xdp = |n: &str| -> Result<&Xdp> { Ok(ebpf.program(n).context(n.to_string())?.try_into()?) };
     let tc = |n: &str| -> Result<&SchedClassifier> { Ok(ebpf.program(n).context(n.to_string())?.try_into()?) };
@@ -145,7 +149,10 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
                             bases.push(ns_per_packet(&base_xdp, &frame64, o.repeat)?);
                         }
                         let (t, s, b) = (stat(theirs), stat(ours), stat(bases));
-                        eprintln!("  xdp-filter Ethernet program ({name}): {:.1} ns/packet; ours {:.1}", t.median, s.median);
+                        eprintln!(
+                            "  xdp-filter Ethernet program ({name}): {:.1} ns/packet; ours {:.1}",
+                            t.median, s.median
+                        );
                         rows.push(json!({"case": "XDP admit vs xdp-filter's Ethernet program", "ns_per_packet": s, "baseline": "xdp-filter ethernet", "baseline_ns": t, "ratio": s.median / t.median}));
                         let _ = b;
                     }
@@ -155,7 +162,9 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
             Err(e) => eprintln!("  xdp-filter: its object did not load here ({e}); not measured"),
         }
     } else {
-        eprintln!("  xdp-filter: not installed (Debian package xdp-tools); its Ethernet program is not measured in this run");
+        eprintln!(
+            "  xdp-filter: not installed (Debian package xdp-tools); its Ethernet program is not measured in this run"
+        );
     }
 
     // 3. Scale: the admission path with 1, 1 000 and 65 536 allocated MACs.
@@ -183,7 +192,8 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
         let data = aya::maps::MapData::from_pin(entry.path())?;
         let fd = data.fd().as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        let memlock = info.lines().find_map(|l| l.strip_prefix("memlock:")).map(|v| v.trim().parse::<u64>().unwrap_or(0));
+        let memlock =
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).map(|v| v.trim().parse::<u64>().unwrap_or(0));
         memory.insert(name, json!(memlock));
     }
     scale.push(json!({"map_memory_bytes": memory}));
@@ -229,7 +239,8 @@ fn live_rate(gen_ns: &Netns, gen_if: &str, frame: &[u8], frames: u32, maps: &Pat
         let prog = if tagged_frame {
             let mut hdr = [0u8; 20];
             hdr[..18].copy_from_slice(&frame[..18]);
-            let mut m: aya::maps::Array<_, [u8; 20]> = aya::maps::Array::try_from(ebpf.map_mut("DP_BENCH_HDR").context("DP_BENCH_HDR")?)?;
+            let mut m: aya::maps::Array<_, [u8; 20]> =
+                aya::maps::Array::try_from(ebpf.map_mut("DP_BENCH_HDR").context("DP_BENCH_HDR")?)?;
             m.set(0, hdr, 0)?;
             "dp_bench_tx_hdr"
         } else {
@@ -289,8 +300,22 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
         measure("kernel stack drops unknown MAC (no program, GRO on)", &mut results)?;
         if have_nft {
             let ok = sh(&rcv, &["nft", "add", "table", "netdev", "bench"])
-                && sh(&rcv, &["nft", "add", "chain", "netdev", "bench", "in", "{ type filter hook ingress device r0 priority 0 ; }"])
-                && sh(&rcv, &["nft", "add", "rule", "netdev", "bench", "in", "ether", "daddr", "02:db:00:00:00:02", "drop"]);
+                && sh(
+                    &rcv,
+                    &[
+                        "nft",
+                        "add",
+                        "chain",
+                        "netdev",
+                        "bench",
+                        "in",
+                        "{ type filter hook ingress device r0 priority 0 ; }",
+                    ],
+                )
+                && sh(
+                    &rcv,
+                    &["nft", "add", "rule", "netdev", "bench", "in", "ether", "daddr", "02:db:00:00:00:02", "drop"],
+                );
             if ok {
                 measure("nftables netdev ingress `ether daddr` drop", &mut results)?;
             }
@@ -342,7 +367,8 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
             let name = e.file_name();
             // Everything new here that is not one of our own lab dirs is xdp-filter's.
             if !pins_before.contains(&name) && !name.to_string_lossy().starts_with("dpt-") {
-                let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+                let _ =
+                    if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
             }
         }
     } else {
@@ -353,7 +379,10 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
 
 /// Packets received so far by `ifname` in the namespace at `ns_path`.
 fn rx_packets(ns_path: &str, ifname: &str) -> u64 {
-    let out = Command::new("nsenter").arg(format!("--net={ns_path}")).args(["ip", "-s", "-j", "link", "show", "dev", ifname]).output();
+    let out = Command::new("nsenter")
+        .arg(format!("--net={ns_path}"))
+        .args(["ip", "-s", "-j", "link", "show", "dev", ifname])
+        .output();
     out.ok()
         .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
         .and_then(|v| v[0]["stats64"]["rx"]["packets"].as_u64())
@@ -361,7 +390,15 @@ fn rx_packets(ns_path: &str, ifname: &str) -> u64 {
 }
 
 /// Frames per second that reached `ifname` in the endpoint namespace (not just sent).
-fn delivered_rate(gen: &Netns, frame: &[u8], frames: u32, maps: &Path, cpu: usize, ep_ns: &str, ifname: &str) -> Result<f64> {
+fn delivered_rate(
+    gen: &Netns,
+    frame: &[u8],
+    frames: u32,
+    maps: &Path,
+    cpu: usize,
+    ep_ns: &str,
+    ifname: &str,
+) -> Result<f64> {
     let before = rx_packets(ep_ns, ifname);
     let start = Instant::now();
     live_rate(gen, "g0", frame, frames, maps, cpu)?;
@@ -390,7 +427,18 @@ fn vlan_delivery(o: &Opts) -> Result<Vec<Value>> {
         veth_between(&gen, "g0", &h.ns, "trunk0")?;
         h.ok(&["network", "create", "--subnet=192.168.50.0/24", "-o", "parent=trunk0.50", "v50"]);
         let ep = format!("bvep-{}", std::process::id());
-        h.ok(&["run", "-d", "--name", &ep, "--network", "v50", "--ip", "192.168.50.10", "--mac-address", "02:42:c0:a8:32:0a"]);
+        h.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &ep,
+            "--network",
+            "v50",
+            "--ip",
+            "192.168.50.10",
+            "--mac-address",
+            "02:42:c0:a8:32:0a",
+        ]);
         let maps = Pins::new(&h.bpffs.dir).maps_dir();
         let mut v = Vec::new();
         for _ in 0..o.runs {
@@ -436,7 +484,9 @@ fn vlan_delivery(o: &Opts) -> Result<Vec<Value>> {
             let host = Netns::new("bMh")?;
             let ep2 = Netns::new("bMe")?;
             veth_between(&gen2, "g0", &host, "eth0")?;
-            let made = host.exec(&["ip", "link", "add", "link", "eth0", "name", "mv0", "type", "macvlan", "mode", "bridge"]).is_ok()
+            let made = host
+                .exec(&["ip", "link", "add", "link", "eth0", "name", "mv0", "type", "macvlan", "mode", "bridge"])
+                .is_ok()
                 && host.exec(&["ip", "link", "set", "mv0", "netns", &ep2.name]).is_ok()
                 && ep2.exec(&["ip", "link", "set", "mv0", "address", "02:42:c0:a8:32:0a"]).is_ok()
                 && ep2.exec(&["ip", "addr", "add", "192.168.50.10/24", "dev", "mv0"]).is_ok()
@@ -449,10 +499,21 @@ fn vlan_delivery(o: &Opts) -> Result<Vec<Value>> {
                 let untagged = frame[..12].iter().chain(&frame[16..]).copied().collect::<Vec<u8>>();
                 let mut v = Vec::new();
                 for _ in 0..o.runs {
-                    v.push(delivered_rate(&gen2, &untagged, frames, &pins.maps_dir(), cpu, &ep2.path().display().to_string(), "mv0")?);
+                    v.push(delivered_rate(
+                        &gen2,
+                        &untagged,
+                        frames,
+                        &pins.maps_dir(),
+                        cpu,
+                        &ep2.path().display().to_string(),
+                        "mv0",
+                    )?);
                 }
                 let s = stat(v);
-                eprintln!("  reference: untagged delivery to a plain macvlan (no program): {:.2} Mpps delivered", s.median / 1e6);
+                eprintln!(
+                    "  reference: untagged delivery to a plain macvlan (no program): {:.2} Mpps delivered",
+                    s.median / 1e6
+                );
                 out.push(json!({"case": "untagged delivery to a plain macvlan (no program, reference)", "pps": s}));
             }
         }
@@ -464,10 +525,21 @@ fn vlan_delivery(o: &Opts) -> Result<Vec<Value>> {
             bpf::ensure_maps(&pins)?;
             let mut v = Vec::new();
             for _ in 0..o.runs {
-                v.push(delivered_rate(&gen, &frame, frames, &pins.maps_dir(), cpu, &ep.path().display().to_string(), "eth0")?);
+                v.push(delivered_rate(
+                    &gen,
+                    &frame,
+                    frames,
+                    &pins.maps_dir(),
+                    cpu,
+                    &ep.path().display().to_string(),
+                    "eth0",
+                )?);
             }
             let s = stat(v);
-            eprintln!("  VLAN 50 delivery through a Linux bridge with vlan_filtering: {:.2} Mpps delivered", s.median / 1e6);
+            eprintln!(
+                "  VLAN 50 delivery through a Linux bridge with vlan_filtering: {:.2} Mpps delivered",
+                s.median / 1e6
+            );
             out.push(json!({"case": "VLAN-tagged delivery through a Linux bridge (vlan_filtering)", "pps": s}));
         }
     }
@@ -502,7 +574,8 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
         last = n - 1
     );
     let start = Instant::now();
-    let out = Command::new("nsenter").arg(format!("--net={}", h.ns.path().display())).args(["sh", "-c", &script]).output()?;
+    let out =
+        Command::new("nsenter").arg(format!("--net={}", h.ns.path().display())).args(["sh", "-c", &script]).output()?;
     let shell_create = start.elapsed().as_secs_f64();
     let made: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     let start = Instant::now();
@@ -565,9 +638,10 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
 /// Horizontal bars of (label, ratio, target): green where the target is met.
 fn chart(path: &Path, bars: &[(String, f64, f64)]) -> Result<()> {
     use plotters::prelude::*;
-    let font = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"]
-        .iter()
-        .find_map(|p| std::fs::read(p).ok());
+    let font =
+        ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"]
+            .iter()
+            .find_map(|p| std::fs::read(p).ok());
     let Some(font) = font else {
         eprintln!("  chart: no DejaVu font found (fonts-dejavu-core); skipped");
         return Ok(());
@@ -578,7 +652,10 @@ fn chart(path: &Path, bars: &[(String, f64, f64)]) -> Result<()> {
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.1.max(b.2)).fold(1.0f64, f64::max) * 1.25;
     let mut c = ChartBuilder::on(&root)
-        .caption("dataplane / baseline, measured side by side in one run (higher is better; | = target)", ("sans-serif", 18))
+        .caption(
+            "dataplane / baseline, measured side by side in one run (higher is better; | = target)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(470)
@@ -597,10 +674,17 @@ fn chart(path: &Path, bars: &[(String, f64, f64)]) -> Result<()> {
         Rectangle::new([(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))], color.mix(0.85).filled())
     }))?;
     c.draw_series(bars.iter().enumerate().map(|(i, (_, _, t))| {
-        Rectangle::new([(*t - max * 0.003, SegmentValue::Exact(i)), (*t + max * 0.003, SegmentValue::Exact(i + 1))], BLACK.filled())
+        Rectangle::new(
+            [(*t - max * 0.003, SegmentValue::Exact(i)), (*t + max * 0.003, SegmentValue::Exact(i + 1))],
+            BLACK.filled(),
+        )
     }))?;
     c.draw_series(bars.iter().enumerate().map(|(i, (_, v, t))| {
-        Text::new(format!("{v:.2}x (target {t}x)"), (v.max(*t) + max * 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 14))
+        Text::new(
+            format!("{v:.2}x (target {t}x)"),
+            (v.max(*t) + max * 0.01, SegmentValue::CenterOf(i)),
+            ("sans-serif", 14),
+        )
     }))?;
     root.present()?;
     Ok(())
@@ -628,7 +712,11 @@ fn main() -> Result<()> {
     };
     std::fs::create_dir_all(&o.out_dir)?;
     let cpu = if ncpus() > 1 { 1 } else { 0 };
-    eprintln!("dataplane bench{}: {} runs each; test runs pinned to CPU {cpu} (sched_setaffinity)", if quick { " --quick" } else { "" }, o.runs);
+    eprintln!(
+        "dataplane bench{}: {} runs each; test runs pinned to CPU {cpu} (sched_setaffinity)",
+        if quick { " --quick" } else { "" },
+        o.runs
+    );
     pin_to_cpu(cpu);
     eprintln!("[1/4] per-packet cost (BPF_PROG_TEST_RUN, repeat {}, 64-byte frames)", o.repeat);
     let (per_packet, scale) = per_packet(&o)?;
@@ -672,7 +760,9 @@ fn main() -> Result<()> {
     if let (Some(one), Some(many)) = (admit(1), admit(65_536)) {
         bars.push(("admission cost, 1 MAC / 65 536 MACs (flat)".into(), one / many, 0.9));
     }
-    if let Some(r) = per_packet.iter().find(|r| r["baseline"] == "xdp-filter ethernet").and_then(|r| r["ratio"].as_f64()) {
+    if let Some(r) =
+        per_packet.iter().find(|r| r["baseline"] == "xdp-filter ethernet").and_then(|r| r["ratio"].as_f64())
+    {
         bars.push(("admission cost: xdp-filter's / ours (ns)".into(), 1.0 / r, 1.0 / 0.6));
     }
     if let Some(r) = cp[0]["create_ratio"].as_f64() {
@@ -707,9 +797,13 @@ fn main() -> Result<()> {
             p["min"].as_f64().unwrap_or(0.0) / 1e6,
             p["max"].as_f64().unwrap_or(0.0) / 1e6,
             match (ours, p["median"].as_f64()) {
-                (Some(o), Some(b)) if r["case"].as_str().is_some_and(|c| c.contains("drop") && !c.starts_with("dataplane")) => format!("ours {:.2}x", o / b),
+                (Some(o), Some(b))
+                    if r["case"].as_str().is_some_and(|c| c.contains("drop") && !c.starts_with("dataplane")) =>
+                    format!("ours {:.2}x", o / b),
                 _ => match (rate("VLAN-tagged delivery through dataplane VLAN steering"), p["median"].as_f64()) {
-                    (Some(o), Some(b)) if r["case"] == "VLAN-tagged delivery through a Linux bridge (vlan_filtering)" => format!("ours {:.2}x", o / b),
+                    (Some(o), Some(b))
+                        if r["case"] == "VLAN-tagged delivery through a Linux bridge (vlan_filtering)" =>
+                        format!("ours {:.2}x", o / b),
                     _ => String::new(),
                 },
             }
@@ -717,7 +811,10 @@ fn main() -> Result<()> {
     }
     for s in &scale {
         if let Some(m) = s["macs"].as_u64() {
-            md.push_str(&format!("| admission with {m} MACs | {:.1} ns | | |\n", s["ns_per_packet"]["median"].as_f64().unwrap_or(0.0)));
+            md.push_str(&format!(
+                "| admission with {m} MACs | {:.1} ns | | |\n",
+                s["ns_per_packet"]["median"].as_f64().unwrap_or(0.0)
+            ));
         } else {
             md.push_str(&format!("| map memory (memlock bytes) | {} | | |\n", s["map_memory_bytes"]));
         }
@@ -732,7 +829,10 @@ fn main() -> Result<()> {
     println!("{md}");
     let mut targets = String::new();
     let verdict = |ok: bool| if ok { "met" } else { "missed" };
-    let admit_ns = per_packet.iter().find(|r| r["case"] == "XDP admit (known MAC)").and_then(|r| r["ns_per_packet"]["median"].as_f64());
+    let admit_ns = per_packet
+        .iter()
+        .find(|r| r["case"] == "XDP admit (known MAC)")
+        .and_then(|r| r["ns_per_packet"]["median"].as_f64());
     let vs_xf = per_packet.iter().find(|r| r["baseline"] == "xdp-filter ethernet");
     if let Some(r) = vs_xf {
         targets.push_str(&format!(
@@ -754,7 +854,10 @@ fn main() -> Result<()> {
         scale.iter().find(|s| s["macs"] == 1).and_then(|s| s["ns_per_packet"]["median"].as_f64()),
         scale.iter().find(|s| s["macs"] == 65_536).and_then(|s| s["ns_per_packet"]["median"].as_f64()),
     ) {
-        targets.push_str(&format!("- Flat from 1 to 65 536 MACs (within 10%): {one:.0} ns vs {many:.0} ns ({}).\n", verdict(many <= one * 1.1)));
+        targets.push_str(&format!(
+            "- Flat from 1 to 65 536 MACs (within 10%): {one:.0} ns vs {many:.0} ns ({}).\n",
+            verdict(many <= one * 1.1)
+        ));
     }
     for (base, target, what) in [
         ("kernel stack drops unknown MAC (no program, GRO on)", 2.2, "the kernel stack's"),
@@ -762,7 +865,11 @@ fn main() -> Result<()> {
         ("xdp-filter drops unknown MAC (native)", 1.0, "xdp-filter's native drop"),
     ] {
         if let (Some(o), Some(b)) = (ours, rate(base)) {
-            targets.push_str(&format!("- Unknown-MAC drop rate >= {target}x {what}: {:.2}x ({}).\n", o / b, verdict(o / b >= target)));
+            targets.push_str(&format!(
+                "- Unknown-MAC drop rate >= {target}x {what}: {:.2}x ({}).\n",
+                o / b,
+                verdict(o / b >= target)
+            ));
         }
     }
     if rate("xdp-filter drops unknown MAC (native)").is_none() {
@@ -837,7 +944,12 @@ fn main() -> Result<()> {
     );
     let docs = if quick { o.out_dir.join("BENCHMARKS.md") } else { o.docs.clone() };
     std::fs::write(&docs, doc)?;
-    eprintln!("wrote {}, {}, {}", o.out_dir.join("results.json").display(), o.out_dir.join("ratios.png").display(), docs.display());
+    eprintln!(
+        "wrote {}, {}, {}",
+        o.out_dir.join("results.json").display(),
+        o.out_dir.join("ratios.png").display(),
+        docs.display()
+    );
     let _ = Duration::ZERO;
     Ok(())
 }

@@ -31,7 +31,13 @@ fn main() -> Result<()> {
 
 /// Run `dataplane ARGS` on a demo host, echoing the command and its output.
 fn on(host: &Host, label: &str, args: &[&str]) -> Result<String> {
-    println!("\n[{label}]$ dataplane {}", args.iter().map(|a| if a.contains(' ') { format!("{a:?}") } else { a.to_string() }).collect::<Vec<_>>().join(" "));
+    println!(
+        "\n[{label}]$ dataplane {}",
+        args.iter()
+            .map(|a| if a.contains(' ') { format!("{a:?}") } else { a.to_string() })
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let out = host.dp(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in stdout.lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
@@ -52,10 +58,43 @@ fn networks_demo() -> Result<()> {
     veth_between(&sw, "up0", &a.ns, "eth0")?;
     veth_between(&a.ns, "trunk0", &b.ns, "trunk0")?;
     sw.exec(&["ip", "addr", "add", "172.16.86.1/24", "dev", "up0"])?;
-    println!("lab: host A ({}) eth0 <-> switch ({}, 172.16.86.1); host A trunk0 <-> host B ({}) trunk0", a.ns.name, sw.name, b.ns.name);
+    println!(
+        "lab: host A ({}) eth0 <-> switch ({}, 172.16.86.1); host A trunk0 <-> host B ({}) trunk0",
+        a.ns.name, sw.name, b.ns.name
+    );
 
-    on(&a, "A", &["network", "create", "-d", "macvlan", "--subnet=172.16.86.0/24", "--gateway=172.16.86.1", "-o", "parent=eth0", "pub_net"])?;
-    on(&a, "A", &["network", "create", "-d", "macvlan", "--subnet=192.168.32.0/24", "--ip-range=192.168.32.128/25", "--gateway=192.168.32.254", "--aux-address=my-router=192.168.32.129", "-o", "parent=eth0", "macnet32"])?;
+    on(
+        &a,
+        "A",
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet=172.16.86.0/24",
+            "--gateway=172.16.86.1",
+            "-o",
+            "parent=eth0",
+            "pub_net",
+        ],
+    )?;
+    on(
+        &a,
+        "A",
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet=192.168.32.0/24",
+            "--ip-range=192.168.32.128/25",
+            "--gateway=192.168.32.254",
+            "--aux-address=my-router=192.168.32.129",
+            "-o",
+            "parent=eth0",
+            "macnet32",
+        ],
+    )?;
     on(&a, "A", &["network", "ls"])?;
     on(&a, "A", &["run", "-d", "--name", "demo-web", "--network", "pub_net"])?;
     on(&a, "A", &["run", "-d", "--name", "demo-db", "--network", "pub_net"])?;
@@ -67,8 +106,35 @@ fn networks_demo() -> Result<()> {
     on(&a, "A", &["ps"])?;
 
     for (h, label, ip) in [(&a, "A", "192.168.50.10"), (&b, "B", "192.168.50.20")] {
-        on(h, label, &["network", "create", "-d", "macvlan", "--subnet=192.168.50.0/24", "--gateway=192.168.50.1", "-o", "parent=trunk0.50", "macvlan50"])?;
-        on(h, label, &["run", "-d", "--name", &format!("demo-v50{}", label.to_lowercase()), "--network", "macvlan50", "--ip", ip])?;
+        on(
+            h,
+            label,
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--subnet=192.168.50.0/24",
+                "--gateway=192.168.50.1",
+                "-o",
+                "parent=trunk0.50",
+                "macvlan50",
+            ],
+        )?;
+        on(
+            h,
+            label,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &format!("demo-v50{}", label.to_lowercase()),
+                "--network",
+                "macvlan50",
+                "--ip",
+                ip,
+            ],
+        )?;
     }
     println!("    (this kernel has no 8021q module: trunk0.50 is dataplane's eBPF VLAN device)");
     on(&a, "A", &["exec", "demo-v50a", "ping", "-c", "2", "-W", "1", "192.168.50.20"])?;
@@ -76,11 +142,17 @@ fn networks_demo() -> Result<()> {
     println!("\n-- a spoofing attempt: demo-web sends as 172.16.86.99 and as another MAC --");
     on(&a, "A", &["exec", "demo-web", "ip", "addr", "add", "172.16.86.99/24", "dev", "eth0"])?;
     let spoof = a.dp(&["exec", "demo-web", "ping", "-c", "2", "-W", "1", "-I", "172.16.86.99", "172.16.86.1"]);
-    println!("    ping from the unallocated address: {}", if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped on demo-web's egress" });
+    println!(
+        "    ping from the unallocated address: {}",
+        if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped on demo-web's egress" }
+    );
     on(&a, "A", &["exec", "demo-web", "ip", "addr", "del", "172.16.86.99/24", "dev", "eth0"])?;
     on(&a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:99"])?;
     let spoof = a.dp(&["exec", "demo-web", "ping", "-c", "2", "-W", "1", "172.16.86.3"]);
-    println!("    ping to demo-db with a changed MAC: {}", if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped before reaching the sibling" });
+    println!(
+        "    ping to demo-db with a changed MAC: {}",
+        if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped before reaching the sibling" }
+    );
     on(&a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:02"])?;
     on(&a, "A", &["stats"])?;
 
@@ -119,9 +191,32 @@ fn admission_demo() -> Result<()> {
     let endpoints = [("web", [0x02, 0x42, 0xac, 0x10, 0x56, 0x02]), ("db", [0x02, 0x42, 0xac, 0x10, 0x56, 0x03])];
     let stranger = [0x02, 0x42, 0xac, 0x10, 0x56, 0x99];
     for (i, (name, mac)) in endpoints.iter().enumerate() {
-        println!("\n$ dataplane bpf admit add --iface {} --netns {} --endpoint {} {}   # endpoint {name}", lab.b_if, lab.b.name, i + 1, mac_str(mac));
+        println!(
+            "\n$ dataplane bpf admit add --iface {} --netns {} --endpoint {} {}   # endpoint {name}",
+            lab.b_if,
+            lab.b.name,
+            i + 1,
+            mac_str(mac)
+        );
         let ep = (i + 1).to_string();
-        show("admit", dataplane(&bpffs, &["bpf", "admit", "add", "--iface", &lab.b_if, "--netns", &lab.b.name, "--endpoint", &ep, &mac_str(mac)]))?;
+        show(
+            "admit",
+            dataplane(
+                &bpffs,
+                &[
+                    "bpf",
+                    "admit",
+                    "add",
+                    "--iface",
+                    &lab.b_if,
+                    "--netns",
+                    &lab.b.name,
+                    "--endpoint",
+                    &ep,
+                    &mac_str(mac),
+                ],
+            ),
+        )?;
     }
     println!("\n(every dataplane process has exited; the pinned link keeps the program deciding)");
 
