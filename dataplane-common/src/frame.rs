@@ -15,8 +15,6 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
-/// Values below this in the EtherType position are 802.3 lengths, not protocols.
-pub const ETH_P_802_3_MIN: u16 = 0x0600;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
 /// ARP for Ethernet/IPv4: 8 fixed bytes + 2 * (6 + 4).
@@ -24,21 +22,14 @@ pub const ARP_ETH_IPV4_LEN: usize = 28;
 pub const VID_MASK: u16 = 0x0fff;
 pub const VID_RESERVED: u16 = 0x0fff;
 
-/// Read-only view of a frame.
-#[expect(clippy::len_without_is_empty, reason = "a frame is never empty; the kernel refuses those")]
+/// Read-only view of a frame. Reading is the only operation on purpose: completeness is
+/// proven by reads, never by comparing lengths (see `check_l3`).
 pub trait Packet {
-    /// Total length in bytes.
-    fn len(&self) -> usize;
     /// `N` bytes at `offset`, or `None` if the frame is shorter than `offset + N`.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
 }
 
 impl Packet for [u8] {
-    #[inline(always)]
-    fn len(&self) -> usize {
-        <[u8]>::len(self)
-    }
-
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         let end = offset.checked_add(N)?;

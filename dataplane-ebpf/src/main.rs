@@ -22,7 +22,7 @@ use dataplane_common::{
 
 use aya_log_ebpf::debug;
 
-use crate::packet::{SkbPacket, XdpPacket};
+use crate::packet::{tc_bounds, PacketBounds};
 
 /// Admitted (parent ifindex, VLAN, destination MAC). Pinned by name, so every program
 /// instance and every `dataplane` process shares the one map under the bpffs dir.
@@ -51,10 +51,10 @@ static DP_EP_COUNTERS: PerCpuHashMap<u32, EndpointCounters> = PerCpuHashMap::pin
 
 #[xdp]
 pub fn dp_parent(ctx: XdpContext) -> u32 {
-    let pkt = XdpPacket::new(&ctx);
+    let pkt = PacketBounds::xdp(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
     let decision = admission(&pkt, ifindex, |key| DP_ADMIT.get_ptr(key).is_some());
-    count(ifindex, decision.reason, pkt.len_bytes());
+    count(ifindex, decision.reason, pkt.len() as u64);
     if decision.verdict == Verdict::Drop {
         // Off unless user space loads the programs with a debug log level; the level is
         // a load-time constant, so the verifier removes this when it is off.
@@ -83,8 +83,7 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
     let (vid, inner) = if present != 0 {
         ((tci as u16) & VID_MASK, u16::from_be(proto as u16))
     } else {
-        let _ = ctx.pull_data(if len < 18 { len } else { 18 });
-        let pkt = SkbPacket::new(&ctx);
+        let pkt = tc_bounds(&ctx, len, 18);
         let Some(hdr) = pkt.read::<6>(12) else { return TC_ACT_OK };
         let outer = u16::from_be_bytes([hdr[0], hdr[1]]);
         if outer != ETH_P_8021Q && outer != ETH_P_8021AD {
@@ -203,8 +202,7 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     // Headers may sit in paged data; make the first bytes directly readable.
-    let _ = ctx.pull_data(if len < 64 { len } else { 64 });
-    let pkt = SkbPacket::new(&ctx);
+    let pkt = tc_bounds(&ctx, len, 64);
     let d = egress_check(&pkt, &ep);
     match d.verdict {
         Verdict::Pass => {

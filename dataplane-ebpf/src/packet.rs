@@ -3,29 +3,30 @@
 use aya_ebpf::programs::{TcContext, XdpContext};
 use dataplane_common::Packet;
 
-pub struct XdpPacket {
+/// The `[data, data_end)` window of an XDP frame or of a TC skb's linear part.
+pub struct PacketBounds {
     start: usize,
     end: usize,
 }
 
-impl XdpPacket {
+impl PacketBounds {
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
-        XdpPacket { start: ctx.data(), end: ctx.data_end() }
+    pub fn xdp(ctx: &XdpContext) -> Self {
+        PacketBounds { start: ctx.data(), end: ctx.data_end() }
     }
 
     #[inline(always)]
-    pub fn len_bytes(&self) -> u64 {
-        (self.end - self.start) as u64
+    pub fn tc(ctx: &TcContext) -> Self {
+        PacketBounds { start: ctx.data(), end: ctx.data_end() }
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
     }
 }
 
-impl Packet for XdpPacket {
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.end - self.start
-    }
-
+impl Packet for PacketBounds {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         // The verifier accepts the read only because this comparison against data_end
@@ -39,26 +40,16 @@ impl Packet for XdpPacket {
     }
 }
 
-/// The same bounds-checked reader over a TC (skb) context's linear data.
-pub struct SkbPacket {
-    inner: XdpPacket,
-}
-
-impl SkbPacket {
-    #[inline(always)]
-    pub fn new(ctx: &TcContext) -> Self {
-        SkbPacket { inner: XdpPacket { start: ctx.data(), end: ctx.data_end() } }
+/// Bounds of a TC skb whose first `want` bytes (or all of it, if shorter) are directly
+/// readable, pulling paged data into the linear part only when it is not already there
+/// (the common case needs no helper call).
+#[inline(always)]
+pub fn tc_bounds(ctx: &TcContext, skb_len: u32, want: u32) -> PacketBounds {
+    let need = if skb_len < want { skb_len } else { want };
+    let b = PacketBounds::tc(ctx);
+    if b.len() >= need as usize {
+        return b;
     }
-}
-
-impl Packet for SkbPacket {
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-
-    #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        self.inner.read(offset)
-    }
+    let _ = ctx.pull_data(need);
+    PacketBounds::tc(ctx)
 }

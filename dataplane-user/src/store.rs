@@ -213,23 +213,37 @@ impl Tx<'_> {
         StoreError::Db { path: self.path.to_path_buf(), source }
     }
 
-    pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
-        let mut st = self.tx.prepare("SELECT doc FROM networks ORDER BY name").map_err(|e| self.db(e))?;
+    /// Every document of `table`, in `order`.
+    fn all<T: for<'de> Deserialize<'de>>(&self, table: &str, order: &str) -> Result<Vec<T>, StoreError> {
+        let mut st = self.tx.prepare(&format!("SELECT doc FROM {table} ORDER BY {order}")).map_err(|e| self.db(e))?;
         let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.db(e))?;
         rows.map(|r| r.map_err(|e| self.db(e)).and_then(|s| parse(&s))).collect()
     }
 
-    pub fn network(&self, name_or_id: &str) -> Result<Option<Network>, StoreError> {
+    /// The document of `table` named `name_or_id`, or whose id is it or starts with it
+    /// (12 characters at least, like Docker's short ids). An exact name wins.
+    fn one<T: for<'de> Deserialize<'de>>(&self, table: &str, name_or_id: &str) -> Result<Option<T>, StoreError> {
         let doc: Option<String> = self
             .tx
             .query_row(
-                "SELECT doc FROM networks WHERE name = ?1 OR id = ?1 OR (length(?1) >= 12 AND id LIKE ?1 || '%') LIMIT 1",
+                &format!(
+                    "SELECT doc FROM {table} WHERE name = ?1 OR id = ?1 \
+                     OR (length(?1) >= 12 AND substr(id, 1, length(?1)) = ?1) ORDER BY name = ?1 DESC LIMIT 1"
+                ),
                 [name_or_id],
                 |r| r.get(0),
             )
             .optional()
             .map_err(|e| self.db(e))?;
         doc.map(|d| parse(&d)).transpose()
+    }
+
+    pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
+        self.all("networks", "name")
+    }
+
+    pub fn network(&self, name_or_id: &str) -> Result<Option<Network>, StoreError> {
+        self.one("networks", name_or_id)
     }
 
     pub fn put_network(&self, n: &Network) -> Result<(), StoreError> {
@@ -245,22 +259,11 @@ impl Tx<'_> {
     }
 
     pub fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
-        let mut st = self.tx.prepare("SELECT doc FROM endpoints ORDER BY name").map_err(|e| self.db(e))?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.db(e))?;
-        rows.map(|r| r.map_err(|e| self.db(e)).and_then(|s| parse(&s))).collect()
+        self.all("endpoints", "name")
     }
 
     pub fn endpoint(&self, name_or_id: &str) -> Result<Option<Endpoint>, StoreError> {
-        let doc: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT doc FROM endpoints WHERE name = ?1 OR id = ?1 OR (length(?1) >= 12 AND id LIKE ?1 || '%') LIMIT 1",
-                [name_or_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.db(e))?;
-        doc.map(|d| parse(&d)).transpose()
+        self.one("endpoints", name_or_id)
     }
 
     pub fn put_endpoint(&self, e: &Endpoint) -> Result<(), StoreError> {
@@ -277,10 +280,7 @@ impl Tx<'_> {
     }
 
     pub fn attachments(&self) -> Result<Vec<Attachment>, StoreError> {
-        let mut st =
-            self.tx.prepare("SELECT doc FROM attachments ORDER BY network, endpoint").map_err(|e| self.db(e))?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.db(e))?;
-        rows.map(|r| r.map_err(|e| self.db(e)).and_then(|s| parse(&s))).collect()
+        self.all("attachments", "network, endpoint")
     }
 
     pub fn put_attachment(&self, a: &Attachment) -> Result<(), StoreError> {

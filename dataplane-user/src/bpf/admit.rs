@@ -37,6 +37,20 @@ pub fn remove(pins: &Pins, key: &AdmitKey) -> Result<bool, BpfError> {
     }
 }
 
+/// Remove every entry whose key matches `pred`, through one open map.
+pub fn remove_where(pins: &Pins, pred: impl Fn(&AdmitKey) -> bool) -> Result<(), BpfError> {
+    let mut m = open(pins)?;
+    let keys: Vec<AdmitKey> = m.keys().filter_map(Result::ok).filter(|k| pred(k)).collect();
+    for k in keys {
+        match m.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(map_err(&pins.admit_map(), e)),
+        }
+    }
+    Ok(())
+}
+
 pub fn list(pins: &Pins) -> Result<Vec<(AdmitKey, AdmitValue)>, BpfError> {
     let m = open(pins)?;
     let mut out = Vec::new();

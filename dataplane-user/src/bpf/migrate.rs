@@ -8,7 +8,7 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd, RawFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::maps::{MapData, MapInfo};
@@ -121,10 +121,6 @@ fn copy_entries(old: RawFd, lo: Layout, new: RawFd, ln: Layout) -> std::io::Resu
     }
 }
 
-fn rename(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::rename(from, to)
-}
-
 /// Layouts of the maps this binary's object defines (made in a scratch pin dir).
 fn object_layouts(pins: &Pins) -> Result<Vec<(String, Layout)>, BpfError> {
     let scratch = Pins::new(pins.root().with_file_name(format!(
@@ -178,7 +174,7 @@ pub fn migrate_maps(pins: &Pins) -> Result<Vec<Migrated>, BpfError> {
         }
         let old_data = MapData::from_pin(&pin).map_err(|e| err(e.to_string()))?;
         let aside: PathBuf = pin.with_file_name(format!("{name}_migrating"));
-        rename(&pin, &aside).map_err(|e| err(format!("moving the old pin aside: {e}")))?;
+        std::fs::rename(&pin, &aside).map_err(|e| err(format!("moving the old pin aside: {e}")))?;
         // Loading the object now creates (and pins) the map with the new layout.
         let result = (|| -> Result<usize, BpfError> {
             let ebpf = load_object(&pins.maps_dir())?;
@@ -194,7 +190,7 @@ pub fn migrate_maps(pins: &Pins) -> Result<Vec<Migrated>, BpfError> {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&pin);
-                let _ = rename(&aside, &pin);
+                let _ = std::fs::rename(&aside, &pin);
                 return Err(e);
             }
         }

@@ -179,11 +179,7 @@ pub fn detach_parent(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<()
     // Entries of this parent mean nothing without its program.
     if let Some(ifindex) = netns::ifindex(iface) {
         if pins.admit_map().exists() {
-            for (k, _) in admit::list(pins)? {
-                if k.ifindex == ifindex {
-                    admit::remove(pins, &k)?;
-                }
-            }
+            admit::remove_where(pins, |k| k.ifindex == ifindex)?;
         }
     }
     remove_if_unused(pins)

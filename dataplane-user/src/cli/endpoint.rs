@@ -101,7 +101,7 @@ fn spawn_error(argv0: &str, e: std::io::Error) -> anyhow::Error {
     }
 }
 
-pub fn run(engine: &mut Engine, cli: &super::Cli, a: RunArgs) -> Result<i32> {
+pub fn run(engine: &mut Engine, a: RunArgs) -> Result<i32> {
     super::repair(engine);
     let (image, command) = split_image(&a.args, raw_has_double_dash());
     if let Some(img) = &image {
@@ -134,7 +134,12 @@ pub fn run(engine: &mut Engine, cli: &super::Cli, a: RunArgs) -> Result<i32> {
         // stdin open for -i, and removes the endpoint afterwards for --rm.
         let exe = std::env::current_exe().context("locating the dataplane binary")?;
         let mut sup = Command::new(exe);
-        sup.arg("--state-dir").arg(&cli.state_dir).arg("--bpffs").arg(&cli.bpffs).arg("__supervise").arg(&a.name);
+        sup.arg("--state-dir")
+            .arg(&engine.state_dir)
+            .arg("--bpffs")
+            .arg(engine.pins.root())
+            .arg("__supervise")
+            .arg(&a.name);
         if a.interactive {
             sup.arg("--interactive");
         }
@@ -156,7 +161,7 @@ pub fn run(engine: &mut Engine, cli: &super::Cli, a: RunArgs) -> Result<i32> {
             match engine.endpoint(&a.name) {
                 Ok(e) if e.pid.is_some() => break,
                 Err(_) => {
-                    let log = std::fs::read_to_string(log_path(&cli.state_dir, &a.name)).unwrap_or_default();
+                    let log = std::fs::read_to_string(log_path(&engine.state_dir, &a.name)).unwrap_or_default();
                     let last = log.lines().last().unwrap_or("").trim_start_matches("dataplane: error: ").to_string();
                     bail!("the command of {} did not start: {last}", a.name)
                 }
@@ -190,16 +195,11 @@ pub fn log_path(state_dir: &Path, name: &str) -> std::path::PathBuf {
 }
 
 /// The detached-command supervisor (`dataplane __supervise NAME -- CMD`).
-pub fn supervise(
-    engine: &mut Engine,
-    state_dir: &Path,
-    name: &str,
-    interactive: bool,
-    command: &[String],
-) -> Result<i32> {
+pub fn supervise(engine: &mut Engine, name: &str, interactive: bool, command: &[String]) -> Result<i32> {
     let ep = engine.endpoint(name)?;
-    let logs = state_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
+    let state_dir = engine.state_dir.clone();
+    let state_dir = state_dir.as_path();
+    std::fs::create_dir_all(state_dir.join("logs"))?;
     let log = File::create(log_path(state_dir, name))?;
     let mut cmd = command_in(&ep.netns, command)?;
     cmd.stdout(log.try_clone()?).stderr(log);

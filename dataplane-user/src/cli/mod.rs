@@ -122,10 +122,6 @@ pub fn repair(engine: &mut Engine) {
     }
 }
 
-fn engine(cli: &Cli) -> anyhow::Result<Engine> {
-    Ok(Engine::open(&cli.state_dir, &cli.bpffs)?)
-}
-
 /// Effective capabilities this process needs: CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21,
 /// namespaces and bpffs mounts), CAP_BPF (39).
 fn missing_capabilities() -> Vec<&'static str> {
@@ -151,54 +147,25 @@ pub fn run() -> anyhow::Result<i32> {
             missing.join(", ")
         );
     }
-    match &cli.command {
-        Command::Bpf(_) => {
-            let Command::Bpf(cmd) = cli.command else { unreachable!() };
-            bpf::run(&cli.bpffs, cmd)
-        }
-        Command::Network(_) => {
-            let mut e = engine(&cli)?;
-            let Command::Network(cmd) = cli.command else { unreachable!() };
-            network::run(&mut e, cmd)
-        }
-        Command::Run(_) => {
-            let mut e = engine(&cli)?;
-            let cli2 = Cli {
-                state_dir: cli.state_dir.clone(),
-                bpffs: cli.bpffs.clone(),
-                command: Command::Ps { all: false, format: Format::Table },
-            };
-            let Command::Run(args) = cli.command else { unreachable!() };
-            endpoint::run(&mut e, &cli2, args).map_err(|e| e.context(ExitCode(125)))
-        }
-        Command::Exec { name, command } => endpoint::exec(&mut engine(&cli)?, name, command),
-        Command::Ps { format, .. } => endpoint::ps(&mut engine(&cli)?, *format),
-        Command::Stop { time, names } => endpoint::stop(&mut engine(&cli)?, names, *time),
+    let Cli { state_dir, bpffs, command } = cli;
+    let engine = || -> anyhow::Result<Engine> { Ok(Engine::open(&state_dir, &bpffs)?) };
+    match command {
+        Command::Bpf(cmd) => bpf::run(&bpffs, cmd),
+        Command::Network(cmd) => network::run(&mut engine()?, cmd),
+        Command::Run(args) => endpoint::run(&mut engine()?, args).map_err(|e| e.context(ExitCode(125))),
+        Command::Exec { name, command } => endpoint::exec(&mut engine()?, &name, &command),
+        Command::Ps { format, .. } => endpoint::ps(&mut engine()?, format),
+        Command::Stop { time, names } => endpoint::stop(&mut engine()?, &names, time),
         Command::Rm { force, names } => {
-            let mut e = engine(&cli)?;
+            let mut e = engine()?;
             repair(&mut e);
-            let mut failed = false;
-            for n in names {
-                match e.rm(n, *force) {
-                    Ok(w) => {
-                        for w in w {
-                            eprintln!("dataplane: warning: {n}: {w}");
-                        }
-                        println!("{n}");
-                    }
-                    Err(err) => {
-                        eprintln!("dataplane: error: {err}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(i32::from(failed))
+            Ok(for_each_name(&names, |n| e.rm(n, force)))
         }
         Command::Stats { names, format, watch, iterations } => {
-            stats::run(&mut engine(&cli)?, names, *format, *watch, *iterations)
+            stats::run(&mut engine()?, &names, format, watch, iterations)
         }
         Command::Reconcile { dry_run, format } => {
-            let r = engine(&cli)?.reconcile_with(*dry_run, true)?;
+            let r = engine()?.reconcile_with(dry_run, true)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
                 Format::Table => {
@@ -206,7 +173,7 @@ pub fn run() -> anyhow::Result<i32> {
                         println!("no drift: the kernel matches the store");
                     }
                     for d in &r.drift {
-                        println!("{}{d}", if *dry_run { "drift: " } else { "repaired: " });
+                        println!("{}{d}", if dry_run { "drift: " } else { "repaired: " });
                     }
                     for e in &r.errors {
                         println!("failed: {e}");
@@ -216,9 +183,30 @@ pub fn run() -> anyhow::Result<i32> {
             Ok(i32::from(!r.errors.is_empty()))
         }
         Command::Supervise { name, interactive, command } => {
-            endpoint::supervise(&mut engine(&cli)?, &cli.state_dir, name, *interactive, command)
+            endpoint::supervise(&mut engine()?, &name, interactive, &command)
         }
     }
+}
+
+/// Run `f` for every name, like `docker rm a b c`: print each name done (and its
+/// warnings), report each failure, go on; exit 1 if any failed.
+pub fn for_each_name<E: std::fmt::Display>(names: &[String], mut f: impl FnMut(&str) -> Result<Vec<String>, E>) -> i32 {
+    let mut failed = false;
+    for name in names {
+        match f(name) {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("dataplane: warning: {name}: {w}");
+                }
+                println!("{name}");
+            }
+            Err(e) => {
+                eprintln!("dataplane: error: {e}");
+                failed = true;
+            }
+        }
+    }
+    i32::from(failed)
 }
 
 /// Exit code carried by an error (Docker uses 125 for errors of `run` itself).

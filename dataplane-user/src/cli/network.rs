@@ -132,22 +132,7 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
         }
         NetworkCommand::Rm { names } => {
             super::repair(engine);
-            let mut failed = false;
-            for name in &names {
-                match engine.network_rm(name) {
-                    Ok(warnings) => {
-                        for w in warnings {
-                            eprintln!("dataplane: warning: {name}: {w}");
-                        }
-                        println!("{name}");
-                    }
-                    Err(e) => {
-                        eprintln!("dataplane: error: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            return Ok(i32::from(failed));
+            return Ok(super::for_each_name(&names, |name| engine.network_rm(name)));
         }
         NetworkCommand::Connect { ip, ip6, network, endpoint } => {
             super::repair(engine);

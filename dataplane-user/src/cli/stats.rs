@@ -3,7 +3,6 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
-use dataplane_common::{EndpointCounters, Reason};
 use dataplane_user::{bpf, control::Engine, netns};
 use serde_json::{json, Value};
 
@@ -89,7 +88,6 @@ fn print_table(now: &Value, before: Option<&Value>, secs: f64) {
 }
 
 pub fn run(engine: &mut Engine, names: &[String], format: Format, watch: bool, iterations: Option<u64>) -> Result<i32> {
-    let _ = (EndpointCounters::default(), Reason::ALL);
     if !watch {
         let now = snapshot(engine, names)?;
         match format {

@@ -199,6 +199,19 @@ pub(crate) fn endpoint_info(ep: &Endpoint, a: &Attachment) -> Result<EndpointInf
     Ok(info)
 }
 
+/// Retry `op` while it fails with EADDRINUSE, for up to two seconds: a namespace removed a
+/// moment ago may still hold a MAC on the parent while the kernel tears it down (it does
+/// that in the background, like `ip netns del`).
+fn wait_for_mac(mut op: impl FnMut() -> crate::nl::Result<()>) -> crate::nl::Result<()> {
+    for _ in 0..80 {
+        match op() {
+            Err(e) if e.is(libc::EADDRINUSE) => std::thread::sleep(std::time::Duration::from_millis(25)),
+            other => return other,
+        }
+    }
+    op()
+}
+
 /// Create the macvlan for `a` inside the endpoint's namespace and configure it. The
 /// anti-spoofing program is in place before the interface comes up.
 pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
@@ -217,31 +230,22 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
         .map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
-    let mut tries = 0;
-    let created = loop {
-        match host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex)) {
-            // The same MAC on a macvlan of a namespace that is still being torn down.
-            Err(e) if e.is(libc::EADDRINUSE) && tries < 40 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(25));
+    wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex))).map_err(
+        |e| {
+            if e.is(libc::EBUSY) && mode == "passthru" {
+                ControlError::Invalid(format!(
+                    "parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"
+                ))
+            } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
+                ControlError::Invalid(format!(
+                    "cannot create {} on {parent}: {e} (MAC {} or the name is taken)",
+                    a.ifname, a.mac
+                ))
+            } else {
+                e.into()
             }
-            other => break other,
-        }
-    };
-    created.map_err(|e| {
-        if e.is(libc::EBUSY) && mode == "passthru" {
-            ControlError::Invalid(format!(
-                "parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"
-            ))
-        } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
-            ControlError::Invalid(format!(
-                "cannot create {} on {parent}: {e} (MAC {} or the name is taken)",
-                a.ifname, a.mac
-            ))
-        } else {
-            e.into()
-        }
-    })?;
+        },
+    )?;
     let inside = Nl::in_netns(Path::new(&ep.netns))?;
     let link = inside
         .link(&a.ifname)?
@@ -258,18 +262,17 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
             inside.add_addr(link.index, ip, prefix)?;
         }
     }
-    // macvlan checks MAC uniqueness on the parent when the link comes up: a namespace
-    // removed a moment ago may still hold this MAC while the kernel tears it down.
-    let mut tries = 0;
-    loop {
-        match inside.set_up(link.index) {
-            Err(e) if e.is(libc::EADDRINUSE) && tries < 80 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(25));
-            }
-            other => break other?,
+    // macvlan checks MAC uniqueness on the parent again when the link comes up.
+    wait_for_mac(|| inside.set_up(link.index)).map_err(|e| {
+        if e.is(libc::EADDRINUSE) {
+            ControlError::Invalid(format!(
+                "MAC {} is still in use on parent {parent} by another interface; pick another --mac-address",
+                a.mac
+            ))
+        } else {
+            e.into()
         }
-    }
+    })?;
     if !n.internal {
         for ip in [a.ipv4, a.ipv6].into_iter().flatten() {
             if let Some(gw) = n.pools.iter().find(|p| p.subnet.contains(ip)).and_then(|p| p.gateway) {
@@ -522,7 +525,7 @@ impl Engine {
 
     pub fn disconnect(&mut self, network: &str, endpoint: &str) -> Result<()> {
         let pins = self.pins.clone();
-        let (ep, n, a) = self.store.write(|tx| -> Result<(Endpoint, Network, Attachment)> {
+        let (ep, a) = self.store.write(|tx| -> Result<(Endpoint, Attachment)> {
             let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
                 ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
             })?;
@@ -534,9 +537,8 @@ impl Engine {
             )?;
             pull_admission(&pins, &n, &a);
             tx.delete_attachment(&ep.name, &n.name)?;
-            Ok((ep, n, a))
+            Ok((ep, a))
         })?;
-        let _ = n;
         super::fault("disconnect:removed");
         bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
         delete_link_in(&ep.netns, &a.ifname).map_err(|e| {
@@ -551,7 +553,7 @@ impl Engine {
     pub fn rm(&mut self, name: &str, force: bool) -> Result<Vec<String>> {
         let pins = self.pins.clone();
         let me = std::process::id();
-        let (ep, atts, nets) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>, Vec<Network>)> {
+        let (ep, atts) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>)> {
             let mut ep = tx.endpoint(name)?.ok_or_else(|| {
                 ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)"))
             })?;
@@ -573,9 +575,8 @@ impl Engine {
             ep.state = EndpointState::Removing;
             ep.owner_pid = me;
             tx.put_endpoint(&ep)?;
-            Ok((ep, atts, nets))
+            Ok((ep, atts))
         })?;
-        let _ = nets;
         super::fault("rm:marked");
         let warnings = teardown(&pins, &ep, &atts, force);
         super::fault("rm:torn-down");

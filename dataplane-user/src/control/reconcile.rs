@@ -84,6 +84,8 @@ impl Engine {
                 r.errors.extend(teardown(&pins, &ep, &mine, true));
                 tx.delete_endpoint(&ep.name)?;
             }
+            // Nothing below changes endpoint or attachment rows: read them once.
+            let eps = tx.endpoints()?;
             let atts = tx.attachments()?;
 
             // 2. Networks: VLAN devices and parent programs.
@@ -145,7 +147,6 @@ impl Engine {
                         ));
                     }
                 }
-                let eps = tx.endpoints()?;
                 // An endpoint being removed by a live process has had its entries pulled
                 // already; putting them back would leak them once its rows are gone.
                 let removing: Vec<&str> =
@@ -190,8 +191,7 @@ impl Engine {
 
             // 3b. Endpoint links deleted by hand: re-create them as allocated.
             if thorough {
-                for ep in tx
-                    .endpoints()?
+                for ep in eps
                     .iter()
                     .filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists())
                 {
@@ -230,7 +230,6 @@ impl Engine {
             }
 
             // 4. Endpoint identities (anti-spoofing) and their programs.
-            let eps = tx.endpoints()?;
             let mut live_tags = BTreeSet::new();
             let mut want = Vec::new();
             // Endpoints another live process is creating or removing: theirs to handle.
