@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod bpffs;
 pub mod control;
+pub mod frontend;
 pub mod ipam;
 pub mod mac;
 pub mod netns;

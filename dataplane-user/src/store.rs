@@ -85,6 +85,38 @@ pub struct Network {
     pub state: EndpointState,
     #[serde(default)]
     pub owner_pid: u32,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// Which front end made a network or endpoint: only that front end may remove it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Owner {
+    /// The `dataplane` command line.
+    #[default]
+    Cli,
+    /// Docker, through `dataplane plugin docker`: Docker's network or endpoint id, and for
+    /// an endpoint the sandbox (network namespace path) it has joined, if any.
+    Docker {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<String>,
+    },
+}
+
+impl Owner {
+    pub fn is_docker(&self) -> bool {
+        matches!(self, Owner::Docker { .. })
+    }
+
+    /// Short label for tables: `cli`, `docker`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Owner::Cli => "cli",
+            Owner::Docker { .. } => "docker",
+        }
+    }
 }
 
 fn ready() -> EndpointState {
@@ -117,6 +149,8 @@ pub struct Endpoint {
     pub pid: Option<u32>,
     pub auto_remove: bool,
     pub command: Vec<String>,
+    #[serde(default)]
+    pub owner: Owner,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,6 +395,7 @@ mod tests {
             vlan: None,
             state: EndpointState::Ready,
             owner_pid: 0,
+            owner: Owner::Cli,
         };
         s.write(|t| t.put_network(&n)).unwrap();
         let got = s.read(|t| t.network("pub_net")).unwrap().unwrap();

@@ -1,6 +1,7 @@
 //! `cargo xtask`: bootstrap the eBPF toolchain, build, load, test, demo.
 
 mod bootstrap;
+mod packages;
 
 use std::{
     path::{Path, PathBuf},
@@ -124,6 +125,7 @@ fn run() -> Result<()> {
         }
         Cmd::Demo => {
             require_root("the demo creates network namespaces and loads BPF programs")?;
+            packages::ensure(&[packages::DEMO])?;
             build(false)?;
             let mut cmd = cargo();
             cmd.args(["run", "--quiet", "--package", "dataplane-tests", "--bin", "dataplane-demo"])
@@ -178,6 +180,7 @@ fn require_root(why: &str) -> Result<()> {
 
 fn test(filter: Option<String>) -> Result<()> {
     require_root("the integration tests create network namespaces and load BPF programs")?;
+    packages::ensure(&[packages::DEMO, packages::TEST])?;
     build(false)?;
     eprintln!("[test] unit tests");
     let mut unit = cargo();

@@ -2,7 +2,10 @@
 //! ingress, attached from inside the endpoint's namespace, pinned in the host's bpffs),
 //! and their counters.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{HashMap, Map, MapData, PerCpuHashMap},
@@ -132,7 +135,13 @@ fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
 
 /// Attach the endpoint programs to `ifname` inside the namespace at `netns_path`.
 pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
-    let [eg, ing] = link_pins(pins, netns_path, ifname);
+    attach_at(pins, Some(netns_path), ifname, link_pins(pins, netns_path, ifname))
+}
+
+/// Attach the endpoint programs to `ifname` (in the namespace at `netns_path`, or this
+/// one), pinning the two links at `at` (egress, ingress).
+pub fn attach_at(pins: &Pins, netns_path: Option<&str>, ifname: &str, at: [PathBuf; 2]) -> Result<(), BpfError> {
+    let [eg, ing] = at;
     crate::bpffs::create_private(eg.parent().expect("pin has a parent"))?;
     let [out_prog, in_prog] = endpoint_programs(pins)?;
     // Creating a tcx link waits for an RCU grace period (10-15 ms here); the two links
@@ -143,9 +152,17 @@ pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfErro
                       pin: &std::path::Path|
      -> Result<(), BpfError> {
         // ifname resolves, and the link is created, in the endpoint's namespace.
-        let id = crate::nl::with_netns(Path::new(netns_path), || p.attach(ifname, kind))
-            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {netns_path}: {e}") })?
-            .map_err(|e| BpfError::Attach { name: prog, iface: ifname.into(), mode: "tcx", source: Box::new(e) })?;
+        let id = match netns_path {
+            Some(ns) => crate::nl::with_netns(Path::new(ns), || p.attach(ifname, kind))
+                .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?,
+            None => p.attach(ifname, kind),
+        }
+        .map_err(|e| BpfError::Attach {
+            name: prog,
+            iface: ifname.into(),
+            mode: "tcx",
+            source: Box::new(e),
+        })?;
         let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
         let fd: FdLink = link
             .try_into()
@@ -168,7 +185,11 @@ pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfErro
 
 /// Unpin an endpoint interface's links (and its namespace's pin dir when empty).
 pub fn detach(pins: &Pins, netns_path: &str, ifname: &str) {
-    let paths = link_pins(pins, netns_path, ifname);
+    detach_at(link_pins(pins, netns_path, ifname));
+}
+
+/// Unpin the links pinned at `paths` (and their dir when empty).
+pub fn detach_at(paths: [PathBuf; 2]) {
     for p in &paths {
         let _ = std::fs::remove_file(p);
     }
@@ -180,10 +201,15 @@ pub fn detach(pins: &Pins, netns_path: &str, ifname: &str) {
 /// Remove the identity entry of interface `ifindex` (if it is still endpoint `number`'s)
 /// and the pins of its links.
 pub fn forget(pins: &Pins, ifindex: u32, number: u32, netns_path: &str, ifname: &str) {
+    forget_at(pins, ifindex, number, link_pins(pins, netns_path, ifname));
+}
+
+/// [`forget`] for links pinned at `paths`.
+pub fn forget_at(pins: &Pins, ifindex: u32, number: u32, paths: [PathBuf; 2]) {
     if let Ok(mut m) = open_endpoints(pins) {
         if m.get(&ifindex, 0).is_ok_and(|v| v.endpoint == number) {
             let _ = m.remove(&ifindex);
         }
     }
-    detach(pins, netns_path, ifname);
+    detach_at(paths);
 }

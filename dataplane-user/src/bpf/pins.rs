@@ -56,6 +56,13 @@ impl Pins {
         self.netns_dir(netns).join(format!("tcin-{iface}"))
     }
 
+    /// The two links (tcx egress, ingress) of a Docker endpoint's interface, keyed by its
+    /// ifindex: Docker moves and renames the interface, the ifindex stays.
+    pub fn docker_endpoint_links(&self, ifindex: u32) -> [PathBuf; 2] {
+        let dir = self.links_dir().join("docker");
+        [dir.join(format!("tceg-{ifindex}")), dir.join(format!("tcin-{ifindex}"))]
+    }
+
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }

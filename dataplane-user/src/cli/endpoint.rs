@@ -287,8 +287,10 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
     let rows: Vec<serde_json::Value> = eps
         .iter()
         .map(|(e, atts)| {
-            let status = match e.pid {
-                Some(p) if alive(p) => format!("running (pid {p})"),
+            let status = match (&e.owner, e.pid) {
+                (dataplane_user::store::Owner::Docker { sandbox: Some(s), .. }, _) => format!("docker, in {s}"),
+                (dataplane_user::store::Owner::Docker { sandbox: None, .. }, _) => "docker, not joined".to_string(),
+                (_, Some(p)) if alive(p) => format!("running (pid {p})"),
                 _ if e.command.is_empty() => "created".to_string(),
                 _ => "exited".to_string(),
             };
@@ -299,6 +301,7 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
                 "Netns": e.netns,
                 "Command": e.command.join(" "),
                 "Status": status,
+                "Owner": e.owner,
                 "Networks": atts.iter().map(|a| serde_json::json!({
                     "Network": a.network, "Interface": a.ifname, "MacAddress": a.mac,
                     "IPv4Address": a.ipv4.map(|i| i.to_string()), "IPv6Address": a.ipv6.map(|i| i.to_string()),

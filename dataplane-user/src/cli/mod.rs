@@ -90,6 +90,9 @@ pub enum Command {
     /// Low-level access to the kernel programs and maps (load, unload, admit, counters).
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
+    /// Serve a container runtime's network-plugin protocol (long-running).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     #[command(name = "__supervise", hide = true)]
     Supervise {
         name: String,
@@ -97,6 +100,20 @@ pub enum Command {
         interactive: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Docker's remote network driver: `docker network create -d dataplane ...`. Run it in
+    /// dockerd's network namespace; the driver name is the socket's base name.
+    Docker {
+        /// Unix socket Docker discovers the plugin by.
+        #[arg(long, default_value = dataplane_user::frontend::docker::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Log every call and its answer on stderr (failed calls are always logged).
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -181,6 +198,10 @@ pub fn run() -> anyhow::Result<i32> {
                 }
             }
             Ok(i32::from(!r.errors.is_empty()))
+        }
+        Command::Plugin(PluginCommand::Docker { socket, verbose }) => {
+            dataplane_user::frontend::docker::serve(&socket, engine()?, verbose)?;
+            Ok(0)
         }
         Command::Supervise { name, interactive, command } => {
             endpoint::supervise(&mut engine()?, &name, interactive, &command)

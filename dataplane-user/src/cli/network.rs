@@ -83,6 +83,7 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
                 opts: a.opt,
                 internal: a.internal,
                 ipv6: a.ipv6,
+                owner: Default::default(),
             })?;
             println!("{}", n.id);
         }

@@ -23,7 +23,7 @@ use crate::{
     mac::Mac,
     netns,
     nl::Nl,
-    store::{Attachment, Endpoint, EndpointState, Network, Tx},
+    store::{Attachment, Endpoint, EndpointState, Network, Owner, Tx},
 };
 
 #[derive(Debug, Default, Clone)]
@@ -77,7 +77,7 @@ pub fn endpoint_number(id: &str) -> u32 {
     u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0) & 0x7fff_ffff
 }
 
-fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_id: &str) -> Result<()> {
+pub(crate) fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_id: &str) -> Result<()> {
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let keys = admit_keys(n, mac.0).ok_or_else(|| {
         ControlError::Invalid(format!(
@@ -103,7 +103,7 @@ pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment) {
 }
 
 /// Allocate addresses and a MAC for `ep` on `n` (inside the caller's transaction).
-fn allocate(
+pub(crate) fn allocate(
     tx: &Tx,
     ep: &Endpoint,
     n: &Network,
@@ -202,7 +202,7 @@ pub(crate) fn endpoint_info(ep: &Endpoint, a: &Attachment) -> Result<EndpointInf
 /// Retry `op` while it fails with EADDRINUSE, for up to two seconds: a namespace removed a
 /// moment ago may still hold a MAC on the parent while the kernel tears it down (it does
 /// that in the background, like `ip netns del`).
-fn wait_for_mac(mut op: impl FnMut() -> crate::nl::Result<()>) -> crate::nl::Result<()> {
+pub(crate) fn wait_for_mac(mut op: impl FnMut() -> crate::nl::Result<()>) -> crate::nl::Result<()> {
     for _ in 0..80 {
         match op() {
             Err(e) if e.is(libc::EADDRINUSE) => std::thread::sleep(std::time::Duration::from_millis(25)),
@@ -366,6 +366,9 @@ impl Engine {
                 "host" | "none" => None,
                 n => {
                     let net = tx.network(n)?.ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?;
+                    if net.owner.is_docker() {
+                        return invalid(format!("network {n} belongs to Docker, whose IPAM allocates its addresses: attach containers with docker run --network {n}"));
+                    }
                     if net.state != EndpointState::Ready {
                         return invalid(format!("network {n} is still being set up or removed (by process {}); retry in a moment", net.owner_pid));
                     }
@@ -387,6 +390,7 @@ impl Engine {
                 pid: None,
                 auto_remove: req.auto_remove,
                 command: req.command.clone(),
+                owner: Owner::Cli,
             };
             let att = match &net {
                 Some(n) => {
@@ -491,6 +495,13 @@ impl Engine {
             let n = tx.network(network)?.ok_or_else(|| {
                 ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
             })?;
+            super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
+            if n.owner.is_docker() {
+                return invalid(format!(
+                    "network {} belongs to Docker: connect containers with docker network connect",
+                    n.name
+                ));
+            }
             let mine: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
             if mine.iter().any(|a| a.network == n.name) {
                 return invalid(format!("endpoint {} is already connected to network {}", ep.name, n.name));
@@ -532,6 +543,7 @@ impl Engine {
             let n = tx.network(network)?.ok_or_else(|| {
                 ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
             })?;
+            super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
             let a = tx.attachments()?.into_iter().find(|a| a.endpoint == ep.name && a.network == n.name).ok_or_else(
                 || ControlError::Invalid(format!("endpoint {} is not connected to network {}", ep.name, n.name)),
             )?;
@@ -557,6 +569,7 @@ impl Engine {
             let mut ep = tx.endpoint(name)?.ok_or_else(|| {
                 ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)"))
             })?;
+            super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
             if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != me) {
                 if !force {
                     return invalid(format!(
@@ -625,6 +638,18 @@ pub(crate) fn delete_link_in(netns_path: &str, ifname: &str) -> std::result::Res
 /// Kernel side of removing an endpoint; continues past failures and returns them.
 pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bool) -> Vec<String> {
     let mut warnings = Vec::new();
+    if let Owner::Docker { sandbox, .. } = &ep.owner {
+        // The interface is in this namespace (or still in the container's, if Docker never
+        // moved it back); its pins are keyed by ifindex.
+        for a in atts {
+            bpf::endpoints::forget_at(pins, a.ifindex, endpoint_number(&ep.id), pins.docker_endpoint_links(a.ifindex));
+            if let Err(e) = super::docker::delete_host_link(a.ifindex, sandbox.as_deref()) {
+                warnings.push(format!("deleting {}: {e}", a.ifname));
+            }
+        }
+        bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));
+        return warnings;
+    }
     for a in atts {
         bpf::endpoints::forget(pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
     }

@@ -7,6 +7,7 @@
 //! leaves rows marked `creating`/`removing` with its pid; the next command finds the pid
 //! gone and finishes the teardown (see reconcile.rs).
 
+pub mod docker;
 mod endpoint;
 mod network;
 mod reconcile;
@@ -14,6 +15,7 @@ mod vlan;
 
 use std::path::{Path, PathBuf};
 
+pub use docker::Join;
 pub use endpoint::{endpoint_number, RunRequest, RunSpec};
 pub use network::NetworkCreate;
 pub use reconcile::ReconcileReport;
@@ -22,7 +24,7 @@ use crate::{
     bpf::{BpfError, Pins},
     ipam::IpamError,
     nl::NlError,
-    store::{Store, StoreError},
+    store::{Owner, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,22 @@ pub fn fault(point: &'static str) {
     if std::env::var_os("DATAPLANE_FAULT").is_some_and(|v| v == point) {
         eprintln!("dataplane: fault point {point}: aborting");
         std::process::abort();
+    }
+}
+
+/// Refuse to let front end `by` remove or change what another front end owns.
+pub(crate) fn check_owner(kind: &str, name: &str, owner: &Owner, by: &Owner) -> Result<()> {
+    match (owner, by) {
+        (Owner::Docker { id, .. }, Owner::Cli) => invalid(format!(
+            "{kind} {name} belongs to Docker ({} id {}): manage it with docker (docker {} ...), not dataplane",
+            kind,
+            &id[..12.min(id.len())],
+            if kind == "network" { "network rm" } else { "rm" }
+        )),
+        (Owner::Cli, Owner::Docker { .. }) => {
+            invalid(format!("{kind} {name} was made by the dataplane command line, not by Docker"))
+        }
+        _ => Ok(()),
     }
 }
 

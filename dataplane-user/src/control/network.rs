@@ -10,7 +10,7 @@ use crate::{
     bpf::{self, AttachMode},
     ipam::{self, PoolRequest},
     nl::Nl,
-    store::{Attachment, Driver, Endpoint, EndpointState, Network, VlanParent},
+    store::{Attachment, Driver, Endpoint, EndpointState, Network, Owner, VlanParent},
 };
 
 #[derive(Debug, Default, Clone)]
@@ -24,6 +24,8 @@ pub struct NetworkCreate {
     pub opts: Vec<String>,
     pub internal: bool,
     pub ipv6: bool,
+    /// Who creates it (and alone may remove it).
+    pub owner: Owner,
 }
 
 const MACVLAN_MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
@@ -192,6 +194,7 @@ impl Engine {
                 vlan,
                 state: EndpointState::Creating,
                 owner_pid: std::process::id(),
+                owner: req.owner.clone(),
             };
             tx.put_network(&n)?;
             Ok(n)
@@ -256,6 +259,11 @@ impl Engine {
 
     /// Remove networks; returns warnings about kernel leftovers that could not be removed.
     pub fn network_rm(&mut self, name: &str) -> Result<Vec<String>> {
+        self.network_rm_by(name, &Owner::Cli)
+    }
+
+    /// Remove a network on behalf of front end `by`, which must be the one that made it.
+    pub(crate) fn network_rm_by(&mut self, name: &str, by: &Owner) -> Result<Vec<String>> {
         if PREDEFINED.contains(&name) {
             return invalid(format!("{name} is a predefined network and cannot be removed"));
         }
@@ -266,6 +274,7 @@ impl Engine {
             let Some(mut n) = tx.network(name)? else {
                 return invalid(format!("network {name} not found (list them with dataplane network ls)"));
             };
+            super::check_owner("network", &n.name, &n.owner, by)?;
             let users: Vec<String> =
                 tx.attachments()?.into_iter().filter(|a| a.network == n.name).map(|a| a.endpoint).collect();
             if !users.is_empty() {
@@ -372,8 +381,16 @@ impl Engine {
             "ConfigOnly": false,
             "Containers": containers,
             "Options": n.options,
-            "Labels": {},
+            "Labels": owner_labels(&n.owner),
         }))
+    }
+}
+
+/// Who owns a network, as `docker network inspect`-style labels.
+fn owner_labels(o: &Owner) -> Value {
+    match o {
+        Owner::Cli => json!({}),
+        Owner::Docker { id, .. } => json!({ "dataplane.owner": "docker", "dataplane.docker.network-id": id }),
     }
 }
 
@@ -425,6 +442,7 @@ pub fn predefined_networks() -> Vec<Network> {
         vlan: None,
         state: EndpointState::Ready,
         owner_pid: 0,
+        owner: Owner::Cli,
     };
     vec![mk("host", Driver::Host), mk("none", Driver::None)]
 }

@@ -234,9 +234,25 @@ impl Engine {
             let mut want = Vec::new();
             // Endpoints another live process is creating or removing: theirs to handle.
             let mut in_flight = BTreeSet::new();
-            for ep in eps.iter().filter(|e| e.state != EndpointState::Ready && !e.netns.is_empty()) {
+            for ep in eps.iter().filter(|e| e.state != EndpointState::Ready) {
                 in_flight.insert(endpoint_number(&ep.id));
-                live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
+                if !ep.netns.is_empty() {
+                    live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
+                }
+            }
+            for ep in eps.iter().filter(|e| e.state == EndpointState::Ready && e.owner.is_docker()) {
+                for a in atts.iter().filter(|a| a.endpoint == ep.name) {
+                    want.push((a.ifindex, endpoint_info(ep, a)?));
+                    let [eg, _] = pins.docker_endpoint_links(a.ifindex);
+                    if !eg.exists() {
+                        r.drift.push(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
+                        if !dry_run {
+                            if let Err(e) = super::docker::reattach(&pins, ep, a) {
+                                r.errors.push(format!("attaching to {} of {}: {e}", a.ifname, ep.name));
+                            }
+                        }
+                    }
+                }
             }
             for ep in eps
                 .iter()

@@ -603,6 +603,7 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
                 pid: None,
                 auto_remove: false,
                 command: vec![],
+                owner: Default::default(),
             })?;
         }
         Ok(())

@@ -1,0 +1,293 @@
+//! The engine side of Docker's remote network driver (`dataplane plugin docker`).
+//!
+//! Docker's model differs from the command line's in one way that matters: the driver
+//! creates an endpoint's interface in dockerd's own network namespace and Docker moves it
+//! into the container (renaming it `ethN`, setting its addresses and routes). So a Docker
+//! endpoint's macvlan is made here, in the namespace this process runs in, with its
+//! requested ifindex (which survives the move) and its anti-spoofing programs attached
+//! before Docker ever brings it up; its link pins are keyed by that ifindex
+//! ([`Pins::docker_endpoint_links`]), not by a namespace path.
+//!
+//! Networks are named `docker-<first 12 hex of Docker's id>` in the store (Docker does not
+//! tell a driver the name the user chose). Both networks and endpoints carry
+//! [`Owner::Docker`], so the command line shows them but refuses to remove them.
+
+use std::net::IpAddr;
+
+use super::{
+    endpoint::{allocate, endpoint_info, endpoint_number, pull_admission, push_admission, wait_for_mac},
+    invalid, ControlError, Engine, NetworkCreate, Result, Undo,
+};
+use crate::{
+    bpf::{self, Pins},
+    mac::Mac,
+    nl::Nl,
+    store::{Attachment, Endpoint, EndpointState, Network, Owner},
+};
+
+/// The store name of Docker network `id`.
+pub fn network_name(id: &str) -> String {
+    format!("docker-{}", &id[..12.min(id.len())])
+}
+
+/// The store name of Docker endpoint `id`.
+pub fn endpoint_name(id: &str) -> String {
+    format!("docker-{}", &id[..12.min(id.len())])
+}
+
+/// Name of a Docker endpoint's interface while it is in dataplane's namespace (before
+/// Docker moves it into the container, and after Docker moves it back on leave).
+pub fn host_ifname(ifindex: u32) -> String {
+    format!("dp{ifindex:08x}")
+}
+
+/// What Docker needs to move the interface into the container.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub src_name: String,
+    pub gateway4: Option<IpAddr>,
+    pub gateway6: Option<IpAddr>,
+    pub internal: bool,
+}
+
+fn docker_id(o: &Owner) -> Option<&str> {
+    match o {
+        Owner::Docker { id, .. } => Some(id),
+        Owner::Cli => None,
+    }
+}
+
+impl Engine {
+    fn docker_network(&mut self, id: &str) -> Result<Option<Network>> {
+        let nets = self.store.read(|tx| tx.networks())?;
+        Ok(nets.into_iter().find(|n| docker_id(&n.owner) == Some(id)))
+    }
+
+    fn docker_endpoint(&mut self, id: &str) -> Result<Option<(Endpoint, Option<Attachment>)>> {
+        let (eps, atts) = self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
+        Ok(eps.into_iter().find(|e| docker_id(&e.owner) == Some(id)).map(|e| {
+            let a = atts.into_iter().find(|a| a.endpoint == e.name);
+            (e, a)
+        }))
+    }
+
+    /// CreateNetwork: `req.owner` must be `Owner::Docker` with Docker's network id.
+    /// Repeating it for a network that exists is not an error (Docker retries).
+    pub fn docker_network_create(&mut self, req: NetworkCreate) -> Result<Network> {
+        let Some(id) = docker_id(&req.owner).map(str::to_string) else {
+            return invalid("a Docker network needs Docker's network id");
+        };
+        if let Some(n) = self.docker_network(&id)? {
+            return Ok(n);
+        }
+        self.network_create(NetworkCreate { name: network_name(&id), ..req })
+    }
+
+    /// DeleteNetwork; a network dataplane does not know is already gone.
+    pub fn docker_network_delete(&mut self, id: &str) -> Result<Vec<String>> {
+        match self.docker_network(id)? {
+            Some(n) => {
+                let owner = n.owner.clone();
+                self.network_rm_by(&n.name, &owner)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// CreateEndpoint: allocate (Docker's addresses, checked against the store), push the
+    /// admission entries, and make the interface with its programs in this namespace.
+    pub fn docker_endpoint_create(
+        &mut self,
+        network_id: &str,
+        endpoint_id: &str,
+        ipv4: Option<IpAddr>,
+        ipv6: Option<IpAddr>,
+        mac: Option<&str>,
+    ) -> Result<Attachment> {
+        if let Some((_, Some(a))) = self.docker_endpoint(endpoint_id)? {
+            return Ok(a);
+        }
+        let n = self.docker_network(network_id)?.ok_or_else(|| {
+            ControlError::Invalid(format!(
+                "network {network_id} is not known to dataplane (was it created with -d dataplane?)"
+            ))
+        })?;
+        if n.state != EndpointState::Ready {
+            return invalid(format!("network {} is still being set up or removed; retry in a moment", n.name));
+        }
+        let pins = self.pins.clone();
+        let ep = Endpoint {
+            id: crate::store::new_id(),
+            name: endpoint_name(endpoint_id),
+            netns: String::new(),
+            netns_owned: false,
+            network_mode: n.name.clone(),
+            created: crate::store::now_rfc3339(),
+            state: EndpointState::Creating,
+            owner_pid: std::process::id(),
+            pid: None,
+            auto_remove: false,
+            command: vec![],
+            owner: Owner::Docker { id: endpoint_id.to_string(), sandbox: None },
+        };
+        let a = self.store.write(|tx| -> Result<Attachment> {
+            let mut a = allocate(tx, &ep, &n, ipv4, ipv6, mac, String::new())?;
+            a.ifname = host_ifname(a.ifindex);
+            tx.put_endpoint(&ep)?;
+            tx.put_attachment(&a)?;
+            push_admission(&pins, &n, &a, &ep.id)?;
+            Ok(a)
+        })?;
+        let mut undo = Undo::new();
+        {
+            let (pins2, n2, a2) = (pins.clone(), n.clone(), a.clone());
+            undo.push("removing admission entries", move || {
+                pull_admission(&pins2, &n2, &a2);
+                Ok(())
+            });
+            let (pins2, a2, number) = (pins.clone(), a.clone(), endpoint_number(&ep.id));
+            undo.push(format!("removing {} and its programs", a.ifname), move || {
+                bpf::endpoints::forget_at(&pins2, a2.ifindex, number, pins2.docker_endpoint_links(a2.ifindex));
+                delete_host_link(a2.ifindex, None)
+            });
+        }
+        if let Err(e) = realise_here(&pins, &n, &ep, &a) {
+            let err = undo.run(e);
+            let name = ep.name.clone();
+            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
+            return Err(err);
+        }
+        undo.forget();
+        let mut ep = ep;
+        ep.state = EndpointState::Ready;
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })?;
+        Ok(a)
+    }
+
+    /// Join: record the sandbox and say which interface Docker moves into it.
+    pub fn docker_join(&mut self, endpoint_id: &str, sandbox: &str) -> Result<Join> {
+        let (mut ep, a) = self
+            .docker_endpoint(endpoint_id)?
+            .ok_or_else(|| ControlError::Invalid(format!("endpoint {endpoint_id} is not known to dataplane")))?;
+        let a = a.ok_or_else(|| ControlError::Invalid(format!("endpoint {endpoint_id} has no interface")))?;
+        let n = self
+            .store
+            .read(|tx| tx.network(&a.network))?
+            .ok_or_else(|| ControlError::Invalid(format!("network {} of endpoint {endpoint_id} is gone", a.network)))?;
+        if Nl::here()?.link(&a.ifname)?.is_none() {
+            return invalid(format!(
+                "interface {} of endpoint {endpoint_id} is missing (already in another sandbox?)",
+                a.ifname
+            ));
+        }
+        ep.owner = Owner::Docker { id: endpoint_id.to_string(), sandbox: Some(sandbox.to_string()) };
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })?;
+        let gw = |ip: Option<IpAddr>| {
+            ip.and_then(|ip| n.pools.iter().find(|p| p.subnet.contains(ip)).and_then(|p| p.gateway))
+        };
+        Ok(Join { src_name: a.ifname.clone(), gateway4: gw(a.ipv4), gateway6: gw(a.ipv6), internal: n.internal })
+    }
+
+    /// Leave: Docker moves the interface back; forget the sandbox.
+    pub fn docker_leave(&mut self, endpoint_id: &str) -> Result<()> {
+        if let Some((mut ep, _)) = self.docker_endpoint(endpoint_id)? {
+            ep.owner = Owner::Docker { id: endpoint_id.to_string(), sandbox: None };
+            self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })?;
+        }
+        Ok(())
+    }
+
+    /// DeleteEndpoint: the interface, its programs, map entries and rows. An endpoint
+    /// already gone is not an error.
+    pub fn docker_endpoint_delete(&mut self, endpoint_id: &str) -> Result<Vec<String>> {
+        let Some((ep, _)) = self.docker_endpoint(endpoint_id)? else { return Ok(Vec::new()) };
+        let pins = self.pins.clone();
+        let me = std::process::id();
+        let (ep, atts) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>)> {
+            let mut ep = tx.endpoint(&ep.name)?.unwrap_or(ep);
+            let atts: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
+            let nets = tx.networks()?;
+            for a in &atts {
+                if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                    pull_admission(&pins, n, a);
+                }
+            }
+            ep.state = EndpointState::Removing;
+            ep.owner_pid = me;
+            tx.put_endpoint(&ep)?;
+            Ok((ep, atts))
+        })?;
+        let warnings = super::endpoint::teardown(&pins, &ep, &atts, false);
+        let name = ep.name.clone();
+        self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) })?;
+        Ok(warnings)
+    }
+}
+
+/// Make a Docker endpoint's macvlan in this namespace, down, with its MAC and requested
+/// ifindex, its identity entry and its two programs (Docker brings it up in the container).
+pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
+    let parent = n.parent.as_deref().unwrap_or_default();
+    let host = Nl::here()?;
+    let p = host.link(parent)?.ok_or_else(|| {
+        ControlError::Invalid(format!(
+            "parent interface {parent} of network {} is gone; recreate it or remove the network",
+            n.name
+        ))
+    })?;
+    if !p.up {
+        host.set_up(p.index)?;
+    }
+    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+    let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
+    wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, None, Some(a.ifindex))).map_err(|e| {
+        if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
+            ControlError::Invalid(format!("cannot create {} on {parent}: {e} (MAC {} is taken)", a.ifname, a.mac))
+        } else {
+            e.into()
+        }
+    })?;
+    bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
+    bpf::endpoints::attach_at(pins, None, &a.ifname, pins.docker_endpoint_links(a.ifindex))?;
+    Ok(())
+}
+
+/// Delete the interface with `ifindex` from this namespace, or from `sandbox` if Docker
+/// left it there; absent everywhere is fine.
+pub(crate) fn delete_host_link(ifindex: u32, sandbox: Option<&str>) -> std::result::Result<(), String> {
+    let here = Nl::here().map_err(|e| e.to_string())?;
+    let mut nls = vec![here];
+    if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
+        if let Ok(nl) = Nl::in_netns(std::path::Path::new(s)) {
+            nls.push(nl);
+        }
+    }
+    for nl in nls {
+        if let Some(l) = nl.links().map_err(|e| e.to_string())?.into_iter().find(|l| l.index == ifindex) {
+            return nl.del_link(l.index).map_err(|e| format!("deleting {}: {e}", l.name));
+        }
+    }
+    Ok(())
+}
+
+/// Re-attach the programs of a Docker endpoint's interface, wherever it is now (this
+/// namespace, or the container's).
+pub(crate) fn reattach(pins: &Pins, ep: &Endpoint, a: &Attachment) -> Result<()> {
+    let paths = pins.docker_endpoint_links(a.ifindex);
+    bpf::endpoints::detach_at(paths.clone());
+    let sandbox = match &ep.owner {
+        Owner::Docker { sandbox, .. } => sandbox.clone(),
+        Owner::Cli => None,
+    };
+    let here = Nl::here()?.links()?.into_iter().find(|l| l.index == a.ifindex);
+    if let Some(l) = here {
+        return Ok(bpf::endpoints::attach_at(pins, None, &l.name, paths)?);
+    }
+    if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
+        let inside = Nl::in_netns(std::path::Path::new(&s))?.links()?.into_iter().find(|l| l.index == a.ifindex);
+        if let Some(l) = inside {
+            return Ok(bpf::endpoints::attach_at(pins, Some(&s), &l.name, paths)?);
+        }
+    }
+    invalid(format!("interface {} (ifindex {}) of endpoint {} is gone", a.ifname, a.ifindex, ep.name))
+}

@@ -1,0 +1,4 @@
+//! Front ends that reach the engine from outside the command line: the Docker network
+//! plugin (`docker.rs`). Each calls only the engine's API (`control::Engine`).
+
+pub mod docker;

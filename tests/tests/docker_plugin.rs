@@ -1,0 +1,254 @@
+//! The Docker network plugin against a real dockerd (in a namespace of its own) and real
+//! containers: the seed document's networks through `docker`, reachability, VLAN tags on
+//! the trunk, unknown-MAC drops, anti-spoofing inside a NET_ADMIN container, Docker's
+//! IPAM rules, a plugin crash while containers run, and a clean teardown.
+
+use std::{
+    collections::BTreeSet,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use dataplane_tests::docker::{DockerLab, IMAGE};
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+fn stats(lab: &DockerLab) -> Value {
+    json(&lab.host.ok(&["stats", "--format", "json"]))
+}
+
+fn endpoint_counter(lab: &DockerLab, mac: &str, field: &str) -> u64 {
+    let s = stats(lab);
+    s["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mac"] == mac)
+        .and_then(|e| e[field].as_u64())
+        .unwrap_or_else(|| panic!("no endpoint with MAC {mac} in {s:#}"))
+}
+
+fn parent_counter(lab: &DockerLab, iface: &str, reason: &str) -> u64 {
+    let s = stats(lab);
+    s["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["iface"] == iface)
+        .map_or(0, |p| p["packets"][reason].as_u64().unwrap_or(0))
+}
+
+/// A container's address and MAC on its first network, from `docker inspect`.
+fn addr_of(lab: &DockerLab, name: &str) -> (String, String) {
+    let v = json(&lab.ok(&["inspect", name]));
+    let nets = v[0]["NetworkSettings"]["Networks"].as_object().unwrap().values().next().cloned().unwrap();
+    (nets["IPAddress"].as_str().unwrap().to_string(), nets["MacAddress"].as_str().unwrap().to_string())
+}
+
+fn ping_from(lab: &DockerLab, container: &str, to: &str) -> bool {
+    lab.docker(&["exec", container, "ping", "-c", "1", "-W", "1", to]).status.success()
+}
+
+fn dp_links(lab: &DockerLab) -> BTreeSet<String> {
+    let out = lab.host.ns.exec(&["ip", "-j", "link"]).unwrap();
+    json(&out).as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn docker_containers_on_dataplane_networks() {
+    let mut lab = DockerLab::new("dpD").unwrap();
+    let d = lab.driver.clone();
+    lab.switch.exec(&["ip", "addr", "add", "172.16.86.1/24", "dev", "up0"]).unwrap();
+    let links_before = dp_links(&lab);
+
+    // Errors reach the user through Docker, naming the bad value, and leave no trace.
+    let bad = lab.docker(&["network", "create", "-d", &d, "--subnet=10.9.0.0/24", "-o", "parent=nosuch0", "bad_net"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("nosuch0") && err.contains("does not exist"), "{err}");
+    let bad = lab.docker(&["network", "create", "-d", &d, "--subnet=10.9.0.0/24", "-o", "colour=red", "bad_net"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"colour\""), "{:?}", bad);
+    assert_eq!(
+        lab.host.ok(&["network", "ls", "--format", "json"]).matches("\"Name\"").count(),
+        2,
+        "only host and none"
+    );
+
+    // The seed document's first network, through docker.
+    let net_id = lab.ok(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--subnet=172.16.86.0/24",
+        "--gateway=172.16.86.1",
+        "-o",
+        "parent=eth0",
+        "pub_net",
+    ]);
+    let store_name = format!("docker-{}", &net_id[..12]);
+    let inspect = json(&lab.host.ok(&["network", "inspect", &store_name]));
+    assert_eq!(inspect[0]["Labels"]["dataplane.owner"], "docker", "{inspect:#}");
+    assert_eq!(inspect[0]["Labels"]["dataplane.docker.network-id"], net_id.as_str());
+    assert!(lab.host.ns.xdp_prog_id("eth0").unwrap().is_some(), "no admission program on the parent");
+
+    lab.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--cap-add",
+        "NET_ADMIN",
+        "--network",
+        "pub_net",
+        "--ip",
+        "172.16.86.10",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    lab.ok(&["run", "-d", "--name", "c2", "--network", "pub_net", IMAGE, "sleep", "600"]);
+    let (ip1, mac1) = addr_of(&lab, "c1");
+    let (ip2, mac2) = addr_of(&lab, "c2");
+    assert_eq!(ip1, "172.16.86.10");
+    assert_eq!(mac2, format!("02:42:ac:10:56:{:02x}", ip2.rsplit('.').next().unwrap().parse::<u8>().unwrap()));
+    // The container sees our MAC and address on eth0.
+    let inside = lab.ok(&["exec", "c1", "ip", "addr", "show", "eth0"]);
+    assert!(inside.contains(&mac1) && inside.contains("172.16.86.10/24"), "{inside}");
+
+    // One store: Docker's endpoints show in dataplane ps, marked as Docker's.
+    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    let docker_eps: Vec<&Value> = ps.as_array().unwrap().iter().filter(|e| e["Owner"]["kind"] == "docker").collect();
+    assert_eq!(docker_eps.len(), 2, "{ps:#}");
+    assert!(docker_eps.iter().all(|e| e["Status"].as_str().unwrap().starts_with("docker, in ")), "{ps:#}");
+
+    // Reachability: the switch and the sibling (bridge mode).
+    assert!(ping_from(&lab, "c1", "172.16.86.1"), "c1 cannot reach the switch");
+    assert!(ping_from(&lab, "c2", "172.16.86.10"), "c2 cannot reach c1");
+    assert!(endpoint_counter(&lab, &mac1, "tx_packets") > 0 && endpoint_counter(&lab, &mac1, "rx_packets") > 0);
+
+    // A unicast frame for a MAC nobody was given is dropped at XDP and counted.
+    let before = parent_counter(&lab, "eth0", "drop_unknown_destination");
+    lab.switch.exec(&["ip", "neigh", "replace", "172.16.86.77", "lladdr", "02:42:de:ad:be:ef", "dev", "up0"]).unwrap();
+    let _ = lab.switch.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "172.16.86.77"]);
+    assert!(parent_counter(&lab, "eth0", "drop_unknown_destination") >= before + 3, "{:#}", stats(&lab));
+
+    // Anti-spoofing inside a container holding NET_ADMIN: another address, then another MAC.
+    let spoofed = endpoint_counter(&lab, &mac1, "spoofed_packets");
+    lab.ok(&["exec", "c1", "ip", "addr", "add", "172.16.86.99/24", "dev", "eth0"]);
+    let out = lab.docker(&["exec", "c1", "ping", "-c", "2", "-W", "1", "-I", "172.16.86.99", "172.16.86.1"]);
+    assert!(!out.status.success(), "a second address got through");
+    assert!(endpoint_counter(&lab, &mac1, "spoofed_packets") >= spoofed + 2, "{:#}", stats(&lab));
+    lab.ok(&["exec", "c1", "ip", "addr", "del", "172.16.86.99/24", "dev", "eth0"]);
+    let spoofed = endpoint_counter(&lab, &mac1, "spoofed_packets");
+    lab.ok(&["exec", "c1", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:63"]);
+    assert!(!ping_from(&lab, "c1", "172.16.86.1"), "a changed MAC got through");
+    assert!(endpoint_counter(&lab, &mac1, "spoofed_packets") > spoofed, "{:#}", stats(&lab));
+    lab.ok(&["exec", "c1", "ip", "link", "set", "eth0", "address", &mac1]);
+    assert!(ping_from(&lab, "c1", "172.16.86.1"), "c1 cannot reach the switch with its own MAC again");
+
+    // The CLI shows Docker's objects but refuses to remove them.
+    let rm = lab.host.dp(&["network", "rm", &store_name]);
+    let err = String::from_utf8_lossy(&rm.stderr);
+    assert!(!rm.status.success() && err.contains("belongs to Docker"), "{err}");
+    let ep_name = docker_eps[0]["Name"].as_str().unwrap();
+    let rm = lab.host.dp(&["rm", "-f", ep_name]);
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("belongs to Docker"), "{rm:?}");
+    let run = lab.host.dp(&["run", "-d", "--name", "cli1", "--network", &store_name, "--", "sleep", "1"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("belongs to Docker"), "{run:?}");
+
+    // ip-range and aux addresses: Docker's IPAM allocates from the range, we record both.
+    lab.ok(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--subnet=192.168.32.0/24",
+        "--ip-range=192.168.32.128/25",
+        "--gateway=192.168.32.254",
+        "--aux-address=my-router=192.168.32.129",
+        "-o",
+        "parent=eth0",
+        "macnet32",
+    ]);
+    lab.ok(&["run", "-d", "--name", "r1", "--network", "macnet32", IMAGE, "sleep", "600"]);
+    let (ip_r1, _) = addr_of(&lab, "r1");
+    let last: u8 = ip_r1.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(last >= 128 && last != 129 && last != 254, "{ip_r1} is outside the range or reserved");
+    let bad_ip = lab.docker(&["run", "--rm", "--network", "macnet32", "--ip", "192.168.32.129", IMAGE, "true"]);
+    assert!(!bad_ip.status.success(), "the aux address was handed out");
+
+    // An 802.1Q trunk parent, created by us (no 8021q here: the eBPF VLAN device).
+    lab.ok(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--subnet=192.168.50.0/24",
+        "--gateway=192.168.50.1",
+        "-o",
+        "parent=eth0.50",
+        "macvlan50",
+    ]);
+    lab.ok(&["run", "-d", "--name", "v1", "--network", "macvlan50", IMAGE, "sleep", "600"]);
+    let (_, mac_v1) = addr_of(&lab, "v1");
+    let mut capture = Command::new("nsenter")
+        .arg(format!("--net={}", lab.switch.path().display()))
+        .args(["tcpdump", "-l", "-n", "-e", "-c", "2", "-i", "up0", "vlan 50 and arp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = lab.docker(&["exec", "v1", "ping", "-c", "3", "-W", "1", "192.168.50.1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = capture.kill();
+    let seen = String::from_utf8_lossy(&capture.wait_with_output().unwrap().stdout).into_owned();
+    assert!(seen.contains("vlan 50") && seen.contains(&mac_v1), "no VLAN-50 tagged ARP from {mac_v1}: {seen:?}");
+
+    // The plugin crashes while containers run: enforcement stays (it is in the kernel),
+    // a new plugin process picks the store up, and no address is handed out twice.
+    lab.stop_plugin(libc::SIGKILL);
+    assert!(ping_from(&lab, "c1", "172.16.86.1"), "traffic stopped with the plugin");
+    let spoofed = endpoint_counter(&lab, &mac1, "spoofed_packets");
+    lab.ok(&["exec", "c1", "ip", "addr", "add", "172.16.86.98/24", "dev", "eth0"]);
+    let _ = lab.docker(&["exec", "c1", "ping", "-c", "1", "-W", "1", "-I", "172.16.86.98", "172.16.86.1"]);
+    assert!(endpoint_counter(&lab, &mac1, "spoofed_packets") > spoofed, "anti-spoofing stopped with the plugin");
+    lab.start_plugin().unwrap();
+    lab.ok(&["run", "-d", "--name", "c3", "--network", "pub_net", IMAGE, "sleep", "600"]);
+    let (ip3, mac3) = addr_of(&lab, "c3");
+    assert!(ip3 != ip1 && ip3 != ip2 && mac3 != mac1 && mac3 != mac2, "{ip3} {mac3} given twice");
+    assert!(ping_from(&lab, "c3", "172.16.86.10"), "c3 cannot reach c1");
+    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    assert_eq!(ps.as_array().unwrap().len(), 5, "{ps:#}");
+
+    // docker rm and network rm leave no links, pins or rows.
+    for c in ["c1", "c2", "c3", "r1", "v1"] {
+        lab.ok(&["rm", "-f", c]);
+    }
+    for n in ["pub_net", "macnet32", "macvlan50"] {
+        lab.ok(&["network", "rm", n]);
+    }
+    assert_eq!(json(&lab.host.ok(&["ps", "--format", "json"])), serde_json::json!([]));
+    assert_eq!(lab.host.ok(&["network", "ls", "--format", "json"]).matches("\"Name\"").count(), 2);
+    assert_eq!(dp_links(&lab), links_before, "links left behind");
+    assert!(lab.host.ns.xdp_prog_id("eth0").unwrap().is_none(), "XDP left on the parent");
+    let pins: Vec<_> = walk(&lab.host.bpffs.dir);
+    assert!(pins.is_empty(), "pins left behind: {pins:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

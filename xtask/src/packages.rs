@@ -1,0 +1,76 @@
+//! The host tools the demo and the tests drive (iproute2, ping, tcpdump, dockerd...):
+//! installed with apt-get on a fresh Debian/Ubuntu machine, with a one-line notice, so
+//! the README's two commands work from nothing.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// (command looked for on PATH or at an absolute path, Debian package that provides it)
+pub const DEMO: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("sysctl", "procps"),
+    ("ping", "iputils-ping"),
+    ("tcpdump", "tcpdump"),
+    ("ash", "ash"),
+];
+
+/// What the integration tests need beyond the demo: a real dockerd and the busybox the
+/// offline test image is made of.
+pub const TEST: &[(&str, &str)] =
+    &[("/usr/sbin/dockerd", "docker.io"), ("docker", "docker.io"), ("busybox", "busybox-static")];
+
+fn present(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return Path::new(cmd).exists();
+    }
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(cmd).is_file())
+}
+
+/// Install the packages of whatever in `lists` is missing.
+pub fn ensure(lists: &[&[(&str, &str)]]) -> Result<()> {
+    let mut need: Vec<&str> = Vec::new();
+    for (cmd, pkg) in lists.iter().copied().flatten() {
+        if !present(cmd) && !need.contains(pkg) {
+            need.push(pkg);
+        }
+    }
+    if need.is_empty() {
+        return Ok(());
+    }
+    eprintln!("[packages] installing what is missing: {} (apt-get)", need.join(" "));
+    if !present("apt-get") {
+        bail!("missing packages {} and no apt-get to install them with; install them by hand", need.join(" "));
+    }
+    // Packages must not start services on this host (dockerd is started by the tests,
+    // inside namespaces of their own): policy-rc.d says so for the duration.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").context("writing /usr/sbin/policy-rc.d")?;
+        let _ = Command::new("chmod").args(["755", "/usr/sbin/policy-rc.d"]).status();
+    }
+    let run = |args: &[&str]| -> Result<()> {
+        let st = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("running apt-get {}", args.join(" ")))?;
+        if !st.success() {
+            bail!("apt-get {} failed ({st})", args.join(" "));
+        }
+        Ok(())
+    };
+    let result = run(&["update", "-qq"]).and_then(|()| {
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&need);
+        run(&args)
+    });
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result.with_context(|| format!("installing {} failed; install them by hand and rerun", need.join(" ")))
+}
