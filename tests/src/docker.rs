@@ -75,6 +75,11 @@ impl DockerLab {
 
     /// Start (or restart) `dataplane plugin docker` and wait for its socket.
     pub fn start_plugin(&mut self) -> anyhow::Result<()> {
+        self.start_plugin_env(&[])
+    }
+
+    /// [`DockerLab::start_plugin`] with extra environment (e.g. `DATAPLANE_FAULT`).
+    pub fn start_plugin_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.plugin_log())?;
         let child = self
             .nsenter()
@@ -85,13 +90,15 @@ impl DockerLab {
             .arg(&self.host.bpffs.dir)
             .args(["plugin", "docker", "--verbose", "--socket"])
             .arg(&self.socket)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
         self.plugin = Some(child);
         let start = Instant::now();
-        while !self.socket.exists() {
+        // A crashed predecessor leaves its socket file: wait until one accepts.
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if start.elapsed() > Duration::from_secs(20) {
                 anyhow::bail!(
                     "the plugin did not create {} within 20 s; its log:\n{}",
@@ -111,8 +118,15 @@ impl DockerLab {
         }
     }
 
-    fn start_dockerd(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.root.join("dockerd.log"))?;
+    /// Stop dockerd (SIGTERM, as systemd does) and wait for it.
+    pub fn stop_dockerd(&mut self) {
+        if let Some(mut d) = self.dockerd.take() {
+            kill_and_wait(&mut d, libc::SIGTERM, Duration::from_secs(30));
+        }
+    }
+
+    pub fn start_dockerd(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.join("dockerd.log"))?;
         let dockerd = ["/usr/sbin/dockerd", "/usr/bin/dockerd"].into_iter().find(|p| std::path::Path::new(p).exists());
         let Some(dockerd) = dockerd else {
             anyhow::bail!("dockerd is not installed (apt-get install docker.io; .ci/run installs it)");
@@ -209,9 +223,7 @@ impl Drop for DockerLab {
                 let _ = self.docker(&["network", "rm", id]);
             }
         }
-        if let Some(mut d) = self.dockerd.take() {
-            kill_and_wait(&mut d, libc::SIGTERM, Duration::from_secs(20));
-        }
+        self.stop_dockerd();
         self.stop_plugin(libc::SIGTERM);
         let _ = std::fs::remove_file(&self.socket);
         // dockerd unmounts its overlays on the way out; anything still mounted is detached.

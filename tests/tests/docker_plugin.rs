@@ -252,3 +252,62 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn plugin_killed_mid_endpoint_and_dockerd_restarts() {
+    let mut lab = DockerLab::new("dpK").unwrap();
+    let d = lab.driver.clone();
+    lab.switch.exec(&["ip", "addr", "add", "10.61.0.1/24", "dev", "up0"]).unwrap();
+    let links_before = dp_links(&lab);
+    lab.ok(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--subnet=10.61.0.0/24",
+        "--gateway=10.61.0.1",
+        "-o",
+        "parent=eth0",
+        "n61",
+    ]);
+
+    // The plugin dies half-way through CreateEndpoint (interface and programs made, row
+    // not yet ready): the container fails to start, and the next plugin process removes
+    // what the dead one left before it serves anything.
+    lab.stop_plugin(libc::SIGTERM);
+    lab.start_plugin_env(&[("DATAPLANE_FAULT", "docker-endpoint:linked")]).unwrap();
+    let run = lab.docker(&["run", "--rm", "--network", "n61", IMAGE, "true"]);
+    assert!(!run.status.success(), "the container started through a crashed plugin");
+    assert!(dp_links(&lab).len() > links_before.len(), "the fault point hit before the interface was made");
+    lab.stop_plugin(libc::SIGKILL);
+    lab.start_plugin().unwrap();
+    let log = std::fs::read_to_string(lab.plugin_log()).unwrap();
+    assert!(log.contains("was left Creating by process"), "{log}");
+    assert_eq!(dp_links(&lab), links_before, "the crashed endpoint's interface is still there");
+    assert_eq!(json(&lab.host.ok(&["ps", "--format", "json"])), serde_json::json!([]));
+
+    // dockerd restarts (as on a reboot of the daemon) with a --restart always container:
+    // Docker re-creates its endpoint through the plugin, and it works.
+    lab.ok(&["run", "-d", "--restart", "always", "--name", "ra", "--network", "n61", IMAGE, "sleep", "600"]);
+    assert!(ping_from(&lab, "ra", "10.61.0.1"));
+    lab.stop_dockerd();
+    lab.start_dockerd().unwrap();
+    let mut running = false;
+    for _ in 0..100 {
+        if lab.docker(&["inspect", "-f", "{{.State.Running}}", "ra"]).stdout.starts_with(b"true") {
+            running = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        running,
+        "ra was not restarted by dockerd; plugin log:\n{}",
+        std::fs::read_to_string(lab.plugin_log()).unwrap()
+    );
+    assert!(ping_from(&lab, "ra", "10.61.0.1"), "ra cannot reach the switch after the dockerd restart");
+    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    assert_eq!(ps.as_array().unwrap().len(), 1, "stale endpoints after the restart: {ps:#}");
+    let (ip, _) = addr_of(&lab, "ra");
+    assert_eq!(ps[0]["Networks"][0]["IPv4Address"], ip.as_str(), "{ps:#}");
+}

@@ -157,6 +157,7 @@ impl Engine {
             let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
             return Err(err);
         }
+        super::fault("docker-endpoint:linked");
         undo.forget();
         let mut ep = ep;
         ep.state = EndpointState::Ready;

@@ -55,7 +55,7 @@ pub type Result<T> = std::result::Result<T, ControlError>;
 
 /// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
 /// aborts right there, as if killed. Inert unless that variable is set.
-pub const FAULT_POINTS: [&str; 12] = [
+pub const FAULT_POINTS: [&str; 13] = [
     "network-create:vlan-made",
     "network-create:attached",
     "network-rm:marked",
@@ -68,6 +68,7 @@ pub const FAULT_POINTS: [&str; 12] = [
     "connect:allocated",
     "connect:linked",
     "disconnect:removed",
+    "docker-endpoint:linked",
 ];
 
 pub fn fault(point: &'static str) {
