@@ -171,6 +171,7 @@ impl Nl {
         mac: [u8; 6],
         netns_fd: Option<RawFd>,
         ifindex: Option<u32>,
+        mtu: Option<u32>,
     ) -> Result<()> {
         let mode = match mode {
             "private" => MacVlanMode::Private,
@@ -181,6 +182,9 @@ impl Nl {
         let mut b = LinkMacVlan::new(name, parent_index, mode).address(mac.to_vec());
         if let Some(i) = ifindex {
             b = b.index(i);
+        }
+        if let Some(m) = mtu {
+            b = b.mtu(m);
         }
         if let Some(fd) = netns_fd {
             b = b.setns_by_fd(fd);
@@ -266,6 +270,39 @@ impl Nl {
                 for a in &m.attributes {
                     if let AddressAttribute::Address(ip) = a {
                         out.push((m.header.index, *ip, m.header.prefix_len));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Default routes as (output ifindex, gateway), IPv4 and IPv6.
+    pub fn default_routes(&self) -> Result<Vec<(u32, IpAddr)>> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut out = Vec::new();
+            for msg in [
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+            ] {
+                let mut s = h.route().get(msg).execute();
+                while let Some(m) = s.try_next().await.map_err(|e| NlError::new("listing routes", e))? {
+                    if m.header.destination_prefix_length != 0 {
+                        continue;
+                    }
+                    let (mut oif, mut gw) = (0, None);
+                    for a in &m.attributes {
+                        match a {
+                            RouteAttribute::Oif(i) => oif = *i,
+                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(IpAddr::V4(*g)),
+                            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(IpAddr::V6(*g)),
+                            _ => {}
+                        }
+                    }
+                    if let Some(g) = gw {
+                        out.push((oif, g));
                     }
                 }
             }

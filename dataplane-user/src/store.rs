@@ -103,6 +103,14 @@ pub enum Owner {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<String>,
     },
+    /// A CNI runtime, through `dataplane-cni`: for a network the conflist's network name;
+    /// for an attachment the container id and interface name the runtime gave.
+    Cni {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        container_id: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        ifname: String,
+    },
 }
 
 impl Owner {
@@ -110,11 +118,16 @@ impl Owner {
         matches!(self, Owner::Docker { .. })
     }
 
+    pub fn is_cni(&self) -> bool {
+        matches!(self, Owner::Cni { .. })
+    }
+
     /// Short label for tables: `cli`, `docker`.
     pub fn label(&self) -> &'static str {
         match self {
             Owner::Cli => "cli",
             Owner::Docker { .. } => "docker",
+            Owner::Cni { .. } => "cni",
         }
     }
 }

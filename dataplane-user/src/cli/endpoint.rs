@@ -290,6 +290,9 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
             let status = match (&e.owner, e.pid) {
                 (dataplane_user::store::Owner::Docker { sandbox: Some(s), .. }, _) => format!("docker, in {s}"),
                 (dataplane_user::store::Owner::Docker { sandbox: None, .. }, _) => "docker, not joined".to_string(),
+                (dataplane_user::store::Owner::Cni { container_id, ifname }, _) => {
+                    format!("cni, container {} {ifname}", &container_id[..12.min(container_id.len())])
+                }
                 (_, Some(p)) if alive(p) => format!("running (pid {p})"),
                 _ if e.command.is_empty() => "created".to_string(),
                 _ => "exited".to_string(),

@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 
 use super::{
-    endpoint::{allocate, endpoint_info, endpoint_number, pull_admission, push_admission, wait_for_mac},
+    endpoint::{allocate, endpoint_info, endpoint_number, network_mtu, pull_admission, push_admission, wait_for_mac},
     invalid, ControlError, Engine, NetworkCreate, Result, Undo,
 };
 use crate::{
@@ -53,7 +53,7 @@ pub struct Join {
 fn docker_id(o: &Owner) -> Option<&str> {
     match o {
         Owner::Docker { id, .. } => Some(id),
-        Owner::Cli => None,
+        _ => None,
     }
 }
 
@@ -241,13 +241,15 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
     }
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
-    wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, None, Some(a.ifindex))).map_err(|e| {
-        if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
-            ControlError::Invalid(format!("cannot create {} on {parent}: {e} (MAC {} is taken)", a.ifname, a.mac))
-        } else {
-            e.into()
-        }
-    })?;
+    wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, None, Some(a.ifindex), network_mtu(n))).map_err(
+        |e| {
+            if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
+                ControlError::Invalid(format!("cannot create {} on {parent}: {e} (MAC {} is taken)", a.ifname, a.mac))
+            } else {
+                e.into()
+            }
+        },
+    )?;
     bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
     bpf::endpoints::attach_at(pins, None, &a.ifname, pins.docker_endpoint_links(a.ifindex))?;
     Ok(())
@@ -278,7 +280,7 @@ pub(crate) fn reattach(pins: &Pins, ep: &Endpoint, a: &Attachment) -> Result<()>
     bpf::endpoints::detach_at(paths.clone());
     let sandbox = match &ep.owner {
         Owner::Docker { sandbox, .. } => sandbox.clone(),
-        Owner::Cli => None,
+        _ => None,
     };
     let here = Nl::here()?.links()?.into_iter().find(|l| l.index == a.ifindex);
     if let Some(l) = here {

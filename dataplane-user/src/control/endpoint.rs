@@ -45,6 +45,14 @@ pub struct RunSpec {
     pub attachment: Option<Attachment>,
 }
 
+fn owner_name(o: &Owner) -> &'static str {
+    match o {
+        Owner::Cli => "the dataplane command line",
+        Owner::Docker { .. } => "Docker",
+        Owner::Cni { .. } => "a CNI runtime",
+    }
+}
+
 pub(crate) fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence/permission.
     pid > 0
@@ -230,22 +238,23 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
         .map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
-    wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex))).map_err(
-        |e| {
-            if e.is(libc::EBUSY) && mode == "passthru" {
-                ControlError::Invalid(format!(
-                    "parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"
-                ))
-            } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
-                ControlError::Invalid(format!(
-                    "cannot create {} on {parent}: {e} (MAC {} or the name is taken)",
-                    a.ifname, a.mac
-                ))
-            } else {
-                e.into()
-            }
-        },
-    )?;
+    wait_for_mac(|| {
+        host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex), network_mtu(n))
+    })
+    .map_err(|e| {
+        if e.is(libc::EBUSY) && mode == "passthru" {
+            ControlError::Invalid(format!(
+                "parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"
+            ))
+        } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
+            ControlError::Invalid(format!(
+                "cannot create {} on {parent}: {e} (MAC {} or the name is taken)",
+                a.ifname, a.mac
+            ))
+        } else {
+            e.into()
+        }
+    })?;
     let inside = Nl::in_netns(Path::new(&ep.netns))?;
     let link = inside
         .link(&a.ifname)?
@@ -286,6 +295,11 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
         }
     }
     Ok(())
+}
+
+/// The `mtu` option of a network, validated at create.
+pub(crate) fn network_mtu(n: &Network) -> Option<u32> {
+    n.options.get("mtu").and_then(|m| m.parse().ok())
 }
 
 fn lo_up(netns_path: &str) -> Result<()> {
@@ -366,8 +380,8 @@ impl Engine {
                 "host" | "none" => None,
                 n => {
                     let net = tx.network(n)?.ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?;
-                    if net.owner.is_docker() {
-                        return invalid(format!("network {n} belongs to Docker, whose IPAM allocates its addresses: attach containers with docker run --network {n}"));
+                    if net.owner != Owner::Cli {
+                        return invalid(format!("network {n} belongs to {}, which allocates its addresses: attach containers through it, not with dataplane run", owner_name(&net.owner)));
                     }
                     if net.state != EndpointState::Ready {
                         return invalid(format!("network {n} is still being set up or removed (by process {}); retry in a moment", net.owner_pid));
@@ -496,10 +510,11 @@ impl Engine {
                 ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
             })?;
             super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
-            if n.owner.is_docker() {
+            if n.owner != Owner::Cli {
                 return invalid(format!(
-                    "network {} belongs to Docker: connect containers with docker network connect",
-                    n.name
+                    "network {} belongs to {}: connect containers through it, not with dataplane",
+                    n.name,
+                    owner_name(&n.owner)
                 ));
             }
             let mine: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();

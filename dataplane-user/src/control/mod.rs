@@ -7,6 +7,7 @@
 //! leaves rows marked `creating`/`removing` with its pid; the next command finds the pid
 //! gone and finishes the teardown (see reconcile.rs).
 
+pub mod cni;
 pub mod docker;
 mod endpoint;
 mod network;
@@ -15,6 +16,7 @@ mod vlan;
 
 use std::path::{Path, PathBuf};
 
+pub use cni::CniAttach;
 pub use docker::Join;
 pub use endpoint::{endpoint_number, RunRequest, RunSpec};
 pub use network::NetworkCreate;
@@ -55,7 +57,7 @@ pub type Result<T> = std::result::Result<T, ControlError>;
 
 /// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
 /// aborts right there, as if killed. Inert unless that variable is set.
-pub const FAULT_POINTS: [&str; 13] = [
+pub const FAULT_POINTS: [&str; 14] = [
     "network-create:vlan-made",
     "network-create:attached",
     "network-rm:marked",
@@ -69,6 +71,7 @@ pub const FAULT_POINTS: [&str; 13] = [
     "connect:linked",
     "disconnect:removed",
     "docker-endpoint:linked",
+    "cni-add:linked",
 ];
 
 pub fn fault(point: &'static str) {
@@ -88,8 +91,11 @@ pub(crate) fn check_owner(kind: &str, name: &str, owner: &Owner, by: &Owner) -> 
             &id[..12.min(id.len())],
             if kind == "network" { "network rm" } else { "rm" }
         )),
-        (Owner::Cli, Owner::Docker { .. }) => {
-            invalid(format!("{kind} {name} was made by the dataplane command line, not by Docker"))
+        (Owner::Cni { .. }, Owner::Cli) => invalid(format!(
+            "{kind} {name} belongs to a CNI runtime (podman, containerd, CRI-O): remove the container or pod there, not with dataplane"
+        )),
+        (o, b) if std::mem::discriminant(o) != std::mem::discriminant(b) => {
+            invalid(format!("{kind} {name} belongs to the {} front end, not to {}", o.label(), b.label()))
         }
         _ => Ok(()),
     }

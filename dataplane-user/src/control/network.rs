@@ -88,9 +88,14 @@ impl Engine {
             };
             match k {
                 "parent" | "macvlan_mode" => {}
+                "mtu" => {
+                    if !v.parse::<u32>().is_ok_and(|m| (68..=65535).contains(&m)) {
+                        return invalid(format!("invalid mtu {v:?}: use a number of bytes from 68 to 65535"));
+                    }
+                }
                 _ => {
                     return invalid(format!(
-                        "unknown option {k:?} for driver macvlan: known options are parent and macvlan_mode"
+                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode and mtu"
                     ))
                 }
             }
@@ -391,6 +396,7 @@ fn owner_labels(o: &Owner) -> Value {
     match o {
         Owner::Cli => json!({}),
         Owner::Docker { id, .. } => json!({ "dataplane.owner": "docker", "dataplane.docker.network-id": id }),
+        Owner::Cni { .. } => json!({ "dataplane.owner": "cni" }),
     }
 }
 

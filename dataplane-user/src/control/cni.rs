@@ -1,0 +1,302 @@
+//! The engine side of the CNI plugin (`dataplane-cni`).
+//!
+//! A CNI network is the conflist's network name; dataplane creates it in the store (owner
+//! [`Owner::Cni`]) at the first ADD that needs it and removes it (XDP, VLAN device, pins)
+//! with its last attachment, so a node carries programs only while pods use them. An
+//! attachment is (container id, ifname) on that network: an endpoint row for the runtime's
+//! namespace with one macvlan, made exactly as `dataplane run --netns` makes one.
+
+use std::{net::IpAddr, path::Path};
+
+use super::{
+    endpoint::{allocate, endpoint_info, endpoint_number, pull_admission, push_admission, realise},
+    invalid, ControlError, Engine, NetworkCreate, Result, Undo,
+};
+use crate::{
+    bpf,
+    mac::Mac,
+    nl::Nl,
+    store::{Attachment, Endpoint, EndpointState, Network, Owner},
+};
+
+/// What a runtime asks for in ADD.
+#[derive(Debug, Clone, Default)]
+pub struct CniAttach {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub ipv4: Option<IpAddr>,
+    pub ipv6: Option<IpAddr>,
+    pub mac: Option<String>,
+}
+
+fn owner_of(container_id: &str, ifname: &str) -> Owner {
+    Owner::Cni { container_id: container_id.to_string(), ifname: ifname.to_string() }
+}
+
+/// A store name for an attachment: `cni-<container id (sanitised, 12)>-<ifname>`.
+fn endpoint_name(container_id: &str, ifname: &str) -> String {
+    let id: String = container_id
+        .chars()
+        .take(12)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    format!("cni-{id}-{ifname}")
+}
+
+impl Engine {
+    /// The network named by a conflist entry: created from `req` when missing; an existing
+    /// one must be CNI's and on the same parent.
+    pub fn cni_network(&mut self, req: NetworkCreate) -> Result<Network> {
+        let parent_of = |opts: &[String]| opts.iter().find_map(|o| o.strip_prefix("parent=").map(str::to_string));
+        let want_parent = parent_of(&req.opts).unwrap_or_default();
+        for attempt in 0..2 {
+            if let Some(n) = self.store.read(|tx| tx.network(&req.name))?.filter(|n| n.name == req.name) {
+                if !n.owner.is_cni() {
+                    return invalid(format!(
+                        "network name {:?} is used by a dataplane network that is not CNI's ({}); rename the CNI network",
+                        n.name,
+                        n.owner.label()
+                    ));
+                }
+                if n.parent.as_deref() != Some(want_parent.as_str()) {
+                    return invalid(format!(
+                        "network {} already runs on parent {}, not {want_parent}: one name, one parent",
+                        n.name,
+                        n.parent.as_deref().unwrap_or("?")
+                    ));
+                }
+                return Ok(n);
+            }
+            match self.network_create(req.clone()) {
+                Ok(n) => return Ok(n),
+                // Another ADD made it meanwhile: use theirs.
+                Err(ControlError::Invalid(m)) if attempt == 0 && m.contains("already exists") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        invalid(format!("network {} could not be created or found", req.name))
+    }
+
+    /// ADD: allocate, push admission entries, create and configure the interface inside
+    /// the runtime's namespace with its anti-spoofing programs.
+    pub fn cni_attach(&mut self, n: &Network, req: CniAttach) -> Result<Attachment> {
+        if n.state != EndpointState::Ready {
+            return invalid(format!("network {} is being set up or removed; try again", n.name));
+        }
+        if !Path::new(&req.netns).exists() {
+            return invalid(format!("network namespace {} does not exist", req.netns));
+        }
+        let pins = self.pins.clone();
+        let owner = owner_of(&req.container_id, &req.ifname);
+        let ep = Endpoint {
+            id: crate::store::new_id(),
+            name: endpoint_name(&req.container_id, &req.ifname),
+            netns: req.netns.clone(),
+            netns_owned: false,
+            network_mode: n.name.clone(),
+            created: crate::store::now_rfc3339(),
+            state: EndpointState::Creating,
+            owner_pid: std::process::id(),
+            pid: None,
+            auto_remove: false,
+            command: vec![],
+            owner: owner.clone(),
+        };
+        let a = self.store.write(|tx| -> Result<Attachment> {
+            if let Some(e) = tx.endpoints()?.into_iter().find(|e| e.owner == owner || e.name == ep.name) {
+                return invalid(format!(
+                    "container {} already has {} attached (endpoint {}); DEL it first",
+                    req.container_id, req.ifname, e.name
+                ));
+            }
+            let a = allocate(tx, &ep, n, req.ipv4, req.ipv6, req.mac.as_deref(), req.ifname.clone())?;
+            tx.put_endpoint(&ep)?;
+            tx.put_attachment(&a)?;
+            push_admission(&pins, n, &a, &ep.id)?;
+            Ok(a)
+        })?;
+        let mut undo = Undo::new();
+        {
+            let (pins2, n2, a2) = (pins.clone(), n.clone(), a.clone());
+            undo.push("removing admission entries", move || {
+                pull_admission(&pins2, &n2, &a2);
+                Ok(())
+            });
+            let (path, ifname) = (ep.netns.clone(), a.ifname.clone());
+            undo.push(format!("deleting {ifname} in {path}"), move || super::endpoint::delete_link_in(&path, &ifname));
+            let (pins2, path, a2, number) = (pins.clone(), ep.netns.clone(), a.clone(), endpoint_number(&ep.id));
+            undo.push(format!("removing the programs of {}", a.ifname), move || {
+                bpf::endpoints::forget(&pins2, a2.ifindex, number, &path, &a2.ifname);
+                Ok(())
+            });
+        }
+        let done = realise(&pins, n, &ep, &a);
+        if let Err(e) = done {
+            let err = undo.run(e);
+            let name = ep.name.clone();
+            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
+            return Err(err);
+        }
+        super::fault("cni-add:linked");
+        undo.forget();
+        let mut ep = ep;
+        ep.state = EndpointState::Ready;
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })?;
+        Ok(a)
+    }
+
+    /// The attachment of (container, ifname) on `network`, if any.
+    pub fn cni_attachment(
+        &mut self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<(Endpoint, Attachment)>> {
+        let owner = owner_of(container_id, ifname);
+        let (eps, atts) = self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
+        Ok(eps.into_iter().find(|e| e.owner == owner && e.network_mode == network).and_then(|e| {
+            let a = atts.into_iter().find(|a| a.endpoint == e.name)?;
+            Some((e, a))
+        }))
+    }
+
+    /// Every CNI attachment on `network` as (container id, ifname).
+    pub fn cni_attachments(&mut self, network: &str) -> Result<Vec<(String, String)>> {
+        let eps = self.store.read(|tx| tx.endpoints())?;
+        Ok(eps
+            .into_iter()
+            .filter(|e| e.network_mode == network)
+            .filter_map(|e| match e.owner {
+                Owner::Cni { container_id, ifname } => Some((container_id, ifname)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// DEL: remove the attachment if it exists (also when its namespace is gone), then the
+    /// network if nothing else uses it. Returns warnings.
+    pub fn cni_detach(&mut self, network: &str, container_id: &str, ifname: &str) -> Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        if let Some((ep, _)) = self.cni_attachment(network, container_id, ifname)? {
+            let pins = self.pins.clone();
+            let me = std::process::id();
+            let (ep, atts) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>)> {
+                let mut ep = tx.endpoint(&ep.name)?.unwrap_or(ep);
+                let atts: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
+                let nets = tx.networks()?;
+                for a in &atts {
+                    if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                        pull_admission(&pins, n, a);
+                    }
+                }
+                ep.state = EndpointState::Removing;
+                ep.owner_pid = me;
+                tx.put_endpoint(&ep)?;
+                Ok((ep, atts))
+            })?;
+            warnings.extend(super::endpoint::teardown(&pins, &ep, &atts, false));
+            let name = ep.name.clone();
+            self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) })?;
+        }
+        warnings.extend(self.cni_release_network(network)?);
+        Ok(warnings)
+    }
+
+    /// Remove CNI network `network` when no attachment uses it any more.
+    pub fn cni_release_network(&mut self, network: &str) -> Result<Vec<String>> {
+        let (net, used) = self.store.read(|tx| -> Result<_> {
+            let used = tx.attachments()?.iter().any(|a| a.network == network);
+            Ok((tx.network(network)?.filter(|n| n.name == network), used))
+        })?;
+        match net {
+            Some(n) if n.owner.is_cni() && !used && n.state == EndpointState::Ready => {
+                match self.network_rm_by(&n.name, &Owner::Cni { container_id: String::new(), ifname: String::new() }) {
+                    Ok(w) => Ok(w),
+                    // An ADD attached meanwhile: the network stays.
+                    Err(ControlError::Invalid(m)) if m.contains("active endpoints") || m.contains("not found") => {
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// CHECK: the attachment is as recorded and as `expect` says (addresses, MAC): the
+    /// interface, its addresses and default routes, its programs and map entries.
+    pub fn cni_check(
+        &mut self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        expect: &[IpAddr],
+        expect_mac: Option<&str>,
+    ) -> Result<()> {
+        let (ep, a) = self.cni_attachment(network, container_id, ifname)?.ok_or_else(|| {
+            ControlError::Invalid(format!("container {container_id} has no {ifname} on network {network}"))
+        })?;
+        let n = self
+            .store
+            .read(|tx| tx.network(network))?
+            .ok_or_else(|| ControlError::Invalid(format!("network {network} is gone")))?;
+        let fail = |what: String| invalid::<()>(format!("check of {ifname} in {}: {what}", ep.netns));
+        if ep.state != EndpointState::Ready {
+            return fail(format!("the attachment is {:?}", ep.state));
+        }
+        let recorded: Vec<IpAddr> = [a.ipv4, a.ipv6].into_iter().flatten().collect();
+        for ip in expect {
+            if !recorded.contains(ip) {
+                return fail(format!("address {ip} of the previous result is not the attachment's ({recorded:?})"));
+            }
+        }
+        if let Some(m) = expect_mac.filter(|m| !m.eq_ignore_ascii_case(&a.mac)) {
+            return fail(format!("MAC {m} of the previous result is not the attachment's {}", a.mac));
+        }
+        let inside = Nl::in_netns(Path::new(&ep.netns))?;
+        let Some(link) = inside.link(&a.ifname)? else { return fail("the interface is missing".into()) };
+        if link.index != a.ifindex {
+            return fail(format!("ifindex {} is not the recorded {}", link.index, a.ifindex));
+        }
+        let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+        if link.mac != Some(mac.0) {
+            return fail(format!("its MAC is not {}", a.mac));
+        }
+        if !link.up {
+            return fail("it is down".into());
+        }
+        let addrs = inside.addrs()?;
+        for ip in &recorded {
+            if !addrs.iter().any(|(i, x, _)| *i == link.index && x == ip) {
+                return fail(format!("address {ip} is missing"));
+            }
+        }
+        if !n.internal {
+            let routes = inside.default_routes()?;
+            for ip in &recorded {
+                let gw = n.pools.iter().find(|p| p.subnet.contains(*ip)).and_then(|p| p.gateway);
+                if let Some(gw) = gw {
+                    if !routes.iter().any(|(oif, g)| *g == gw && *oif == link.index) {
+                        return fail(format!("no default route via {gw}"));
+                    }
+                }
+            }
+        }
+        let [eg, ing] = bpf::endpoints::link_pins(&self.pins, &ep.netns, &a.ifname);
+        if !eg.exists() || !ing.exists() {
+            return fail("its anti-spoofing programs are not attached".into());
+        }
+        let want = endpoint_info(&ep, &a)?;
+        if !bpf::endpoints::list(&self.pins)?.iter().any(|(k, v)| *k == a.ifindex && *v == want) {
+            return fail("its identity entry (anti-spoofing map) is missing or differs".into());
+        }
+        let have = bpf::admit::list(&self.pins)?;
+        for k in super::endpoint::admit_keys(&n, mac.0).unwrap_or_default() {
+            if !have.iter().any(|(hk, _)| *hk == k) {
+                return fail(format!("admission entry for {} on the parent is missing", a.mac));
+            }
+        }
+        Ok(())
+    }
+}
