@@ -167,20 +167,7 @@ impl DockerLab {
 
     /// Build busybox-static into an image without a registry.
     fn import_image(&self) -> anyhow::Result<()> {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists());
-        let Some(busybox) = busybox else {
-            anyhow::bail!("busybox is not installed (apt-get install busybox-static; .ci/run installs it)");
-        };
-        let rootfs = self.root.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin"))?;
-        std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-        let list = Command::new(busybox).arg("--list").output()?;
-        for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
-            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-        }
-        let tar = self.root.join("busybox.tar");
-        let st = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status()?;
-        anyhow::ensure!(st.success(), "tar of the busybox rootfs failed");
+        let tar = busybox_tar(&self.root)?;
         let out = self.docker(&["import", "--change", "ENV PATH=/bin", tar.to_str().unwrap_or_default(), IMAGE]);
         anyhow::ensure!(out.status.success(), "docker import failed: {}", String::from_utf8_lossy(&out.stderr));
         Ok(())
@@ -209,6 +196,26 @@ impl DockerLab {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+/// A root filesystem of busybox-static with relative applet links, as `DIR/busybox.tar`
+/// (what `docker import` and `podman import` take).
+pub fn busybox_tar(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(busybox) = busybox else {
+        anyhow::bail!("busybox is not installed (apt-get install busybox-static; cargo xtask test installs it)");
+    };
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    let list = Command::new(busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+    }
+    let tar = dir.join("busybox.tar");
+    let st = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status()?;
+    anyhow::ensure!(st.success(), "tar of the busybox rootfs failed");
+    Ok(tar)
 }
 
 impl Drop for DockerLab {

@@ -17,10 +17,15 @@ pub const DEMO: &[(&str, &str)] = &[
     ("ash", "ash"),
 ];
 
-/// What the integration tests need beyond the demo: a real dockerd and the busybox the
-/// offline test image is made of.
-pub const TEST: &[(&str, &str)] =
-    &[("/usr/sbin/dockerd", "docker.io"), ("docker", "docker.io"), ("busybox", "busybox-static")];
+/// What the integration tests need beyond the demo: a real dockerd, Podman and the
+/// reference CNI plugins, and the busybox the offline test image is made of.
+pub const TEST: &[(&str, &str)] = &[
+    ("/usr/sbin/dockerd", "docker.io"),
+    ("docker", "docker.io"),
+    ("busybox", "busybox-static"),
+    ("/usr/bin/podman", "podman"),
+    ("/usr/lib/cni/macvlan", "containernetworking-plugins"),
+];
 
 fn present(cmd: &str) -> bool {
     if cmd.starts_with('/') {
