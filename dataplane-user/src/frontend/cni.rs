@@ -238,6 +238,12 @@ fn check_conf(conf: &NetConf) -> Result<()> {
     Ok(())
 }
 
+/// Validate a network configuration (one conflist entry) as ADD would, without acting on
+/// it: for manifests and tools.
+pub fn validate_config(json: &[u8]) -> Result<()> {
+    check_conf(&parse_conf(json)?)
+}
+
 fn ipam_type(conf: &NetConf) -> &str {
     conf.ipam.as_ref().and_then(|i| i["type"].as_str()).unwrap_or_default()
 }
