@@ -634,6 +634,111 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
     })])
 }
 
+/// CNI ADD and DEL into pre-made namespaces: dataplane-cni (built-in IPAM) against the
+/// reference macvlan + host-local plugins, sequential and with 16 concurrent callers.
+fn cni(o: &Opts) -> Result<Vec<Value>> {
+    use dataplane_tests::cni::{call, cni_bin, REFERENCE_DIR};
+    let reference = Path::new(REFERENCE_DIR).join("macvlan");
+    if !reference.is_file() {
+        eprintln!(
+            "  reference CNI plugins missing ({} not found: apt-get install containernetworking-plugins)",
+            reference.display()
+        );
+        return Ok(vec![json!({"missing": format!("{} not found", reference.display())})]);
+    }
+    let n: usize = if o.quick { 16 } else { 64 };
+    let (h, _sw) = dataplane_tests::lab::host_with_switch("bN")?;
+    let data = std::env::temp_dir().join(dataplane_tests::lab::unique("bipam-"));
+    let ours = format!(
+        r#"{{"cniVersion":"1.0.0","name":"bn","type":"dataplane-cni","parent":"eth0","stateDir":"{}","bpffs":"{}","ipam":{{"type":"dataplane-cni","subnet":"10.220.0.0/16","gateway":"10.220.0.1"}}}}"#,
+        h.state.display(),
+        h.bpffs.dir.display()
+    );
+    let theirs = format!(
+        r#"{{"cniVersion":"1.0.0","name":"br","type":"macvlan","master":"eth0","mode":"bridge","ipam":{{"type":"host-local","subnet":"10.221.0.0/16","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}}"#,
+        data.display()
+    );
+    let plugins = [("dataplane-cni", cni_bin(), ours), ("reference macvlan + host-local", reference, theirs)];
+    // One keeps the network (and its programs) in place, as on a node that runs pods.
+    let keep = Netns::new("bNk")?;
+    let kp = keep.path().display().to_string();
+    let first = call(
+        &h.ns,
+        &plugins[0].1,
+        "ADD",
+        &[("CNI_CONTAINERID", "keep"), ("CNI_NETNS", &kp), ("CNI_IFNAME", "eth0")],
+        &plugins[0].2,
+    );
+    if !first.ok {
+        bail!("dataplane-cni ADD failed: {}", first.json);
+    }
+    let mut rows = Vec::new();
+    for concurrency in [1usize, 16] {
+        let mut rates = Vec::new();
+        for (label, exe, conf) in &plugins {
+            let pods: Vec<Netns> = (0..n).map(|_| Netns::new("bNp")).collect::<Result<_>>()?;
+            let host_ns = &h.ns;
+            let run = |cmd: &str| -> Result<f64> {
+                let start = Instant::now();
+                std::thread::scope(|s| -> Result<()> {
+                    let chunks: Vec<&[Netns]> = pods.chunks(n.div_ceil(concurrency)).collect();
+                    let handles: Vec<_> = chunks
+                        .into_iter()
+                        .map(|chunk| {
+                            s.spawn(move || -> Result<()> {
+                                for p in chunk {
+                                    let path = p.path().display().to_string();
+                                    let id = p.name.clone();
+                                    let out = call(
+                                        host_ns,
+                                        exe,
+                                        cmd,
+                                        &[("CNI_CONTAINERID", &id), ("CNI_NETNS", &path), ("CNI_IFNAME", "eth0")],
+                                        conf,
+                                    );
+                                    if !out.ok {
+                                        bail!(
+                                            "{label} {cmd} failed: {} {}",
+                                            out.json,
+                                            String::from_utf8_lossy(&out.raw.stderr)
+                                        );
+                                    }
+                                }
+                                Ok(())
+                            })
+                        })
+                        .collect();
+                    for hd in handles {
+                        hd.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+                    }
+                    Ok(())
+                })?;
+                Ok(n as f64 / start.elapsed().as_secs_f64())
+            };
+            let add = run("ADD")?;
+            let del = run("DEL")?;
+            eprintln!("  {label}, {concurrency} at a time: ADD {add:.0}/s, DEL {del:.0}/s");
+            rates.push((label.to_string(), add, del));
+        }
+        rows.push(json!({
+            "concurrency": concurrency,
+            "calls": n,
+            "dataplane_add_per_s": rates[0].1, "dataplane_del_per_s": rates[0].2,
+            "reference_add_per_s": rates[1].1, "reference_del_per_s": rates[1].2,
+            "add_ratio": rates[0].1 / rates[1].1, "del_ratio": rates[0].2 / rates[1].2,
+        }));
+    }
+    let _ = call(
+        &h.ns,
+        &plugins[0].1,
+        "DEL",
+        &[("CNI_CONTAINERID", "keep"), ("CNI_NETNS", &kp), ("CNI_IFNAME", "eth0")],
+        &plugins[0].2,
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(rows)
+}
+
 /// `docker run --rm --network X busybox true` through Docker's built-in macvlan driver and
 /// through dataplane's plugin, interleaved, against one real dockerd in its own namespace.
 fn docker_run(o: &Opts) -> Result<Vec<Value>> {
@@ -759,10 +864,11 @@ fn main() -> Result<()> {
     eprintln!("[3/5] scale (measured with [1/4])");
     eprintln!("[4/5] control plane");
     let cp = control_plane(&o)?;
-    eprintln!("[5/5] containers: docker run through Docker's macvlan and through dataplane's plugin");
+    eprintln!("[5/5] containers: docker run through Docker's macvlan and through dataplane's plugin; CNI ADD/DEL");
     let containers = docker_run(&o)?;
+    let cni = cni(&o)?;
 
-    let results = json!({"machine": machine(), "quick": quick, "per_packet": per_packet, "live": live, "scale": scale, "control_plane": cp, "containers": containers});
+    let results = json!({"machine": machine(), "quick": quick, "per_packet": per_packet, "live": live, "scale": scale, "control_plane": cp, "containers": containers, "cni": cni});
     std::fs::write(o.out_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
 
     // The chart shows the ratios the benchmark issue sets targets for.
@@ -873,9 +979,29 @@ fn main() -> Result<()> {
             k["ratio"].as_f64().unwrap_or(0.0)
         )),
     }
+    for r in &cni {
+        match r["missing"].as_str() {
+            Some(why) => md.push_str(&format!("| CNI ADD/DEL | not measured: {why} | | |\n")),
+            None => md.push_str(&format!(
+                "| CNI ADD, {} at a time | {:.0}/s | reference macvlan + host-local {:.0}/s | {:.2}x |\n| CNI DEL, {} at a time | {:.0}/s | reference {:.0}/s | {:.2}x |\n",
+                r["concurrency"], r["dataplane_add_per_s"].as_f64().unwrap_or(0.0), r["reference_add_per_s"].as_f64().unwrap_or(0.0), r["add_ratio"].as_f64().unwrap_or(0.0),
+                r["concurrency"], r["dataplane_del_per_s"].as_f64().unwrap_or(0.0), r["reference_del_per_s"].as_f64().unwrap_or(0.0), r["del_ratio"].as_f64().unwrap_or(0.0),
+            )),
+        }
+    }
     println!("{md}");
     let mut targets = String::new();
     let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    for r in cni.iter().filter(|r| r["missing"].is_null()) {
+        let (a, d) = (r["add_ratio"].as_f64().unwrap_or(0.0), r["del_ratio"].as_f64().unwrap_or(0.0));
+        targets.push_str(&format!(
+            "- CNI ADD and DEL >= 1.5x the reference macvlan + host-local rate, {} at a time: ADD {a:.2}x ({}), DEL {d:.2}x ({}). \
+             What limits ADD: the two tcx links per pod interface, each waiting for an RCU grace period (see the control plane).\n",
+            r["concurrency"],
+            verdict(a >= 1.5),
+            verdict(d >= 1.5)
+        ));
+    }
     if let Some(r) = k["ratio"].as_f64() {
         targets.push_str(&format!(
             "- A container through the Docker plugin within 1.1x of Docker's built-in macvlan (`docker run --rm \
