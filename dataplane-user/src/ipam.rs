@@ -54,6 +54,10 @@ pub enum IpamError {
     Ipv6NeedsSubnet,
     #[error("IPv6 subnet {subnet} given without --ipv6: add --ipv6 to enable IPv6 on this network")]
     Ipv6NotEnabled { subnet: String },
+    #[error("invalid {what} {addr}: it is {why} of subnet {subnet}")]
+    ReservedAddress { what: String, addr: String, why: &'static str, subnet: String },
+    #[error("invalid subnet {subnet}: {why}; endpoints need unicast addresses")]
+    NotUnicast { subnet: String, why: &'static str },
 }
 
 /// An IPv4 or IPv6 prefix.
@@ -192,6 +196,17 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// `ip` is the network or broadcast address (which nobody may hold), if it is.
+    fn network_or_broadcast(&self, ip: IpAddr) -> Option<&'static str> {
+        if ip == self.subnet.network() && !(self.subnet.is_ipv4() && self.subnet.prefix >= 31) {
+            Some("the network address")
+        } else if Some(ip) == self.subnet.broadcast() {
+            Some("the broadcast address")
+        } else {
+            None
+        }
+    }
+
     /// Why `ip` may not be handed out, if it may not.
     pub fn reserved_why(&self, ip: IpAddr) -> Option<String> {
         if ip == self.subnet.network() && !(self.subnet.is_ipv4() && self.subnet.prefix >= 31) {
@@ -272,6 +287,18 @@ pub fn build_pools(
             return Err(IpamError::Overlap { subnet: a.to_string(), other: other.to_string(), network: net.clone() });
         }
     }
+    for s in &subnets {
+        let why = match s.addr {
+            IpAddr::V4(a) if a.is_multicast() => Some("it is a multicast range (224.0.0.0/4)"),
+            IpAddr::V4(a) if a.is_loopback() => Some("it is the loopback range (127.0.0.0/8)"),
+            IpAddr::V6(a) if a.is_multicast() => Some("it is a multicast range (ff00::/8)"),
+            IpAddr::V6(a) if a.is_loopback() => Some("it is the loopback address"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(IpamError::NotUnicast { subnet: s.to_string(), why });
+        }
+    }
     let mut pools: Vec<Pool> =
         subnets.iter().map(|s| Pool { subnet: *s, ip_range: None, gateway: None, aux: BTreeMap::new() }).collect();
     for (i, g) in req.gateways.iter().enumerate() {
@@ -279,6 +306,14 @@ pub fn build_pools(
         let pool = &mut pools[i];
         if !pool.subnet.contains(ip) {
             return Err(IpamError::Outside { what: "gateway", addr: ip.to_string(), subnet: pool.subnet.to_string() });
+        }
+        if let Some(why) = pool.network_or_broadcast(ip) {
+            return Err(IpamError::ReservedAddress {
+                what: "gateway".into(),
+                addr: ip.to_string(),
+                why,
+                subnet: pool.subnet.to_string(),
+            });
         }
         pool.gateway = Some(ip);
     }
@@ -303,6 +338,15 @@ pub fn build_pools(
             .iter_mut()
             .find(|p| p.subnet.contains(ip))
             .ok_or_else(|| IpamError::AuxOutside { name: name.to_string(), addr: ip.to_string() })?;
+        let why = pool.network_or_broadcast(ip).or((pool.gateway == Some(ip)).then_some("the gateway"));
+        if let Some(why) = why {
+            return Err(IpamError::ReservedAddress {
+                what: format!("aux address {name}"),
+                addr: ip.to_string(),
+                why,
+                subnet: pool.subnet.to_string(),
+            });
+        }
         pool.aux.insert(name.to_string(), ip);
     }
     // Like Docker: without --gateway the first usable address of the subnet (outside the
@@ -395,6 +439,30 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn unusable_gateways_aux_addresses_and_subnets_are_refused_at_create() {
+        let cases: [(PoolRequest, &str); 5] = [
+            (
+                req(&["10.0.0.0/24"], &["10.0.0.255"], &[], &[]),
+                "invalid gateway 10.0.0.255: it is the broadcast address",
+            ),
+            (req(&["10.0.0.0/24"], &["10.0.0.0"], &[], &[]), "invalid gateway 10.0.0.0: it is the network address"),
+            (
+                req(&["10.0.0.0/24"], &["10.0.0.1"], &[], &["r=10.0.0.1"]),
+                "invalid aux address r 10.0.0.1: it is the gateway",
+            ),
+            (req(&["224.0.0.0/24"], &[], &[], &[]), "invalid subnet 224.0.0.0/24: it is a multicast range"),
+            (
+                PoolRequest { subnets: vec!["ff02::/64".into()], ipv6: true, ..Default::default() },
+                "invalid subnet ff02::/64: it is a multicast range",
+            ),
+        ];
+        for (r, want) in cases {
+            let e = pools(&r).unwrap_err().to_string();
+            assert!(e.contains(want), "{r:?}: {e}");
+        }
     }
 
     #[test]

@@ -53,6 +53,18 @@ impl Driver {
     }
 }
 
+/// What a trunk parent's subinterface is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VlanKind {
+    /// The kernel's 8021q device.
+    Kernel,
+    /// A veth pair steered by tc programs (kernels without 8021q).
+    Ebpf,
+    /// The user's own subinterface, used as it is and never deleted.
+    Existing,
+}
+
 /// How a trunk parent `IFACE.VID` is realised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VlanParent {
@@ -60,8 +72,7 @@ pub struct VlanParent {
     pub vid: u16,
     /// Whether dataplane created the subinterface (and so removes it with its last network).
     pub created: bool,
-    /// "kernel" (8021q device) or "ebpf" (veth pair steered by TC programs).
-    pub kind: String,
+    pub kind: VlanKind,
     /// The hidden veth end fed by the trunk (eBPF kind only).
     pub peer: Option<String>,
 }

@@ -31,7 +31,7 @@ fn aborted(out: &std::process::Output, point: &str) {
 
 #[test]
 fn crashed_network_create_is_torn_down_by_the_next_command() {
-    for point in ["network-create:vlan-made", "network-create:attached"] {
+    for point in ["network-create:vlan-veth", "network-create:vlan-made", "network-create:attached"] {
         let (h, _sw) = host();
         let out = h.dp_env(
             &[("DATAPLANE_FAULT", point)],

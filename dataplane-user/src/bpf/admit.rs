@@ -26,6 +26,28 @@ pub fn insert(pins: &Pins, key: AdmitKey, value: AdmitValue) -> Result<(), BpfEr
     m.insert(key, value, 0).map_err(|e| map_err(&pins.admit_map(), e))
 }
 
+/// Insert `key` unless it is present; returns the value already there, if any.
+pub fn insert_new(pins: &Pins, key: AdmitKey, value: AdmitValue) -> Result<Option<AdmitValue>, BpfError> {
+    let mut m = open(pins)?;
+    const BPF_NOEXIST: u64 = 1;
+    match m.insert(key, value, BPF_NOEXIST) {
+        Ok(()) => Ok(None),
+        Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(Some(m.get(&key, 0).map_err(|e| map_err(&pins.admit_map(), e))?))
+        }
+        Err(e) => Err(map_err(&pins.admit_map(), e)),
+    }
+}
+
+/// Remove `key` if its value satisfies `pred`; returns whether it was removed.
+pub fn remove_if(pins: &Pins, key: &AdmitKey, pred: impl Fn(&AdmitValue) -> bool) -> Result<bool, BpfError> {
+    let m = open(pins)?;
+    match m.get(key, 0) {
+        Ok(v) if pred(&v) => remove(pins, key),
+        _ => Ok(false),
+    }
+}
+
 /// Returns whether the key was present.
 pub fn remove(pins: &Pins, key: &AdmitKey) -> Result<bool, BpfError> {
     let mut m = open(pins)?;

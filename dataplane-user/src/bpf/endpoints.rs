@@ -18,7 +18,7 @@ use dataplane_common::{
 
 use super::{
     object::{load_object, BpfError},
-    pins::{netns_tag, Pins},
+    pins::Pins,
 };
 
 fn map_err(path: &Path, d: impl ToString) -> BpfError {
@@ -91,8 +91,7 @@ pub fn remove_counters(pins: &Pins, endpoint: u32) {
 
 /// Pin paths of an endpoint interface's two links.
 pub fn link_pins(pins: &Pins, netns_path: &str, ifname: &str) -> [std::path::PathBuf; 2] {
-    let dir = pins.links_dir().join(netns_tag(Some(netns_path)));
-    [dir.join(format!("tceg-{ifname}")), dir.join(format!("tcin-{ifname}"))]
+    pins.endpoint_links(netns_path, ifname)
 }
 
 /// The endpoint programs, loaded once and then reused from their pins: attaching an

@@ -250,6 +250,7 @@ pub fn list_attachments(pins: &Pins) -> Vec<LinkStatus> {
         .into_iter()
         .map(|(netns, pin)| {
             let iface = pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let iface = super::pins::decode(&iface);
             let iface = iface
                 .strip_prefix("xdp-")
                 .map(|s| format!("{s} (xdp)"))

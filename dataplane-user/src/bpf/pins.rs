@@ -48,12 +48,19 @@ impl Pins {
     }
 
     pub fn xdp_link(&self, netns: Option<&str>, iface: &str) -> PathBuf {
-        self.netns_dir(netns).join(format!("xdp-{iface}"))
+        self.netns_dir(netns).join(format!("xdp-{}", encode(iface)))
     }
 
     /// tcx ingress link of `prog` on `iface`.
     pub fn tc_link(&self, netns: Option<&str>, iface: &str) -> PathBuf {
-        self.netns_dir(netns).join(format!("tcin-{iface}"))
+        self.netns_dir(netns).join(format!("tcin-{}", encode(iface)))
+    }
+
+    /// The two links (tcx egress, ingress) of an endpoint interface `ifname` inside the
+    /// namespace at `netns_path`.
+    pub fn endpoint_links(&self, netns_path: &str, ifname: &str) -> [PathBuf; 2] {
+        let dir = self.netns_dir(Some(netns_path));
+        [dir.join(format!("tceg-{}", encode(ifname))), dir.join(format!("tcin-{}", encode(ifname)))]
     }
 
     /// The two links (tcx egress, ingress) of a Docker endpoint's interface, keyed by its
@@ -81,8 +88,20 @@ pub fn netns_tag(netns: Option<&str>) -> String {
     match netns {
         None => "host".to_string(),
         // A path such as /proc/123/ns/net becomes a single path component.
-        Some(n) => format!("ns-{}", n.trim_start_matches('/').replace('/', "_")),
+        Some(n) => format!("ns-{}", encode(&n.trim_start_matches('/').replace('/', "_"))),
     }
+}
+
+/// A name as a valid bpffs path component: bpffs refuses names with a dot (EPERM), and
+/// interface and namespace names may have them (`eth0.50`, `a.b`). `%` and `.` are
+/// percent-encoded, so the mapping is one to one and names without them are unchanged.
+pub fn encode(name: &str) -> String {
+    name.replace('%', "%25").replace('.', "%2e")
+}
+
+/// The inverse of [`encode`], for showing pin names.
+pub fn decode(component: &str) -> String {
+    component.replace("%2e", ".").replace("%25", "%")
 }
 
 /// Human name of a namespace for messages.
@@ -107,5 +126,23 @@ mod tests {
             Path::new("/sys/fs/bpf/dataplane/links/ns-proc_42_ns_net/xdp-eth0")
         );
         assert_eq!(p.xdp_link(Some("lab"), "b0"), Path::new("/sys/fs/bpf/dataplane/links/ns-lab/xdp-b0"));
+    }
+
+    #[test]
+    fn every_pin_name_is_valid_for_bpffs() {
+        let p = Pins::new("/sys/fs/bpf/dataplane");
+        let names = ["trunk0.73", "my.nic", "a%2eb", "a.b", "x%", "..."];
+        let mut seen = std::collections::BTreeSet::new();
+        for n in names {
+            for path in [p.xdp_link(None, n), p.tc_link(None, n)]
+                .into_iter()
+                .chain(p.endpoint_links(&format!("/run/netns/{n}"), n))
+            {
+                let rel = path.strip_prefix(p.root()).unwrap();
+                assert!(!rel.to_string_lossy().contains('.'), "{} has a dot", path.display());
+                assert!(seen.insert(path.clone()), "{} is not unique", path.display());
+            }
+            assert_eq!(decode(&encode(n)), n);
+        }
     }
 }

@@ -165,6 +165,12 @@ pub fn run() -> anyhow::Result<i32> {
         );
     }
     let Cli { state_dir, bpffs, command } = cli;
+    // Output commands die quietly when their reader goes away (`dataplane ps | head -1`),
+    // like other command-line tools; the long-running ones keep EPIPE as an error.
+    let sigpipe =
+        if matches!(command, Command::Plugin(_) | Command::Supervise { .. }) { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, sigpipe) };
     let engine = || -> anyhow::Result<Engine> { Ok(Engine::open(&state_dir, &bpffs)?) };
     match command {
         Command::Bpf(cmd) => bpf::run(&bpffs, cmd),

@@ -113,14 +113,13 @@ impl Engine {
             let a = allocate(tx, &ep, n, req.ipv4, req.ipv6, req.mac.as_deref(), req.ifname.clone())?;
             tx.put_endpoint(&ep)?;
             tx.put_attachment(&a)?;
-            push_admission(&pins, n, &a, &ep.id)?;
             Ok(a)
         })?;
         let mut undo = Undo::new();
         {
-            let (pins2, n2, a2) = (pins.clone(), n.clone(), a.clone());
+            let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
             undo.push("removing admission entries", move || {
-                pull_admission(&pins2, &n2, &a2);
+                pull_admission(&pins2, &n2, &a2, &id2);
                 Ok(())
             });
             let (path, ifname) = (ep.netns.clone(), a.ifname.clone());
@@ -131,7 +130,7 @@ impl Engine {
                 Ok(())
             });
         }
-        let done = realise(&pins, n, &ep, &a);
+        let done = push_admission(&pins, n, &a, &ep.id).and_then(|()| realise(&pins, n, &ep, &a));
         if let Err(e) = done {
             let err = undo.run(e);
             let name = ep.name.clone();
@@ -187,7 +186,7 @@ impl Engine {
                 let nets = tx.networks()?;
                 for a in &atts {
                     if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                        pull_admission(&pins, n, a);
+                        pull_admission(&pins, n, a, &ep.id);
                     }
                 }
                 ep.state = EndpointState::Removing;

@@ -135,14 +135,13 @@ impl Engine {
             a.ifname = host_ifname(a.ifindex);
             tx.put_endpoint(&ep)?;
             tx.put_attachment(&a)?;
-            push_admission(&pins, &n, &a, &ep.id)?;
             Ok(a)
         })?;
         let mut undo = Undo::new();
         {
-            let (pins2, n2, a2) = (pins.clone(), n.clone(), a.clone());
+            let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
             undo.push("removing admission entries", move || {
-                pull_admission(&pins2, &n2, &a2);
+                pull_admission(&pins2, &n2, &a2, &id2);
                 Ok(())
             });
             let (pins2, a2, number) = (pins.clone(), a.clone(), endpoint_number(&ep.id));
@@ -151,7 +150,7 @@ impl Engine {
                 delete_host_link(a2.ifindex, None)
             });
         }
-        if let Err(e) = realise_here(&pins, &n, &ep, &a) {
+        if let Err(e) = push_admission(&pins, &n, &a, &ep.id).and_then(|()| realise_here(&pins, &n, &ep, &a)) {
             let err = undo.run(e);
             let name = ep.name.clone();
             let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
@@ -210,7 +209,7 @@ impl Engine {
             let nets = tx.networks()?;
             for a in &atts {
                 if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                    pull_admission(&pins, n, a);
+                    pull_admission(&pins, n, a, &ep.id);
                 }
             }
             ep.state = EndpointState::Removing;

@@ -94,19 +94,36 @@ pub(crate) fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_
             n.name
         ))
     })?;
+    let ours = AdmitValue { endpoint: endpoint_number(endpoint_id), flags: 0 };
     for k in keys {
-        bpf::admit::insert(pins, k, AdmitValue { endpoint: endpoint_number(endpoint_id), flags: 0 })?;
+        // Never overwrite an entry someone else holds (the parent's own MAC, another
+        // instance's endpoint): a rollback would then delete it.
+        if let Some(theirs) = bpf::admit::insert_new(pins, k, ours)?.filter(|v| *v != ours) {
+            pull_admission(pins, n, a, endpoint_id);
+            let holder = if theirs.endpoint == crate::bpf::parent::HOST_ENDPOINT {
+                format!("the parent {} itself", physical_parent(n).unwrap_or("?"))
+            } else {
+                format!("entry {} (another endpoint)", theirs.endpoint)
+            };
+            return invalid(format!(
+                "MAC {} is already admitted on {} by {holder}; pick another --mac-address",
+                a.mac,
+                physical_parent(n).unwrap_or("?")
+            ));
+        }
     }
     Ok(())
 }
 
-pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment) {
+/// Remove the admission entries of attachment `a` that are still its endpoint's.
+pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_id: &str) {
     let Ok(mac) = a.mac.parse::<Mac>() else { return };
     if !pins.admit_map().exists() {
         return;
     }
+    let number = endpoint_number(endpoint_id);
     for k in admit_keys(n, mac.0).unwrap_or_default() {
-        let _ = bpf::admit::remove(pins, &k);
+        let _ = bpf::admit::remove_if(pins, &k, |v| v.endpoint == number);
     }
 }
 
@@ -414,9 +431,8 @@ impl Engine {
                 None => None,
             };
             tx.put_endpoint(&ep)?;
-            if let (Some(n), Some(a)) = (&net, &att) {
+            if let Some(a) = &att {
                 tx.put_attachment(a)?;
-                push_admission(&pins, n, a, &ep.id)?;
             }
             Ok((ep, net, att))
         })?;
@@ -425,10 +441,10 @@ impl Engine {
         // 2. Kernel work, undone in reverse on failure.
         let mut undo = Undo::new();
         {
-            let (pins2, net2, att2) = (pins.clone(), net.clone(), att.clone());
+            let (pins2, net2, att2, id2) = (pins.clone(), net.clone(), att.clone(), ep.id.clone());
             undo.push("removing admission entries", move || {
                 if let (Some(n), Some(a)) = (&net2, &att2) {
-                    pull_admission(&pins2, n, a);
+                    pull_admission(&pins2, n, a, &id2);
                 }
                 Ok(())
             });
@@ -436,6 +452,11 @@ impl Engine {
         let kernel = (|| -> Result<()> {
             if network == "host" {
                 return Ok(());
+            }
+            // Map entries only once the rows are committed: a commit that fails (a full
+            // disk) must not leave entries behind.
+            if let (Some(n), Some(a)) = (&net, &att) {
+                push_admission(&pins, n, a, &ep.id)?;
             }
             if owned {
                 netns::create_named(&req.name).map_err(|source| ControlError::Io {
@@ -525,11 +546,10 @@ impl Engine {
             let ifname = next_ifname(&ep.netns, &taken)?;
             let a = allocate(tx, &ep, &n, ip, ip6, None, ifname)?;
             tx.put_attachment(&a)?;
-            push_admission(&pins, &n, &a, &ep.id)?;
             Ok((ep, n, a))
         })?;
         super::fault("connect:allocated");
-        let realised = realise(&pins, &n, &ep, &a);
+        let realised = push_admission(&pins, &n, &a, &ep.id).and_then(|()| realise(&pins, &n, &ep, &a));
         if realised.is_ok() {
             super::fault("connect:linked");
         }
@@ -539,7 +559,7 @@ impl Engine {
             if let Err(x) = delete_link_in(&ep.netns, &a.ifname) {
                 rollback.push(x);
             }
-            pull_admission(&pins, &n, &a);
+            pull_admission(&pins, &n, &a, &ep.id);
             let (en, nn) = (ep.name.clone(), n.name.clone());
             if let Err(x) = self.store.write(|tx| -> Result<()> { Ok(tx.delete_attachment(&en, &nn)?) }) {
                 rollback.push(x.to_string());
@@ -562,7 +582,7 @@ impl Engine {
             let a = tx.attachments()?.into_iter().find(|a| a.endpoint == ep.name && a.network == n.name).ok_or_else(
                 || ControlError::Invalid(format!("endpoint {} is not connected to network {}", ep.name, n.name)),
             )?;
-            pull_admission(&pins, &n, &a);
+            pull_admission(&pins, &n, &a, &ep.id);
             tx.delete_attachment(&ep.name, &n.name)?;
             Ok((ep, a))
         })?;
@@ -597,7 +617,7 @@ impl Engine {
             let nets = tx.networks()?;
             for a in &atts {
                 if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                    pull_admission(&pins, n, a);
+                    pull_admission(&pins, n, a, &ep.id);
                 }
             }
             ep.state = EndpointState::Removing;

@@ -57,7 +57,8 @@ pub type Result<T> = std::result::Result<T, ControlError>;
 
 /// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
 /// aborts right there, as if killed. Inert unless that variable is set.
-pub const FAULT_POINTS: [&str; 14] = [
+pub const FAULT_POINTS: [&str; 15] = [
+    "network-create:vlan-veth",
     "network-create:vlan-made",
     "network-create:attached",
     "network-rm:marked",

@@ -10,7 +10,7 @@ use crate::{
     bpf::{self, AttachMode},
     ipam::{self, PoolRequest},
     nl::Nl,
-    store::{Attachment, Driver, Endpoint, EndpointState, Network, Owner, VlanParent},
+    store::{Attachment, Driver, Endpoint, EndpointState, Network, Owner, VlanKind, VlanParent},
 };
 
 #[derive(Debug, Default, Clone)]
@@ -46,6 +46,13 @@ pub fn parse_trunk_parent(parent: &str) -> Result<Option<(String, u16)>> {
         || vid.len() > 4
     {
         return Err(bad());
+    }
+    if vid.len() > 1 && vid.starts_with('0') {
+        // `eth0.070` and `eth0.70` would be two devices of one VLAN.
+        return invalid(format!(
+            "invalid 802.1Q parent {parent:?}: VID {vid} has a leading zero; write it as {trunk}.{}",
+            vid.trim_start_matches('0')
+        ));
     }
     let v: u16 = vid.parse().map_err(|_| bad())?;
     if !(1..=4094).contains(&v) {
@@ -178,7 +185,7 @@ impl Engine {
             let shared = others.iter().find_map(|o| o.vlan.clone().filter(|_| o.parent.as_deref() == Some(parent.as_str())));
             let vlan = match &trunk {
                 Some((t, vid)) if existing_parent.is_some() && shared.is_none() => {
-                    Some(VlanParent { trunk: t.clone(), vid: *vid, created: false, kind: "existing".into(), peer: None })
+                    Some(VlanParent { trunk: t.clone(), vid: *vid, created: false, kind: VlanKind::Existing, peer: None })
                 }
                 Some(_) => shared,
                 None => None,
@@ -209,6 +216,19 @@ impl Engine {
         let mut undo = Undo::new();
         let step = (|| -> Result<()> {
             if let (Some((t, vid)), None) = (&trunk, &n.vlan) {
+                // Record what is about to be made before making it: a process killed inside
+                // vlan::create leaves a row that says which devices and pins to remove.
+                if let Some(tl) = nl.link(t)? {
+                    let mut intent = n.clone();
+                    intent.vlan = Some(VlanParent {
+                        trunk: t.clone(),
+                        vid: *vid,
+                        created: true,
+                        kind: VlanKind::Ebpf,
+                        peer: Some(vlan::hidden_peer(tl.index, *vid)),
+                    });
+                    self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&intent)?) })?;
+                }
                 let v = vlan::create(&nl, &pins, t, *vid, &parent)?;
                 let (p2, v2, pins2) = (parent.clone(), v.clone(), pins.clone());
                 undo.push(format!("removing VLAN device {parent}"), move || {
@@ -462,6 +482,8 @@ mod tests {
         assert_eq!(parse_trunk_parent("eth0").unwrap(), None);
         assert_eq!(parse_trunk_parent("eth0.50").unwrap(), Some(("eth0".into(), 50)));
         assert_eq!(parse_trunk_parent("trunk0.4094").unwrap(), Some(("trunk0".into(), 4094)));
+        let e = parse_trunk_parent("trunk0.070").unwrap_err().to_string();
+        assert!(e.contains("\"trunk0.070\"") && e.contains("write it as trunk0.70"), "{e}");
         for bad in ["eth0.0", "eth0.4095", "eth0.5.0", ".50", "eth0.", "eth0.x", "eth0.-1", "eth0.00050"] {
             let e = parse_trunk_parent(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")) && e.contains("VID 1..4094"), "{bad}: {e}");

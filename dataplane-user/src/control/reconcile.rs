@@ -51,8 +51,15 @@ impl Engine {
                     continue;
                 }
                 let others: Vec<_> = all.iter().filter(|o| o.name != n.name).cloned().collect();
-                r.errors.extend(teardown_network(&pins, n, &others));
-                tx.delete_network(&n.name)?;
+                let errors = teardown_network(&pins, n, &others);
+                if errors.is_empty() {
+                    tx.delete_network(&n.name)?;
+                } else {
+                    // Keep the row: it is the only record of what is left; the next pass retries.
+                    r.errors.extend(
+                        errors.into_iter().map(|e| format!("network {}: {e} (kept for the next pass)", n.name)),
+                    );
+                }
             }
             let nets: Vec<_> = tx.networks()?.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
             let atts = tx.attachments()?;
@@ -78,7 +85,7 @@ impl Engine {
                 }
                 for a in &mine {
                     if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                        pull_admission(&pins, n, a);
+                        pull_admission(&pins, n, a, &ep.id);
                     }
                 }
                 r.errors.extend(teardown(&pins, &ep, &mine, true));
@@ -100,8 +107,8 @@ impl Engine {
                 parents.insert(phys.to_string());
                 if let Some(v) = n.vlan.as_ref().filter(|v| v.created) {
                     let missing_dev = nl.link(parent)?.is_none();
-                    let missing_tc =
-                        v.kind == "ebpf" && v.peer.as_ref().is_some_and(|p| !pins.tc_link(None, p).exists());
+                    let missing_tc = v.kind == crate::store::VlanKind::Ebpf
+                        && v.peer.as_ref().is_some_and(|p| !pins.tc_link(None, p).exists());
                     if missing_dev || missing_tc {
                         r.drift.push(format!(
                             "network {}: VLAN device {parent} is {}",

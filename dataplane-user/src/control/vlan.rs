@@ -14,7 +14,7 @@ use super::{ControlError, Result};
 use crate::{
     bpf::{self, Pins},
     nl::Nl,
-    store::VlanParent,
+    store::{VlanKind, VlanParent},
 };
 
 /// Name of the hidden end of the eBPF VLAN device for (trunk, vid).
@@ -43,7 +43,7 @@ pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result
                 let _ = nl.del_link(dev.index);
                 return Err(e.into());
             }
-            return Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: "kernel".into(), peer: None });
+            return Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: VlanKind::Kernel, peer: None });
         }
         // No 8021q in this kernel ("Unknown device type"): build the device in eBPF.
         Err(e) if e.is(libc::EOPNOTSUPP) => {}
@@ -51,6 +51,7 @@ pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result
     }
     let peer = hidden_peer(t.index, vid);
     nl.add_veth(name, &peer)?;
+    super::fault("network-create:vlan-veth");
     let result = (|| -> Result<()> {
         let dev = nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("{name} vanished after creation")))?;
         let hidden = nl.link(&peer)?.ok_or_else(|| ControlError::Invalid(format!("{peer} vanished after creation")))?;
@@ -73,7 +74,7 @@ pub fn create(nl: &Nl, pins: &Pins, trunk: &str, vid: u16, name: &str) -> Result
         bpf::parent::remove_if_unused(pins).ok();
         return Err(e);
     }
-    Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: "ebpf".into(), peer: Some(peer) })
+    Ok(VlanParent { trunk: trunk.into(), vid, created: true, kind: VlanKind::Ebpf, peer: Some(peer) })
 }
 
 /// Let frames of an existing (not ours) VLAN device through the trunk's tc program.
@@ -108,10 +109,16 @@ pub fn remove(nl: &Nl, pins: &Pins, name: &str, v: &VlanParent) -> Vec<String> {
         Ok(None) => {}
         Err(e) => errs.push(e.to_string()),
     }
-    if v.kind == "ebpf" {
+    if v.kind == VlanKind::Ebpf {
         if let Some(peer) = &v.peer {
             if let Err(e) = bpf::tc::detach_ingress(pins, None, peer) {
                 errs.push(e.to_string());
+            }
+            // Gone with its pair end above, unless that end was renamed or never made.
+            if let Ok(Some(p)) = nl.link(peer) {
+                if let Err(e) = nl.del_link(p.index) {
+                    errs.push(e.to_string());
+                }
             }
         }
     }

@@ -1,0 +1,228 @@
+//! Defects found by hostile testing, each as a class: pin names bpffs refuses, failed
+//! commands removing entries they did not make, map entries outliving a failed commit,
+//! names with dots, leading-zero VIDs, unusable gateways, EPIPE.
+
+use std::{
+    collections::BTreeSet,
+    os::{fd::FromRawFd, unix::process::ExitStatusExt},
+    process::{Command, Stdio},
+};
+
+use dataplane_tests::{
+    lab::{dataplane_bin, host_with_switch, unique, veth_between, Host},
+    Netns,
+};
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+fn admit(h: &Host) -> Vec<Value> {
+    json(&h.ok(&["bpf", "admit", "ls", "--format", "json"])).as_array().cloned().unwrap_or_default()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> String {
+    ns.link_json(iface).unwrap()["address"].as_str().unwrap().to_string()
+}
+
+fn links(ns: &Netns) -> BTreeSet<String> {
+    let v = json(&ns.exec(&["ip", "-j", "link"]).unwrap());
+    v.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+}
+
+/// Names with dots (endpoint names, parents, trunk parents) work end to end: every pin
+/// name is valid for bpffs, and removal leaves nothing.
+#[test]
+fn names_with_dots_work_and_leave_nothing() {
+    let (h, sw) = host_with_switch("dpDot").unwrap();
+    veth_between(&sw, "up1", &h.ns, "my.nic").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.80.0.1/24", "dev", "up1"]).unwrap();
+    let before = links(&h.ns);
+    h.ok(&["network", "create", "--subnet=10.80.0.0/24", "--gateway=10.80.0.1", "-o", "parent=my.nic", "dotted"]);
+    h.ok(&["network", "create", "--subnet=10.81.0.0/24", "-o", "parent=eth0.73", "v73"]);
+    let name = format!("{}.b", unique("a"));
+    h.ok(&["run", "-d", "--name", &name, "--network", "dotted", "--", "sleep", "600"]);
+    h.ok(&["run", "-d", "--name", &format!("{name}2"), "--network", "v73", "--", "sleep", "600"]);
+    assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.80.0.1"]).status.success());
+    let status = json(&h.ok(&["bpf", "status", "--format", "json"])).to_string();
+    assert!(status.contains("my.nic") && status.contains("dpv73"), "{status}");
+    assert!(h.ok(&["reconcile"]).contains("no drift"));
+    h.ok(&["rm", "-f", &name, &format!("{name}2")]);
+    h.ok(&["network", "rm", "dotted", "v73"]);
+    assert_eq!(links(&h.ns), before);
+    assert!(!h.bpffs.dir.exists(), "pins left behind");
+}
+
+/// A failed command leaves no trace, including entries it did not create: `run` with the
+/// parent's own MAC must not delete the parent's admission entry.
+#[test]
+fn a_failed_run_never_removes_entries_it_did_not_make() {
+    let (h, _sw) = host_with_switch("dpOwn").unwrap();
+    h.ok(&["network", "create", "--subnet=10.82.0.0/24", "-o", "parent=eth0", "n82"]);
+    let parent_mac = mac_of(&h.ns, "eth0");
+    let before = admit(&h);
+    assert!(before.iter().any(|e| e["mac"] == parent_mac.as_str()), "{before:?}");
+    let out = h.dp(&["run", "-d", "--name", "own", "--network", "n82", "--mac-address", &parent_mac]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&parent_mac) && err.contains("already admitted on eth0 by the parent eth0 itself"), "{err}");
+    assert_eq!(admit(&h), before, "the failed run changed the admission map");
+    assert!(h.endpoint_names().is_empty());
+    // Another endpoint's MAC, likewise.
+    h.ok(&["run", "-d", "--name", "first", "--network", "n82", "--mac-address", "02:00:00:82:00:01"]);
+    let before = admit(&h);
+    let out = h.dp(&["bpf", "admit", "ls"]);
+    assert!(out.status.success());
+    let dup = h.dp(&["run", "-d", "--name", "second", "--network", "n82", "--mac-address", "02:00:00:82:00:01"]);
+    assert!(!dup.status.success() && stderr(&dup).contains("02:00:00:82:00:01"), "{}", stderr(&dup));
+    assert_eq!(admit(&h), before);
+}
+
+/// Map entries are pushed only after the rows are committed: a commit that fails on a
+/// full state filesystem leaves no admission entry behind.
+#[test]
+fn a_full_state_filesystem_leaves_no_map_entries() {
+    let (h, _sw) = host_with_switch("dpFull").unwrap();
+    h.ok(&["network", "create", "--subnet=10.83.0.0/24", "-o", "parent=eth0", "n83"]);
+    h.ok(&["run", "-d", "--name", "warm", "--network", "n83"]);
+    // Move the state onto a tiny tmpfs, then fill it.
+    let small = std::env::temp_dir().join(unique("dpsmall-"));
+    std::fs::create_dir_all(&small).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap()
+        .success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _guard = Unmount(small.clone());
+    let state = small.join("state");
+    let cp = Command::new("cp").arg("-a").arg(&h.state).arg(&state).status().unwrap();
+    assert!(cp.success());
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", small.join("fill").display()))
+        .args(["bs=4k"])
+        .stderr(Stdio::null())
+        .status();
+    let before = admit(&h);
+    let dp = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", h.ns.path().display()))
+            .arg(dataplane_bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--bpffs")
+            .arg(&h.bpffs.dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut failures = 0;
+    for i in 0..5 {
+        let out = dp(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("full{i}"),
+            "--network",
+            "n83",
+            "--mac-address",
+            &format!("02:00:00:83:00:{i:02x}"),
+        ]);
+        if !out.status.success() {
+            failures += 1;
+        }
+    }
+    assert!(failures > 0, "the state filesystem never filled up");
+    let after = admit(&h);
+    let new: Vec<&Value> = after.iter().filter(|e| !before.contains(e)).collect();
+    // Entries may exist only for endpoints whose rows made it into the store.
+    let ps = dp(&["ps", "--format", "json"]);
+    let known = String::from_utf8_lossy(&ps.stdout).to_string();
+    for e in new {
+        assert!(known.contains(e["mac"].as_str().unwrap()), "entry {e} has no endpoint in the store: {known}");
+    }
+    let _ = std::fs::remove_file(small.join("fill"));
+    for i in 0..5 {
+        let _ = dp(&["rm", "-f", &format!("full{i}")]);
+    }
+}
+
+#[test]
+fn leading_zero_vids_and_unusable_addresses_are_refused_up_front() {
+    let (h, _sw) = host_with_switch("dpVid").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["network", "create", "--subnet=10.84.0.0/24", "-o", "parent=eth0.070", "z"], "write it as eth0.70"),
+        (
+            &["network", "create", "--subnet=10.84.0.0/24", "--gateway=10.84.0.255", "-o", "parent=eth0", "z"],
+            "invalid gateway 10.84.0.255: it is the broadcast address",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet=10.84.0.0/24",
+                "--gateway=10.84.0.1",
+                "--aux-address=r=10.84.0.1",
+                "-o",
+                "parent=eth0",
+                "z",
+            ],
+            "invalid aux address r 10.84.0.1: it is the gateway",
+        ),
+        (
+            &["network", "create", "--subnet=224.0.0.0/24", "-o", "parent=eth0", "z"],
+            "invalid subnet 224.0.0.0/24: it is a multicast range",
+        ),
+    ];
+    let before = links(&h.ns);
+    for (args, want) in cases {
+        let out = h.dp(args);
+        assert!(!out.status.success() && stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(links(&h.ns), before);
+    assert!(!h.bpffs.dir.exists());
+    assert_eq!(json(&h.ok(&["network", "ls", "--format", "json"])).as_array().unwrap().len(), 2);
+}
+
+/// `dataplane ps | head -1`: a reader that goes away ends the command quietly.
+#[test]
+fn a_closed_output_pipe_ends_commands_quietly() {
+    let (h, _sw) = host_with_switch("dpPipe").unwrap();
+    h.ok(&["network", "create", "--subnet=10.85.0.0/24", "-o", "parent=eth0", "n85"]);
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) into a local array; both ends are owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0]/fds[1] were just created and are owned by these handles only.
+    let (read_end, write_end) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+    drop(read_end);
+    for args in [&["network", "ls"][..], &["stats"], &["ps"], &["network", "inspect", "n85"]] {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", h.ns.path().display()))
+            .arg(dataplane_bin())
+            .arg("--state-dir")
+            .arg(&h.state)
+            .arg("--bpffs")
+            .arg(&h.bpffs.dir)
+            .args(args)
+            .stdout(Stdio::from(write_end.try_clone().unwrap()))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{args:?}: {err}");
+        assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{args:?}: {:?} {err}", out.status);
+    }
+}
