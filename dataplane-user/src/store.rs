@@ -190,6 +190,12 @@ pub struct Attachment {
     /// ifindex requested for the interface (unique in this instance; keys the endpoint map).
     #[serde(default)]
     pub ifindex: u32,
+    /// `creating` while `network connect` builds it (by `owner_pid`); reconcile leaves an
+    /// attachment in flight alone, and undoes one whose process is gone.
+    #[serde(default = "ready")]
+    pub state: EndpointState,
+    #[serde(default)]
+    pub owner_pid: u32,
 }
 
 pub struct Store {
@@ -434,6 +440,8 @@ mod tests {
             ipv6: None,
             parent: "eth1".into(),
             ifindex: 0,
+            state: EndpointState::Ready,
+            owner_pid: 0,
         };
         s.write(|t| t.put_attachment(&a)).unwrap();
         let mut b = a.clone();

@@ -226,3 +226,76 @@ fn a_closed_output_pipe_ends_commands_quietly() {
         assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{args:?}: {:?} {err}", out.status);
     }
 }
+
+/// `network connect` in flight is left alone by every other command's reconcile (the same
+/// rule as run and rm): a thorough reconcile and a `run` during its work change nothing.
+#[test]
+fn a_connect_in_flight_is_left_alone_by_other_commands() {
+    let (h, _sw) = host_with_switch("dpConn").unwrap();
+    h.ok(&["network", "create", "--subnet=10.86.0.0/24", "-o", "parent=eth0", "a86"]);
+    h.ok(&["network", "create", "--subnet=10.87.0.0/24", "-o", "parent=eth0", "b87"]);
+    let name = unique("c");
+    h.ok(&["run", "-d", "--name", &name, "--network", "a86"]);
+    for point in ["connect:allocated", "connect:linked"] {
+        let connect = Command::new("nsenter")
+            .env("DATAPLANE_PAUSE", point)
+            .env("DATAPLANE_PAUSE_MS", "2500")
+            .arg(format!("--net={}", h.ns.path().display()))
+            .arg(dataplane_bin())
+            .arg("--state-dir")
+            .arg(&h.state)
+            .arg("--bpffs")
+            .arg(&h.bpffs.dir)
+            .args(["network", "connect", "b87", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let during = h.ok(&["reconcile"]);
+        let other = unique("o");
+        h.ok(&["run", "-d", "--name", &other, "--network", "a86"]);
+        let out = connect.wait_with_output().unwrap();
+        assert!(out.status.success(), "{point}: connect failed: {}", stderr(&out));
+        assert!(during.contains("no drift"), "{point}: reconcile touched the connect in flight: {during}");
+        let inside = json(
+            &Command::new("ip")
+                .args(["-n", &name, "-j", "addr"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap(),
+        );
+        let names: Vec<&str> = inside.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str()).collect();
+        assert_eq!(names, ["lo", "eth0", "eth1"], "{point}");
+        assert!(inside.to_string().contains("10.87.0."), "{point}: {inside}");
+        assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "{point}");
+        h.ok(&["network", "disconnect", "b87", &name]);
+        h.ok(&["rm", "-f", &other]);
+    }
+}
+
+/// Reconcile compares an endpoint interface's configuration, not just its presence: an
+/// address flushed by hand, the link set down, the default route deleted.
+#[test]
+fn reconcile_repairs_addresses_routes_and_link_state() {
+    let (h, sw) = host_with_switch("dpCfg").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.88.0.1/24", "dev", "up0"]).unwrap();
+    h.ok(&["network", "create", "--subnet=10.88.0.0/24", "--gateway=10.88.0.1", "-o", "parent=eth0", "n88"]);
+    let name = unique("cfg");
+    h.ok(&["run", "-d", "--name", &name, "--network", "n88", "--ip", "10.88.0.20"]);
+    let ns = |args: &[&str]| {
+        let st = Command::new("ip").arg("-n").arg(&name).args(args).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    ns(&["addr", "flush", "dev", "eth0"]);
+    ns(&["link", "set", "eth0", "down"]);
+    let dry = h.ok(&["reconcile", "--dry-run"]);
+    for want in
+        ["address 10.88.0.20/24 is missing from eth0", "eth0 is down", "no default route (via 10.88.0.1 on eth0)"]
+    {
+        assert!(dry.contains(want), "{want:?} not reported: {dry}");
+    }
+    h.ok(&["reconcile"]);
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.88.0.1"]).status.success(), "not repaired");
+}

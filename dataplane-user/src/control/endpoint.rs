@@ -185,6 +185,8 @@ pub(crate) fn allocate(
         ipv6,
         parent: phys,
         ifindex,
+        state: EndpointState::Ready,
+        owner_pid: 0,
     })
 }
 
@@ -544,7 +546,10 @@ impl Engine {
             }
             let taken: Vec<String> = mine.iter().map(|a| a.ifname.clone()).collect();
             let ifname = next_ifname(&ep.netns, &taken)?;
-            let a = allocate(tx, &ep, &n, ip, ip6, None, ifname)?;
+            let mut a = allocate(tx, &ep, &n, ip, ip6, None, ifname)?;
+            // In flight until realised: other processes' reconcile leaves it alone.
+            a.state = EndpointState::Creating;
+            a.owner_pid = std::process::id();
             tx.put_attachment(&a)?;
             Ok((ep, n, a))
         })?;
@@ -553,6 +558,12 @@ impl Engine {
         if realised.is_ok() {
             super::fault("connect:linked");
         }
+        let realised = realised.and_then(|()| {
+            let mut done = a.clone();
+            done.state = EndpointState::Ready;
+            done.owner_pid = 0;
+            self.store.write(|tx| -> Result<()> { Ok(tx.put_attachment(&done)?) })
+        });
         if let Err(e) = realised {
             let mut rollback = Vec::new();
             bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
@@ -566,7 +577,7 @@ impl Engine {
             }
             return Err(if rollback.is_empty() { e } else { ControlError::Rollback { error: Box::new(e), rollback } });
         }
-        Ok(a)
+        Ok(Attachment { state: EndpointState::Ready, owner_pid: 0, ..a })
     }
 
     pub fn disconnect(&mut self, network: &str, endpoint: &str) -> Result<()> {

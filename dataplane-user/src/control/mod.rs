@@ -77,6 +77,12 @@ pub const FAULT_POINTS: [&str; 15] = [
 
 pub fn fault(point: &'static str) {
     debug_assert!(FAULT_POINTS.contains(&point), "unknown fault point {point}");
+    // The same points pause (for race tests): DATAPLANE_PAUSE=point, DATAPLANE_PAUSE_MS.
+    if std::env::var_os("DATAPLANE_PAUSE").is_some_and(|v| v == point) {
+        let ms = std::env::var("DATAPLANE_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
+        eprintln!("dataplane: pause point {point}: sleeping {ms} ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     if std::env::var_os("DATAPLANE_FAULT").is_some_and(|v| v == point) {
         eprintln!("dataplane: fault point {point}: aborting");
         std::process::abort();

@@ -91,9 +91,39 @@ impl Engine {
                 r.errors.extend(teardown(&pins, &ep, &mine, true));
                 tx.delete_endpoint(&ep.name)?;
             }
+            // Attachments a crashed `network connect` left half-made.
+            let eps = tx.endpoints()?;
+            for a in tx.attachments()?.iter().filter(|a| a.state != EndpointState::Ready && !pid_alive(a.owner_pid)) {
+                r.drift.push(format!(
+                    "endpoint {}: its {} on network {} was left {:?} by process {} which is gone: removing it",
+                    a.endpoint, a.ifname, a.network, a.state, a.owner_pid
+                ));
+                if dry_run {
+                    continue;
+                }
+                let Some(ep) = eps.iter().find(|e| e.name == a.endpoint) else { continue };
+                if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                    pull_admission(&pins, n, a, &ep.id);
+                }
+                bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
+                if let Err(e) = super::endpoint::delete_link_in(&ep.netns, &a.ifname) {
+                    r.errors.push(format!("deleting {} of {}: {e}", a.ifname, ep.name));
+                }
+                tx.delete_attachment(&a.endpoint, &a.network)?;
+            }
             // Nothing below changes endpoint or attachment rows: read them once.
             let eps = tx.endpoints()?;
             let atts = tx.attachments()?;
+            // Endpoints another live process is working on (creating, removing, connecting):
+            // their map entries and programs are theirs to handle.
+            let busy: BTreeSet<u32> = eps
+                .iter()
+                .filter(|e| {
+                    e.state != EndpointState::Ready
+                        || atts.iter().any(|a| a.endpoint == e.name && a.state != EndpointState::Ready)
+                })
+                .map(|e| endpoint_number(&e.id))
+                .collect();
 
             // 2. Networks: VLAN devices and parent programs.
             let nl = Nl::here()?;
@@ -156,20 +186,21 @@ impl Engine {
                 }
                 // An endpoint being removed by a live process has had its entries pulled
                 // already; putting them back would leak them once its rows are gone.
-                let removing: Vec<&str> =
-                    eps.iter().filter(|e| e.state == EndpointState::Removing).map(|e| e.name.as_str()).collect();
-                for a in atts.iter().filter(|a| !removing.contains(&a.endpoint.as_str())) {
+                for a in &atts {
                     let (Some(n), Ok(mac)) = (nets.iter().find(|n| n.name == a.network), a.mac.parse::<Mac>()) else {
                         continue;
                     };
                     let number = eps.iter().find(|e| e.name == a.endpoint).map_or(0, |e| endpoint_number(&e.id));
+                    if busy.contains(&number) {
+                        continue;
+                    }
                     for k in admit_keys(n, mac.0).unwrap_or_default() {
                         want.push((k, AdmitValue { endpoint: number, flags: 0 }));
                     }
                 }
                 let have = bpf::admit::list(&pins)?;
                 for (k, v) in &have {
-                    if !want.iter().any(|(wk, wv)| wk == k && wv == v) {
+                    if !busy.contains(&v.endpoint) && !want.iter().any(|(wk, wv)| wk == k && wv == v) {
                         r.drift.push(format!(
                             "admission map: unexpected entry ifindex {} vlan {} {}",
                             k.ifindex,
@@ -218,8 +249,11 @@ impl Engine {
                             }
                         }
                     }
-                    for a in atts.iter().filter(|a| a.endpoint == ep.name) {
-                        if inside.link(&a.ifname).ok().flatten().is_some() {
+                    for a in atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
+                        if let Some(link) = inside.link(&a.ifname).ok().flatten() {
+                            if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                                repair_config(&inside, n, &ep.name, a, &link, dry_run, &mut r);
+                            }
                             continue;
                         }
                         r.drift
@@ -241,6 +275,7 @@ impl Engine {
             let mut want = Vec::new();
             // Endpoints another live process is creating or removing: theirs to handle.
             let mut in_flight = BTreeSet::new();
+            in_flight.extend(busy.iter().copied());
             for ep in eps.iter().filter(|e| e.state != EndpointState::Ready) {
                 in_flight.insert(endpoint_number(&ep.id));
                 if !ep.netns.is_empty() {
@@ -266,7 +301,7 @@ impl Engine {
                 .filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists())
             {
                 live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
-                for a in atts.iter().filter(|a| a.endpoint == ep.name) {
+                for a in atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
                     want.push((a.ifindex, endpoint_info(ep, a)?));
                     let [eg, _] = bpf::endpoints::link_pins(&pins, &ep.netns, &a.ifname);
                     if !eg.exists() {
@@ -313,5 +348,52 @@ impl Engine {
             }
             Ok(r)
         })
+    }
+}
+
+/// An existing endpoint interface as it was made: up, with its addresses and (unless the
+/// network is internal) a default route per family that has a gateway.
+fn repair_config(
+    inside: &Nl,
+    n: &crate::store::Network,
+    ep: &str,
+    a: &crate::store::Attachment,
+    link: &crate::nl::LinkInfo,
+    dry_run: bool,
+    r: &mut ReconcileReport,
+) {
+    let mut fix = |drift: String, f: &dyn Fn() -> crate::nl::Result<()>| {
+        r.drift.push(format!("endpoint {ep}: {drift}"));
+        if !dry_run {
+            if let Err(e) = f() {
+                r.errors.push(format!("endpoint {ep}: repairing ({drift}): {e}"));
+            }
+        }
+    };
+    if !link.up {
+        fix(format!("{} is down", a.ifname), &|| inside.set_up(link.index));
+    }
+    let addrs = inside.addrs().unwrap_or_default();
+    for ip in [a.ipv4, a.ipv6].into_iter().flatten() {
+        if !addrs.iter().any(|(i, x, _)| *i == link.index && *x == ip) {
+            let prefix = n
+                .pools
+                .iter()
+                .find(|p| p.subnet.contains(ip))
+                .map_or(if ip.is_ipv4() { 32 } else { 128 }, |p| p.subnet.prefix);
+            fix(format!("address {ip}/{prefix} is missing from {}", a.ifname), &|| {
+                inside.add_addr(link.index, ip, prefix)
+            });
+        }
+    }
+    if n.internal {
+        return;
+    }
+    let routes = inside.default_routes().unwrap_or_default();
+    for ip in [a.ipv4, a.ipv6].into_iter().flatten() {
+        let Some(gw) = n.pools.iter().find(|p| p.subnet.contains(ip)).and_then(|p| p.gateway) else { continue };
+        if !routes.iter().any(|(_, g)| g.is_ipv4() == gw.is_ipv4()) {
+            fix(format!("no default route (via {gw} on {})", a.ifname), &|| inside.add_default_route(gw, link.index));
+        }
     }
 }
