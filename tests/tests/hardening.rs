@@ -299,3 +299,43 @@ fn reconcile_repairs_addresses_routes_and_link_state() {
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
     assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.88.0.1"]).status.success(), "not repaired");
 }
+
+/// A parent deleted and made again with the same name (a driver reload, a veth re-made):
+/// reconcile finds the links attached to the dead interface, re-attaches, re-keys the
+/// admission and VLAN maps, re-creates the endpoints' interfaces, and says so.
+#[test]
+fn a_parent_made_again_is_found_and_everything_re_keyed() {
+    let (h, sw) = host_with_switch("dpRe").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.89.0.1/24", "dev", "up0"]).unwrap();
+    h.ok(&["network", "create", "--subnet=10.89.0.0/24", "--gateway=10.89.0.1", "-o", "parent=eth0", "n89"]);
+    h.ok(&["network", "create", "--subnet=10.90.0.0/24", "-o", "parent=eth0.90", "v90"]);
+    let name = unique("re");
+    h.ok(&["run", "-d", "--name", &name, "--network", "n89", "--ip", "10.89.0.10"]);
+    assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.89.0.1"]).status.success());
+    let old_index = h.ns.ifindex("eth0").unwrap();
+
+    sw.exec(&["ip", "link", "del", "up0"]).unwrap();
+    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.89.0.1/24", "dev", "up0"]).unwrap();
+    let new_index = h.ns.ifindex("eth0").unwrap();
+    assert_ne!(old_index, new_index);
+    assert_eq!(h.ns.xdp_prog_id("eth0").unwrap(), None);
+
+    let dry = h.ok(&["reconcile", "--dry-run"]);
+    assert!(dry.contains("attached to a removed interface"), "{dry}");
+    assert!(
+        dry.contains("VLAN map: stale entry")
+            && dry.contains(&format!("VLAN map: missing entry trunk ifindex {new_index} VID 90")),
+        "{dry}"
+    );
+    assert!(dry.contains(&format!("interface eth0 is missing from /run/netns/{name}")), "{dry}");
+    let out = h.ok(&["reconcile"]);
+    assert!(!out.contains("failed:"), "{out}");
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.ns.xdp_prog_id("eth0").unwrap().is_some(), "no admission program on the new eth0");
+    assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.89.0.1"]).status.success(), "not reachable again");
+    let keys = admit(&h);
+    assert!(keys.iter().all(|k| k["ifindex"] != old_index), "entries keyed on the dead ifindex: {keys:?}");
+    let reload = h.dp(&["bpf", "reload"]);
+    assert!(reload.status.success(), "{}", stderr(&reload));
+}

@@ -55,6 +55,11 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
     let mut loaded: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for (_, pin) in link_pins {
+        // A link whose interface was deleted has nothing to update; reconcile re-attaches
+        // to the interface's successor (see reconcile.rs).
+        if super::parent::pinned_link_ifindex(&pin) == Some(0) {
+            continue;
+        }
         let err = |d: String| BpfError::Link { path: pin.clone(), detail: d };
         let fd: FdLink = PinnedLink::from_pin(&pin).map_err(|e| err(e.to_string()))?.into();
         let info = fd.info().map_err(|e| err(e.to_string()))?;

@@ -153,6 +153,23 @@ impl Engine {
                         }
                     }
                 }
+                // A parent deleted and made again (driver reload, veth re-made) has a new
+                // ifindex; the old links were detached with the old interface.
+                let current = netns::ifindex(phys);
+                for pin in [pins.tc_link(None, phys), pins.xdp_link(None, phys)] {
+                    let Some(linked) = bpf::parent::pinned_link_ifindex(&pin) else { continue };
+                    if Some(linked) != current {
+                        r.drift.push(format!(
+                            "network {}: the program link {} is attached to a removed interface (ifindex {linked}, {phys} is now {}): re-attaching",
+                            n.name,
+                            pin.display(),
+                            current.unwrap_or(0)
+                        ));
+                        if !dry_run {
+                            let _ = std::fs::remove_file(&pin);
+                        }
+                    }
+                }
                 if !pins.tc_link(None, phys).exists() {
                     r.drift.push(format!("network {}: no VLAN filter (tc) on {phys}", n.name));
                     if !dry_run {
@@ -172,6 +189,9 @@ impl Engine {
                     }
                 }
             }
+
+            // 2b. VLAN steering entries follow the trunks' current ifindexes.
+            vlan_entries(&pins, &nets, &all, dry_run, &mut r)?;
 
             // 3. The admission map equals the store.
             if pins.admit_map().exists() {
@@ -396,4 +416,55 @@ fn repair_config(
             fix(format!("no default route (via {gw} on {})", a.ifname), &|| inside.add_default_route(gw, link.index));
         }
     }
+}
+
+/// DP_VLAN_DEVS/DP_VLAN_PEERS hold one entry per VLAN network's (trunk ifindex, VID): the
+/// hidden end of an eBPF VLAN device, or 0 where the kernel's device demuxes. Entries of
+/// networks another process is creating or removing are left to it.
+fn vlan_entries(
+    pins: &crate::bpf::Pins,
+    nets: &[crate::store::Network],
+    all: &[crate::store::Network],
+    dry_run: bool,
+    r: &mut ReconcileReport,
+) -> Result<()> {
+    if !pins.map(dataplane_common::maps::VLAN_DEVS_MAP).exists() {
+        return Ok(());
+    }
+    let busy: Vec<(String, u16)> = all
+        .iter()
+        .filter(|n| n.state != EndpointState::Ready)
+        .filter_map(|n| n.vlan.as_ref().map(|v| (v.trunk.clone(), v.vid)))
+        .collect();
+    let busy_index: Vec<(u32, u16)> = busy.iter().filter_map(|(t, vid)| netns::ifindex(t).map(|i| (i, *vid))).collect();
+    let mut want = Vec::new();
+    for v in nets.iter().filter_map(|n| n.vlan.as_ref()) {
+        let Some(trunk) = netns::ifindex(&v.trunk) else { continue };
+        let dev = match v.kind {
+            crate::store::VlanKind::Ebpf => v.peer.as_deref().and_then(netns::ifindex).unwrap_or(0),
+            _ => 0,
+        };
+        want.push((trunk, v.vid, dev));
+    }
+    let have = bpf::vlan_maps::list(pins)?;
+    for (k, dev) in &have {
+        if busy_index.contains(&(k.trunk_ifindex, k.vid)) {
+            continue;
+        }
+        if !want.iter().any(|(t, vid, d)| *t == k.trunk_ifindex && *vid == k.vid && d == dev) {
+            r.drift.push(format!("VLAN map: stale entry trunk ifindex {} VID {} -> {dev}", k.trunk_ifindex, k.vid));
+            if !dry_run {
+                bpf::vlan_maps::remove(pins, k.trunk_ifindex, k.vid, Some(*dev))?;
+            }
+        }
+    }
+    for (t, vid, dev) in &want {
+        if !have.iter().any(|(k, d)| k.trunk_ifindex == *t && k.vid == *vid && d == dev) {
+            r.drift.push(format!("VLAN map: missing entry trunk ifindex {t} VID {vid} -> {dev}"));
+            if !dry_run {
+                bpf::vlan_maps::insert(pins, *t, *vid, *dev)?;
+            }
+        }
+    }
+    Ok(())
 }
