@@ -20,3 +20,48 @@ pub use pins::Pins;
 pub fn ensure_maps(pins: &Pins) -> Result<(), BpfError> {
     load_object(&pins.maps_dir()).map(drop)
 }
+
+/// Every map the programs share, by pin name.
+pub const MAP_NAMES: [&str; 6] = [
+    dataplane_common::maps::ADMIT_MAP,
+    dataplane_common::maps::COUNTERS_MAP,
+    dataplane_common::maps::VLAN_DEVS_MAP,
+    dataplane_common::maps::VLAN_PEERS_MAP,
+    dataplane_common::maps::ENDPOINTS_MAP,
+    dataplane_common::maps::EP_COUNTERS_MAP,
+];
+
+/// Map pins that are missing while programs are linked (removed by hand), re-pinned from
+/// the live maps the programs still use: their entries are kept. Returns the names
+/// re-pinned, and the names no live program holds (made afresh by the caller).
+pub fn recover_map_pins(pins: &Pins) -> Result<(Vec<&'static str>, Vec<&'static str>), BpfError> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let link_pins = parent::list_link_pins(pins);
+    let mut missing: Vec<&'static str> = MAP_NAMES.iter().copied().filter(|m| !pins.map(m).exists()).collect();
+    if link_pins.is_empty() || missing.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut prog_ids = std::collections::BTreeSet::new();
+    for (_, pin) in &link_pins {
+        if let Ok(p) = PinnedLink::from_pin(pin) {
+            let fd: FdLink = p.into();
+            if let Ok(info) = fd.info() {
+                prog_ids.insert(info.program_id());
+            }
+        }
+    }
+    let mut recovered = Vec::new();
+    for prog in aya::programs::loaded_programs().flatten().filter(|p| prog_ids.contains(&p.id())) {
+        for id in prog.map_ids().ok().flatten().unwrap_or_default() {
+            let Ok(map) = aya::maps::MapData::from_id(id) else { continue };
+            let Some(name) = map.info().ok().and_then(|i| i.name_as_str().map(str::to_string)) else { continue };
+            if let Some(pos) = missing.iter().position(|m| *m == name) {
+                let path = pins.map(missing[pos]);
+                crate::bpffs::create_private(&pins.maps_dir())?;
+                map.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), detail: e.to_string() })?;
+                recovered.push(missing.remove(pos));
+            }
+        }
+    }
+    Ok((recovered, missing))
+}

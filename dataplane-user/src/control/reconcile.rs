@@ -40,6 +40,7 @@ impl Engine {
         let pins = self.pins.clone();
         self.store.write(|tx| -> Result<ReconcileReport> {
             let mut r = ReconcileReport::default();
+            map_pins(&pins, dry_run, &mut r)?;
             // 0. Networks a crashed `network create` left behind.
             let all = tx.networks()?;
             for n in all.iter().filter(|n| n.state != EndpointState::Ready && !pid_alive(n.owner_pid)) {
@@ -465,6 +466,30 @@ fn vlan_entries(
                 bpf::vlan_maps::insert(pins, *t, *vid, *dev)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Map pins removed by hand while programs run: re-pin the live maps (entries kept); a map
+/// no program holds is made afresh and the programs are swapped onto it (entries are then
+/// restored from the store by the passes below).
+fn map_pins(pins: &crate::bpf::Pins, dry_run: bool, r: &mut ReconcileReport) -> Result<()> {
+    let missing: Vec<&str> = bpf::MAP_NAMES.iter().copied().filter(|m| !pins.map(m).exists()).collect();
+    if missing.is_empty() || bpf::parent::list_link_pins(pins).is_empty() {
+        return Ok(());
+    }
+    r.drift.push(format!("map pins missing while programs are attached: {}", missing.join(", ")));
+    if dry_run {
+        return Ok(());
+    }
+    let (recovered, lost) = bpf::recover_map_pins(pins)?;
+    if !recovered.is_empty() {
+        r.drift.push(format!("re-pinned the live maps {} (entries kept)", recovered.join(", ")));
+    }
+    if !lost.is_empty() {
+        bpf::ensure_maps(pins)?;
+        bpf::reload::reload_all(pins)?;
+        r.drift.push(format!("made {} afresh and swapped the programs onto them", lost.join(", ")));
     }
     Ok(())
 }
