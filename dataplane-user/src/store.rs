@@ -211,6 +211,7 @@ CREATE TABLE IF NOT EXISTS attachments (
     doc TEXT NOT NULL,
     PRIMARY KEY (endpoint, network),
     UNIQUE (network, ipv4), UNIQUE (network, ipv6), UNIQUE (parent, mac));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -244,7 +245,21 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)", params![new_id()])
+            .map_err(db)?;
         Ok(Store { conn, path })
+    }
+
+    /// This store's instance id: made once, when the database is created. A bpffs dir is
+    /// bound to one instance (see `Engine::open`).
+    pub fn instance(&self) -> Result<String, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0))
+            .map_err(|source| StoreError::Db { path: self.path.clone(), source })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Run `f` in an immediate (write-locked) transaction; commit if it returns Ok.

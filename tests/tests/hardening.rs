@@ -369,3 +369,59 @@ fn a_map_pin_removed_by_hand_is_recovered_with_its_entries() {
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
     assert!(h.dp(&["bpf", "reload"]).status.success());
 }
+
+/// Two instances (state dirs) on one bpffs dir, and a replaced database: refused with a
+/// clear error naming both dirs, and nothing of the live endpoints is touched.
+#[test]
+fn a_bpffs_dir_belongs_to_one_store() {
+    let (h, _sw) = host_with_switch("dpOwn2").unwrap();
+    h.ok(&["network", "create", "--subnet=10.92.0.0/24", "-o", "parent=eth0", "n92"]);
+    let name = unique("own");
+    h.ok(&["run", "-d", "--name", &name, "--network", "n92"]);
+    let before = admit(&h);
+    let eps_before = h.ok(&["bpf", "admit", "ls"]);
+    let dp_with = |state: &std::path::Path, args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", h.ns.path().display()))
+            .arg(dataplane_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--bpffs")
+            .arg(&h.bpffs.dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // A second instance with its own state dir but the same bpffs dir.
+    let other = std::env::temp_dir().join(unique("dpstate-other-"));
+    for args in [
+        &["network", "ls"][..],
+        &["reconcile"],
+        &["network", "create", "--subnet=10.93.0.0/24", "-o", "parent=eth0", "n93"],
+    ] {
+        let out = dp_with(&other, args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} was allowed");
+        assert!(
+            err.contains("belongs to another dataplane store")
+                && err.contains(&h.bpffs.dir.display().to_string())
+                && err.contains(&other.display().to_string()),
+            "{err}"
+        );
+    }
+    assert_eq!(admit(&h), before);
+    let _ = std::fs::remove_dir_all(&other);
+
+    // The database replaced (an empty one in its place): refused too, until taken over.
+    std::fs::remove_dir_all(&h.state).unwrap();
+    let out = h.dp(&["ps"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("--take-over"), "{err}");
+    assert_eq!(admit(&h), before, "the refused command changed the maps");
+    assert_eq!(h.ok(&["bpf", "admit", "ls"]), eps_before);
+    // Taking over makes the kernel match the (empty) store: everything goes.
+    let out = h.ok(&["reconcile", "--take-over"]);
+    assert!(out.contains("repaired:"), "{out}");
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+}

@@ -242,6 +242,9 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
             let _ = std::fs::remove_dir(d.path());
         }
     }
+    for m in pins.owner_markers() {
+        let _ = std::fs::remove_dir(m);
+    }
     for dir in [pins.links_dir(), pins.maps_dir(), pins.progs_dir(), pins.root().to_path_buf()] {
         let _ = std::fs::remove_dir(dir);
     }

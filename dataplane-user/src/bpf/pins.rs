@@ -79,6 +79,24 @@ impl Pins {
         self.root.join("progs")
     }
 
+    /// The directory that says which store owns this bpffs dir (bpffs holds no regular
+    /// files, so the marker is a directory named after the store's instance id).
+    pub fn owner_marker(&self, instance: &str) -> PathBuf {
+        self.root.join(format!("owner-{}", &instance[..16.min(instance.len())]))
+    }
+
+    /// Owner markers present (normally zero or one).
+    pub fn owner_markers(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.root)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("owner-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn prog(&self, name: &str) -> PathBuf {
         self.progs_dir().join(name)
     }

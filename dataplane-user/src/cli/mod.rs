@@ -84,6 +84,11 @@ pub enum Command {
         /// Only report.
         #[arg(long)]
         dry_run: bool,
+        /// Make this store the owner of the bpffs dir even though another store (or a
+        /// database since replaced) made what is in it; the kernel is then made to match
+        /// this store, so what it does not know is removed.
+        #[arg(long)]
+        take_over: bool,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -187,8 +192,12 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Stats { names, format, watch, iterations } => {
             stats::run(&mut engine()?, &names, format, watch, iterations)
         }
-        Command::Reconcile { dry_run, format } => {
-            let r = engine()?.reconcile_with(dry_run, true)?;
+        Command::Reconcile { dry_run, format, take_over } => {
+            let mut e = if take_over { Engine::open_unchecked(&state_dir, &bpffs)? } else { engine()? };
+            if take_over && !dry_run {
+                e.take_over_bpffs()?;
+            }
+            let r = e.reconcile_with(dry_run, true)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
                 Format::Table => {

@@ -136,9 +136,78 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
 }
 
 impl Engine {
+    /// Open the store and bind it to the bpffs dir: refused when the dir belongs to another
+    /// store, or holds networks' programs this store does not know (a replaced or emptied
+    /// database), since reconciling would then tear down live endpoints.
     pub fn open(state_dir: &Path, bpffs: &Path) -> Result<Engine> {
+        let mut e = Engine::open_unchecked(state_dir, bpffs)?;
+        e.check_bpffs_owner()?;
+        Ok(e)
+    }
+
+    /// Open without the ownership check (for `reconcile --take-over`).
+    pub fn open_unchecked(state_dir: &Path, bpffs: &Path) -> Result<Engine> {
         let store = Store::open(state_dir)?;
         Ok(Engine { pins: Pins::new(bpffs), state_dir: state_dir.to_path_buf(), store })
+    }
+
+    fn check_bpffs_owner(&mut self) -> Result<()> {
+        if !self.pins.root().exists() {
+            return Ok(());
+        }
+        let me = self.store.instance()?;
+        let mine = self.pins.owner_marker(&me);
+        let markers = self.pins.owner_markers();
+        let known = !self.store.read(|tx| tx.networks())?.is_empty();
+        let take_over = format!(
+            "if this store replaced the one that made them, run `dataplane --state-dir {} --bpffs {} reconcile --take-over` \
+             (the kernel is then made to match this store, removing what it does not know)",
+            self.state_dir.display(),
+            self.pins.root().display()
+        );
+        if let Some(other) = markers.iter().find(|m| **m != mine) {
+            return invalid(format!(
+                "bpffs dir {} belongs to another dataplane store ({}), not to the one in {}: give each --state-dir its own --bpffs; {take_over}",
+                self.pins.root().display(),
+                other.file_name().unwrap_or_default().to_string_lossy(),
+                self.state_dir.display()
+            ));
+        }
+        let network_pins = crate::bpf::parent::list_link_pins(&self.pins)
+            .iter()
+            .any(|(_, p)| p.file_name().is_some_and(|f| !f.to_string_lossy().starts_with("xdp-")));
+        if network_pins && !known {
+            return invalid(format!(
+                "bpffs dir {} holds networks' programs and endpoints that the store in {} does not know (was the database replaced or emptied?); refusing to tear them down; {take_over}",
+                self.pins.root().display(),
+                self.state_dir.display()
+            ));
+        }
+        if markers.is_empty() && known {
+            self.claim_bpffs()?;
+        }
+        Ok(())
+    }
+
+    /// Mark the bpffs dir as this store's.
+    pub(crate) fn claim_bpffs(&mut self) -> Result<()> {
+        let me = self.store.instance()?;
+        let marker = self.pins.owner_marker(&me);
+        crate::bpffs::create_private(&marker).map_err(|e| ControlError::Io {
+            what: format!("marking {} as this store's", self.pins.root().display()),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// `reconcile --take-over`: make this store the bpffs dir's owner.
+    pub fn take_over_bpffs(&mut self) -> Result<()> {
+        for m in self.pins.owner_markers() {
+            let _ = std::fs::remove_dir(m);
+        }
+        if self.pins.root().exists() {
+            self.claim_bpffs()?;
+        }
+        Ok(())
     }
 
     pub fn store(&mut self) -> &mut Store {

@@ -275,6 +275,7 @@ impl Engine {
             return Err(err);
         }
         undo.forget();
+        self.claim_bpffs()?;
         // 3. Done.
         n.state = EndpointState::Ready;
         let n2 = n.clone();

@@ -367,8 +367,55 @@ impl Engine {
                     }
                 }
             }
+            stale_network_pins(&pins, &all, &eps, &atts, dry_run, &mut r);
             Ok(r)
         })
+    }
+}
+
+/// Program links networks made that no network (in any state) or Docker endpoint owns any
+/// more: tc links on parents and hidden VLAN ends (with the parent's XDP link, which a
+/// network always attaches beside it), and Docker endpoints' links. XDP links alone are
+/// `dataplane bpf load`'s and are left alone.
+fn stale_network_pins(
+    pins: &crate::bpf::Pins,
+    all: &[crate::store::Network],
+    eps: &[crate::store::Endpoint],
+    atts: &[crate::store::Attachment],
+    dry_run: bool,
+    r: &mut ReconcileReport,
+) {
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for n in all {
+        known.extend(physical_parent(n).map(str::to_string));
+        known.extend(n.vlan.as_ref().and_then(|v| v.peer.clone()));
+    }
+    let docker: BTreeSet<String> = atts
+        .iter()
+        .filter(|a| eps.iter().any(|e| e.name == a.endpoint && e.owner.is_docker()))
+        .map(|a| a.ifindex.to_string())
+        .collect();
+    for (tag, pin) in bpf::parent::list_link_pins(pins) {
+        let file = pin.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let stale = match tag.as_str() {
+            "host" => file.strip_prefix("tcin-").is_some_and(|i| !known.contains(&crate::bpf::pins::decode(i))),
+            "docker" => file.split_once('-').is_some_and(|(_, i)| !docker.contains(i)),
+            _ => false,
+        };
+        if !stale {
+            continue;
+        }
+        r.drift.push(format!("program link {} belongs to no network or endpoint: removing it", pin.display()));
+        if dry_run {
+            continue;
+        }
+        let _ = std::fs::remove_file(&pin);
+        if tag == "host" {
+            let _ = std::fs::remove_file(pin.with_file_name(file.replacen("tcin-", "xdp-", 1)));
+        }
+    }
+    if !dry_run {
+        let _ = bpf::parent::remove_if_unused(pins);
     }
 }
 
