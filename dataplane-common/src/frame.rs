@@ -15,6 +15,8 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
+/// The pre-standard QinQ TPID some switches still use: a tag like any other.
+pub const ETH_P_QINQ_9100: u16 = 0x9100;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
 /// ARP for Ethernet/IPv4: 8 fixed bytes + 2 * (6 + 4).
@@ -92,14 +94,14 @@ pub fn parse_l2<P: Packet + ?Sized>(p: &P) -> Result<L2Header, Malformed> {
     let mut tagged = false;
     let mut l3_offset = ETH_HLEN;
 
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_9100 {
         let tag: [u8; VLAN_HLEN] = p.read(ETH_HLEN).ok_or(Malformed::Truncated)?;
         let vid = u16::from_be_bytes([tag[0], tag[1]]) & VID_MASK;
         if vid == VID_RESERVED {
             return Err(Malformed::ReservedVid);
         }
         let inner = u16::from_be_bytes([tag[2], tag[3]]);
-        if ethertype == ETH_P_8021AD || inner == ETH_P_8021Q || inner == ETH_P_8021AD {
+        if ethertype != ETH_P_8021Q || inner == ETH_P_8021Q || inner == ETH_P_8021AD || inner == ETH_P_QINQ_9100 {
             // An S-tag, or a tag inside a tag: until QinQ parents exist, nothing
             // legitimate arrives like this, and it is how VLAN hopping is attempted.
             return Err(Malformed::StackedTags);
@@ -201,10 +203,17 @@ where
     }
 }
 
-/// Anti-spoofing for a frame an endpoint sends: its source MAC, IPv4 source, ARP sender
-/// (hardware and protocol) and IPv6 source must be the ones it was given. Allowed
-/// besides: the unspecified address (0.0.0.0 as ARP probe sender, :: for IPv6 DAD) and
-/// IPv6 link-local sources (neighbour discovery). Tagged frames never leave an endpoint.
+/// Anti-spoofing for a frame an endpoint sends. An allow-list: only IPv4, ARP and IPv6
+/// leave (any other EtherType, 802.3/SNAP, MPLS, PPPoE, RARP, tags of any TPID are
+/// dropped), and each only as the endpoint itself:
+/// - source MAC, IPv4 source, ARP sender MAC and IP are the endpoint's (0.0.0.0 allowed as
+///   an ARP probe's sender);
+/// - IPv6 sources are the endpoint's address or its own link-local address (EUI-64 of its
+///   MAC); the unspecified address only for neighbour solicitations (DAD) and MLD reports;
+/// - neighbour advertisements only for its own addresses and with its own MAC as target
+///   link-layer address; solicitations only with its own MAC as source link-layer
+///   address; no router advertisements or redirects;
+/// - no DHCP server replies (UDP from port 67, DHCPv6 from 547).
 #[inline(always)]
 pub fn egress_check<P: Packet + ?Sized>(p: &P, ep: &EndpointInfo) -> Decision {
     let hdr = match parse_l2(p) {
@@ -219,27 +228,126 @@ pub fn egress_check<P: Packet + ?Sized>(p: &P, ep: &EndpointInfo) -> Decision {
     }
     let off = hdr.l3_offset;
     let ok = match hdr.ethertype {
-        ETH_P_IPV4 => match p.read::<4>(off + 12) {
-            Some(src) => ep.flags & EP_HAS_IPV4 != 0 && src == ep.ipv4,
-            None => false,
-        },
+        ETH_P_IPV4 => ipv4_ok(p, off, ep),
         ETH_P_ARP => match (p.read::<6>(off + 8), p.read::<4>(off + 14)) {
             (Some(sha), Some(spa)) => {
                 sha == ep.mac && ((ep.flags & EP_HAS_IPV4 != 0 && spa == ep.ipv4) || spa == [0; 4])
             }
             _ => false,
         },
-        ETH_P_IPV6 => match p.read::<16>(off + 8) {
-            Some(src) => {
-                let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
-                let unspecified = src == [0; 16];
-                link_local || unspecified || (ep.flags & EP_HAS_IPV6 != 0 && src == ep.ipv6)
-            }
-            None => false,
-        },
-        _ => true,
+        ETH_P_IPV6 => ipv6_ok(p, off, ep),
+        _ => false,
     };
     Decision::of(if ok { Reason::PassEgress } else { Reason::DropSpoofed })
+}
+
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_HOPOPTS: u8 = 0;
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCPV6_SERVER_PORT: u16 = 547;
+const ND_ROUTER_ADVERT: u8 = 134;
+const ND_NEIGHBOR_SOLICIT: u8 = 135;
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+const ND_REDIRECT: u8 = 137;
+const MLD_REPORT: u8 = 131;
+const MLD2_REPORT: u8 = 143;
+const ND_OPT_SOURCE_LL: u8 = 1;
+const ND_OPT_TARGET_LL: u8 = 2;
+
+#[inline(always)]
+fn ipv4_ok<P: Packet + ?Sized>(p: &P, off: usize, ep: &EndpointInfo) -> bool {
+    let (Some(first), Some(proto), Some(src)) = (p.read::<1>(off), p.read::<1>(off + 9), p.read::<4>(off + 12)) else {
+        return false;
+    };
+    if ep.flags & EP_HAS_IPV4 == 0 || src != ep.ipv4 {
+        return false;
+    }
+    if proto[0] == IPPROTO_UDP {
+        let hlen = ((first[0] & 0x0f) as usize) * 4;
+        if let Some(sport) = p.read::<2>(off + hlen) {
+            return u16::from_be_bytes(sport) != DHCP_SERVER_PORT;
+        }
+    }
+    true
+}
+
+/// The endpoint's link-local address: fe80::/64 with the EUI-64 of its MAC.
+#[inline(always)]
+pub fn link_local_of(mac: &[u8; 6]) -> [u8; 16] {
+    [0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
+}
+
+#[inline(always)]
+fn own_v6(ep: &EndpointInfo, a: &[u8; 16]) -> bool {
+    *a == link_local_of(&ep.mac) || (ep.flags & EP_HAS_IPV6 != 0 && *a == ep.ipv6)
+}
+
+#[inline(always)]
+fn ipv6_ok<P: Packet + ?Sized>(p: &P, off: usize, ep: &EndpointInfo) -> bool {
+    let (Some(nh), Some(src)) = (p.read::<1>(off + 6), p.read::<16>(off + 8)) else { return false };
+    let unspecified = src == [0; 16];
+    if !unspecified && !own_v6(ep, &src) {
+        return false;
+    }
+    // One hop-by-hop header (MLD reports carry router alert) is looked through.
+    let (mut proto, mut l4) = (nh[0], off + IPV6_HLEN);
+    if proto == IPPROTO_HOPOPTS {
+        let Some(h) = p.read::<2>(l4) else { return false };
+        proto = h[0];
+        l4 += (h[1] as usize + 1) * 8;
+    }
+    match proto {
+        IPPROTO_ICMPV6 => icmpv6_ok(p, l4, ep, unspecified),
+        IPPROTO_UDP if !unspecified => match p.read::<2>(l4) {
+            Some(sport) => u16::from_be_bytes(sport) != DHCPV6_SERVER_PORT,
+            None => false,
+        },
+        _ => !unspecified,
+    }
+}
+
+#[inline(always)]
+fn icmpv6_ok<P: Packet + ?Sized>(p: &P, l4: usize, ep: &EndpointInfo, unspecified: bool) -> bool {
+    // Two bytes, not one: a one-byte read at a variable offset compiles to a bounds check
+    // (`at >= end`) that the verifier does not accept as proof.
+    let Some(t) = p.read::<2>(l4) else { return false };
+    match t[0] {
+        ND_ROUTER_ADVERT | ND_REDIRECT => false,
+        ND_NEIGHBOR_ADVERT => {
+            if unspecified {
+                return false;
+            }
+            match p.read::<16>(l4 + 8) {
+                Some(target) if own_v6(ep, &target) => nd_option_ok(p, l4 + 24, ND_OPT_TARGET_LL, ep),
+                _ => false,
+            }
+        }
+        // A DAD probe (from ::) carries no source link-layer option; one that does must name us.
+        ND_NEIGHBOR_SOLICIT => nd_option_ok(p, l4 + 24, ND_OPT_SOURCE_LL, ep),
+        MLD_REPORT | MLD2_REPORT => true,
+        _ => !unspecified,
+    }
+}
+
+/// The first two ND options: any link-layer address option of `kind` must be ours.
+#[inline(always)]
+fn nd_option_ok<P: Packet + ?Sized>(p: &P, first: usize, kind: u8, ep: &EndpointInfo) -> bool {
+    let mut at = first;
+    for _ in 0..2 {
+        let Some(h) = p.read::<2>(at) else { return true };
+        if h[1] == 0 {
+            return false;
+        }
+        if h[0] == kind {
+            match p.read::<6>(at + 2) {
+                Some(mac) if mac == ep.mac => {}
+                _ => return false,
+            }
+        }
+        at += h[1] as usize * 8;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -367,17 +475,126 @@ mod tests {
         assert_eq!(egress_check(&f[..42], &ep()).reason, Reason::DropSpoofed, "ARP sender MAC");
         let mut v6 = [0u8; 40];
         v6[0] = 0x60;
+        v6[6] = 59; // no next header
         v6[8..24].copy_from_slice(&ep().ipv6);
         let f = frame(MCAST, &[], ETH_P_IPV6, &v6);
         assert_eq!(egress_check(&f[..54], &ep()).reason, Reason::PassEgress);
+        v6[8..24].copy_from_slice(&link_local_of(&SRC));
+        let f = frame(MCAST, &[], ETH_P_IPV6, &v6);
+        assert_eq!(egress_check(&f[..54], &ep()).reason, Reason::PassEgress, "own link-local");
         v6[8] = 0xfe;
         v6[9] = 0x80;
+        v6[23] ^= 1;
         let f = frame(MCAST, &[], ETH_P_IPV6, &v6);
-        assert_eq!(egress_check(&f[..54], &ep()).reason, Reason::PassEgress, "link-local");
+        assert_eq!(egress_check(&f[..54], &ep()).reason, Reason::DropSpoofed, "a sibling's link-local");
+        v6[8..24].copy_from_slice(&ep().ipv6);
         v6[8] = 0xfd;
         v6[9] = 0x99;
         let f = frame(MCAST, &[], ETH_P_IPV6, &v6);
         assert_eq!(egress_check(&f[..54], &ep()).reason, Reason::DropSpoofed);
+    }
+
+    /// An IPv6 packet from `src` to ff02::1 carrying ICMPv6 `icmp` (as the payload).
+    fn icmp6(src: [u8; 16], icmp: &[u8]) -> [u8; 128] {
+        let mut v6 = [0u8; 40 + 40];
+        v6[0] = 0x60;
+        v6[6] = 58;
+        v6[8..24].copy_from_slice(&src);
+        v6[24] = 0xff;
+        v6[25] = 0x02;
+        v6[39] = 1;
+        v6[40..40 + icmp.len()].copy_from_slice(icmp);
+        frame(MCAST, &[], ETH_P_IPV6, &v6[..40 + icmp.len()])
+    }
+
+    /// ND message `t` with `target` and one link-layer option of `kind` carrying `mac`.
+    fn nd(t: u8, target: [u8; 16], kind: u8, mac: [u8; 6]) -> [u8; 32] {
+        let mut m = [0u8; 32];
+        m[0] = t;
+        m[8..24].copy_from_slice(&target);
+        m[24] = kind;
+        m[25] = 1;
+        m[26..32].copy_from_slice(&mac);
+        m
+    }
+
+    #[test]
+    fn neighbour_discovery_cannot_be_spoofed() {
+        let e = ep();
+        let own = e.ipv6;
+        let ll = link_local_of(&SRC);
+        let mut sibling = own;
+        sibling[15] = 3;
+        let len = 14 + 40 + 32;
+        let check = |src: [u8; 16], m: &[u8]| egress_check(&icmp6(src, m)[..14 + 40 + m.len()], &e).reason;
+        assert_eq!(check(ll, &nd(136, own, 2, SRC)), Reason::PassEgress, "NA for our address");
+        assert_eq!(check(own, &nd(136, ll, 2, SRC)), Reason::PassEgress, "NA for our link-local");
+        assert_eq!(check(ll, &nd(136, sibling, 2, SRC)), Reason::DropSpoofed, "NA for a sibling's address");
+        assert_eq!(check(ll, &nd(136, own, 2, OTHER)), Reason::DropSpoofed, "NA with another target MAC");
+        assert_eq!(check(ll, &nd(135, sibling, 1, SRC)), Reason::PassEgress, "NS for a neighbour");
+        assert_eq!(check(ll, &nd(135, sibling, 1, OTHER)), Reason::DropSpoofed, "NS with another source MAC");
+        assert_eq!(check([0; 16], &nd(135, own, 0, [0; 6])[..24]), Reason::PassEgress, "DAD probe");
+        assert_eq!(check([0; 16], &nd(136, own, 2, SRC)), Reason::DropSpoofed, "NA from ::");
+        assert_eq!(check(ll, &nd(134, [0; 16], 1, SRC)), Reason::DropSpoofed, "router advertisement");
+        assert_eq!(check(ll, &nd(137, sibling, 2, SRC)), Reason::DropSpoofed, "redirect");
+        assert_eq!(check([0; 16], &[143, 0, 0, 0, 0, 0, 0, 0]), Reason::PassEgress, "MLDv2 report from ::");
+        assert_eq!(check([0; 16], &[128, 0, 0, 0, 0, 0, 0, 0]), Reason::DropSpoofed, "echo from ::");
+        let _ = len;
+        // UDP from :: (anything but ND) and DHCPv6 server replies.
+        let mut v6 = [0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        v6[40..42].copy_from_slice(&547u16.to_be_bytes());
+        v6[8..24].copy_from_slice(&own);
+        assert_eq!(
+            egress_check(&frame(MCAST, &[], ETH_P_IPV6, &v6)[..62], &e).reason,
+            Reason::DropSpoofed,
+            "DHCPv6 server"
+        );
+        v6[40..42].copy_from_slice(&546u16.to_be_bytes());
+        assert_eq!(
+            egress_check(&frame(MCAST, &[], ETH_P_IPV6, &v6)[..62], &e).reason,
+            Reason::PassEgress,
+            "DHCPv6 client"
+        );
+        v6[8..24].copy_from_slice(&[0; 16]);
+        assert_eq!(
+            egress_check(&frame(MCAST, &[], ETH_P_IPV6, &v6)[..62], &e).reason,
+            Reason::DropSpoofed,
+            "UDP from ::"
+        );
+    }
+
+    #[test]
+    fn egress_is_an_allow_list() {
+        let e = ep();
+        // DHCPv4 server replies.
+        let mut ip = [0u8; 28];
+        ip[0] = 0x45;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 2]);
+        ip[20..22].copy_from_slice(&67u16.to_be_bytes());
+        assert_eq!(
+            egress_check(&frame(BCAST, &[], ETH_P_IPV4, &ip)[..42], &e).reason,
+            Reason::DropSpoofed,
+            "DHCP server"
+        );
+        ip[20..22].copy_from_slice(&68u16.to_be_bytes());
+        assert_eq!(
+            egress_check(&frame(BCAST, &[], ETH_P_IPV4, &ip)[..42], &e).reason,
+            Reason::PassEgress,
+            "DHCP client"
+        );
+        // Other EtherTypes: 802.3 length (SNAP), RARP, MPLS, PPPoE session, LLDP.
+        for et in [0x0040u16, 0x8035, 0x8847, 0x8864, 0x88cc] {
+            let f = frame(OTHER, &[], et, &ip);
+            assert_eq!(egress_check(&f[..42], &e).reason, Reason::DropSpoofed, "ethertype {et:#x}");
+        }
+        // Tags with TPID 0x9100, outer or inner, are tags.
+        let f = frame(OTHER, &[(ETH_P_QINQ_9100, 50)], ETH_P_IPV4, &ip);
+        assert_eq!(egress_check(&f[..46], &e).reason, Reason::DropStackedTags);
+        let f = frame(ADMITTED, &[(ETH_P_8021Q, 50), (ETH_P_QINQ_9100, 60)], ETH_P_IPV4, &ip);
+        assert_eq!(admission(&f[..64], 1, |_| true).reason, Reason::DropStackedTags, "0x9100 inside VLAN 50");
     }
 
     #[test]

@@ -128,3 +128,79 @@ fn a_net_admin_endpoint_cannot_remove_the_check() {
     let links = h.ok(&["bpf", "status", "--format", "json"]);
     assert!(links.contains("tceg-eth0"), "the anti-spoofing link is gone: {links}");
 }
+
+/// IPv6 neighbour discovery as the endpoint itself only: an unsolicited neighbour
+/// advertisement for a sibling's address, a packet from a sibling's link-local address
+/// and a router advertisement reach neither the sibling nor the trunk; the endpoint's own
+/// advertisement does.
+#[test]
+fn ipv6_neighbour_discovery_cannot_be_spoofed() {
+    let (h, sw) = host_with_switch("dpN6").unwrap();
+    h.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet=10.68.0.0/24",
+        "--subnet=fd00:68::/64",
+        "-o",
+        "parent=eth0",
+        "n68",
+    ]);
+    let (a, b) = (unique("nd-a"), unique("nd-b"));
+    h.ok(&["run", "-d", "--name", &a, "--network", "n68"]);
+    h.ok(&["run", "-d", "--name", &b, "--network", "n68"]);
+    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let get = |n: &str, k: &str| {
+        ps.as_array().unwrap().iter().find(|e| e["Name"] == n).unwrap()["Networks"][0][k].as_str().unwrap().to_string()
+    };
+    let (a_mac, b_mac) = (mac_bytes(&get(&a, "MacAddress")), mac_bytes(&get(&b, "MacAddress")));
+    let a_ip6: [u8; 16] = get(&a, "IPv6Address").parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let b_ip6: [u8; 16] = get(&b, "IPv6Address").parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let ll = |m: [u8; 6]| dataplane_common::frame::link_local_of(&m);
+
+    // Ethernet + IPv6 (to ff02::1) + ICMPv6 type `t`, marker byte `id` in the code field,
+    // target `target`, one link-layer option (`opt`, `opt_mac`).
+    let packet = |src: [u8; 16], t: u8, id: u8, target: [u8; 16], opt: u8, opt_mac: [u8; 6]| -> Vec<u8> {
+        let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+        f.extend_from_slice(&a_mac);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 32, 58, 255]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[t, id, 0, 0, 0x20, 0, 0, 0]);
+        f.extend_from_slice(&target);
+        f.extend_from_slice(&[opt, 1]);
+        f.extend_from_slice(&opt_mac);
+        f
+    };
+    let tx = RawSocket::open_at(Path::new(&format!("/run/netns/{a}")), "eth0").unwrap();
+    let at_sibling = RawSocket::open_at(Path::new(&format!("/run/netns/{b}")), "eth0").unwrap();
+    let at_trunk = RawSocket::open(&sw, "up0").unwrap();
+    let sends = [
+        (1u8, packet(ll(a_mac), 136, 1, a_ip6, 2, a_mac), true), // own NA
+        (2, packet(ll(a_mac), 136, 2, b_ip6, 2, a_mac), false),  // NA for the sibling's address
+        (3, packet(ll(a_mac), 136, 3, a_ip6, 2, b_mac), false),  // NA naming another MAC
+        (4, packet(ll(b_mac), 135, 4, a_ip6, 1, a_mac), false),  // from the sibling's link-local
+        (5, packet(ll(a_mac), 134, 5, [0; 16], 1, a_mac), false), // router advertisement
+        (6, packet(ll(a_mac), 135, 6, b_ip6, 1, a_mac), true),   // own solicitation
+    ];
+    for (_, f, _) in &sends {
+        let _ = tx.send(f);
+    }
+    let marks = |frames: Vec<Vec<u8>>| -> BTreeSet<u8> {
+        frames
+            .iter()
+            .filter(|f| f.len() > 55 && f[12..14] == [0x86, 0xdd] && f[6..12] == a_mac)
+            .map(|f| f[55])
+            .collect()
+    };
+    let sibling = marks(at_sibling.recv_for(Duration::from_millis(500)).unwrap());
+    let trunk = marks(at_trunk.recv_for(Duration::from_millis(100)).unwrap());
+    for (id, _, legit) in &sends {
+        assert_eq!(sibling.contains(id), *legit, "frame {id} at the sibling: {sibling:?}");
+        assert_eq!(trunk.contains(id), *legit, "frame {id} at the trunk: {trunk:?}");
+    }
+    let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &a])).unwrap();
+    assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 4, "{stats:#}");
+    // IPv6 still works between the two (their own ND passes).
+    assert!(h.dp(&["exec", &a, "ping", "-6", "-c", "1", "-W", "2", &get(&b, "IPv6Address")]).status.success());
+}
