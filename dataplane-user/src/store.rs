@@ -175,6 +175,42 @@ pub struct Endpoint {
     pub command: Vec<String>,
     #[serde(default)]
     pub owner: Owner,
+    /// The detached command's supervisor (`run -d`), recorded by the supervisor itself
+    /// before it starts the command. It leads its own session and process group, so
+    /// killing the group ends the command too, even before its pid is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<ProcRef>,
+}
+
+/// A process, unambiguously: its pid and its start time (clock ticks after boot, from
+/// /proc/PID/stat), so a recycled pid is never taken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRef {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl ProcRef {
+    /// The start time of `pid`, if it is running (zombies count as gone).
+    pub fn start_of(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which may contain spaces and parentheses.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if matches!(rest.first(), Some(&"Z") | Some(&"X")) {
+            return None;
+        }
+        rest.get(19)?.parse().ok()
+    }
+
+    pub fn me() -> ProcRef {
+        let pid = std::process::id();
+        ProcRef { pid, start: ProcRef::start_of(pid).unwrap_or(0) }
+    }
+
+    /// Whether this very process still runs.
+    pub fn alive(&self) -> bool {
+        ProcRef::start_of(self.pid) == Some(self.start)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

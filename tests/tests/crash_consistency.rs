@@ -52,7 +52,7 @@ fn crashed_network_create_is_torn_down_by_the_next_command() {
 
 #[test]
 fn crashed_run_and_rm_are_finished_by_the_next_command() {
-    for point in ["run:allocated", "run:netns-made", "run:linked", "rm:marked", "rm:torn-down"] {
+    for point in ["run:allocated", "run:netns-made", "endpoint:link-made", "run:linked", "rm:marked", "rm:torn-down"] {
         let (h, _sw) = host();
         h.ok(&["network", "create", "--subnet=10.51.0.0/24", "-o", "parent=eth0", "n51"]);
         let name = unique("crash");
@@ -118,4 +118,70 @@ fn crashed_connect_and_disconnect_end_consistent() {
         assert_eq!(on_b54, addrs.contains("10.54.0."), "{point}: store says on_b54={on_b54}, namespace has: {addrs}");
         assert_eq!(on_b54, addrs.contains("eth1"), "{point}: {addrs}");
     }
+}
+
+/// `rm -f` ends a detached command whatever was recorded about it: here the supervisor
+/// has started the command but not yet recorded its pid (as when `run -d` is killed
+/// early). The supervisor recorded itself first, and its process group goes.
+#[test]
+fn rm_force_ends_a_supervised_command_before_its_pid_is_recorded() {
+    let (h, _sw) = host();
+    h.ok(&["network", "create", "--subnet=10.55.0.0/24", "-o", "parent=eth0", "n55"]);
+    let name = unique("sup");
+    let secs = format!("{}", 900_000 + std::process::id() % 99_999);
+    let mut run = std::process::Command::new("nsenter")
+        .env("DATAPLANE_PAUSE", "supervise:spawned")
+        .env("DATAPLANE_PAUSE_MS", "8000")
+        .arg(format!("--net={}", h.ns.path().display()))
+        .arg(dataplane_tests::dataplane_bin())
+        .arg("--state-dir")
+        .arg(&h.state)
+        .arg("--bpffs")
+        .arg(&h.bpffs.dir)
+        .args(["run", "-d", "--name", &name, "--network", "n55", "--", "sleep", &secs])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        std::process::Command::new("pgrep").args(["-f", &format!("^sleep {secs}$")]).output().unwrap().status.success()
+    };
+    let start = std::time::Instant::now();
+    while !running() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let status = ps.as_array().unwrap().iter().find(|e| e["Name"] == name.as_str()).unwrap()["Status"].clone();
+    assert!(status.as_str().unwrap().starts_with("starting (supervisor pid"), "{status}");
+    h.ok(&["rm", "-f", &name]);
+    let start = std::time::Instant::now();
+    while running() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "rm -f left the command running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(h.endpoint_names().is_empty());
+}
+
+/// Reconcile itself killed while it re-creates an endpoint interface deleted by hand (the
+/// interface made, not yet configured): the next pass finishes it.
+#[test]
+fn a_killed_reconcile_is_finished_by_the_next_one() {
+    let (h, sw) = host();
+    sw.exec(&["ip", "addr", "add", "10.56.0.1/24", "dev", "up0"]).unwrap();
+    h.ok(&["network", "create", "--subnet=10.56.0.0/24", "--gateway=10.56.0.1", "-o", "parent=eth0", "n56"]);
+    let name = unique("rk");
+    h.ok(&["run", "-d", "--name", &name, "--network", "n56"]);
+    assert!(std::process::Command::new("ip").args(["-n", &name, "link", "del", "eth0"]).status().unwrap().success());
+    aborted(&h.dp_env(&[("DATAPLANE_FAULT", "endpoint:link-made")], &["reconcile"]), "endpoint:link-made");
+    let dry = h.ok(&["reconcile", "--dry-run"]);
+    assert!(!dry.contains("no drift"), "the half-made interface went unnoticed");
+    h.ok(&["reconcile"]);
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.56.0.1"]).status.success());
+    // Anti-spoofing is back on the re-made interface.
+    h.dp(&["exec", &name, "ip", "addr", "add", "10.56.0.99/24", "dev", "eth0"]);
+    assert!(!h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "-I", "10.56.0.99", "10.56.0.1"]).status.success());
 }

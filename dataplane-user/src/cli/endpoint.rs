@@ -196,6 +196,8 @@ pub fn log_path(state_dir: &Path, name: &str) -> std::path::PathBuf {
 
 /// The detached-command supervisor (`dataplane __supervise NAME -- CMD`).
 pub fn supervise(engine: &mut Engine, name: &str, interactive: bool, command: &[String]) -> Result<i32> {
+    // First of all, so `rm -f` can end this process group whatever happens next.
+    engine.set_supervisor(name)?;
     let ep = engine.endpoint(name)?;
     let state_dir = engine.state_dir.clone();
     let state_dir = state_dir.as_path();
@@ -215,6 +217,7 @@ pub fn supervise(engine: &mut Engine, name: &str, interactive: bool, command: &[
     };
     // Holding the pipe's write end keeps an interactive command's stdin open.
     let _stdin = child.stdin.take();
+    dataplane_user::control::fault("supervise:spawned");
     engine.set_pid(name, Some(child.id()))?;
     let status = child.wait()?;
     if ep.auto_remove {
@@ -287,7 +290,11 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
     let rows: Vec<serde_json::Value> = eps
         .iter()
         .map(|(e, atts)| {
+            let supervisor = e.supervisor.filter(|s| s.alive());
             let status = match (&e.owner, e.pid) {
+                (_, None) if supervisor.is_some() => {
+                    format!("starting (supervisor pid {})", supervisor.map_or(0, |s| s.pid))
+                }
                 (dataplane_user::store::Owner::Docker { sandbox: Some(s), .. }, _) => format!("docker, in {s}"),
                 (dataplane_user::store::Owner::Docker { sandbox: None, .. }, _) => "docker, not joined".to_string(),
                 (dataplane_user::store::Owner::Cni { container_id, ifname }, _) => {

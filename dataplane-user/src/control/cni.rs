@@ -101,6 +101,7 @@ impl Engine {
             pid: None,
             auto_remove: false,
             command: vec![],
+            supervisor: None,
             owner: owner.clone(),
         };
         let a = self.store.write(|tx| -> Result<Attachment> {

@@ -128,6 +128,7 @@ impl Engine {
             pid: None,
             auto_remove: false,
             command: vec![],
+            supervisor: None,
             owner: Owner::Docker { id: endpoint_id.to_string(), sandbox: None },
         };
         let a = self.store.write(|tx| -> Result<Attachment> {

@@ -274,6 +274,7 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
             e.into()
         }
     })?;
+    super::fault("endpoint:link-made");
     let inside = Nl::in_netns(Path::new(&ep.netns))?;
     let link = inside
         .link(&a.ifname)?
@@ -424,6 +425,7 @@ impl Engine {
                 auto_remove: req.auto_remove,
                 command: req.command.clone(),
                 owner: Owner::Cli,
+                supervisor: None,
             };
             let att = match &net {
                 Some(n) => {
@@ -616,7 +618,8 @@ impl Engine {
                 ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)"))
             })?;
             super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
-            if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != me) {
+            let supervised = ep.supervisor.filter(|s| s.alive() && s.pid != me).map(|s| s.pid);
+            if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != me).or(supervised) {
                 if !force {
                     return invalid(format!(
                         "endpoint {} is running (pid {pid}): stop it first (dataplane stop {}) or use dataplane rm -f",
@@ -661,6 +664,18 @@ impl Engine {
             .ok_or_else(|| ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)")))
     }
 
+    /// Record the supervisor of the endpoint's detached command (the calling process).
+    pub fn set_supervisor(&mut self, name: &str) -> Result<()> {
+        let me = crate::store::ProcRef::me();
+        self.store.write(|tx| -> Result<()> {
+            if let Some(mut e) = tx.endpoint(name)? {
+                e.supervisor = Some(me);
+                tx.put_endpoint(&e)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Record the pid of the endpoint's detached command (None when it ended).
     pub fn set_pid(&mut self, name: &str, pid: Option<u32>) -> Result<()> {
         self.store.write(|tx| -> Result<()> {
@@ -702,8 +717,14 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
     if !ep.netns.is_empty() {
         bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));
     }
-    if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != std::process::id()) {
-        if kill {
+    if kill {
+        // The supervisor's whole process group (it and the command it started), then the
+        // command by pid in case it left the group.
+        if let Some(s) = ep.supervisor.filter(|s| s.alive() && s.pid != std::process::id()) {
+            // SAFETY: plain kill(2) on a process group we made (setsid in run -d).
+            unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
+        }
+        if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != std::process::id()) {
             // SAFETY: plain kill(2).
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }

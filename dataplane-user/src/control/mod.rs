@@ -57,7 +57,7 @@ pub type Result<T> = std::result::Result<T, ControlError>;
 
 /// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
 /// aborts right there, as if killed. Inert unless that variable is set.
-pub const FAULT_POINTS: [&str; 15] = [
+pub const FAULT_POINTS: [&str; 17] = [
     "network-create:vlan-veth",
     "network-create:vlan-made",
     "network-create:attached",
@@ -73,6 +73,8 @@ pub const FAULT_POINTS: [&str; 15] = [
     "disconnect:removed",
     "docker-endpoint:linked",
     "cni-add:linked",
+    "supervise:spawned",
+    "endpoint:link-made",
 ];
 
 pub fn fault(point: &'static str) {

@@ -604,6 +604,7 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
                 auto_remove: false,
                 command: vec![],
                 owner: Default::default(),
+                supervisor: None,
             })?;
         }
         Ok(())
