@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     admission, egress_check,
-    frame::{ETH_P_8021AD, ETH_P_8021Q, VID_MASK},
+    frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ_9100, VID_MASK},
     maps::{counter_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
     AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Packet, Reason, Verdict, VlanKey, VlanTrunk,
 };
@@ -86,12 +86,17 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
         let pkt = tc_bounds(&ctx, len, 18);
         let Some(hdr) = pkt.read::<6>(12) else { return TC_ACT_OK };
         let outer = u16::from_be_bytes([hdr[0], hdr[1]]);
+        if outer == ETH_P_QINQ_9100 {
+            // The stack leaves this TPID in the packet: a pre-standard S-tag, never ours.
+            count(ifindex, Reason::DropStackedTags, u64::from(len));
+            return TC_ACT_SHOT;
+        }
         if outer != ETH_P_8021Q && outer != ETH_P_8021AD {
             return TC_ACT_OK;
         }
         (u16::from_be_bytes([hdr[2], hdr[3]]) & VID_MASK, u16::from_be_bytes([hdr[4], hdr[5]]))
     };
-    if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
+    if inner == ETH_P_8021Q || inner == ETH_P_8021AD || inner == ETH_P_QINQ_9100 {
         count(ifindex, Reason::DropStackedTags, u64::from(len));
         return TC_ACT_SHOT;
     }

@@ -163,10 +163,14 @@ mod vlan {
         assert_eq!(run(&ebpf, TC_TRUNK_PROG, &hop).0, TC_ACT_SHOT, "double tag (VLAN hopping)");
         let hop2 = tagged(tagged(plain.clone(), ETH_P_8021Q, 60), ETH_P_8021Q, 50);
         assert_eq!(run(&ebpf, TC_TRUNK_PROG, &hop2).0, TC_ACT_SHOT, "802.1Q in 802.1Q");
+        let hop3 = tagged(tagged(plain.clone(), dataplane_common::frame::ETH_P_QINQ_9100, 60), ETH_P_8021Q, 50);
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &hop3).0, TC_ACT_SHOT, "TPID 0x9100 inside VLAN 50");
+        let outer9100 = tagged(plain.clone(), dataplane_common::frame::ETH_P_QINQ_9100, 50);
+        assert_eq!(run(&ebpf, TC_TRUNK_PROG, &outer9100).0, TC_ACT_SHOT, "TPID 0x9100 outside");
         let c = bpf::counters::read(&pins).unwrap();
         assert_eq!(c[&(LO, Reason::VlanSteered)].packets, 1);
         assert_eq!(c[&(LO, Reason::DropUnknownVlan)].packets, 1);
-        assert_eq!(c[&(LO, Reason::DropStackedTags)].packets, 2);
+        assert_eq!(c[&(LO, Reason::DropStackedTags)].packets, 4);
         // Truncated tags never reach a VLAN.
         for len in 14..18 {
             let cut = &tagged(plain.clone(), ETH_P_8021Q, 50)[..len];
