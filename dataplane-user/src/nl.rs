@@ -62,6 +62,8 @@ pub struct LinkInfo {
     pub up: bool,
     pub kind: Option<String>,
     pub mtu: Option<u32>,
+    /// How an XDP program is attached, if one is: "native", "generic" or "offload".
+    pub xdp: Option<&'static str>,
 }
 
 fn info_of(m: &LinkMessage) -> LinkInfo {
@@ -73,6 +75,7 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
         up: m.header.flags.contains(LinkFlags::Up),
         kind: None,
         mtu: None,
+        xdp: None,
     };
     for a in &m.attributes {
         match a {
@@ -83,6 +86,20 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
                 li.mac = Some(mac);
             }
             LinkAttribute::Mtu(m) => li.mtu = Some(*m),
+            LinkAttribute::Xdp(x) => {
+                use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
+                for a in x {
+                    if let LinkXdp::Attached(m) = a {
+                        li.xdp = match m {
+                            XdpAttached::Driver => Some("native"),
+                            XdpAttached::SocketBuffer => Some("generic"),
+                            XdpAttached::Hardware => Some("offload"),
+                            XdpAttached::Multiple => Some("several"),
+                            _ => None,
+                        };
+                    }
+                }
+            }
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let rtnetlink::packet_route::link::LinkInfo::Kind(k) = i {

@@ -42,14 +42,18 @@ fn output(cmd: &mut Command) -> Result<String> {
 fn resolve(meta: &str) -> Result<String> {
     let find = || -> Option<String> {
         let deps = output(Command::new("apt-cache").args(["depends", meta])).ok()?;
-        deps.lines().find_map(|l| l.trim().strip_prefix("Depends: ").map(str::to_string)).filter(|p| p.starts_with("linux-image-"))
+        deps.lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: ").map(str::to_string))
+            .filter(|p| p.starts_with("linux-image-"))
     };
     if let Some(p) = find() {
         return Ok(p);
     }
     eprintln!("[kernel] {meta} unknown to apt: running apt-get update");
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    find().with_context(|| format!("apt-cache depends {meta} names no linux-image package (is bookworm-security in the sources?)"))
+    find().with_context(|| {
+        format!("apt-cache depends {meta} names no linux-image package (is bookworm-security in the sources?)")
+    })
 }
 
 /// A kernel unpacked in the cache, with everything a VM boot needs.
@@ -64,10 +68,7 @@ pub struct Kernel {
 /// Resolve, download (once), unpack and prepare `name`.
 pub fn prepare(name: &str) -> Result<Kernel> {
     let Some((_, meta)) = KERNELS.iter().find(|(n, _)| *n == name) else {
-        bail!(
-            "unknown kernel {name:?}: use one of {}",
-            KERNELS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-        );
+        bail!("unknown kernel {name:?}: use one of {}", KERNELS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
     };
     crate::packages::ensure(&[QEMU_PACKAGES])?;
     let pkg = resolve(meta)?;
@@ -192,11 +193,22 @@ fn initramfs(root: &Path, version: &str) -> Result<PathBuf> {
     for d in ["bin", "mods", "proc", "sys", "dev", "lower", "upper", "newroot"] {
         std::fs::create_dir_all(work.join(d))?;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).context("busybox missing")?;
+    let busybox =
+        ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).context("busybox missing")?;
     std::fs::copy(busybox, work.join("bin/busybox"))?;
-    let deps = output(Command::new("modprobe").arg("-d").arg(root).arg("-S").arg(version).arg("--show-depends").arg("-a").args(BOOT_MODULES))?;
+    let deps = output(
+        Command::new("modprobe")
+            .arg("-d")
+            .arg(root)
+            .arg("-S")
+            .arg(version)
+            .arg("--show-depends")
+            .arg("-a")
+            .args(BOOT_MODULES),
+    )?;
     let mut order = String::new();
-    for ko in deps.lines().filter_map(|l| l.strip_prefix("insmod ")).map(|l| l.split_whitespace().next().unwrap_or("")) {
+    for ko in deps.lines().filter_map(|l| l.strip_prefix("insmod ")).map(|l| l.split_whitespace().next().unwrap_or(""))
+    {
         let path = Path::new(ko);
         let base = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let (name, data) = if let Some(n) = base.strip_suffix(".xz") {
@@ -265,7 +277,11 @@ pub fn run_in_vm(k: &Kernel, share: &Path, cwd: &Path, env: &[(String, String)],
         .arg("-initrd")
         .arg(&k.initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 loglevel=0 panic=-1 tsc=reliable dp.kver={} dp.share={}", k.version, share.display()))
+        .arg(format!(
+            "console=ttyS0 loglevel=0 panic=-1 tsc=reliable dp.kver={} dp.share={}",
+            k.version,
+            share.display()
+        ))
         .args(["-fsdev", "local,id=r,path=/,security_model=none,readonly=on,multidevs=remap"])
         .args(["-device", "virtio-9p-pci,fsdev=r,mount_tag=hostroot"])
         .arg("-virtfs")

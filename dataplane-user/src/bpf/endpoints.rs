@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     maps::{HashMap, Map, MapData, PerCpuHashMap},
-    programs::{links::FdLink, tc::TcAttachType, SchedClassifier},
+    programs::{tc::TcAttachType, SchedClassifier},
 };
 use dataplane_common::{
     maps::{ENDPOINTS_MAP, EP_COUNTERS_MAP, TC_EP_IN_PROG, TC_EP_OUT_PROG},
@@ -150,24 +150,14 @@ pub fn attach_at(pins: &Pins, netns_path: Option<&str>, ifname: &str, at: [PathB
                       kind: TcAttachType,
                       pin: &std::path::Path|
      -> Result<(), BpfError> {
-        // ifname resolves, and the link is created, in the endpoint's namespace.
-        let id = match netns_path {
-            Some(ns) => crate::nl::with_netns(Path::new(ns), || p.attach(ifname, kind))
-                .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?,
-            None => p.attach(ifname, kind),
+        // ifname resolves, and the attachment is made, in the endpoint's namespace.
+        match netns_path {
+            Some(ns) => {
+                crate::nl::with_netns(Path::new(ns), || super::tc::attach_pinned(&mut p, prog, ifname, kind, pin))
+                    .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?
+            }
+            None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin),
         }
-        .map_err(|e| BpfError::Attach {
-            name: prog,
-            iface: ifname.into(),
-            mode: "tcx",
-            source: Box::new(e),
-        })?;
-        let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("tcx link expected: {e}") })?;
-        fd.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })?;
-        Ok(())
     };
     let (out_res, in_res) = std::thread::scope(|s| {
         let ingress = s.spawn(|| attach_one(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, &ing));

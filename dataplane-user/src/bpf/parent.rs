@@ -258,7 +258,8 @@ pub fn list_link_pins(pins: &Pins) -> Vec<(String, PathBuf)> {
     for ns in rd.flatten() {
         let tag = ns.file_name().to_string_lossy().into_owned();
         if let Ok(links) = std::fs::read_dir(ns.path()) {
-            for l in links.flatten() {
+            // Directories beside the pins are markers (a clsact qdisc we added).
+            for l in links.flatten().filter(|l| l.file_type().is_ok_and(|t| !t.is_dir())) {
                 out.push((tag.clone(), l.path()));
             }
         }
@@ -272,23 +273,50 @@ pub struct LinkStatus {
     pub netns: String,
     pub iface: String,
     pub pin: PathBuf,
+    /// How the program is attached: "xdp native", "xdp generic", "tcx" or "cls_bpf"
+    /// (a tc filter under clsact, on kernels without tcx).
+    pub mechanism: String,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
     pub error: Option<String>,
 }
 
-/// Status of every pinned link (read from the kernel through the pins).
+/// Status of every pinned attachment (read from the kernel through the pins).
 pub fn list_attachments(pins: &Pins) -> Vec<LinkStatus> {
+    let here: Vec<crate::nl::LinkInfo> = crate::nl::Nl::here().and_then(|nl| nl.links()).unwrap_or_default();
     list_link_pins(pins)
         .into_iter()
         .map(|(netns, pin)| {
-            let iface = pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let iface = super::pins::decode(&iface);
-            let iface = iface
-                .strip_prefix("xdp-")
-                .map(|s| format!("{s} (xdp)"))
-                .or_else(|| iface.strip_prefix("tcin-").map(|s| format!("{s} (tc ingress)")))
-                .unwrap_or(iface);
+            let file =
+                super::pins::decode(&pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            let (kind, name) = file.split_once('-').unwrap_or(("", file.as_str()));
+            let iface = match kind {
+                "xdp" => format!("{name} (xdp)"),
+                "tcin" => format!("{name} (tc ingress)"),
+                "tceg" => format!("{name} (tc egress)"),
+                _ => file.clone(),
+            };
+            if super::tc::pin_is_program(&pin) {
+                let prog = aya::programs::SchedClassifier::from_pin(&pin)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| p.info().map_err(|e| e.to_string()));
+                return LinkStatus {
+                    netns,
+                    iface,
+                    pin,
+                    mechanism: "cls_bpf".into(),
+                    link_id: None,
+                    program_id: prog.as_ref().ok().map(|i| i.id()),
+                    error: prog.err(),
+                };
+            }
+            let mechanism = if kind == "xdp" {
+                let mode =
+                    (netns == "host").then(|| here.iter().find(|l| l.name == name).and_then(|l| l.xdp)).flatten();
+                format!("xdp {}", mode.unwrap_or("?"))
+            } else {
+                "tcx".to_string()
+            };
             let info = PinnedLink::from_pin(&pin).map_err(|e| e.to_string()).and_then(|p| {
                 let fd: FdLink = p.into();
                 fd.info().map_err(|e| e.to_string())
@@ -298,11 +326,12 @@ pub fn list_attachments(pins: &Pins) -> Vec<LinkStatus> {
                     netns,
                     iface,
                     pin,
+                    mechanism,
                     link_id: Some(i.id()),
                     program_id: Some(i.program_id()),
                     error: None,
                 },
-                Err(e) => LinkStatus { netns, iface, pin, link_id: None, program_id: None, error: Some(e) },
+                Err(e) => LinkStatus { netns, iface, pin, mechanism, link_id: None, program_id: None, error: Some(e) },
             }
         })
         .collect()

@@ -6,14 +6,16 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
-    tc::SchedClassifierLink,
+    tc::{SchedClassifierLink, TcAttachType},
     xdp::XdpLink,
+    SchedClassifier,
 };
 
 use super::{
     object::{load_object, BpfError},
     parent::list_link_pins,
     pins::Pins,
+    tc::cls_handle,
 };
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -54,7 +56,13 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
     let mut ebpf = load_object(&pins.maps_dir())?;
     let mut loaded: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for (_, pin) in link_pins {
+    for (tag, pin) in link_pins {
+        if super::tc::pin_is_program(&pin) {
+            if let Some(r) = replace_filter(&mut ebpf, &mut loaded, &names, &tag, &pin)? {
+                out.push(r);
+            }
+            continue;
+        }
         // A link whose interface was deleted has nothing to update; reconcile re-attaches
         // to the interface's successor (see reconcile.rs).
         if super::parent::pinned_link_ifindex(&pin) == Some(0) {
@@ -119,4 +127,67 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
         }
     }
     Ok(out)
+}
+
+/// The namespace, interface and direction of a cls_bpf attachment, from its pin path:
+/// `host` is this namespace, `ns-run_netns_NAME` is /run/netns/NAME. Attachments in other
+/// namespaces (Docker sandboxes, /proc paths) cannot be found from the pin and are left
+/// with their program (re-attached by reconcile when needed).
+fn filter_target(tag: &str, pin: &std::path::Path) -> Option<(Option<String>, String, TcAttachType)> {
+    let file = pin.file_name()?.to_string_lossy().into_owned();
+    let (kind, iface) = if let Some(i) = file.strip_prefix("tcin-") {
+        (TcAttachType::Ingress, i)
+    } else {
+        (TcAttachType::Egress, file.strip_prefix("tceg-")?)
+    };
+    let netns = match tag {
+        "host" => None,
+        t => Some(format!("/run/netns/{}", super::pins::decode(t.strip_prefix("ns-run_netns_")?))),
+    };
+    Some((netns, super::pins::decode(iface), kind))
+}
+
+/// Put this object's program into a cls_bpf filter in place (same priority and handle:
+/// netlink replaces the filter's program atomically), and pin the new program.
+fn replace_filter(
+    ebpf: &mut aya::Ebpf,
+    loaded: &mut Vec<String>,
+    names: &BTreeMap<u32, String>,
+    tag: &str,
+    pin: &std::path::Path,
+) -> Result<Option<Reloaded>, BpfError> {
+    let err = |d: String| BpfError::Link { path: pin.to_path_buf(), detail: d };
+    let Some((netns, iface, kind)) = filter_target(tag, pin) else { return Ok(None) };
+    let old = SchedClassifier::from_pin(pin).map_err(|e| err(e.to_string()))?;
+    let old_id = old.info().map_err(|e| err(e.to_string()))?.id();
+    let name = names.get(&old_id).cloned().ok_or_else(|| err(format!("program {old_id} is not loaded")))?;
+    let Some(aya::programs::Program::SchedClassifier(p)) = ebpf.program_mut(&name) else {
+        return Err(err(format!("program {name} is not in this binary's object")));
+    };
+    if !loaded.contains(&name) {
+        p.load().map_err(|e| err(format!("loading {name}: {e}")))?;
+        loaded.push(name.clone());
+    }
+    let replace = |p: &mut SchedClassifier| -> Result<(), BpfError> {
+        let link = SchedClassifierLink::attached(&iface, kind, super::tc::CLS_PRIORITY, cls_handle(kind), None)
+            .map_err(|e| err(format!("{iface}: {e}")))?;
+        let id = p.attach_to_link(link).map_err(|e| err(format!("in-place filter update on {iface} failed: {e}")))?;
+        std::mem::forget(p.take_link(id).map_err(|e| err(e.to_string()))?);
+        Ok(())
+    };
+    match &netns {
+        Some(ns) => crate::nl::with_netns(std::path::Path::new(ns), || replace(p))
+            .map_err(|e| err(format!("entering {ns}: {e}")))??,
+        None => replace(p)?,
+    }
+    let _ = std::fs::remove_file(pin);
+    p.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })?;
+    let new_id = p.info().map_err(|e| err(e.to_string()))?.id();
+    Ok(Some(Reloaded {
+        pin: pin.to_path_buf(),
+        program: name,
+        link_id: 0,
+        old_program_id: old_id,
+        new_program_id: new_id,
+    }))
 }

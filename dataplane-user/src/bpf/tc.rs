@@ -1,6 +1,19 @@
-//! tcx ingress programs (VLAN steering), attached through pinned links like XDP.
+//! tc programs: attached through tcx links where the kernel has tcx (>= 6.6), else as
+//! cls_bpf filters under a clsact qdisc (netlink). Either way something is pinned at the
+//! attachment's path: the link, or the filter's program (found again by its fixed
+//! priority and handle, to replace its program in place or to delete it).
 
-use aya::programs::{links::FdLink, tc::TcAttachType, SchedClassifier};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use aya::programs::{
+    links::{FdLink, Link},
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle},
+    LinkOrder, ProgramError, SchedClassifier,
+};
 
 use super::{
     object::{load_object, BpfError},
@@ -8,8 +21,133 @@ use super::{
 };
 use crate::netns;
 
-/// Attach program `prog` at tcx ingress of `iface` unless dataplane already has a tc
-/// link there. Returns whether it attached now.
+/// Our cls_bpf filters' priority and handles (fixed, so a filter can be found again
+/// without a link: to replace its program in place, or to delete it).
+pub const CLS_PRIORITY: u16 = 0xdb;
+
+pub fn cls_handle(kind: TcAttachType) -> TcHandle {
+    TcHandle::new(0, if matches!(kind, TcAttachType::Egress) { 0xdb2 } else { 0xdb1 })
+}
+
+/// Whether this kernel has tcx (Linux >= 6.6): probed at the first attachment, since
+/// backports make version numbers unreliable.
+static TCX: OnceLock<bool> = OnceLock::new();
+
+/// How a tc program is attached on this kernel.
+pub fn mechanism() -> &'static str {
+    match TCX.get() {
+        Some(false) => "cls_bpf",
+        _ => "tcx",
+    }
+}
+
+/// Whether the object pinned at `pin` is a program (a cls_bpf attachment, pinned so it is
+/// found again) rather than a BPF link (tcx, XDP).
+pub fn pin_is_program(pin: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(pin.as_os_str().as_bytes()) else { return false };
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: BPF_OBJ_GET (7) reads `attr` and the C string it points at.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7 as libc::c_long, attr.as_mut_ptr(), attr.len() as u32) };
+    if fd < 0 {
+        return false;
+    }
+    let kind = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|l| l.to_string_lossy().into_owned());
+    // SAFETY: closing the fd we just got.
+    unsafe { libc::close(fd as i32) };
+    kind.is_ok_and(|k| k.contains("bpf-prog"))
+}
+
+/// Attach the loaded `p` at `kind` of `iface` (in the current namespace) and pin what
+/// keeps it there at `pin`: the tcx link, or, on kernels without tcx, the program of a
+/// cls_bpf filter under a clsact qdisc (added if missing; a marker records that we added it).
+pub fn attach_pinned(
+    p: &mut SchedClassifier,
+    name: &'static str,
+    iface: &str,
+    kind: TcAttachType,
+    pin: &Path,
+) -> Result<(), BpfError> {
+    let attach_err =
+        |mode: &'static str, e: ProgramError| BpfError::Attach { name, iface: iface.into(), mode, source: Box::new(e) };
+    if TCX.get() != Some(&false) {
+        match p.attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default())) {
+            Ok(id) => {
+                let _ = TCX.set(true);
+                let link =
+                    p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
+                let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
+                    path: pin.to_path_buf(),
+                    detail: format!("tcx link expected: {e}"),
+                })?;
+                return fd
+                    .pin(pin)
+                    .map(drop)
+                    .map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() });
+            }
+            Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::EINVAL) => {
+                let _ = TCX.set(false);
+            }
+            Err(e) => return Err(attach_err("tcx", e)),
+        }
+    }
+    if aya::programs::tc::qdisc_add_clsact(iface).is_ok() {
+        crate::bpffs::create_private(&clsact_marker(pin))?;
+    }
+    let opts = NlOptions { priority: CLS_PRIORITY, handle: cls_handle(kind), classid: None };
+    let id = match p.attach_with_options(iface, kind, TcAttachOptions::Netlink(opts)) {
+        Ok(id) => id,
+        // Our filter is there already (a pin lost, a re-attach): replace its program.
+        Err(_) => {
+            let link = SchedClassifierLink::attached(iface, kind, CLS_PRIORITY, cls_handle(kind), None)
+                .map_err(|e| attach_err("cls_bpf", ProgramError::IOError(e)))?;
+            p.attach_to_link(link).map_err(|e| attach_err("cls_bpf", e))?
+        }
+    };
+    // The filter stays with the qdisc; the aya link would detach it when dropped.
+    std::mem::forget(p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?);
+    let _ = std::fs::remove_file(pin);
+    p.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })
+}
+
+/// A directory beside a cls_bpf pin saying dataplane added the interface's clsact qdisc.
+fn clsact_marker(pin: &Path) -> PathBuf {
+    let file = pin.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let iface = file.split_once('-').map_or(file.as_str(), |(_, i)| i);
+    pin.with_file_name(format!("clsact-{iface}"))
+}
+
+/// Undo [`attach_pinned`] for `iface` in the current namespace: unpin, and for cls_bpf
+/// delete our filter and, if we added it and nothing else uses it, the clsact qdisc.
+pub fn detach_pinned(iface: &str, kind: TcAttachType, pin: &Path) -> Result<(), BpfError> {
+    if pin_is_program(pin) {
+        if let Ok(link) = SchedClassifierLink::attached(iface, kind, CLS_PRIORITY, cls_handle(kind), None) {
+            let _ = link.detach();
+        }
+        let marker = clsact_marker(pin);
+        if marker.exists() {
+            let others = ["ingress", "egress"].iter().any(|d| {
+                Command::new("tc")
+                    .args(["filter", "show", "dev", iface, d])
+                    .output()
+                    .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+            });
+            if !others {
+                let _ = Command::new("tc").args(["qdisc", "del", "dev", iface, "clsact"]).output();
+                let _ = std::fs::remove_dir(&marker);
+            }
+        }
+    }
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BpfError::Unpin { path: pin.to_path_buf(), source }),
+    }
+}
+
+/// Attach program `prog` at tc ingress of `iface` unless dataplane already has it there.
+/// Returns whether it attached now.
 pub fn attach_ingress(pins: &Pins, netns: Option<&str>, iface: &str, prog: &'static str) -> Result<bool, BpfError> {
     let pin = pins.tc_link(netns, iface);
     if pin.exists() {
@@ -26,27 +164,20 @@ pub fn attach_ingress(pins: &Pins, netns: Option<&str>, iface: &str, prog: &'sta
         .map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
     p.load().map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
     crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
-    let id = p.attach(iface, TcAttachType::Ingress).map_err(|e| BpfError::Attach {
-        name: prog,
-        iface: iface.into(),
-        mode: "tcx ingress",
-        source: Box::new(e),
-    })?;
-    let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.clone(), detail: e.to_string() })?;
-    let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
-        path: pin.clone(),
-        detail: format!("tc attached without a BPF link (tcx needs Linux >= 6.6): {e}"),
-    })?;
-    fd.pin(&pin).map_err(|e| BpfError::Pin { path: pin.clone(), detail: e.to_string() })?;
+    attach_pinned(p, prog, iface, TcAttachType::Ingress, &pin)?;
     Ok(true)
 }
 
-/// Remove the tc ingress link of `iface` (if any).
+/// Remove the tc ingress attachment of `iface` (if any).
 pub fn detach_ingress(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<(), BpfError> {
-    let pin = pins.tc_link(netns, iface);
-    match std::fs::remove_file(&pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(BpfError::Unpin { path: pin, source }),
-    }
+    detach_pinned(iface, TcAttachType::Ingress, &pins.tc_link(netns, iface))
+}
+
+/// Whether our cls_bpf filter is on `iface` (current namespace) at `kind`.
+pub fn filter_present(iface: &str, kind: TcAttachType) -> bool {
+    let dir = if matches!(kind, TcAttachType::Egress) { "egress" } else { "ingress" };
+    Command::new("tc")
+        .args(["filter", "show", "dev", iface, dir, "pref", &CLS_PRIORITY.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("bpf"))
 }

@@ -203,13 +203,14 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&st)?),
                 Format::Table => {
-                    println!("{:<20} {:<16} {:>8} {:>8}  PIN", "NETNS", "IFACE", "LINK", "PROG");
+                    println!("{:<20} {:<24} {:<12} {:>8} {:>8}  PIN", "NETNS", "IFACE", "MECHANISM", "LINK", "PROG");
                     for s in st {
                         let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                         println!(
-                            "{:<20} {:<16} {:>8} {:>8}  {}{}",
+                            "{:<20} {:<24} {:<12} {:>8} {:>8}  {}{}",
                             s.netns,
                             s.iface,
+                            s.mechanism,
                             id(s.link_id),
                             id(s.program_id),
                             s.pin.display(),

@@ -158,6 +158,16 @@ impl Engine {
                 // ifindex; the old links were detached with the old interface.
                 let current = netns::ifindex(phys);
                 for pin in [pins.tc_link(None, phys), pins.xdp_link(None, phys)] {
+                    if bpf::tc::pin_is_program(&pin) {
+                        // cls_bpf: the filter, not a link, is what must be there.
+                        if !bpf::tc::filter_present(phys, aya::programs::tc::TcAttachType::Ingress) {
+                            r.drift.push(format!("network {}: the tc filter on {phys} is missing: re-attaching", n.name));
+                            if !dry_run {
+                                let _ = std::fs::remove_file(&pin);
+                            }
+                        }
+                        continue;
+                    }
                     let Some(linked) = bpf::parent::pinned_link_ifindex(&pin) else { continue };
                     if Some(linked) != current {
                         r.drift.push(format!(
@@ -409,9 +419,12 @@ fn stale_network_pins(
         if dry_run {
             continue;
         }
-        let _ = std::fs::remove_file(&pin);
         if tag == "host" {
+            let iface = crate::bpf::pins::decode(file.trim_start_matches("tcin-"));
+            let _ = bpf::tc::detach_pinned(&iface, aya::programs::tc::TcAttachType::Ingress, &pin);
             let _ = std::fs::remove_file(pin.with_file_name(file.replacen("tcin-", "xdp-", 1)));
+        } else {
+            let _ = std::fs::remove_file(&pin);
         }
     }
     if !dry_run {
