@@ -113,6 +113,8 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
     // SAFETY: map value pointer from a successful lookup.
     let dev = unsafe { *dev };
     if dev == 0 {
+        // A kernel VLAN device of ours: the kernel's demux delivers it (tag and all).
+        count(ifindex, Reason::VlanSteered, u64::from(len));
         return TC_ACT_OK;
     }
     // SAFETY: helper call on our own context.

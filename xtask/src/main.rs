@@ -205,6 +205,7 @@ fn require_root(why: &str) -> Result<()> {
 fn test(filter: Option<String>, kernel: Option<String>) -> Result<()> {
     require_root("the integration tests create network namespaces and load BPF programs")?;
     packages::ensure(&[packages::DEMO, packages::TEST])?;
+    packages::ensure_python(packages::PYTHON)?;
     build(false)?;
     if let Some(k) = kernel {
         return test_on_kernel(&k, filter);

@@ -35,6 +35,28 @@ fn present(cmd: &str) -> bool {
         || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(cmd).is_file())
 }
 
+/// Python modules the tests use (a real parser for the metrics endpoint), installed with
+/// pip when missing: (module, PyPI package).
+pub const PYTHON: &[(&str, &str)] = &[("prometheus_client", "prometheus-client")];
+
+pub fn ensure_python(mods: &[(&str, &str)]) -> Result<()> {
+    for (module, pkg) in mods {
+        let ok = Command::new("python3").args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+        if ok {
+            continue;
+        }
+        eprintln!("[packages] installing the Python package {pkg} (pip)");
+        let st = Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--root-user-action=ignore", pkg])
+            .status()
+            .with_context(|| format!("running pip for {pkg}"))?;
+        if !st.success() {
+            bail!("pip install {pkg} failed; install it by hand and rerun");
+        }
+    }
+    Ok(())
+}
+
 /// Install the packages of whatever in `lists` is missing.
 pub fn ensure(lists: &[&[(&str, &str)]]) -> Result<()> {
     let mut need: Vec<&str> = Vec::new();

@@ -153,10 +153,10 @@ pub fn attach_at(pins: &Pins, netns_path: Option<&str>, ifname: &str, at: [PathB
         // ifname resolves, and the attachment is made, in the endpoint's namespace.
         match netns_path {
             Some(ns) => {
-                crate::nl::with_netns(Path::new(ns), || super::tc::attach_pinned(&mut p, prog, ifname, kind, pin))
+                crate::nl::with_netns(Path::new(ns), || super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true))
                     .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?
             }
-            None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin),
+            None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true),
         }
     };
     let (out_res, in_res) = std::thread::scope(|s| {

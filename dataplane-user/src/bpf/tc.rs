@@ -62,12 +62,15 @@ pub fn pin_is_program(pin: &Path) -> bool {
 /// Attach the loaded `p` at `kind` of `iface` (in the current namespace) and pin what
 /// keeps it there at `pin`: the tcx link, or, on kernels without tcx, the program of a
 /// cls_bpf filter under a clsact qdisc (added if missing; a marker records that we added it).
+/// `ours` says the interface is dataplane's own (an endpoint's): a qdisc added to it needs
+/// no marker, it goes with the interface.
 pub fn attach_pinned(
     p: &mut SchedClassifier,
     name: &'static str,
     iface: &str,
     kind: TcAttachType,
     pin: &Path,
+    ours: bool,
 ) -> Result<(), BpfError> {
     let attach_err =
         |mode: &'static str, e: ProgramError| BpfError::Attach { name, iface: iface.into(), mode, source: Box::new(e) };
@@ -92,7 +95,7 @@ pub fn attach_pinned(
             Err(e) => return Err(attach_err("tcx", e)),
         }
     }
-    if aya::programs::tc::qdisc_add_clsact(iface).is_ok() {
+    if aya::programs::tc::qdisc_add_clsact(iface).is_ok() && !ours {
         crate::bpffs::create_private(&clsact_marker(pin))?;
     }
     let opts = NlOptions { priority: CLS_PRIORITY, handle: cls_handle(kind), classid: None };
@@ -164,7 +167,7 @@ pub fn attach_ingress(pins: &Pins, netns: Option<&str>, iface: &str, prog: &'sta
         .map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
     p.load().map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
     crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
-    attach_pinned(p, prog, iface, TcAttachType::Ingress, &pin)?;
+    attach_pinned(p, prog, iface, TcAttachType::Ingress, &pin, false)?;
     Ok(true)
 }
 

@@ -95,9 +95,24 @@ pub enum Command {
     /// Low-level access to the kernel programs and maps (load, unload, admit, counters).
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
+    /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics: counters by parent and
+    /// reason, per-endpoint traffic and spoofing, networks, endpoints, attachments.
+    Metrics {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9479")]
+        listen: String,
+    },
     /// Serve a container runtime's network-plugin protocol (long-running).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print a shell completion script (e.g. `dataplane completions bash > /etc/bash_completion.d/dataplane`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (dataplane.1 and one per subcommand) into DIR.
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
     #[command(name = "__supervise", hide = true)]
     Supervise {
         name: String,
@@ -119,6 +134,9 @@ pub enum PluginCommand {
         /// Log every call and its answer on stderr (failed calls are always logged).
         #[arg(short, long)]
         verbose: bool,
+        /// Also serve metrics at http://ADDR/metrics (as `dataplane metrics`).
+        #[arg(long)]
+        metrics: Option<String>,
     },
 }
 
@@ -160,8 +178,45 @@ fn missing_capabilities() -> Vec<&'static str> {
         .collect()
 }
 
+/// Man pages for the command and every subcommand, recursively.
+fn write_man(cmd: &clap::Command, prefix: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    let name = if prefix.is_empty() { cmd.get_name().to_string() } else { format!("{prefix}-{}", cmd.get_name()) };
+    let page = cmd.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    std::fs::write(dir.join(format!("{name}.1")), out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man(sub, &name, dir)?;
+    }
+    Ok(())
+}
+
 pub fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
+    // Output commands die quietly when their reader goes away (`dataplane ps | head -1`),
+    // like other command-line tools; the long-running ones keep EPIPE as an error.
+    let sigpipe = if matches!(cli.command, Command::Plugin(_) | Command::Supervise { .. }) {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, sigpipe) };
+    // Neither needs privileges nor state.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "dataplane", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(dir)?;
+            write_man(&Cli::command(), "", dir)?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let missing = missing_capabilities();
     if !missing.is_empty() {
         anyhow::bail!(
@@ -170,12 +225,6 @@ pub fn run() -> anyhow::Result<i32> {
         );
     }
     let Cli { state_dir, bpffs, command } = cli;
-    // Output commands die quietly when their reader goes away (`dataplane ps | head -1`),
-    // like other command-line tools; the long-running ones keep EPIPE as an error.
-    let sigpipe =
-        if matches!(command, Command::Plugin(_) | Command::Supervise { .. }) { libc::SIG_IGN } else { libc::SIG_DFL };
-    // SAFETY: setting a signal disposition before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, sigpipe) };
     let engine = || -> anyhow::Result<Engine> { Ok(Engine::open(&state_dir, &bpffs)?) };
     match command {
         Command::Bpf(cmd) => bpf::run(&bpffs, cmd),
@@ -214,10 +263,15 @@ pub fn run() -> anyhow::Result<i32> {
             }
             Ok(i32::from(!r.errors.is_empty()))
         }
-        Command::Plugin(PluginCommand::Docker { socket, verbose }) => {
-            dataplane_user::frontend::docker::serve(&socket, engine()?, verbose)?;
+        Command::Plugin(PluginCommand::Docker { socket, verbose, metrics }) => {
+            dataplane_user::frontend::docker::serve(&socket, engine()?, verbose, metrics.as_deref())?;
             Ok(0)
         }
+        Command::Metrics { listen } => {
+            dataplane_user::frontend::metrics::serve(&listen, engine()?)?;
+            Ok(0)
+        }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled before the privilege check"),
         Command::Supervise { name, interactive, command } => {
             endpoint::supervise(&mut engine()?, &name, interactive, &command)
         }

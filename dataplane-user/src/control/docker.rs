@@ -189,6 +189,18 @@ impl Engine {
         Ok(Join { src_name: a.ifname.clone(), gateway4: gw(a.ipv4), gateway6: gw(a.ipv6), internal: n.internal })
     }
 
+    /// ProgramExternalConnectivity (called once the interface is in the container): on
+    /// kernels without tcx the programs are cls_bpf filters, which the kernel drops with
+    /// the interface's qdiscs when Docker moves it; attach them again where it is now.
+    pub fn docker_program(&mut self, endpoint_id: &str) -> Result<()> {
+        let Some((ep, Some(a))) = self.docker_endpoint(endpoint_id)? else { return Ok(()) };
+        let [eg, _] = self.pins.docker_endpoint_links(a.ifindex);
+        if !bpf::tc::pin_is_program(&eg) {
+            return Ok(());
+        }
+        reattach(&self.pins, &ep, &a)
+    }
+
     /// Leave: Docker moves the interface back; forget the sandbox.
     pub fn docker_leave(&mut self, endpoint_id: &str) -> Result<()> {
         if let Some((mut ep, _)) = self.docker_endpoint(endpoint_id)? {

@@ -335,8 +335,26 @@ impl Engine {
                 for a in atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
                     want.push((a.ifindex, endpoint_info(ep, a)?));
                     let [eg, _] = bpf::endpoints::link_pins(&pins, &ep.netns, &a.ifname);
-                    if !eg.exists() {
-                        r.drift.push(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
+                    // cls_bpf (kernels without tcx): whoever holds CAP_NET_ADMIN inside the
+                    // endpoint can delete the filters; the thorough pass looks for them.
+                    let filters_gone = thorough && eg.exists() && bpf::tc::pin_is_program(&eg) && {
+                        let ifname = a.ifname.clone();
+                        !crate::nl::with_netns(Path::new(&ep.netns), move || {
+                            use aya::programs::tc::TcAttachType::{Egress, Ingress};
+                            bpf::tc::filter_present(&ifname, Egress) && bpf::tc::filter_present(&ifname, Ingress)
+                        })
+                        .unwrap_or(true)
+                    };
+                    if filters_gone {
+                        r.drift.push(format!(
+                            "endpoint {}: its anti-spoofing filters on {} were removed (tc cls_bpf: on kernels without tcx a holder of CAP_NET_ADMIN in the endpoint can do that)",
+                            ep.name, a.ifname
+                        ));
+                    }
+                    if !eg.exists() || filters_gone {
+                        if !filters_gone {
+                            r.drift.push(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
+                        }
                         if !dry_run {
                             bpf::endpoints::detach(&pins, &ep.netns, &a.ifname);
                             if let Err(e) = bpf::endpoints::attach(&pins, &ep.netns, &a.ifname) {

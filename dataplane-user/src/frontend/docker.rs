@@ -237,10 +237,14 @@ fn call(engine: &mut Engine, method: &str, body: &[u8]) -> Result<Option<Value>,
             json!({})
         }
         "NetworkDriver.EndpointOperInfo" => json!({ "Value": {} }),
-        "NetworkDriver.ProgramExternalConnectivity"
-        | "NetworkDriver.RevokeExternalConnectivity"
-        | "NetworkDriver.DiscoverNew"
-        | "NetworkDriver.DiscoverDelete" => json!({}),
+        "NetworkDriver.ProgramExternalConnectivity" => {
+            let r: EndpointRef = parse(method, body)?;
+            engine.docker_program(&r.endpoint_id)?;
+            json!({})
+        }
+        "NetworkDriver.RevokeExternalConnectivity" | "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => {
+            json!({})
+        }
         _ => return Ok(None),
     };
     Ok(Some(v))
@@ -333,7 +337,7 @@ fn bind(socket: &Path) -> Result<UnixListener, PluginError> {
 }
 
 /// Serve until SIGTERM/SIGINT; the socket file is removed on the way out.
-pub fn serve(socket: &Path, mut engine: Engine, verbose: bool) -> Result<(), PluginError> {
+pub fn serve(socket: &Path, mut engine: Engine, verbose: bool, metrics: Option<&str>) -> Result<(), PluginError> {
     // Finish what a killed predecessor (or CLI command) left half-done before serving.
     match engine.reconcile(false) {
         Ok(r) => {
@@ -357,6 +361,13 @@ pub fn serve(socket: &Path, mut engine: Engine, verbose: bool) -> Result<(), Plu
         eprintln!("dataplane plugin: serving Docker network driver {driver:?} on {}", socket.display());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| PluginError::Socket { path: socket.to_path_buf(), source })?;
+        if let Some(addr) = metrics {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| PluginError::Socket { path: addr.into(), source })?;
+            eprintln!("dataplane plugin: metrics at http://{addr}/metrics");
+            tokio::spawn(super::metrics::serve_on(l, engine.clone()));
+        }
         loop {
             tokio::select! {
                 accepted = listener.accept() => {

@@ -1,0 +1,176 @@
+//! Prometheus/OpenMetrics text for operators: `dataplane metrics --listen ADDR`, and the
+//! same endpoint from the Docker plugin's process (`plugin docker --metrics ADDR`).
+//!
+//! Nothing polls: every scrape reads the pinned maps (per-CPU counters summed) and the
+//! store, and renders a fresh registry.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{
+    bpf,
+    control::{endpoint_number, ControlError, Engine},
+    netns,
+    store::Owner,
+};
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Who owns an endpoint and its container id, for labels.
+fn owner_labels(o: &Owner) -> (&'static str, String) {
+    match o {
+        Owner::Cli => ("cli", String::new()),
+        Owner::Docker { id, .. } => ("docker", id.clone()),
+        Owner::Cni { container_id, .. } => ("cni", container_id.clone()),
+    }
+}
+
+/// One scrape's text.
+pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
+    let mut reg = Registry::with_prefix("dataplane");
+    let counter_family = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Counter>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let gauge_family = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Gauge>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+
+    let pkts = counter_family(&mut reg, "parent_packets", "Frames the parent programs decided on, by reason");
+    let bytes = counter_family(&mut reg, "parent_bytes", "Bytes the parent programs decided on, by reason");
+    if engine.pins.counters_map().exists() {
+        for ((ifindex, reason), c) in bpf::counters::read(&engine.pins)? {
+            let iface = netns::ifname(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
+            let verdict = if reason.is_drop() { "drop" } else { "pass" };
+            let l = labels(&[("iface", &iface), ("reason", reason.name()), ("verdict", verdict)]);
+            pkts.get_or_create(&l).inc_by(c.packets);
+            bytes.get_or_create(&l).inc_by(c.bytes);
+        }
+    }
+
+    let per_ep = bpf::endpoints::counters(&engine.pins)?;
+    let eps = engine.endpoints()?;
+    let ep_counters: Vec<(Family<Labels, Counter>, fn(&dataplane_common::EndpointCounters) -> u64)> = vec![
+        (counter_family(&mut reg, "endpoint_rx_packets", "Frames delivered to the endpoint"), |c| c.rx_packets),
+        (counter_family(&mut reg, "endpoint_rx_bytes", "Bytes delivered to the endpoint"), |c| c.rx_bytes),
+        (counter_family(&mut reg, "endpoint_tx_packets", "Frames the endpoint sent as itself"), |c| c.tx_packets),
+        (counter_family(&mut reg, "endpoint_tx_bytes", "Bytes the endpoint sent as itself"), |c| c.tx_bytes),
+        (
+            counter_family(&mut reg, "endpoint_spoofed_packets", "Frames from the endpoint dropped by anti-spoofing"),
+            |c| c.spoofed_packets,
+        ),
+        (counter_family(&mut reg, "endpoint_spoofed_bytes", "Bytes from the endpoint dropped by anti-spoofing"), |c| {
+            c.spoofed_bytes
+        }),
+    ];
+    let endpoints = gauge_family(&mut reg, "endpoints", "Endpoints, by owner");
+    for (e, atts) in &eps {
+        let (owner, container) = owner_labels(&e.owner);
+        endpoints.get_or_create(&labels(&[("owner", owner)])).inc();
+        let Some(c) = per_ep.get(&endpoint_number(&e.id)) else { continue };
+        let network = atts.first().map_or(e.network_mode.clone(), |a| a.network.clone());
+        let l = labels(&[("endpoint", &e.name), ("network", &network), ("owner", owner), ("container", &container)]);
+        for (family, get) in &ep_counters {
+            family.get_or_create(&l).inc_by(get(c));
+        }
+    }
+
+    let networks = gauge_family(&mut reg, "networks", "Networks (besides host and none), by driver and owner");
+    for n in engine.networks()?.iter().filter(|n| !crate::control::PREDEFINED.contains(&n.name.as_str())) {
+        let (owner, _) = owner_labels(&n.owner);
+        networks.get_or_create(&labels(&[("driver", n.driver.name()), ("owner", owner)])).inc();
+    }
+
+    let attached = gauge_family(&mut reg, "program_attached", "Programs attached, by interface and mechanism");
+    for a in bpf::list_attachments(&engine.pins) {
+        attached
+            .get_or_create(&labels(&[("netns", &a.netns), ("iface", &a.iface), ("mechanism", &a.mechanism)]))
+            .set(1);
+    }
+    let build = gauge_family(&mut reg, "build_info", "The dataplane build serving this endpoint");
+    build.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))])).set(1);
+
+    let mut out = String::new();
+    encode(&mut out, &reg).map_err(|e| ControlError::Invalid(format!("encoding metrics: {e}")))?;
+    Ok(out)
+}
+
+/// Serve GET /metrics on `listener` until the runtime stops.
+pub async fn serve_on(listener: TcpListener, engine: Arc<Mutex<Engine>>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while got < buf.len() {
+                match conn.read(&mut buf[got..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+                if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..got]).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (status, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
+                let r =
+                    tokio::task::spawn_blocking(move || render(&mut engine.lock().unwrap_or_else(|p| p.into_inner())))
+                        .await
+                        .unwrap_or_else(|e| Err(ControlError::Invalid(e.to_string())));
+                match r {
+                    Ok(text) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
+                    Err(e) => ("500 Internal Server Error", "text/plain; charset=utf-8", format!("{e}\n")),
+                }
+            } else {
+                ("404 Not Found", "text/plain; charset=utf-8", "try /metrics\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// `dataplane metrics --listen ADDR`: serve until SIGTERM/SIGINT.
+pub fn serve(addr: &str, engine: Engine) -> Result<(), ControlError> {
+    let io = |what: String, source: std::io::Error| ControlError::Io { what, source };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| io("starting the runtime".into(), e))?;
+    rt.block_on(async {
+        let listener = TcpListener::bind(addr).await.map_err(|e| io(format!("listening on {addr}"), e))?;
+        eprintln!(
+            "dataplane metrics: serving http://{}/metrics",
+            listener.local_addr().map_err(|e| io(addr.into(), e))?
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| io("signals".into(), e))?;
+        tokio::select! {
+            _ = serve_on(listener, Arc::new(Mutex::new(engine))) => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
+}
