@@ -119,5 +119,17 @@ fn metrics_are_read_at_scrape_time_and_move_with_traffic() {
         "{attached:?}"
     );
     assert!(after.iter().any(|s| s["name"] == "dataplane_build_info" && s["value"] == 1.0));
+    // Every metric the example Grafana dashboard queries exists.
+    let dash = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/dataplane.json"),
+    )
+    .unwrap();
+    let _: Value = serde_json::from_str(&dash).unwrap();
+    for word in dash.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("dataplane_")) {
+        assert!(
+            after.iter().any(|s| s["name"] == word),
+            "the dashboard queries {word}, which the endpoint does not serve"
+        );
+    }
     drop(server);
 }
