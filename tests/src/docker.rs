@@ -175,7 +175,10 @@ impl DockerLab {
 
     /// `docker ARGS` against this lab's daemon (whatever the exit code).
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
+        // Debian's client matches its dockerd (API 1.41); a newer client on PATH refuses
+        // some flags against it (e.g. --mac-address needs 1.44 there).
+        let client = if std::path::Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" };
+        Command::new(client)
             .env("DOCKER_HOST", format!("unix://{}", self.docker_sock.display()))
             .args(args)
             .output()

@@ -181,6 +181,51 @@ fn docker_containers_on_dataplane_networks() {
     let bad_ip = lab.docker(&["run", "--rm", "--network", "macnet32", "--ip", "192.168.32.129", IMAGE, "true"]);
     assert!(!bad_ip.status.success(), "the aux address was handed out");
 
+    // --mac-address is honoured (and enforced); --internal networks get no default route;
+    // --ipv6 networks take --ip6.
+    lab.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "m1",
+        "--network",
+        "pub_net",
+        "--mac-address",
+        "02:00:00:86:00:42",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(addr_of(&lab, "m1").1, "02:00:00:86:00:42");
+    assert!(lab.ok(&["exec", "m1", "ip", "link", "show", "eth0"]).contains("02:00:00:86:00:42"));
+    assert!(ping_from(&lab, "m1", "172.16.86.1"));
+    lab.ok(&["network", "create", "-d", &d, "--internal", "--subnet=10.87.0.0/24", "-o", "parent=eth0", "int_net"]);
+    lab.ok(&["run", "-d", "--name", "i1", "--network", "int_net", IMAGE, "sleep", "600"]);
+    let routes = lab.ok(&["exec", "i1", "ip", "route"]);
+    assert!(!routes.contains("default"), "an internal network got a default route: {routes}");
+    lab.ok(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--ipv6",
+        "--subnet=10.88.0.0/24",
+        "--subnet=fd00:88::/64",
+        "-o",
+        "parent=eth0",
+        "v6_net",
+    ]);
+    lab.ok(&["run", "-d", "--name", "s1", "--network", "v6_net", "--ip6", "fd00:88::20", IMAGE, "sleep", "600"]);
+    assert!(lab.ok(&["exec", "s1", "ip", "-6", "addr", "show", "eth0"]).contains("fd00:88::20"));
+    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    assert!(ps.to_string().contains("fd00:88::20"), "the store does not hold the --ip6 address: {ps:#}");
+    for c in ["m1", "i1", "s1"] {
+        lab.ok(&["rm", "-f", c]);
+    }
+    for n in ["int_net", "v6_net"] {
+        lab.ok(&["network", "rm", n]);
+    }
+
     // An 802.1Q trunk parent, created by us (no 8021q here: the eBPF VLAN device).
     lab.ok(&[
         "network",
