@@ -41,6 +41,9 @@ pub enum Driver {
     Macvlan,
     Host,
     None,
+    /// Addresses only: `dataplane-cni` serving as another CNI plugin's IPAM. No parent, no
+    /// programs; its endpoints' interfaces are the other plugin's.
+    Ipam,
 }
 
 impl Driver {
@@ -49,6 +52,7 @@ impl Driver {
             Driver::Macvlan => "macvlan",
             Driver::Host => "host",
             Driver::None => "null",
+            Driver::Ipam => "ipam",
         }
     }
 }

@@ -344,3 +344,39 @@ fn podman_containers_on_a_dataplane_cni_network() {
     assert_eq!(lab.host.ns.xdp_prog_id("eth0").unwrap(), None);
     assert!(!lab.host.bpffs.dir.exists(), "pins left behind");
 }
+
+/// The same binary as another plugin's IPAM: the reference macvlan plugin with
+/// `"ipam": {"type": "dataplane-cni", ...}` gets addresses with Docker's rules from the
+/// shared store, and releases them on DEL.
+#[test]
+fn serves_as_ipam_for_the_reference_macvlan() {
+    let (h, sw) = host_with_switch("dpI").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.76.0.1/24", "dev", "up0"]).unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"ref76","type":"macvlan","master":"eth0","mode":"bridge","stateDir":"{}","bpffs":"{}","ipam":{{"type":"dataplane-cni","subnet":"10.76.0.0/24","gateway":"10.76.0.1","auxAddresses":{{"r":"10.76.0.2"}}}}}}"#,
+        h.state.display(),
+        h.bpffs.dir.display()
+    );
+    let macvlan = std::path::Path::new(REFERENCE_DIR).join("macvlan");
+    let (p1, p2) = (Netns::new("dpIp").unwrap(), Netns::new("dpIq").unwrap());
+    let (p1p, p2p) = (p1.path().display().to_string(), p2.path().display().to_string());
+    let a1 = call(&h.ns, &macvlan, "ADD", &env("i1", &p1p), &conf);
+    assert!(a1.ok, "{} {}", a1.json, String::from_utf8_lossy(&a1.raw.stderr));
+    assert_eq!(a1.json["ips"][0]["address"], "10.76.0.3/24", "gateway and aux address skipped: {}", a1.json);
+    let a2 = call(&h.ns, &macvlan, "ADD", &env("i2", &p2p), &conf);
+    assert_eq!(a2.json["ips"][0]["address"], "10.76.0.4/24", "{}", a2.json);
+    assert!(p1.exec(&["ping", "-c", "1", "-W", "1", "10.76.0.1"]).is_ok());
+    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    assert!(nets.to_string().contains("\"ref76\"") && nets.to_string().contains("ipam"), "{nets:#}");
+    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    assert_eq!(ps.as_array().unwrap().len(), 2, "{ps:#}");
+    // Address-only endpoints have no interface or programs of ours: nothing to repair.
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    for (id, p) in [("i1", &p1p), ("i2", &p2p)] {
+        let d = call(&h.ns, &macvlan, "DEL", &env(id, p), &conf);
+        assert!(d.ok, "{}", d.json);
+    }
+    assert_eq!(serde_json::from_str::<Value>(&h.ok(&["ps", "--format", "json"])).unwrap(), json!([]));
+    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    assert_eq!(nets.as_array().unwrap().len(), 2, "the address-only network outlived its addresses: {nets:#}");
+}

@@ -300,3 +300,100 @@ impl Engine {
         Ok(())
     }
 }
+
+impl Engine {
+    /// ADD as another plugin's IPAM: an address (and nothing else) for (container, ifname)
+    /// on the address-only network `req.name` (made at first use, with Docker's rules).
+    pub fn cni_ipam_add(&mut self, req: NetworkCreate, a: CniAttach) -> Result<(Network, Attachment)> {
+        super::check_name("network", &req.name)?;
+        let owner = owner_of(&a.container_id, &a.ifname);
+        self.store.write(|tx| -> Result<(Network, Attachment)> {
+            let n = match tx.network(&req.name)?.filter(|n| n.name == req.name) {
+                Some(n) if n.driver == crate::store::Driver::Ipam => n,
+                Some(n) => {
+                    return invalid(format!(
+                        "network name {:?} is used by a {} network; the IPAM network needs its own name",
+                        n.name,
+                        n.driver.name()
+                    ))
+                }
+                None => {
+                    let others = tx.networks()?;
+                    let existing: Vec<(String, crate::ipam::Cidr)> =
+                        others.iter().flat_map(|o| o.pools.iter().map(|p| (o.name.clone(), p.subnet))).collect();
+                    let pools = crate::ipam::build_pools(
+                        &crate::ipam::PoolRequest {
+                            subnets: req.subnets.clone(),
+                            gateways: req.gateways.clone(),
+                            ip_ranges: req.ip_ranges.clone(),
+                            aux: req.aux.clone(),
+                            ipv6: req.ipv6,
+                        },
+                        &existing,
+                        |_| None,
+                    )?;
+                    let n = Network {
+                        id: crate::store::new_id(),
+                        name: req.name.clone(),
+                        driver: crate::store::Driver::Ipam,
+                        created: crate::store::now_rfc3339(),
+                        internal: false,
+                        ipv6: req.ipv6,
+                        options: Default::default(),
+                        pools,
+                        parent: None,
+                        macvlan_mode: None,
+                        vlan: None,
+                        state: EndpointState::Ready,
+                        owner_pid: 0,
+                        owner: Owner::Cni { container_id: String::new(), ifname: String::new() },
+                    };
+                    tx.put_network(&n)?;
+                    n
+                }
+            };
+            if let Some(e) = tx.endpoints()?.into_iter().find(|e| e.owner == owner && e.network_mode == n.name) {
+                return invalid(format!(
+                    "container {} already has an address for {} on {} (endpoint {}); DEL it first",
+                    a.container_id, a.ifname, n.name, e.name
+                ));
+            }
+            let ep = Endpoint {
+                id: crate::store::new_id(),
+                name: format!("{}-ipam-{}", endpoint_name(&a.container_id, &a.ifname), &n.id[..6]),
+                netns: a.netns.clone(),
+                netns_owned: false,
+                network_mode: n.name.clone(),
+                created: crate::store::now_rfc3339(),
+                state: EndpointState::Ready,
+                owner_pid: 0,
+                pid: None,
+                auto_remove: false,
+                command: vec![],
+                supervisor: None,
+                owner,
+            };
+            let att = allocate(tx, &ep, &n, a.ipv4, a.ipv6, None, a.ifname.clone())?;
+            tx.put_endpoint(&ep)?;
+            tx.put_attachment(&att)?;
+            Ok((n, att))
+        })
+    }
+
+    /// DEL as IPAM: release the address; the address-only network goes with its last one.
+    pub fn cni_ipam_del(&mut self, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+        let owner = owner_of(container_id, ifname);
+        self.store.write(|tx| -> Result<()> {
+            for e in tx.endpoints()?.into_iter().filter(|e| e.owner == owner && e.network_mode == network) {
+                tx.delete_endpoint(&e.name)?;
+            }
+            let used = tx.attachments()?.iter().any(|a| a.network == network);
+            if !used
+                && tx.network(network)?.is_some_and(|n| n.name == network && n.driver == crate::store::Driver::Ipam)
+            {
+                tx.delete_network(network)?;
+            }
+            Ok(())
+        })
+    }
+}

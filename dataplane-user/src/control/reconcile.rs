@@ -112,8 +112,11 @@ impl Engine {
                 }
                 tx.delete_attachment(&a.endpoint, &a.network)?;
             }
-            // Nothing below changes endpoint or attachment rows: read them once.
-            let eps = tx.endpoints()?;
+            // Nothing below changes endpoint or attachment rows: read them once. Endpoints
+            // of address-only (IPAM) networks have no interface or programs of ours.
+            let ipam_nets: Vec<String> =
+                tx.networks()?.into_iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name).collect();
+            let eps: Vec<_> = tx.endpoints()?.into_iter().filter(|e| !ipam_nets.contains(&e.network_mode)).collect();
             let atts = tx.attachments()?;
             // Endpoints another live process is working on (creating, removing, connecting):
             // their map entries and programs are theirs to handle.

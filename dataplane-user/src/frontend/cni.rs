@@ -216,10 +216,7 @@ fn check_conf(conf: &NetConf) -> Result<()> {
         return bad("the network configuration has no \"name\"".into());
     }
     if conf.kind != PLUGIN_TYPE {
-        return bad(format!(
-            "network {}: type {:?} is not {PLUGIN_TYPE:?}; dataplane-cni is a main plugin (it does not serve as another plugin's IPAM)",
-            conf.name, conf.kind
-        ));
+        return bad(format!("network {}: type {:?} is not {PLUGIN_TYPE:?}", conf.name, conf.kind));
     }
     if conf.parent.is_empty() {
         return bad(format!("network {}: \"parent\" is required (e.g. \"eth0\" or \"eth0.50\")", conf.name));
@@ -537,6 +534,65 @@ fn status(conf: &NetConf) -> Result<()> {
     Ok(())
 }
 
+/// Serving as another plugin's IPAM (`"ipam": {"type": "dataplane-cni", ...}` under, say,
+/// the reference macvlan or ipvlan plugin): addresses with Docker's rules in the shared
+/// store, and nothing else (that plugin makes the interface).
+fn ipam_call(e: &Env, conf: &NetConf) -> Result<Option<Value>> {
+    if conf.name.is_empty() {
+        return Err(CniError::new(code::INVALID_CONFIG, "the network configuration has no \"name\""));
+    }
+    let mut engine = open_engine(conf)?;
+    match e.command.as_str() {
+        "ADD" => {
+            let (_, v4, v6) = requests(e, conf)?;
+            let mut req = network_request(conf, None)?;
+            req.opts.clear();
+            let a = CniAttach {
+                container_id: e.container_id.clone(),
+                ifname: e.ifname.clone(),
+                netns: e.netns.clone(),
+                ipv4: v4,
+                ipv6: v6,
+                mac: None,
+            };
+            let (n, att) = engine.cni_ipam_add(req, a)?;
+            let mut ips = Vec::new();
+            let mut routes = Vec::new();
+            for ip in [att.ipv4, att.ipv6].into_iter().flatten() {
+                let mut entry = json!({ "address": format!("{ip}/{}", prefix_of(&n, ip)) });
+                if let Some(g) = n.pools.iter().find(|p| p.subnet.contains(ip)).and_then(|p| p.gateway) {
+                    entry["gateway"] = json!(g.to_string());
+                    routes.push(json!({ "dst": if ip.is_ipv4() { "0.0.0.0/0" } else { "::/0" }, "gw": g.to_string() }));
+                }
+                if conf.cni_version == "0.4.0" {
+                    entry["version"] = json!(if ip.is_ipv4() { "4" } else { "6" });
+                }
+                ips.push(entry);
+            }
+            Ok(Some(json!({ "cniVersion": conf.cni_version, "ips": ips, "routes": routes, "dns": {} })))
+        }
+        "DEL" => engine.cni_ipam_del(&conf.name, &e.container_id, &e.ifname).map(|()| None).map_err(Into::into),
+        "CHECK" => match engine.cni_attachment(&conf.name, &e.container_id, &e.ifname)? {
+            Some(_) => Ok(None),
+            None => Err(CniError::new(
+                code::CHECK_FAILED,
+                format!("container {} has no address for {} on {}", e.container_id, e.ifname, conf.name),
+            )),
+        },
+        "GC" => {
+            let valid = conf.valid_attachments.as_deref().unwrap_or_default();
+            for (c, i) in engine.cni_attachments(&conf.name)? {
+                if !valid.iter().any(|v| v.container_id == c && (v.ifname.is_empty() || v.ifname == i)) {
+                    engine.cni_ipam_del(&conf.name, &c, &i)?;
+                }
+            }
+            Ok(None)
+        }
+        "STATUS" => Ok(None),
+        other => Err(CniError::new(code::BAD_ENV, format!("unknown CNI_COMMAND {other:?}"))),
+    }
+}
+
 fn version_answer(stdin: &[u8]) -> Value {
     let asked = serde_json::from_slice::<Value>(stdin)
         .ok()
@@ -558,6 +614,9 @@ fn call(stdin: &[u8]) -> Result<Option<Value>> {
             code::INCOMPATIBLE_VERSION,
             format!("{} needs cniVersion 1.1.0, not {}", e.command, conf.cni_version),
         ));
+    }
+    if conf.kind != PLUGIN_TYPE && ipam_type(&conf) == PLUGIN_TYPE {
+        return ipam_call(&e, &conf);
     }
     match e.command.as_str() {
         "ADD" => add(&e, &conf, stdin).map(Some),
