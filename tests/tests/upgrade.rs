@@ -87,6 +87,14 @@ fn reload_under_traffic_loses_nothing() {
             }
             done.store(true, Ordering::SeqCst);
         });
+        // Should a reload fail, the sender must still stop (or the scope never ends).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _stop = StopOnDrop(&enough);
         let mut reloads = Vec::new();
         while !done.load(Ordering::SeqCst) {
             reloads.push(reload(&a));

@@ -267,7 +267,7 @@ pub fn run_in_vm(k: &Kernel, share: &Path, cwd: &Path, env: &[(String, String)],
     script.push_str(&argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" "));
     script.push('\n');
     std::fs::write(io.join("cmd.sh"), script)?;
-    let timeout = std::env::var("DATAPLANE_VM_TIMEOUT").unwrap_or_else(|_| "1800".into());
+    let timeout = std::env::var("DATAPLANE_VM_TIMEOUT").unwrap_or_else(|_| "900".into());
     let status = Command::new("timeout")
         .args(["--foreground", &timeout, "qemu-system-x86_64"])
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G"])
