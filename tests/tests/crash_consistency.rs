@@ -37,6 +37,13 @@ fn crashed_network_create_is_torn_down_by_the_next_command() {
             &[("DATAPLANE_FAULT", point)],
             &["network", "create", "--subnet=10.50.0.0/24", "-o", "parent=eth0.50", "n50"],
         );
+        if point == "network-create:vlan-veth" && out.status.success() {
+            // Only the eBPF VLAN device makes a veth: with the kernel's 8021q the point is
+            // not on the path, and the device is the kernel's.
+            assert_eq!(h.ns.link_json("eth0.50").unwrap()["linkinfo"]["info_kind"], "vlan", "{point}");
+            h.ok(&["network", "rm", "n50"]);
+            continue;
+        }
         aborted(&out, point);
         let report = h.ok(&["reconcile"]);
         assert!(report.contains("network n50 was left Creating by process"), "{point}: {report}");
