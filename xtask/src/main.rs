@@ -126,7 +126,14 @@ fn run() -> Result<()> {
         Cmd::VmRun { kernel, argv } => {
             let k = kernel::prepare(&kernel)?;
             let env: Vec<(String, String)> = std::env::vars()
-                .filter(|(k, _)| k.starts_with("DATAPLANE_") || k.starts_with("RUST_") || k.starts_with("CARGO"))
+                .filter(|(k, _)| {
+                    k.starts_with("DATAPLANE_")
+                        || k.starts_with("RUST_")
+                        || k.starts_with("CARGO")
+                        || k.starts_with("PYENV")
+                        || k == "PATH"
+                        || k == "HOME"
+                })
                 .collect();
             let cwd = std::env::current_dir()?;
             let rc = kernel::run_in_vm(&k, &workspace(), &cwd, &env, &argv)?;
