@@ -427,3 +427,30 @@ fn a_bpffs_dir_belongs_to_one_store() {
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
     let _ = Command::new("ip").args(["netns", "del", &name]).status();
 }
+
+/// `network create` on a parent whose XDP belongs to another instance fails with advice
+/// that works, and leaves nothing: no bpffs dir, no map pins, no admission entry.
+#[test]
+fn a_parent_held_by_another_instance_is_refused_without_a_trace() {
+    let (h, _sw) = host_with_switch("dpHeld").unwrap();
+    h.ok(&["network", "create", "--subnet=10.95.0.0/24", "-o", "parent=eth0", "n95"]);
+    let before = admit(&h);
+    let other_state = std::env::temp_dir().join(unique("dpstate-b-"));
+    let other_bpffs = std::path::PathBuf::from("/sys/fs/bpf").join(unique("dpt-b-"));
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", h.ns.path().display()))
+        .arg(dataplane_bin())
+        .arg("--state-dir")
+        .arg(&other_state)
+        .arg("--bpffs")
+        .arg(&other_bpffs)
+        .args(["network", "create", "--subnet=10.96.0.0/24", "-o", "parent=eth0", "n96"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("eth0 already has an XDP program") && err.contains("bpf unload --iface eth0"), "{err}");
+    assert!(!other_bpffs.exists(), "the refused create left {}", other_bpffs.display());
+    assert_eq!(admit(&h), before, "the other instance's map changed");
+    let _ = std::fs::remove_dir_all(&other_state);
+}

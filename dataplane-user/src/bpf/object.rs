@@ -28,7 +28,7 @@ pub enum BpfError {
     },
     #[error("interface {iface:?} not found in {netns}")]
     NoSuchInterface { iface: String, netns: String },
-    #[error("{iface} already has an XDP program that dataplane did not attach (or attached under another --bpffs dir); remove it first (`ip link set dev {iface} xdp off`): {source}")]
+    #[error("{iface} already has an XDP program that this dataplane instance did not attach: if it is another instance's (another --bpffs dir), remove it there (`dataplane --bpffs DIR bpf unload --iface {iface}`, or its networks); a program attached through a BPF link cannot be removed with `ip link set dev {iface} xdp off`, only by its owner removing the link (a pinned link: delete the pin); a plain one can: {source}")]
     Busy {
         iface: String,
         #[source]

@@ -81,11 +81,29 @@ pub fn attach_parent(pins: &Pins, netns: Option<&str>, iface: &str, mode: Attach
     let pin = pins.xdp_link(netns, iface);
     crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
 
-    // The parent's own MAC carries the host's traffic: admit it before frames are judged.
-    if let Some(mac) = netns::hwaddr(iface) {
-        let key = AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac };
+    // The parent's own MAC carries the host's traffic: admit it before frames are judged
+    // (and take the entry back if the program cannot be attached).
+    let host_key = netns::hwaddr(iface).map(|mac| AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac });
+    if let Some(key) = host_key {
         admit::insert(pins, key, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 })?;
     }
+    let result = attach_new_or_replace(prog, iface, ifindex, mode, &pin);
+    if result.is_err() {
+        if let Some(key) = host_key {
+            let _ = admit::remove_if(pins, &key, |v| v.endpoint == HOST_ENDPOINT);
+        }
+    }
+    result
+}
+
+fn attach_new_or_replace(
+    prog: &mut Xdp,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+    pin: &Path,
+) -> Result<Attachment, BpfError> {
+    let pin = pin.to_path_buf();
 
     if pin.exists() {
         match replace_in_link(prog, &pin)? {

@@ -270,6 +270,8 @@ impl Engine {
         })();
         if let Err(e) = step {
             let err = undo.run(e);
+            // Maps (and their dir) made for this attempt go when nothing is attached.
+            let _ = bpf::parent::remove_if_unused(&pins);
             let name = n.name.clone();
             let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_network(&name)?) });
             return Err(err);
