@@ -260,7 +260,12 @@ pub fn run_in_vm(k: &Kernel, share: &Path, cwd: &Path, env: &[(String, String)],
     let _ = std::fs::remove_dir_all(&io);
     std::fs::create_dir_all(&io)?;
     let mut script = String::from("#!/bin/sh\n");
-    for (k, v) in env {
+    // Only names a shell can export (cargo also sets e.g. CARGO_BIN_EXE_dataplane-bench).
+    let valid = |k: &str| {
+        k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    for (k, v) in env.iter().filter(|(k, _)| valid(k)) {
         script.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
     script.push_str(&format!("cd {} || exit 125\n", sh_quote(&cwd.display().to_string())));
