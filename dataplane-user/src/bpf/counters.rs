@@ -22,8 +22,10 @@ pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
     let map = Map::from_map_data(data).map_err(|e| err(&e))?;
     let m: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(|e| err(&e))?;
     let mut out = BTreeMap::new();
-    let mut ifindexes = interfaces();
-    ifindexes.dedup_by_key(|i| *i % COUNTER_IFINDEX_SLOTS);
+    // Interfaces share a slot when their ifindexes are equal modulo the slot count; read
+    // each slot once (dedup_by_key would only drop adjacent duplicates).
+    let mut seen = std::collections::BTreeSet::new();
+    let ifindexes: Vec<u32> = interfaces().into_iter().filter(|i| seen.insert(*i % COUNTER_IFINDEX_SLOTS)).collect();
     for ifindex in ifindexes {
         for reason in Reason::ALL {
             let per_cpu = m.get(&counter_slot(ifindex, reason), 0).map_err(|e| err(&e))?;
