@@ -9,7 +9,7 @@
 use std::{net::IpAddr, path::Path};
 
 use super::{
-    endpoint::{allocate, endpoint_info, endpoint_number, pull_admission, push_admission, realise},
+    endpoint::{allocate, endpoint_info, endpoint_number, realise},
     invalid, ControlError, Engine, NetworkCreate, Result, Undo,
 };
 use crate::{
@@ -117,32 +117,15 @@ impl Engine {
             Ok(a)
         })?;
         let mut undo = Undo::new();
-        {
-            let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
-            undo.push("removing admission entries", move || {
-                pull_admission(&pins2, &n2, &a2, &id2);
-                Ok(())
-            });
-            let (path, ifname) = (ep.netns.clone(), a.ifname.clone());
-            undo.push(format!("deleting {ifname} in {path}"), move || super::endpoint::delete_link_in(&path, &ifname));
-            let (pins2, path, a2, number) = (pins.clone(), ep.netns.clone(), a.clone(), endpoint_number(&ep.id));
-            undo.push(format!("removing the programs of {}", a.ifname), move || {
-                bpf::endpoints::forget(&pins2, a2.ifindex, number, &path, &a2.ifname);
-                Ok(())
-            });
-        }
-        let done = push_admission(&pins, n, &a, &ep.id).and_then(|()| realise(&pins, n, &ep, &a));
-        if let Err(e) = done {
-            let err = undo.run(e);
-            let name = ep.name.clone();
-            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
-            return Err(err);
-        }
-        super::fault("cni-add:linked");
-        undo.forget();
-        let mut ep = ep;
-        ep.state = EndpointState::Ready;
-        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })?;
+        let (path, ifname) = (ep.netns.clone(), a.ifname.clone());
+        undo.push(format!("deleting {ifname} in {path}"), move || super::endpoint::delete_link_in(&path, &ifname));
+        let (pins2, path, a2, number) = (pins.clone(), ep.netns.clone(), a.clone(), endpoint_number(&ep.id));
+        undo.push(format!("removing the programs of {}", a.ifname), move || {
+            bpf::endpoints::forget(&pins2, a2.ifindex, number, &path, &a2.ifname);
+            Ok(())
+        });
+        let (ep2, a2) = (ep.clone(), a.clone());
+        self.complete_attach(n, ep, &a, undo, "cni-add:linked", || realise(&pins, n, &ep2, &a2))?;
         Ok(a)
     }
 
@@ -179,25 +162,7 @@ impl Engine {
     pub fn cni_detach(&mut self, network: &str, container_id: &str, ifname: &str) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
         if let Some((ep, _)) = self.cni_attachment(network, container_id, ifname)? {
-            let pins = self.pins.clone();
-            let me = std::process::id();
-            let (ep, atts) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>)> {
-                let mut ep = tx.endpoint(&ep.name)?.unwrap_or(ep);
-                let atts: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
-                let nets = tx.networks()?;
-                for a in &atts {
-                    if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                        pull_admission(&pins, n, a, &ep.id);
-                    }
-                }
-                ep.state = EndpointState::Removing;
-                ep.owner_pid = me;
-                tx.put_endpoint(&ep)?;
-                Ok((ep, atts))
-            })?;
-            warnings.extend(super::endpoint::teardown(&pins, &ep, &atts, false));
-            let name = ep.name.clone();
-            self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) })?;
+            warnings.extend(self.remove_endpoint(&ep.name, false, |_| Ok(()))?);
         }
         warnings.extend(self.cni_release_network(network)?);
         Ok(warnings)

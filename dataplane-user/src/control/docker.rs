@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 
 use super::{
-    endpoint::{allocate, endpoint_info, endpoint_number, network_mtu, pull_admission, push_admission, wait_for_mac},
+    endpoint::{allocate, endpoint_info, endpoint_number, network_mtu, parent_up, wait_for_mac},
     invalid, ControlError, Engine, NetworkCreate, Result, Undo,
 };
 use crate::{
@@ -139,29 +139,13 @@ impl Engine {
             Ok(a)
         })?;
         let mut undo = Undo::new();
-        {
-            let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
-            undo.push("removing admission entries", move || {
-                pull_admission(&pins2, &n2, &a2, &id2);
-                Ok(())
-            });
-            let (pins2, a2, number) = (pins.clone(), a.clone(), endpoint_number(&ep.id));
-            undo.push(format!("removing {} and its programs", a.ifname), move || {
-                bpf::endpoints::forget_at(&pins2, a2.ifindex, number, pins2.docker_endpoint_links(a2.ifindex));
-                delete_host_link(a2.ifindex, None)
-            });
-        }
-        if let Err(e) = push_admission(&pins, &n, &a, &ep.id).and_then(|()| realise_here(&pins, &n, &ep, &a)) {
-            let err = undo.run(e);
-            let name = ep.name.clone();
-            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
-            return Err(err);
-        }
-        super::fault("docker-endpoint:linked");
-        undo.forget();
-        let mut ep = ep;
-        ep.state = EndpointState::Ready;
-        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })?;
+        let (pins2, a2, number) = (pins.clone(), a.clone(), endpoint_number(&ep.id));
+        undo.push(format!("removing {} and its programs", a.ifname), move || {
+            bpf::endpoints::forget_at(&pins2, a2.ifindex, number, pins2.docker_endpoint_links(a2.ifindex));
+            delete_host_link(a2.ifindex, None)
+        });
+        let (ep2, a2) = (ep.clone(), a.clone());
+        self.complete_attach(&n, ep, &a, undo, "docker-endpoint:linked", || realise_here(&pins, &n, &ep2, &a2))?;
         Ok(a)
     }
 
@@ -213,27 +197,10 @@ impl Engine {
     /// DeleteEndpoint: the interface, its programs, map entries and rows. An endpoint
     /// already gone is not an error.
     pub fn docker_endpoint_delete(&mut self, endpoint_id: &str) -> Result<Vec<String>> {
-        let Some((ep, _)) = self.docker_endpoint(endpoint_id)? else { return Ok(Vec::new()) };
-        let pins = self.pins.clone();
-        let me = std::process::id();
-        let (ep, atts) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>)> {
-            let mut ep = tx.endpoint(&ep.name)?.unwrap_or(ep);
-            let atts: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
-            let nets = tx.networks()?;
-            for a in &atts {
-                if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                    pull_admission(&pins, n, a, &ep.id);
-                }
-            }
-            ep.state = EndpointState::Removing;
-            ep.owner_pid = me;
-            tx.put_endpoint(&ep)?;
-            Ok((ep, atts))
-        })?;
-        let warnings = super::endpoint::teardown(&pins, &ep, &atts, false);
-        let name = ep.name.clone();
-        self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) })?;
-        Ok(warnings)
+        match self.docker_endpoint(endpoint_id)? {
+            Some((ep, _)) => self.remove_endpoint(&ep.name, false, |_| Ok(())),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -242,15 +209,7 @@ impl Engine {
 pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
     let parent = n.parent.as_deref().unwrap_or_default();
     let host = Nl::here()?;
-    let p = host.link(parent)?.ok_or_else(|| {
-        ControlError::Invalid(format!(
-            "parent interface {parent} of network {} is gone; recreate it or remove the network",
-            n.name
-        ))
-    })?;
-    if !p.up {
-        host.set_up(p.index)?;
-    }
+    let p = parent_up(&host, n)?;
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
     let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
     wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, None, Some(a.ifindex), network_mtu(n))).map_err(

@@ -241,9 +241,9 @@ pub(crate) fn wait_for_mac(mut op: impl FnMut() -> crate::nl::Result<()>) -> cra
 
 /// Create the macvlan for `a` inside the endpoint's namespace and configure it. The
 /// anti-spoofing program is in place before the interface comes up.
-pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
+/// The parent interface of `n` in this namespace, brought up if it is down.
+pub(crate) fn parent_up(host: &Nl, n: &Network) -> Result<crate::nl::LinkInfo> {
     let parent = n.parent.as_deref().unwrap_or_default();
-    let host = Nl::here()?;
     let p = host.link(parent)?.ok_or_else(|| {
         ControlError::Invalid(format!(
             "parent interface {parent} of network {} is gone; recreate it or remove the network",
@@ -253,6 +253,13 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
     if !p.up {
         host.set_up(p.index)?;
     }
+    Ok(p)
+}
+
+pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
+    let parent = n.parent.as_deref().unwrap_or_default();
+    let host = Nl::here()?;
+    let p = parent_up(&host, n)?;
     let ns = std::fs::File::open(&ep.netns)
         .map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
     let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
@@ -611,22 +618,68 @@ impl Engine {
 
     /// Remove an endpoint: its command (with `force`), links, namespace, map entries, rows.
     pub fn rm(&mut self, name: &str, force: bool) -> Result<Vec<String>> {
-        let pins = self.pins.clone();
         let me = std::process::id();
-        let (ep, atts) = self.store.write(|tx| -> Result<(Endpoint, Vec<Attachment>)> {
-            let mut ep = tx.endpoint(name)?.ok_or_else(|| {
-                ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)"))
-            })?;
+        let found = self.store.read(|tx| tx.endpoint(name))?;
+        let ep = found
+            .ok_or_else(|| ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)")))?;
+        self.remove_endpoint(&ep.name, force, |ep| {
             super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
             let supervised = ep.supervisor.filter(|s| s.alive() && s.pid != me).map(|s| s.pid);
-            if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != me).or(supervised) {
-                if !force {
-                    return invalid(format!(
-                        "endpoint {} is running (pid {pid}): stop it first (dataplane stop {}) or use dataplane rm -f",
-                        ep.name, ep.name
-                    ));
-                }
+            match ep.pid.filter(|p| pid_alive(*p) && *p != me).or(supervised) {
+                Some(pid) if !force => invalid(format!(
+                    "endpoint {} is running (pid {pid}): stop it first (dataplane stop {}) or use dataplane rm -f",
+                    ep.name, ep.name
+                )),
+                _ => Ok(()),
             }
+        })
+    }
+
+    /// The kernel side of a new plugin attachment (rows already committed as `creating`):
+    /// push its admission entries, run `make`, then either mark the endpoint ready or undo
+    /// everything (`undo` holds the caller's steps) and drop its rows.
+    pub(crate) fn complete_attach(
+        &mut self,
+        n: &Network,
+        mut ep: Endpoint,
+        a: &Attachment,
+        mut undo: Undo,
+        point: &'static str,
+        make: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let pins = self.pins.clone();
+        let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
+        undo.push("removing admission entries", move || {
+            pull_admission(&pins2, &n2, &a2, &id2);
+            Ok(())
+        });
+        if let Err(e) = push_admission(&pins, n, a, &ep.id).and_then(|()| make()) {
+            let err = undo.run(e);
+            let name = ep.name.clone();
+            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
+            return Err(err);
+        }
+        super::fault(point);
+        undo.forget();
+        ep.state = EndpointState::Ready;
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })
+    }
+
+    /// The removal every front end shares: in one transaction check the endpoint (`check`),
+    /// pull its admission entries and mark it `removing` with our pid; then the kernel side
+    /// (a crash from here on is finished by reconcile); then the rows. An endpoint already
+    /// gone is not an error.
+    pub(crate) fn remove_endpoint(
+        &mut self,
+        name: &str,
+        kill: bool,
+        check: impl FnOnce(&Endpoint) -> Result<()>,
+    ) -> Result<Vec<String>> {
+        let pins = self.pins.clone();
+        let me = std::process::id();
+        let marked = self.store.write(|tx| -> Result<Option<(Endpoint, Vec<Attachment>)>> {
+            let Some(mut ep) = tx.endpoint(name)?.filter(|e| e.name == name) else { return Ok(None) };
+            check(&ep)?;
             let atts: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
             let nets = tx.networks()?;
             for a in &atts {
@@ -637,10 +690,11 @@ impl Engine {
             ep.state = EndpointState::Removing;
             ep.owner_pid = me;
             tx.put_endpoint(&ep)?;
-            Ok((ep, atts))
+            Ok(Some((ep, atts)))
         })?;
+        let Some((ep, atts)) = marked else { return Ok(Vec::new()) };
         super::fault("rm:marked");
-        let warnings = teardown(&pins, &ep, &atts, force);
+        let warnings = teardown(&pins, &ep, &atts, kill);
         super::fault("rm:torn-down");
         let n = ep.name.clone();
         self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&n)?) })?;
