@@ -84,6 +84,39 @@ impl Drop for Netns {
     }
 }
 
+impl Netns {
+    /// What `tcpdump -e -n` prints on IFACE inside this namespace (at most `count` frames
+    /// matching `filter`) while `action` runs.
+    pub fn capture_while(&self, iface: &str, filter: &str, count: u32, action: impl FnOnce()) -> String {
+        let mut capture = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["tcpdump", "-l", "-n", "-e", "-c", &count.to_string(), "-i", iface, filter])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn tcpdump");
+        // tcpdump needs a moment before it captures.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        action();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = capture.kill();
+        String::from_utf8_lossy(&capture.wait_with_output().map(|o| o.stdout).unwrap_or_default()).into_owned()
+    }
+}
+
+/// A namespace made by something else (e.g. `dataplane run`) whose removal a test must
+/// guarantee even when the instance that made it can no longer (its store replaced):
+/// deleted by name on drop, if it still exists.
+pub struct NetnsByName(pub String);
+
+impl Drop for NetnsByName {
+    fn drop(&mut self) {
+        if Path::new("/run/netns").join(&self.0).exists() {
+            let _ = ip(&["netns", "del", &self.0]);
+        }
+    }
+}
+
 /// Two namespaces joined by a veth pair: `a`/`a_if` sends, `b`/`b_if` receives.
 pub struct Lab {
     pub a: Netns,
@@ -186,17 +219,25 @@ impl Host {
 
     /// Like [`Host::dp`] with extra environment variables (e.g. DATAPLANE_FAULT).
     pub fn dp_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .envs(env.iter().copied())
-            .arg(format!("--net={}", self.ns.path().display()))
+        self.command().envs(env.iter().copied()).args(args).output().expect("spawn dataplane")
+    }
+
+    /// `dataplane --state-dir STATE --bpffs BPFFS` inside this host, to add arguments to
+    /// (another instance's dirs, for tests of two instances on one host).
+    pub fn command_for(&self, state: &Path, bpffs: &Path) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns.path().display()))
             .arg(dataplane_bin())
             .arg("--state-dir")
-            .arg(&self.state)
+            .arg(state)
             .arg("--bpffs")
-            .arg(&self.bpffs.dir)
-            .args(args)
-            .output()
-            .expect("spawn dataplane")
+            .arg(bpffs);
+        c
+    }
+
+    /// [`Host::command_for`] with this host's own instance.
+    pub fn command(&self) -> Command {
+        self.command_for(&self.state, &self.bpffs.dir)
     }
 
     /// Like [`Host::dp`], panicking with both streams unless it succeeds; returns stdout.

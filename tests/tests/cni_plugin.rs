@@ -3,11 +3,7 @@
 //! its CNI backend: reachability, VLAN tags, spoofing and unknown MACs dropped, removal
 //! leaving nothing.
 
-use std::{
-    collections::BTreeSet,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::collections::BTreeSet;
 
 use dataplane_tests::{
     cni::{call, cni_bin, PodmanLab, REFERENCE_DIR},
@@ -323,18 +319,9 @@ fn podman_containers_on_a_dataplane_cni_network() {
         "sleep",
         "600",
     ]);
-    let mut capture = Command::new("nsenter")
-        .arg(format!("--net={}", lab.switch.path().display()))
-        .args(["tcpdump", "-l", "-n", "-e", "-c", "2", "-i", "up0", "vlan 50 and arp"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    let _ = lab.podman(&["exec", "v1", "ping", "-c", "3", "-W", "1", "192.168.50.1"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = capture.kill();
-    let seen = String::from_utf8_lossy(&capture.wait_with_output().unwrap().stdout).into_owned();
+    let seen = lab.switch.capture_while("up0", "vlan 50 and arp", 2, || {
+        let _ = lab.podman(&["exec", "v1", "ping", "-c", "3", "-W", "1", "192.168.50.1"]);
+    });
     assert!(seen.contains("vlan 50") && seen.contains("02:00:00:50:00:01"), "no tagged ARP on the trunk: {seen:?}");
 
     // Removal leaves nothing: links, programs, pins, rows.

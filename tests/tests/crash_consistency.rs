@@ -136,15 +136,10 @@ fn rm_force_ends_a_supervised_command_before_its_pid_is_recorded() {
     h.ok(&["network", "create", "--subnet=10.55.0.0/24", "-o", "parent=eth0", "n55"]);
     let name = unique("sup");
     let secs = format!("{}", 900_000 + std::process::id() % 99_999);
-    let mut run = std::process::Command::new("nsenter")
+    let mut run = h
+        .command()
         .env("DATAPLANE_PAUSE", "supervise:spawned")
         .env("DATAPLANE_PAUSE_MS", "60000")
-        .arg(format!("--net={}", h.ns.path().display()))
-        .arg(dataplane_tests::dataplane_bin())
-        .arg("--state-dir")
-        .arg(&h.state)
-        .arg("--bpffs")
-        .arg(&h.bpffs.dir)
         .args(["run", "-d", "--name", &name, "--network", "n55", "--", "sleep", &secs])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

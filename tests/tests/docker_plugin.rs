@@ -3,11 +3,7 @@
 //! the trunk, unknown-MAC drops, anti-spoofing inside a NET_ADMIN container, Docker's
 //! IPAM rules, a plugin crash while containers run, and a clean teardown.
 
-use std::{
-    collections::BTreeSet,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use dataplane_tests::docker::{DockerLab, IMAGE};
 use serde_json::Value;
@@ -240,18 +236,9 @@ fn docker_containers_on_dataplane_networks() {
     ]);
     lab.ok(&["run", "-d", "--name", "v1", "--network", "macvlan50", IMAGE, "sleep", "600"]);
     let (_, mac_v1) = addr_of(&lab, "v1");
-    let mut capture = Command::new("nsenter")
-        .arg(format!("--net={}", lab.switch.path().display()))
-        .args(["tcpdump", "-l", "-n", "-e", "-c", "2", "-i", "up0", "vlan 50 and arp"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    let _ = lab.docker(&["exec", "v1", "ping", "-c", "3", "-W", "1", "192.168.50.1"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = capture.kill();
-    let seen = String::from_utf8_lossy(&capture.wait_with_output().unwrap().stdout).into_owned();
+    let seen = lab.switch.capture_while("up0", "vlan 50 and arp", 2, || {
+        let _ = lab.docker(&["exec", "v1", "ping", "-c", "3", "-W", "1", "192.168.50.1"]);
+    });
     assert!(seen.contains("vlan 50") && seen.contains(&mac_v1), "no VLAN-50 tagged ARP from {mac_v1}: {seen:?}");
 
     // The plugin crashes while containers run: enforcement stays (it is in the kernel),

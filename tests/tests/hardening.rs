@@ -9,7 +9,7 @@ use std::{
 };
 
 use dataplane_tests::{
-    lab::{dataplane_bin, host_with_switch, unique, veth_between, Host},
+    lab::{host_with_switch, unique, veth_between, Host},
     Netns,
 };
 use serde_json::Value;
@@ -119,18 +119,9 @@ fn a_full_state_filesystem_leaves_no_map_entries() {
         .stderr(Stdio::null())
         .status();
     let before = admit(&h);
-    let dp = |args: &[&str]| {
-        Command::new("nsenter")
-            .arg(format!("--net={}", h.ns.path().display()))
-            .arg(dataplane_bin())
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--bpffs")
-            .arg(&h.bpffs.dir)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let dp = |args: &[&str]| h.command_for(&state, &h.bpffs.dir).args(args).output().unwrap();
+    // Made by an instance the Host guard does not know (the state copy): removed by name.
+    let _guards: Vec<_> = (0..5).map(|i| dataplane_tests::lab::NetnsByName(format!("full{i}"))).collect();
     let mut failures = 0;
     for i in 0..5 {
         let out = dp(&[
@@ -211,13 +202,8 @@ fn a_closed_output_pipe_ends_commands_quietly() {
     let (read_end, write_end) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
     drop(read_end);
     for args in [&["network", "ls"][..], &["stats"], &["ps"], &["network", "inspect", "n85"]] {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", h.ns.path().display()))
-            .arg(dataplane_bin())
-            .arg("--state-dir")
-            .arg(&h.state)
-            .arg("--bpffs")
-            .arg(&h.bpffs.dir)
+        let out = h
+            .command()
             .args(args)
             .stdout(Stdio::from(write_end.try_clone().unwrap()))
             .stderr(Stdio::piped())
@@ -239,15 +225,10 @@ fn a_connect_in_flight_is_left_alone_by_other_commands() {
     let name = unique("c");
     h.ok(&["run", "-d", "--name", &name, "--network", "a86"]);
     for point in ["connect:allocated", "connect:linked"] {
-        let connect = Command::new("nsenter")
+        let connect = h
+            .command()
             .env("DATAPLANE_PAUSE", point)
             .env("DATAPLANE_PAUSE_MS", "2500")
-            .arg(format!("--net={}", h.ns.path().display()))
-            .arg(dataplane_bin())
-            .arg("--state-dir")
-            .arg(&h.state)
-            .arg("--bpffs")
-            .arg(&h.bpffs.dir)
             .args(["network", "connect", "b87", &name])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -379,21 +360,13 @@ fn a_bpffs_dir_belongs_to_one_store() {
     let (h, _sw) = host_with_switch("dpOwn2").unwrap();
     h.ok(&["network", "create", "--subnet=10.92.0.0/24", "-o", "parent=eth0", "n92"]);
     let name = unique("own");
+    // The store is replaced below: the endpoint's namespace must go whatever happens.
+    let _ns = dataplane_tests::lab::NetnsByName(name.clone());
     h.ok(&["run", "-d", "--name", &name, "--network", "n92"]);
     let before = admit(&h);
     let eps_before = h.ok(&["bpf", "admit", "ls"]);
-    let dp_with = |state: &std::path::Path, args: &[&str]| {
-        Command::new("nsenter")
-            .arg(format!("--net={}", h.ns.path().display()))
-            .arg(dataplane_bin())
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--bpffs")
-            .arg(&h.bpffs.dir)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let dp_with =
+        |state: &std::path::Path, args: &[&str]| h.command_for(&state, &h.bpffs.dir).args(args).output().unwrap();
     // A second instance with its own state dir but the same bpffs dir.
     let other = std::env::temp_dir().join(unique("dpstate-other-"));
     for args in [
@@ -425,7 +398,6 @@ fn a_bpffs_dir_belongs_to_one_store() {
     let out = h.ok(&["reconcile", "--take-over"]);
     assert!(out.contains("repaired:"), "{out}");
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
-    let _ = Command::new("ip").args(["netns", "del", &name]).status();
 }
 
 /// `network create` on a parent whose XDP belongs to another instance fails with advice
@@ -437,13 +409,8 @@ fn a_parent_held_by_another_instance_is_refused_without_a_trace() {
     let before = admit(&h);
     let other_state = std::env::temp_dir().join(unique("dpstate-b-"));
     let other_bpffs = std::path::PathBuf::from("/sys/fs/bpf").join(unique("dpt-b-"));
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", h.ns.path().display()))
-        .arg(dataplane_bin())
-        .arg("--state-dir")
-        .arg(&other_state)
-        .arg("--bpffs")
-        .arg(&other_bpffs)
+    let out = h
+        .command_for(&other_state, &other_bpffs)
         .args(["network", "create", "--subnet=10.96.0.0/24", "-o", "parent=eth0", "n96"])
         .output()
         .unwrap();

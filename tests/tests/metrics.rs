@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_tests::lab::{dataplane_bin, host_with_switch, unique, Host};
+use dataplane_tests::lab::{host_with_switch, unique, Host};
 use serde_json::Value;
 
 struct Server(Child);
@@ -57,13 +57,7 @@ fn metrics_are_read_at_scrape_time_and_move_with_traffic() {
     let name = unique("met");
     h.ok(&["run", "-d", "--name", &name, "--network", "n94", "--ip", "10.94.0.10"]);
     let server = Server(
-        Command::new("nsenter")
-            .arg(format!("--net={}", h.ns.path().display()))
-            .arg(dataplane_bin())
-            .arg("--state-dir")
-            .arg(&h.state)
-            .arg("--bpffs")
-            .arg(&h.bpffs.dir)
+        h.command()
             .args(["metrics", "--listen", "127.0.0.1:9479"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
