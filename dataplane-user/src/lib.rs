@@ -10,6 +10,7 @@ pub mod mac;
 pub mod netns;
 pub mod nl;
 pub mod store;
+pub mod timing;
 
 /// Default bpffs directory for pins (maps, links); one per host network namespace.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/dataplane";

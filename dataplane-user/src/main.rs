@@ -17,6 +17,11 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == dataplane_user::control::background::HARDEN_ARG) {
+        std::process::exit(dataplane_user::control::background::main(&args[2..]));
+    }
+    dataplane_user::timing::begin();
     let code = match cli::run() {
         Ok(code) => code,
         Err(e) => {
@@ -24,5 +29,6 @@ fn main() {
             e.downcast_ref::<cli::ExitCode>().map_or(1, |c| c.0)
         }
     };
+    dataplane_user::timing::report();
     std::process::exit(code);
 }

@@ -326,4 +326,44 @@ impl Nl {
             Ok(out)
         })
     }
+
+    /// The cls_bpf filters on interface `index` at clsact ingress (or egress) as
+    /// (priority, handle, program id): what `tc filter show dev X ingress` lists, without
+    /// starting `tc`.
+    pub fn bpf_filters(&self, index: u32, egress: bool) -> Result<Vec<(u16, u32, u32)>> {
+        use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let req = h.traffic_filter(index as i32).get();
+            let req = if egress { req.egress() } else { req.ingress() };
+            let mut s = req.execute();
+            let mut out = Vec::new();
+            loop {
+                let m = match s.try_next().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    // No clsact qdisc (or no interface): no filters.
+                    Err(rtnetlink::Error::NetlinkError(e))
+                        if matches!(e.to_io().raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(NlError::new("listing tc filters", e)),
+                };
+                let is_bpf = m.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"));
+                let prog = m.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+                        _ => None,
+                    }),
+                    _ => None,
+                });
+                if let (true, Some(id)) = (is_bpf, prog) {
+                    let handle = (u32::from(m.header.handle.major) << 16) | u32::from(m.header.handle.minor);
+                    out.push(((m.header.info >> 16) as u16, handle, id));
+                }
+            }
+            Ok(out)
+        })
+    }
 }

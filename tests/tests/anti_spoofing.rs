@@ -214,3 +214,67 @@ fn ipv6_neighbour_discovery_cannot_be_spoofed() {
     // IPv6 still works between the two (their own ND passes).
     assert!(h.dp(&["exec", &a, "ping", "-6", "-c", "1", "-W", "2", &get(&b, "IPv6Address")]).status.success());
 }
+
+/// Endpoint hooks: by default an endpoint's programs end up as tcx links where the kernel
+/// has tcx (attached as cls_bpf filters, then upgraded by a background child), and
+/// `-o endpoint_hooks=cls_bpf` keeps tc filters (listed by `tc filter show` inside the
+/// endpoint). Either way a spoofed source is dropped and counted; a bad value is refused
+/// by name and creates nothing.
+#[test]
+fn endpoint_hooks_are_tcx_links_by_default_or_cls_bpf_filters_on_request() {
+    let (h, sw) = host_with_switch("dpK").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.68.0.1/24", "dev", "up0"]).unwrap();
+    let bad =
+        h.dp(&["network", "create", "--subnet=10.68.0.0/24", "-o", "parent=eth0", "-o", "endpoint_hooks=fast", "nk"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid endpoint_hooks \"fast\": use tcx"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(!h.ok(&["network", "ls"]).contains("nk"), "a refused network was created");
+    for hooks in [None, Some("cls_bpf")] {
+        let mut create = vec!["network", "create", "--subnet=10.68.0.0/24", "-o", "parent=eth0"];
+        let opt = hooks.map(|v| format!("endpoint_hooks={v}"));
+        if let Some(o) = &opt {
+            create.extend(["-o", o.as_str()]);
+        }
+        create.push("nk");
+        h.ok(&create);
+        let a = unique("hooks");
+        h.ok(&["run", "-d", "--name", &a, "--network", "nk"]);
+        let status: Value = serde_json::from_str(&h.ok(&["bpf", "status", "--format", "json"])).unwrap();
+        let rows = status.as_array().unwrap();
+        let host_tcx = rows.iter().any(|r| r["netns"] == "host" && r["mechanism"] == "tcx");
+        let want = match hooks {
+            Some(v) => v,
+            None if host_tcx => "tcx",
+            None => "cls_bpf",
+        };
+        let ep_rows: Vec<&Value> =
+            rows.iter().filter(|r| r["netns"].as_str().is_some_and(|n| n.contains(a.as_str()))).collect();
+        assert_eq!(ep_rows.len(), 2, "{status:#}");
+        for r in &ep_rows {
+            assert_eq!(r["mechanism"], want, "{hooks:?}: {status:#}");
+            assert!(r["error"].is_null(), "{status:#}");
+        }
+        let ns = format!("/run/netns/{a}");
+        let inside =
+            |cmd: &[&str]| std::process::Command::new("nsenter").arg(format!("--net={ns}")).args(cmd).output().unwrap();
+        let filters =
+            String::from_utf8_lossy(&inside(&["tc", "filter", "show", "dev", "eth0", "egress"]).stdout).into_owned();
+        if want == "cls_bpf" {
+            assert!(filters.contains("pref 219") && filters.contains("bpf"), "{filters}");
+        } else {
+            assert!(filters.trim().is_empty(), "the cls_bpf filter outlived the upgrade: {filters}");
+        }
+        assert!(inside(&["ping", "-c", "1", "-W", "2", "10.68.0.1"]).status.success(), "{hooks:?}: no traffic");
+        assert!(inside(&["ip", "addr", "add", "10.68.0.99/24", "dev", "eth0"]).status.success());
+        let spoof = inside(&["ping", "-c", "2", "-W", "1", "-I", "10.68.0.99", "10.68.0.1"]);
+        assert!(!spoof.status.success(), "{hooks:?}: a spoofed source got through");
+        let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &a])).unwrap();
+        assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 1, "{stats:#}");
+        h.ok(&["rm", "-f", &a]);
+        h.ok(&["network", "rm", "nk"]);
+    }
+}

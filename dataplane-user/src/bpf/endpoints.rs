@@ -134,15 +134,58 @@ fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
 
 /// Attach the endpoint programs to `ifname` inside the namespace at `netns_path`.
 pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
-    attach_at(pins, Some(netns_path), ifname, link_pins(pins, netns_path, ifname))
+    attach_at(pins, Some(netns_path), ifname, link_pins(pins, netns_path, ifname), false)
+}
+
+/// Like [`attach`], as cls_bpf filters even where the kernel has tcx: made without
+/// waiting for RCU grace periods, so an attach is not held up by them. Returns whether
+/// the filters should be upgraded to tcx links ([`harden`], done in the background):
+/// whoever holds CAP_NET_ADMIN in the endpoint's namespace can delete a cls_bpf filter,
+/// not a tcx link.
+pub fn attach_fast(pins: &Pins, netns_path: &str, ifname: &str) -> Result<bool, BpfError> {
+    attach_at(pins, Some(netns_path), ifname, link_pins(pins, netns_path, ifname), true)?;
+    Ok(super::tc::tcx_supported())
+}
+
+/// Upgrade the cls_bpf filters [`attach_fast`] made on `ifname` (in the namespace at
+/// `netns_path`) to tcx links, unless the interface is gone or is not `ifindex` any more.
+/// The two links' grace periods overlap.
+pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Result<bool, BpfError> {
+    let [eg, ing] = link_pins(pins, netns_path, ifname);
+    let [out_prog, in_prog] = endpoint_programs(pins)?;
+    let upgrade = |prog: &'static str, mut p: SchedClassifier, kind: TcAttachType, pin: &Path| {
+        crate::nl::with_netns(Path::new(netns_path), || {
+            if crate::netns::ifindex(ifname) != Some(ifindex) {
+                return Ok(false);
+            }
+            super::tc::upgrade_to_tcx(&mut p, prog, ifname, kind, pin)
+        })
+        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {netns_path}: {e}") })?
+    };
+    std::thread::scope(|s| {
+        let ingress = s.spawn(|| upgrade(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, &ing));
+        let egress = upgrade(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, &eg);
+        let ingress = ingress
+            .join()
+            .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "upgrade thread panicked".into() }));
+        Ok(egress? | ingress?)
+    })
 }
 
 /// Attach the endpoint programs to `ifname` (in the namespace at `netns_path`, or this
-/// one), pinning the two links at `at` (egress, ingress).
-pub fn attach_at(pins: &Pins, netns_path: Option<&str>, ifname: &str, at: [PathBuf; 2]) -> Result<(), BpfError> {
+/// one), pinning the two links at `at` (egress, ingress); `cls_only` as in
+/// [`super::tc::attach_pinned`].
+pub fn attach_at(
+    pins: &Pins,
+    netns_path: Option<&str>,
+    ifname: &str,
+    at: [PathBuf; 2],
+    cls_only: bool,
+) -> Result<(), BpfError> {
     let [eg, ing] = at;
     crate::bpffs::create_private(eg.parent().expect("pin has a parent"))?;
     let [out_prog, in_prog] = endpoint_programs(pins)?;
+    crate::timing::mark("programs-opened");
     // Creating a tcx link waits for an RCU grace period (10-15 ms here); the two links
     // are independent, so they are made side by side and the waits overlap.
     let attach_one = |prog: &'static str,
@@ -152,11 +195,11 @@ pub fn attach_at(pins: &Pins, netns_path: Option<&str>, ifname: &str, at: [PathB
      -> Result<(), BpfError> {
         // ifname resolves, and the attachment is made, in the endpoint's namespace.
         match netns_path {
-            Some(ns) => {
-                crate::nl::with_netns(Path::new(ns), || super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true))
-                    .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?
-            }
-            None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true),
+            Some(ns) => crate::nl::with_netns(Path::new(ns), || {
+                super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only)
+            })
+            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?,
+            None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only),
         }
     };
     let (out_res, in_res) = std::thread::scope(|s| {
@@ -169,6 +212,7 @@ pub fn attach_at(pins: &Pins, netns_path: Option<&str>, ifname: &str, at: [PathB
                 .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "attach thread panicked".into() })),
         )
     });
+    crate::timing::mark("programs-attached");
     out_res.and(in_res)
 }
 

@@ -26,7 +26,15 @@ use crate::netns;
 pub const CLS_PRIORITY: u16 = 0xdb;
 
 pub fn cls_handle(kind: TcAttachType) -> TcHandle {
-    TcHandle::new(0, if matches!(kind, TcAttachType::Egress) { 0xdb2 } else { 0xdb1 })
+    TcHandle::new(0, cls_minor(kind))
+}
+
+fn cls_minor(kind: TcAttachType) -> u16 {
+    if matches!(kind, TcAttachType::Egress) {
+        0xdb2
+    } else {
+        0xdb1
+    }
 }
 
 /// Whether this kernel has tcx (Linux >= 6.6): probed at the first attachment, since
@@ -63,7 +71,9 @@ pub fn pin_is_program(pin: &Path) -> bool {
 /// keeps it there at `pin`: the tcx link, or, on kernels without tcx, the program of a
 /// cls_bpf filter under a clsact qdisc (added if missing; a marker records that we added it).
 /// `ours` says the interface is dataplane's own (an endpoint's): a qdisc added to it needs
-/// no marker, it goes with the interface.
+/// no marker, it goes with the interface. `cls_only` asks for cls_bpf even where tcx
+/// exists (a cls_bpf filter is made without waiting for an RCU grace period; see
+/// [`upgrade_to_tcx`]).
 pub fn attach_pinned(
     p: &mut SchedClassifier,
     name: &'static str,
@@ -71,10 +81,11 @@ pub fn attach_pinned(
     kind: TcAttachType,
     pin: &Path,
     ours: bool,
+    cls_only: bool,
 ) -> Result<(), BpfError> {
     let attach_err =
         |mode: &'static str, e: ProgramError| BpfError::Attach { name, iface: iface.into(), mode, source: Box::new(e) };
-    if TCX.get() != Some(&false) {
+    if TCX.get() != Some(&false) && !cls_only {
         match p.attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default())) {
             Ok(id) => {
                 let _ = TCX.set(true);
@@ -112,6 +123,65 @@ pub fn attach_pinned(
     std::mem::forget(p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?);
     let _ = std::fs::remove_file(pin);
     p.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })
+}
+
+/// Whether this kernel has tcx, asked without attaching anything: BPF_PROG_QUERY for
+/// tcx ingress on the loopback interface (ifindex 1 in every namespace) fails with EINVAL
+/// where the attach type does not exist.
+pub fn tcx_supported() -> bool {
+    if let Some(t) = TCX.get() {
+        return *t;
+    }
+    // union bpf_attr for BPF_PROG_QUERY: target_fd (u32), attach_type (u32), query_flags,
+    // attach_flags, prog_ids (u64), prog_cnt (u32), ...
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&1u32.to_ne_bytes());
+    attr[4..8].copy_from_slice(&46u32.to_ne_bytes()); // BPF_TCX_INGRESS
+                                                      // SAFETY: BPF_PROG_QUERY (16) reads and writes `attr` only (prog_ids is NULL).
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 16 as libc::c_long, attr.as_mut_ptr(), attr.len() as u32) };
+    let yes = r == 0;
+    let _ = TCX.set(yes);
+    yes
+}
+
+/// Replace the cls_bpf attachment pinned at `pin` (the filter's program) by a tcx link
+/// running the same program `p`, in the current namespace: the link is made and pinned
+/// beside, renamed over the program pin (so the pin never points at nothing), then our
+/// filter is deleted. While both exist the program runs once (tcx first, and our program
+/// ends the tc pass). Returns false if there was nothing to upgrade (the endpoint was
+/// removed meanwhile, or it is a link already).
+pub fn upgrade_to_tcx(
+    p: &mut SchedClassifier,
+    name: &'static str,
+    iface: &str,
+    kind: TcAttachType,
+    pin: &Path,
+) -> Result<bool, BpfError> {
+    if !pin_is_program(pin) {
+        return Ok(false);
+    }
+    let attach_err = |e: ProgramError| BpfError::Attach { name, iface: iface.into(), mode: "tcx", source: Box::new(e) };
+    let id = p.attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default())).map_err(attach_err)?;
+    let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("tcx link expected: {e}") })?;
+    let mut tmp = pin.as_os_str().to_owned();
+    tmp.push("~tcx");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    fd.pin(&tmp).map_err(|e| BpfError::Pin { path: tmp.clone(), detail: e.to_string() })?;
+    // Removed meanwhile (rm waits for this upgrade, so only an external unpin gets here):
+    // the link goes with its pin.
+    if !pin_is_program(pin) {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    std::fs::rename(&tmp, pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })?;
+    if let Ok(link) = SchedClassifierLink::attached(iface, kind, CLS_PRIORITY, cls_handle(kind), None) {
+        let _ = link.detach();
+    }
+    Ok(true)
 }
 
 /// A directory beside a cls_bpf pin saying dataplane added the interface's clsact qdisc.
@@ -167,7 +237,7 @@ pub fn attach_ingress(pins: &Pins, netns: Option<&str>, iface: &str, prog: &'sta
         .map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
     p.load().map_err(|e| BpfError::Verify { name: prog, source: Box::new(e) })?;
     crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
-    attach_pinned(p, prog, iface, TcAttachType::Ingress, &pin, false)?;
+    attach_pinned(p, prog, iface, TcAttachType::Ingress, &pin, false, false)?;
     Ok(true)
 }
 
@@ -176,11 +246,24 @@ pub fn detach_ingress(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<(
     detach_pinned(iface, TcAttachType::Ingress, &pins.tc_link(netns, iface))
 }
 
-/// Whether our cls_bpf filter is on `iface` (current namespace) at `kind`.
-pub fn filter_present(iface: &str, kind: TcAttachType) -> bool {
-    let dir = if matches!(kind, TcAttachType::Egress) { "egress" } else { "ingress" };
-    Command::new("tc")
-        .args(["filter", "show", "dev", iface, dir, "pref", &CLS_PRIORITY.to_string()])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("bpf"))
+/// The program id of our cls_bpf filter (our priority and handle) on `iface` (current
+/// namespace) at `kind`, if there is one.
+pub fn filter_program(iface: &str, kind: TcAttachType) -> Option<u32> {
+    let index = netns::ifindex(iface)?;
+    let egress = matches!(kind, TcAttachType::Egress);
+    let want = u32::from(cls_minor(kind));
+    crate::nl::Nl::here()
+        .ok()?
+        .bpf_filters(index, egress)
+        .ok()?
+        .into_iter()
+        .find(|&(prio, handle, _)| prio == CLS_PRIORITY && handle == want)
+        .map(|(_, _, id)| id)
+}
+
+/// Whether our cls_bpf filter is on `iface` (current namespace) at `kind` and runs the
+/// program pinned at `pin` (not a filter someone else put at our priority and handle).
+pub fn filter_present(iface: &str, kind: TcAttachType, pin: &Path) -> bool {
+    let Some(id) = filter_program(iface, kind) else { return false };
+    SchedClassifier::from_pin(pin).ok().and_then(|p| p.info().ok()).is_some_and(|i| i.id() == id)
 }

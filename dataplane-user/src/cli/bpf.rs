@@ -167,6 +167,7 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
         }
         BpfCommand::Reload { format, log_level } => {
             bpf::object::set_log_level(bpf::object::parse_log_level(&log_level).expect("clap checked the value"));
+            dataplane_user::control::background::wait_all(&pins);
             let report = bpf::reload::upgrade(&pins)?;
             match format {
                 Format::Json => {
@@ -199,6 +200,7 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
             }
         }
         BpfCommand::Status { format } => {
+            dataplane_user::control::background::wait_all(&pins);
             let st = bpf::list_attachments(&pins);
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&st)?),

@@ -160,6 +160,7 @@ pub fn repair(engine: &mut Engine) {
         }
         Err(e) => eprintln!("dataplane: warning: reconcile failed: {e}"),
     }
+    dataplane_user::timing::mark("reconcile");
 }
 
 /// Effective capabilities this process needs: CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21,

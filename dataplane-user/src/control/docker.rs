@@ -222,7 +222,8 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
         },
     )?;
     bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
-    bpf::endpoints::attach_at(pins, None, &a.ifname, pins.docker_endpoint_links(a.ifindex))?;
+    let cls_only = n.options.get("endpoint_hooks").is_some_and(|h| h == "cls_bpf");
+    bpf::endpoints::attach_at(pins, None, &a.ifname, pins.docker_endpoint_links(a.ifindex), cls_only)?;
     Ok(())
 }
 
@@ -255,12 +256,12 @@ pub(crate) fn reattach(pins: &Pins, ep: &Endpoint, a: &Attachment) -> Result<()>
     };
     let here = Nl::here()?.links()?.into_iter().find(|l| l.index == a.ifindex);
     if let Some(l) = here {
-        return Ok(bpf::endpoints::attach_at(pins, None, &l.name, paths)?);
+        return Ok(bpf::endpoints::attach_at(pins, None, &l.name, paths, false)?);
     }
     if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
         let inside = Nl::in_netns(std::path::Path::new(&s))?.links()?.into_iter().find(|l| l.index == a.ifindex);
         if let Some(l) = inside {
-            return Ok(bpf::endpoints::attach_at(pins, Some(&s), &l.name, paths)?);
+            return Ok(bpf::endpoints::attach_at(pins, Some(&s), &l.name, paths, false)?);
         }
     }
     invalid(format!("interface {} (ifindex {}) of endpoint {} is gone", a.ifname, a.ifindex, ep.name))

@@ -290,7 +290,8 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
         return Err(ControlError::Invalid(format!("{} got ifindex {} instead of {}", a.ifname, link.index, a.ifindex)));
     }
     bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
-    bpf::endpoints::attach(pins, &ep.netns, &a.ifname)?;
+    // cls_bpf now (no grace period to wait for), tcx links from a child once we are done.
+    let harden = bpf::endpoints::attach_fast(pins, &ep.netns, &a.ifname)?;
     for (ip, v4) in [(a.ipv4, true), (a.ipv6, false)] {
         if let Some(ip) = ip {
             let prefix =
@@ -320,6 +321,9 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
                 }
             }
         }
+    }
+    if harden && n.options.get("endpoint_hooks").is_none_or(|h| h == "tcx") {
+        super::background::spawn_harden(pins, &ep.netns, &a.ifname, a.ifindex);
     }
     Ok(())
 }
@@ -766,11 +770,14 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
         return warnings;
     }
     for a in atts {
+        // An upgrade to tcx still in flight would pin a link after we unpinned.
+        super::background::wait(pins, a.ifindex);
         bpf::endpoints::forget(pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
     }
     if !ep.netns.is_empty() {
         bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));
     }
+    crate::timing::mark("maps-and-pins-cleared");
     if kill {
         // The supervisor's whole process group (it and the command it started), then the
         // command by pid in case it left the group.
@@ -799,6 +806,7 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
                 warnings.push(format!("deleting {} in {}: {e}", a.ifname, ep.netns));
             }
         }
+        crate::timing::mark("link-deleted");
     }
     warnings
 }

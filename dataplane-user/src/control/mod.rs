@@ -7,6 +7,7 @@
 //! leaves rows marked `creating`/`removing` with its pid; the next command finds the pid
 //! gone and finishes the teardown (see reconcile.rs).
 
+pub mod background;
 pub mod cni;
 pub mod docker;
 mod endpoint;
@@ -79,6 +80,7 @@ pub const FAULT_POINTS: [&str; 17] = [
 
 pub fn fault(point: &'static str) {
     debug_assert!(FAULT_POINTS.contains(&point), "unknown fault point {point}");
+    crate::timing::mark(point);
     // The same points pause (for race tests): DATAPLANE_PAUSE=point, DATAPLANE_PAUSE_MS.
     if std::env::var_os("DATAPLANE_PAUSE").is_some_and(|v| v == point) {
         let ms = std::env::var("DATAPLANE_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
@@ -150,6 +152,7 @@ impl Engine {
     /// Open without the ownership check (for `reconcile --take-over`).
     pub fn open_unchecked(state_dir: &Path, bpffs: &Path) -> Result<Engine> {
         let store = Store::open(state_dir)?;
+        crate::timing::mark("store-open");
         Ok(Engine { pins: Pins::new(bpffs), state_dir: state_dir.to_path_buf(), store })
     }
 

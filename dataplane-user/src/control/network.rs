@@ -100,9 +100,16 @@ impl Engine {
                         return invalid(format!("invalid mtu {v:?}: use a number of bytes from 68 to 65535"));
                     }
                 }
+                "endpoint_hooks" => {
+                    if !["tcx", "cls_bpf"].contains(&v) {
+                        return invalid(format!(
+                            "invalid endpoint_hooks {v:?}: use tcx (the default: links no process in the endpoint can remove, upgraded in the background) or cls_bpf (tc filters only: faster attach and detach, but removable by a holder of CAP_NET_ADMIN in the endpoint)"
+                        ));
+                    }
+                }
                 _ => {
                     return invalid(format!(
-                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode and mtu"
+                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode, mtu and endpoint_hooks"
                     ))
                 }
             }

@@ -38,6 +38,10 @@ impl Engine {
     /// (one netlink round trip per endpoint, so only `dataplane reconcile` does it).
     pub fn reconcile_with(&mut self, dry_run: bool, thorough: bool) -> Result<ReconcileReport> {
         let pins = self.pins.clone();
+        if thorough {
+            // Judge the endpoints' attachments as they will be, not mid-upgrade.
+            super::background::wait_all(&pins);
+        }
         self.store.write(|tx| -> Result<ReconcileReport> {
             let mut r = ReconcileReport::default();
             map_pins(&pins, dry_run, &mut r)?;
@@ -163,8 +167,11 @@ impl Engine {
                 for pin in [pins.tc_link(None, phys), pins.xdp_link(None, phys)] {
                     if bpf::tc::pin_is_program(&pin) {
                         // cls_bpf: the filter, not a link, is what must be there.
-                        if !bpf::tc::filter_present(phys, aya::programs::tc::TcAttachType::Ingress) {
-                            r.drift.push(format!("network {}: the tc filter on {phys} is missing: re-attaching", n.name));
+                        if !bpf::tc::filter_present(phys, aya::programs::tc::TcAttachType::Ingress, &pin) {
+                            r.drift.push(format!(
+                                "network {}: the tc filter on {phys} is missing or runs another program: re-attaching",
+                                n.name
+                            ));
                             if !dry_run {
                                 let _ = std::fs::remove_file(&pin);
                             }
@@ -337,20 +344,20 @@ impl Engine {
                 live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
                 for a in atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
                     want.push((a.ifindex, endpoint_info(ep, a)?));
-                    let [eg, _] = bpf::endpoints::link_pins(&pins, &ep.netns, &a.ifname);
+                    let [eg, ing] = bpf::endpoints::link_pins(&pins, &ep.netns, &a.ifname);
                     // cls_bpf (kernels without tcx): whoever holds CAP_NET_ADMIN inside the
                     // endpoint can delete the filters; the thorough pass looks for them.
                     let filters_gone = thorough && eg.exists() && bpf::tc::pin_is_program(&eg) && {
-                        let ifname = a.ifname.clone();
+                        let (ifname, eg, ing) = (a.ifname.clone(), eg.clone(), ing.clone());
                         !crate::nl::with_netns(Path::new(&ep.netns), move || {
                             use aya::programs::tc::TcAttachType::{Egress, Ingress};
-                            bpf::tc::filter_present(&ifname, Egress) && bpf::tc::filter_present(&ifname, Ingress)
+                            bpf::tc::filter_present(&ifname, Egress, &eg) && bpf::tc::filter_present(&ifname, Ingress, &ing)
                         })
                         .unwrap_or(true)
                     };
                     if filters_gone {
                         r.drift.push(format!(
-                            "endpoint {}: its anti-spoofing filters on {} were removed (tc cls_bpf: on kernels without tcx a holder of CAP_NET_ADMIN in the endpoint can do that)",
+                            "endpoint {}: its anti-spoofing filters on {} were removed or replaced (tc cls_bpf: on kernels without tcx a holder of CAP_NET_ADMIN in the endpoint can do that)",
                             ep.name, a.ifname
                         ));
                     }

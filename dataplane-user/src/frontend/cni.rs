@@ -110,6 +110,9 @@ struct NetConf {
     mode: Option<String>,
     #[serde(default)]
     mtu: Option<u32>,
+    /// "tcx" (default) or "cls_bpf": the network's `endpoint_hooks` option.
+    #[serde(rename = "endpointHooks", default)]
+    endpoint_hooks: Option<String>,
     #[serde(rename = "stateDir", default)]
     state_dir: Option<PathBuf>,
     #[serde(default)]
@@ -258,6 +261,9 @@ fn network_request(conf: &NetConf, ipam_result: Option<&Value>) -> Result<Networ
     }
     if let Some(m) = conf.mtu {
         opts.push(format!("mtu={m}"));
+    }
+    if let Some(h) = &conf.endpoint_hooks {
+        opts.push(format!("endpoint_hooks={h}"));
     }
     let mut req = NetworkCreate {
         name: conf.name.clone(),
@@ -672,13 +678,13 @@ mod tests {
     fn built_in_ipam_becomes_a_network_request() {
         let c = conf(
             r#"{"cniVersion":"1.0.0","name":"v50","type":"dataplane-cni","parent":"eth0.50","mode":"bridge","mtu":1400,
-               "ipam":{"type":"dataplane-cni","subnet":"192.168.50.0/24","gateway":"192.168.50.1",
+               "endpointHooks":"cls_bpf","ipam":{"type":"dataplane-cni","subnet":"192.168.50.0/24","gateway":"192.168.50.1",
                        "ipRange":"192.168.50.128/25","auxAddresses":{"router":"192.168.50.2"}}}"#,
         );
         check_conf(&c).unwrap();
         let r = network_request(&c, None).unwrap();
         assert_eq!(r.name, "v50");
-        assert_eq!(r.opts, vec!["parent=eth0.50", "macvlan_mode=bridge", "mtu=1400"]);
+        assert_eq!(r.opts, vec!["parent=eth0.50", "macvlan_mode=bridge", "mtu=1400", "endpoint_hooks=cls_bpf"]);
         assert_eq!(
             (r.subnets, r.gateways, r.ip_ranges),
             (

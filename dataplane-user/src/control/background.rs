@@ -1,0 +1,120 @@
+//! Work finished after a command returns, so that attaching an endpoint does not wait
+//! for RCU grace periods: the endpoint's programs are attached as cls_bpf filters (no
+//! grace period; the endpoint is protected from its first frame) and a detached child
+//! process (`<our binary> __harden ...`) then upgrades them to tcx links, which a holder
+//! of CAP_NET_ADMIN inside the endpoint cannot remove. Each upgrade holds a lock file per
+//! endpoint interface from before the command returns until it is done; whatever must see
+//! the final state (rm of that endpoint, `bpf status`, `bpf reload`, a thorough reconcile)
+//! waits for it with [`wait`] or [`wait_all`].
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::bpf::pins::Pins;
+
+/// The hidden first argument that makes either binary run [`main`].
+pub const HARDEN_ARG: &str = "__harden";
+
+/// The directory of one instance's lock files (by its bpffs dir, which is unique).
+fn lock_dir(pins: &Pins) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in pins.root().as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    PathBuf::from(format!("/run/dataplane/harden-{h:016x}"))
+}
+
+fn lock_file(pins: &Pins, ifindex: u32) -> PathBuf {
+    lock_dir(pins).join(format!("{ifindex}.lock"))
+}
+
+fn flock(f: &File, op: libc::c_int) -> bool {
+    // SAFETY: flock on an fd we own.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+/// Start upgrading the cls_bpf filters of endpoint interface `ifname` (`ifindex`) in the
+/// namespace at `netns` to tcx links, in a detached child. The lock is taken here, before
+/// this returns, and handed to the child. Failing to start is not an error for the
+/// attach (the filters protect the endpoint); it is reported as a warning.
+pub fn spawn_harden(pins: &Pins, netns: &str, ifname: &str, ifindex: u32) {
+    if let Err(e) = try_spawn(pins, netns, ifname, ifindex) {
+        eprintln!("dataplane: warning: {ifname} keeps its cls_bpf filters (could not start the tcx upgrade: {e})");
+    }
+}
+
+fn try_spawn(pins: &Pins, netns: &str, ifname: &str, ifindex: u32) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let path = lock_file(pins, ifindex);
+    std::fs::create_dir_all(path.parent().expect("lock has a dir"))?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    if !flock(&lock, libc::LOCK_SH) {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = lock.as_raw_fd();
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(HARDEN_ARG)
+        .arg(pins.root())
+        .arg(netns)
+        .arg(ifname)
+        .arg(ifindex.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    // SAFETY: pre_exec only calls async-signal-safe fcntl: the lock's descriptor (and so
+    // the lock) is inherited by the child, and outlives this process.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()?;
+    Ok(())
+}
+
+/// The child: `__harden BPFFS NETNS IFNAME IFINDEX`. Returns its exit code (nobody reads
+/// it; a failed upgrade leaves the cls_bpf filters, which a thorough reconcile checks).
+pub fn main(args: &[String]) -> i32 {
+    let [bpffs, netns, ifname, ifindex] = args else { return 2 };
+    let Ok(ifindex) = ifindex.parse::<u32>() else { return 2 };
+    let pins = Pins::new(Path::new(bpffs));
+    let code = match crate::bpf::endpoints::harden(&pins, netns, ifname, ifindex) {
+        Ok(_) => 0,
+        Err(_) => 1,
+    };
+    let _ = std::fs::remove_file(lock_file(&pins, ifindex));
+    code
+}
+
+/// Wait (at most 10 s) until no upgrade of interface `ifindex` is in flight.
+pub fn wait(pins: &Pins, ifindex: u32) {
+    wait_path(&lock_file(pins, ifindex));
+}
+
+/// Wait (at most 10 s each) until no upgrade of this instance is in flight.
+pub fn wait_all(pins: &Pins) {
+    let Ok(dir) = std::fs::read_dir(lock_dir(pins)) else { return };
+    for e in dir.flatten() {
+        wait_path(&e.path());
+    }
+}
+
+fn wait_path(path: &Path) {
+    let Ok(f) = File::open(path) else { return };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+        if Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
