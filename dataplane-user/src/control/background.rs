@@ -92,6 +92,8 @@ pub fn main(args: &[String]) -> i32 {
         Err(_) => 1,
     };
     let _ = std::fs::remove_file(lock_file(&pins, ifindex));
+    // The instance's lock dir goes with its last upgrade (fails while others run).
+    let _ = std::fs::remove_dir(lock_dir(&pins));
     code
 }
 
