@@ -123,6 +123,7 @@ pub fn run(engine: &mut Engine, a: RunArgs) -> Result<i32> {
         mac: a.mac_address.clone(),
         auto_remove: a.rm,
         command: command.clone(),
+        host_shim: false,
     })?;
     let ep = spec.endpoint;
     if command.is_empty() {

@@ -36,6 +36,23 @@ pub struct RunRequest {
     pub mac: Option<String>,
     pub auto_remove: bool,
     pub command: Vec<String>,
+    /// The network's host-access interface (`-o host_access=true`): a macvlan in this
+    /// (the host's) namespace, made by `network create`, never by a user's `run`.
+    pub host_shim: bool,
+}
+
+/// The namespace path a host-access interface is recorded with: whichever process opens
+/// it is in the host's namespace (every dataplane command runs there).
+pub const HOST_NS: &str = "/proc/self/ns/net";
+
+/// Whether `ep` is a network's host-access interface.
+pub fn is_host_shim(ep: &Endpoint) -> bool {
+    ep.netns == HOST_NS && !ep.netns_owned
+}
+
+/// The name of network `n`'s host-access interface in the host's namespace.
+pub fn host_shim_ifname(n: &Network) -> String {
+    format!("dph{}", &n.id[..8.min(n.id.len())])
 }
 
 /// What the CLI needs to start the endpoint's command.
@@ -310,7 +327,8 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
             e.into()
         }
     })?;
-    if !n.internal {
+    // The host-access interface routes the network's subnet, never the host's default.
+    if !n.internal && !is_host_shim(ep) {
         for ip in [a.ipv4, a.ipv6].into_iter().flatten() {
             if let Some(gw) = n.pools.iter().find(|p| p.subnet.contains(ip)).and_then(|p| p.gateway) {
                 match inside.add_default_route(gw, link.index) {
@@ -377,9 +395,10 @@ impl Engine {
         if let Some(e) = self.store.read(|tx| tx.endpoint(&req.name))?.filter(|e| e.name == req.name) {
             return invalid(format!("endpoint name {} is already in use by endpoint {}; remove it first (dataplane rm {}) or pick another name", req.name, &e.id[..12], req.name));
         }
-        let owned = req.netns.is_none() && network != "host";
+        let owned = req.netns.is_none() && network != "host" && !req.host_shim;
         let netns_path = match (&req.netns, network.as_str()) {
             (_, "host") => String::new(),
+            _ if req.host_shim => HOST_NS.to_string(),
             (Some(p), _) => {
                 let path = netns::path_of(p);
                 if !path.exists() {
@@ -420,7 +439,7 @@ impl Engine {
                     Some(net)
                 }
             };
-            if let (Some(p), Some(other)) = (&req.netns, tx.endpoints()?.into_iter().find(|e| !e.netns.is_empty() && Path::new(&e.netns) == netns::path_of(req.netns.as_deref().unwrap_or_default()))) {
+            if let (false, Some(p), Some(other)) = (req.host_shim, &req.netns, tx.endpoints()?.into_iter().find(|e| !e.netns.is_empty() && Path::new(&e.netns) == netns::path_of(req.netns.as_deref().unwrap_or_default()))) {
                 return invalid(format!("network namespace {p} already belongs to endpoint {}", other.name));
             }
             let ep = Endpoint {
@@ -440,7 +459,13 @@ impl Engine {
             };
             let att = match &net {
                 Some(n) => {
-                    let ifname = if owned { "eth0".to_string() } else { next_ifname(&netns_path, &[])? };
+                    let ifname = if req.host_shim {
+                        host_shim_ifname(n)
+                    } else if owned {
+                        "eth0".to_string()
+                    } else {
+                        next_ifname(&netns_path, &[])?
+                    };
                     Some(allocate(tx, &ep, n, ip, ip6, req.mac.as_deref(), ifname)?)
                 }
                 None => None,
@@ -484,7 +509,9 @@ impl Engine {
                 });
                 super::fault("run:netns-made");
             }
-            lo_up(&netns_path)?;
+            if !req.host_shim {
+                lo_up(&netns_path)?;
+            }
             if let (Some(n), Some(a)) = (&net, &att) {
                 if !owned {
                     let (path, ifname) = (netns_path.clone(), a.ifname.clone());
@@ -536,7 +563,7 @@ impl Engine {
             let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
                 ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
             })?;
-            if ep.network_mode == "host" {
+            if ep.network_mode == "host" || is_host_shim(&ep) {
                 return invalid(format!(
                     "endpoint {} uses the host's network namespace; it cannot be connected to other networks",
                     ep.name
@@ -603,6 +630,12 @@ impl Engine {
                 ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
             })?;
             super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
+            if is_host_shim(&ep) {
+                return invalid(format!(
+                    "endpoint {} is network {}'s host-access interface: it goes with the network (dataplane network rm {})",
+                    ep.name, n.name, n.name
+                ));
+            }
             let a = tx.attachments()?.into_iter().find(|a| a.endpoint == ep.name && a.network == n.name).ok_or_else(
                 || ControlError::Invalid(format!("endpoint {} is not connected to network {}", ep.name, n.name)),
             )?;
@@ -628,6 +661,12 @@ impl Engine {
             .ok_or_else(|| ControlError::Invalid(format!("endpoint {name} not found (list them with dataplane ps)")))?;
         self.remove_endpoint(&ep.name, force, |ep| {
             super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
+            if is_host_shim(ep) {
+                return invalid(format!(
+                    "endpoint {} is network {}'s host-access interface: it goes with the network (dataplane network rm {})",
+                    ep.name, ep.network_mode, ep.network_mode
+                ));
+            }
             let supervised = ep.supervisor.filter(|s| s.alive() && s.pid != me).map(|s| s.pid);
             match ep.pid.filter(|p| pid_alive(*p) && *p != me).or(supervised) {
                 Some(pid) if !force => invalid(format!(

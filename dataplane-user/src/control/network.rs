@@ -69,6 +69,33 @@ pub fn physical_parent(n: &Network) -> Option<&str> {
 
 impl Engine {
     pub fn network_create(&mut self, req: NetworkCreate) -> Result<Network> {
+        let n = self.network_create_inner(req)?;
+        if n.options.get("host_access").is_some_and(|v| v == "true") {
+            // After the network's lock is released (removal below takes it again).
+            if let Err(e) = self.make_host_shim(&n) {
+                return Err(match self.network_rm_by(&n.name, &n.owner) {
+                    Ok(_) => e,
+                    Err(rm) => ControlError::Invalid(format!("{e}; removing network {} again failed: {rm}", n.name)),
+                });
+            }
+        }
+        Ok(n)
+    }
+
+    /// Network `n`'s host-access interface: an endpoint of `n` in the host's namespace
+    /// (admission, anti-spoofing, counters and reconcile as for any endpoint), with an
+    /// address from the network's pool and a route to the subnet, no default route.
+    fn make_host_shim(&mut self, n: &Network) -> Result<()> {
+        self.run(super::RunRequest {
+            name: format!("{}-host", n.name),
+            network: n.name.clone(),
+            host_shim: true,
+            ..Default::default()
+        })
+        .map(drop)
+    }
+
+    fn network_create_inner(&mut self, req: NetworkCreate) -> Result<Network> {
         check_name("network", &req.name)?;
         if PREDEFINED.contains(&req.name.as_str()) {
             return invalid(format!("network name {:?} is predefined and always exists; pick another name", req.name));
@@ -100,6 +127,19 @@ impl Engine {
                         return invalid(format!("invalid mtu {v:?}: use a number of bytes from 68 to 65535"));
                     }
                 }
+                "host_access" => {
+                    if !["true", "false"].contains(&v) {
+                        return invalid(format!(
+                            "invalid host_access {v:?}: use true (the host reaches the network's endpoints through an interface dataplane makes) or false"
+                        ));
+                    }
+                    if v == "true" && req.owner != Owner::Cli {
+                        return invalid(format!(
+                            "host_access is supported on networks made with dataplane network create, not through {}",
+                            req.owner.label()
+                        ));
+                    }
+                }
                 "endpoint_hooks" => {
                     if !["tcx", "cls_bpf"].contains(&v) {
                         return invalid(format!(
@@ -109,7 +149,7 @@ impl Engine {
                 }
                 _ => {
                     return invalid(format!(
-                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode, mtu and endpoint_hooks"
+                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode, mtu, endpoint_hooks and host_access"
                     ))
                 }
             }
@@ -301,6 +341,23 @@ impl Engine {
     pub(crate) fn network_rm_by(&mut self, name: &str, by: &Owner) -> Result<Vec<String>> {
         if PREDEFINED.contains(&name) {
             return invalid(format!("{name} is a predefined network and cannot be removed"));
+        }
+        // Its host-access interface goes first, unless other endpoints keep the network.
+        let shim = self.store.read(|tx| -> Result<Option<String>> {
+            let Some(n) = tx.network(name)? else { return Ok(None) };
+            super::check_owner("network", &n.name, &n.owner, by)?;
+            let users: Vec<String> =
+                tx.attachments()?.into_iter().filter(|a| a.network == n.name).map(|a| a.endpoint).collect();
+            let mut shims = Vec::new();
+            for u in &users {
+                if tx.endpoint(u)?.is_some_and(|e| super::endpoint::is_host_shim(&e)) {
+                    shims.push(u.clone());
+                }
+            }
+            Ok((shims.len() == 1 && users.len() == 1).then(|| shims.remove(0)))
+        })?;
+        if let Some(s) = shim {
+            self.remove_endpoint(&s, false, |_| Ok(()))?;
         }
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
