@@ -174,6 +174,7 @@ fn run() -> Result<()> {
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Bench { quick } => {
             require_root("benchmarks create network namespaces and load BPF programs")?;
+            packages::ensure(&[packages::DEMO, packages::TEST, packages::BENCH])?;
             eprintln!("[build] release build of the dataplane binary and the bench");
             bootstrap::ensure()?;
             let mut b = cargo();

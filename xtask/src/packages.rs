@@ -27,6 +27,11 @@ pub const TEST: &[(&str, &str)] = &[
     ("/usr/lib/cni/macvlan", "containernetworking-plugins"),
 ];
 
+/// The baselines the benchmark compares against (and what runs them): installed so that
+/// no comparison silently disappears on a fresh machine.
+pub const BENCH: &[(&str, &str)] =
+    &[("xdp-filter", "xdp-tools"), ("nft", "nftables"), ("ethtool", "ethtool"), ("bridge", "iproute2")];
+
 fn present(cmd: &str) -> bool {
     if cmd.starts_with('/') {
         return Path::new(cmd).exists();
