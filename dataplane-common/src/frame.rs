@@ -6,7 +6,7 @@
 //! kernel. Every function here is `#[inline(always)]` because BPF-to-BPF calls with
 //! generic arguments are not worth the verifier's trouble.
 
-use crate::maps::{AdmitKey, EndpointInfo, Reason, EP_HAS_IPV4, EP_HAS_IPV6, VLAN_UNTAGGED};
+use crate::maps::{AdmitKey, EndpointInfo, IpKey, Reason, EP_HAS_IPV4, EP_HAS_IPV6, VLAN_UNTAGGED};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -201,6 +201,35 @@ where
     } else {
         Decision::of(Reason::DropUnknownDestination)
     }
+}
+
+/// What a broadcast/multicast frame arriving from outside says about addresses: the
+/// admission key of its source MAC (a MAC of ours there is a MAC conflict), and for ARP
+/// the sender's address key and MAC (one of our addresses with another MAC is an IP
+/// conflict). Unicast frames are not looked at: the admission fast path stays as it is,
+/// and a host that uses our MAC or address broadcasts (ARP) sooner or later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claims {
+    pub src: Option<AdmitKey>,
+    pub ip: Option<(IpKey, [u8; 6])>,
+}
+
+#[inline(always)]
+pub fn group_claims<P: Packet + ?Sized>(p: &P, ifindex: u32) -> Claims {
+    let none = Claims { src: None, ip: None };
+    let Ok(hdr) = parse_l2(p) else { return none };
+    if !is_group(&hdr.dst) {
+        return none;
+    }
+    let src = Some(AdmitKey { ifindex, vlan: hdr.vlan, mac: hdr.src });
+    let ip = match hdr.ethertype {
+        ETH_P_ARP => match (p.read::<6>(hdr.l3_offset + 8), p.read::<4>(hdr.l3_offset + 14)) {
+            (Some(sha), Some(spa)) if spa != [0; 4] => Some((IpKey { ifindex, vlan: hdr.vlan, pad: 0, ip: spa }, sha)),
+            _ => None,
+        },
+        _ => None,
+    };
+    Claims { src, ip }
 }
 
 /// Anti-spoofing for a frame an endpoint sends. An allow-list: only IPv4, ARP and IPv6

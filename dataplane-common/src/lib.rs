@@ -10,5 +10,9 @@
 pub mod frame;
 pub mod maps;
 
-pub use frame::{admission, egress_check, parse_l2, Decision, L2Header, Malformed, Packet, Verdict};
-pub use maps::{AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Reason, VlanKey, VlanTrunk};
+pub use frame::{
+    admission, egress_check, group_claims, parse_l2, Claims, Decision, L2Header, Malformed, Packet, Verdict,
+};
+pub use maps::{
+    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, IpKey, OurIp, Reason, VlanKey, VlanTrunk,
+};

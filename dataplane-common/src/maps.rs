@@ -33,6 +33,12 @@ pub const ENDPOINTS_MAX_ENTRIES: u32 = 1 << 17;
 /// First ifindex dataplane asks the kernel for when it creates an endpoint interface.
 pub const EP_IFINDEX_BASE: u32 = 0x4000_0000;
 
+/// (parent ifindex, VLAN, IPv4 address) -> the endpoint given that address and its MAC:
+/// the parent's XDP program notices ARP from outside that claims one of our addresses.
+pub const OUR_IPS_MAP: &str = "DP_OUR_IPS";
+/// endpoint number -> frames from outside that used its MAC or claimed its address.
+pub const CONFLICTS_MAP: &str = "DP_CONFLICTS";
+
 /// Enough for the 65 536-endpoint scale target with room to spare.
 pub const ADMIT_MAX_ENTRIES: u32 = 1 << 17;
 /// Interfaces with counters are told apart by the low bits of their ifindex: parents live
@@ -68,6 +74,40 @@ pub struct AdmitKey {
     pub vlan: u16,
     /// Destination MAC address.
     pub mac: [u8; 6],
+}
+
+/// Key of [`OUR_IPS_MAP`] (VLAN keys as in [`AdmitKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct IpKey {
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub pad: u16,
+    pub ip: [u8; 4],
+}
+
+/// Value of [`OUR_IPS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct OurIp {
+    /// Endpoint number (as in [`AdmitValue`]).
+    pub endpoint: u32,
+    /// The MAC that address belongs to: ARP for it from another MAC is a conflict.
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
+/// Value of [`CONFLICTS_MAP`]: rare events, so one shared (not per-CPU) value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Conflict {
+    /// Broadcast/multicast frames from outside with the endpoint's MAC as source.
+    pub mac_frames: u64,
+    /// ARP frames from outside claiming the endpoint's IPv4 address for another MAC.
+    pub ip_frames: u64,
+    /// The other party's MAC of the last IP claim.
+    pub last_mac: [u8; 6],
+    pub pad: [u8; 2],
 }
 
 /// Value of [`ADMIT_MAP`].
@@ -161,10 +201,16 @@ pub enum Reason {
     DropSpoofed = 9,
     /// Sent by an endpoint with its own identity.
     PassEgress = 10,
+    /// From outside, broadcast/multicast, with one of our endpoints' MACs as source
+    /// (counted besides the frame's admission reason).
+    ConflictMac = 11,
+    /// From outside, ARP claiming one of our endpoints' addresses for another MAC
+    /// (counted besides the frame's admission reason).
+    ConflictIp = 12,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::PassAdmitted,
         Reason::PassBroadcast,
         Reason::PassMulticast,
@@ -176,6 +222,8 @@ impl Reason {
         Reason::VlanTagged,
         Reason::DropSpoofed,
         Reason::PassEgress,
+        Reason::ConflictMac,
+        Reason::ConflictIp,
     ];
 
     pub const fn from_u32(v: u32) -> Option<Reason> {
@@ -191,6 +239,8 @@ impl Reason {
             8 => Some(Reason::VlanTagged),
             9 => Some(Reason::DropSpoofed),
             10 => Some(Reason::PassEgress),
+            11 => Some(Reason::ConflictMac),
+            12 => Some(Reason::ConflictIp),
             _ => None,
         }
     }
@@ -209,6 +259,8 @@ impl Reason {
             Reason::VlanTagged => "vlan_tagged",
             Reason::DropSpoofed => "drop_spoofed",
             Reason::PassEgress => "pass_egress",
+            Reason::ConflictMac => "conflict_mac",
+            Reason::ConflictIp => "conflict_ip",
         }
     }
 
@@ -235,6 +287,9 @@ mod user {
     unsafe impl aya::Pod for super::VlanTrunk {}
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::EndpointCounters {}
+    unsafe impl aya::Pod for super::IpKey {}
+    unsafe impl aya::Pod for super::OurIp {}
+    unsafe impl aya::Pod for super::Conflict {}
 }
 
 #[cfg(test)]

@@ -16,8 +16,10 @@ use aya_ebpf::{
 use dataplane_common::{
     admission, egress_check,
     frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ_9100, VID_MASK},
+    group_claims,
     maps::{counter_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
-    AdmitKey, AdmitValue, Counter, EndpointCounters, EndpointInfo, Packet, Reason, Verdict, VlanKey, VlanTrunk,
+    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, IpKey, OurIp, Packet, Reason, Verdict,
+    VlanKey, VlanTrunk,
 };
 
 use aya_log_ebpf::debug;
@@ -49,12 +51,73 @@ static DP_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX_
 #[map(name = "DP_EP_COUNTERS")]
 static DP_EP_COUNTERS: PerCpuHashMap<u32, EndpointCounters> = PerCpuHashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
 
+/// (parent ifindex, VLAN, IPv4) -> the endpoint given that address, and its MAC.
+#[map(name = "DP_OUR_IPS")]
+static DP_OUR_IPS: HashMap<IpKey, OurIp> = HashMap::pinned(ADMIT_MAX_ENTRIES, 0);
+
+/// Endpoint number -> frames from outside that used its MAC or claimed its address.
+#[map(name = "DP_CONFLICTS")]
+static DP_CONFLICTS: HashMap<u32, Conflict> = HashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
+
+/// The endpoint number the parent's own MAC is admitted under (not an endpoint).
+const HOST_ENDPOINT: u32 = u32::MAX;
+
+#[inline(always)]
+fn note_conflict(endpoint: u32, ip: bool, other: [u8; 6]) {
+    match DP_CONFLICTS.get_ptr_mut(endpoint) {
+        // SAFETY: map value pointer from a successful lookup; a lost increment between
+        // CPUs is acceptable for a conflict report.
+        Some(c) => unsafe {
+            if ip {
+                (*c).ip_frames += 1;
+                (*c).last_mac = other;
+            } else {
+                (*c).mac_frames += 1;
+            }
+        },
+        None => {
+            let c = Conflict {
+                mac_frames: u64::from(!ip),
+                ip_frames: u64::from(ip),
+                last_mac: if ip { other } else { [0; 6] },
+                pad: [0; 2],
+            };
+            let _ = DP_CONFLICTS.insert(endpoint, c, BPF_NOEXIST as u64);
+        }
+    }
+}
+
 #[xdp]
 pub fn dp_parent(ctx: XdpContext) -> u32 {
     let pkt = PacketBounds::xdp(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
     let decision = admission(&pkt, ifindex, |key| DP_ADMIT.get_ptr(key).is_some());
     count(ifindex, decision.reason, pkt.len() as u64);
+    if matches!(decision.reason, Reason::PassBroadcast | Reason::PassMulticast) {
+        // From outside (our endpoints' frames leave through the parent, they do not
+        // arrive on it): one of our MACs as source, or ARP claiming one of our addresses.
+        let claims = group_claims(&pkt, ifindex);
+        if let Some(k) = claims.src {
+            if let Some(v) = DP_ADMIT.get_ptr(&k) {
+                // SAFETY: map value pointer from a successful lookup.
+                let ep = unsafe { (*v).endpoint };
+                if ep != HOST_ENDPOINT {
+                    note_conflict(ep, false, k.mac);
+                    count(ifindex, Reason::ConflictMac, pkt.len() as u64);
+                }
+            }
+        }
+        if let Some((k, sha)) = claims.ip {
+            if let Some(v) = DP_OUR_IPS.get_ptr(&k) {
+                // SAFETY: map value pointer from a successful lookup, copied at once.
+                let ours = unsafe { *v };
+                if ours.mac != sha {
+                    note_conflict(ours.endpoint, true, sha);
+                    count(ifindex, Reason::ConflictIp, pkt.len() as u64);
+                }
+            }
+        }
+    }
     if decision.verdict == Verdict::Drop {
         // Off unless user space loads the programs with a debug log level; the level is
         // a load-time constant, so the verifier removes this when it is off.

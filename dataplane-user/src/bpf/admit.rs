@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData};
-use dataplane_common::{AdmitKey, AdmitValue};
+use dataplane_common::{
+    maps::{CONFLICTS_MAP, OUR_IPS_MAP},
+    AdmitKey, AdmitValue, Conflict, IpKey, OurIp,
+};
 
 use super::{object::BpfError, pins::Pins};
 
@@ -81,4 +84,49 @@ pub fn list(pins: &Pins) -> Result<Vec<(AdmitKey, AdmitValue)>, BpfError> {
     }
     out.sort_by_key(|(k, _)| (k.ifindex, k.vlan, k.mac));
     Ok(out)
+}
+
+/// The map of our IPv4 addresses per (parent, VLAN), if this instance's programs have it
+/// (pinned by programs loaded since it was added; older pins simply lack it).
+fn open_ips(pins: &Pins) -> Option<HashMap<MapData, IpKey, OurIp>> {
+    let path = pins.map(OUR_IPS_MAP);
+    let data = MapData::from_pin(&path).ok()?;
+    HashMap::try_from(Map::from_map_data(data).ok()?).ok()
+}
+
+/// Record that the addresses keyed by `keys` are `value.endpoint`'s (with its MAC).
+pub fn claim_ips(pins: &Pins, keys: &[IpKey], value: OurIp) -> Result<(), BpfError> {
+    let Some(mut m) = open_ips(pins) else { return Ok(()) };
+    for k in keys {
+        m.insert(*k, value, 0).map_err(|e| map_err(&pins.map(OUR_IPS_MAP), e))?;
+    }
+    Ok(())
+}
+
+/// Forget the addresses keyed by `keys` where they are still `endpoint`'s.
+pub fn release_ips(pins: &Pins, keys: &[IpKey], endpoint: u32) {
+    let Some(mut m) = open_ips(pins) else { return };
+    for k in keys {
+        if m.get(k, 0).is_ok_and(|v| v.endpoint == endpoint) {
+            let _ = m.remove(k);
+        }
+    }
+}
+
+fn open_conflicts(pins: &Pins) -> Option<HashMap<MapData, u32, Conflict>> {
+    let data = MapData::from_pin(pins.map(CONFLICTS_MAP)).ok()?;
+    HashMap::try_from(Map::from_map_data(data).ok()?).ok()
+}
+
+/// Conflicts the parents' XDP programs noticed, by endpoint number.
+pub fn conflicts(pins: &Pins) -> std::collections::BTreeMap<u32, Conflict> {
+    let Some(m) = open_conflicts(pins) else { return Default::default() };
+    m.iter().filter_map(Result::ok).collect()
+}
+
+/// Forget endpoint `endpoint`'s conflict record (it is gone).
+pub fn clear_conflicts(pins: &Pins, endpoint: u32) {
+    if let Some(mut m) = open_conflicts(pins) {
+        let _ = m.remove(&endpoint);
+    }
 }

@@ -79,6 +79,7 @@ pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError
 }
 
 pub fn remove_counters(pins: &Pins, endpoint: u32) {
+    super::admit::clear_conflicts(pins, endpoint);
     let path = pins.map(EP_COUNTERS_MAP);
     if let Ok(data) = MapData::from_pin(&path) {
         if let Ok(map) = Map::from_map_data(data) {

@@ -288,6 +288,30 @@ fn alive(pid: u32) -> bool {
 
 pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
     let eps = engine.endpoints()?;
+    // Conflicts the parents' XDP programs saw: a warning per endpoint (stderr, so the
+    // table and the JSON stay as they are).
+    let conflicts = dataplane_user::bpf::admit::conflicts(&engine.pins);
+    for (e, atts) in &eps {
+        let Some(k) = conflicts.get(&dataplane_user::control::endpoint_number(&e.id)) else { continue };
+        let a = atts.first();
+        if k.mac_frames > 0 {
+            eprintln!(
+                "WARNING: endpoint {}: its MAC {} is also used by another host on the parent ({} frames seen)",
+                e.name,
+                a.map_or("?", |a| a.mac.as_str()),
+                k.mac_frames
+            );
+        }
+        if k.ip_frames > 0 {
+            eprintln!(
+                "WARNING: endpoint {}: its address {} is claimed by {} on the parent ({} ARP frames seen)",
+                e.name,
+                a.and_then(|a| a.ipv4).map_or("?".to_string(), |i| i.to_string()),
+                dataplane_user::mac::Mac(k.last_mac),
+                k.ip_frames
+            );
+        }
+    }
     let rows: Vec<serde_json::Value> = eps
         .iter()
         .map(|(e, atts)| {

@@ -16,12 +16,15 @@ fn snapshot(engine: &mut Engine, names: &[String]) -> Result<Value> {
         }
     }
     let ep_counters = bpf::endpoints::counters(&engine.pins)?;
+    let conflicts = bpf::admit::conflicts(&engine.pins);
     let mut endpoints = Vec::new();
     for (e, atts) in &eps {
         if !names.is_empty() && !names.contains(&e.name) {
             continue;
         }
-        let c = ep_counters.get(&dataplane_user::control::endpoint_number(&e.id)).copied().unwrap_or_default();
+        let number = dataplane_user::control::endpoint_number(&e.id);
+        let c = ep_counters.get(&number).copied().unwrap_or_default();
+        let k = conflicts.get(&number).copied().unwrap_or_default();
         endpoints.push(json!({
             "name": e.name,
             "networks": atts.iter().map(|a| a.network.clone()).collect::<Vec<_>>(),
@@ -29,6 +32,8 @@ fn snapshot(engine: &mut Engine, names: &[String]) -> Result<Value> {
             "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
             "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
             "spoofed_packets": c.spoofed_packets, "spoofed_bytes": c.spoofed_bytes,
+            "conflict_mac": k.mac_frames, "conflict_ip": k.ip_frames,
+            "conflict_ip_claimed_by": (k.ip_frames > 0).then(|| dataplane_user::mac::Mac(k.last_mac).to_string()),
         }));
     }
     let mut parents: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();

@@ -13,7 +13,7 @@ use std::{
 
 use dataplane_common::{
     maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, VLAN_UNTAGGED},
-    AdmitKey, AdmitValue, EndpointInfo,
+    AdmitKey, AdmitValue, EndpointInfo, IpKey, OurIp,
 };
 
 use super::{check_name, invalid, network::physical_parent, ControlError, Engine, Result, Undo};
@@ -112,6 +112,11 @@ pub(crate) fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_
         ))
     })?;
     let ours = AdmitValue { endpoint: endpoint_number(endpoint_id), flags: 0 };
+    if let Some(IpAddr::V4(ip)) = a.ipv4 {
+        // For conflict detection: ARP from outside claiming this address for another MAC.
+        let ip_keys = ip_keys(&keys, ip.octets());
+        bpf::admit::claim_ips(pins, &ip_keys, OurIp { endpoint: ours.endpoint, mac: mac.0, pad: [0; 2] })?;
+    }
     for k in keys {
         // Never overwrite an entry someone else holds (the parent's own MAC, another
         // instance's endpoint): a rollback would then delete it.
@@ -139,9 +144,18 @@ pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_
         return;
     }
     let number = endpoint_number(endpoint_id);
-    for k in admit_keys(n, mac.0).unwrap_or_default() {
+    let keys = admit_keys(n, mac.0).unwrap_or_default();
+    if let Some(IpAddr::V4(ip)) = a.ipv4 {
+        bpf::admit::release_ips(pins, &ip_keys(&keys, ip.octets()), number);
+    }
+    for k in keys {
         let _ = bpf::admit::remove_if(pins, &k, |v| v.endpoint == number);
     }
+}
+
+/// The address-map keys matching admission keys `keys` (same parent and VLAN keys).
+fn ip_keys(keys: &[AdmitKey], ip: [u8; 4]) -> Vec<IpKey> {
+    keys.iter().map(|k| IpKey { ifindex: k.ifindex, vlan: k.vlan, pad: 0, ip }).collect()
 }
 
 /// Allocate addresses and a MAC for `ep` on `n` (inside the caller's transaction).
