@@ -9,6 +9,7 @@ pub mod ipam;
 pub mod mac;
 pub mod netns;
 pub mod nl;
+pub mod probe;
 pub mod store;
 pub mod timing;
 

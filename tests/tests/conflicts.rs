@@ -85,3 +85,76 @@ fn clashing_addresses_and_macs_are_reported_on_both_hosts() {
     // The table itself is unchanged (warnings go to stderr).
     assert!(String::from_utf8_lossy(&ps.stdout).starts_with("ENDPOINT ID"));
 }
+
+fn ipv4s(h: &Host) -> Vec<String> {
+    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let mut v: Vec<String> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["Networks"][0]["IPv4Address"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Two hosts, one subnet, no --ip-range split: each probes an address (ARP from 0.0.0.0)
+/// before handing it out, so the second host skips what the first one's endpoints hold.
+/// With probing off (`ip_probe_ms=0`) they hand out the same addresses.
+#[test]
+fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
+    let a = Host::new("dpPa").unwrap();
+    let b = Host::new("dpPb").unwrap();
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
+    let bad =
+        a.dp(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=trunk0", "-o", "ip_probe_ms=5000", "x"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid ip_probe_ms \"5000\""), "{bad:?}");
+
+    // Probing off: both hand out .2 and .3.
+    for h in [&a, &b] {
+        h.ok(&["network", "create", "--subnet=10.92.0.0/24", "-o", "parent=trunk0", "-o", "ip_probe_ms=0", "off"]);
+    }
+    let mut names = Vec::new();
+    for h in [&a, &b] {
+        for _ in 0..2 {
+            let n = unique("off");
+            h.ok(&["run", "-d", "--name", &n, "--network", "off"]);
+            names.push((h, n));
+        }
+    }
+    assert_eq!(ipv4s(&a), ipv4s(&b), "without probes both hosts start at the same address");
+    for (h, n) in &names {
+        h.ok(&["rm", "-f", n]);
+    }
+
+    // Probing on (the default).
+    for h in [&a, &b] {
+        h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=trunk0", "lan"]);
+    }
+    let mut a_eps = Vec::new();
+    for _ in 0..3 {
+        let n = unique("pa");
+        a.ok(&["run", "-d", "--name", &n, "--network", "lan"]);
+        a_eps.push(n);
+    }
+    let mut b_eps = Vec::new();
+    for _ in 0..3 {
+        let n = unique("pb");
+        b.ok(&["run", "-d", "--name", &n, "--network", "lan"]);
+        b_eps.push(n);
+    }
+    let (on_a, on_b) = (ipv4s(&a), ipv4s(&b));
+    assert_eq!(on_a.len(), 3);
+    assert_eq!(on_b.len(), 3);
+    assert!(on_a.iter().all(|ip| !on_b.contains(ip)), "both hosts handed out the same address: {on_a:?} {on_b:?}");
+    // And they reach each other across the wire.
+    let target = &on_a[0];
+    assert!(b.dp(&["exec", &b_eps[0], "ping", "-c", "1", "-W", "2", target]).status.success(), "no path b -> a");
+    // No conflicts reported.
+    for (h, eps) in [(&a, &a_eps), (&b, &b_eps)] {
+        for e in eps {
+            let s = stats_of(h, e);
+            assert_eq!((s["conflict_ip"].as_u64(), s["conflict_mac"].as_u64()), (Some(0), Some(0)), "{s:#}");
+        }
+    }
+}

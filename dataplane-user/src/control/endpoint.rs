@@ -386,6 +386,61 @@ fn next_ifname(netns_path: &str, allocated: &[String]) -> Result<String> {
 }
 
 impl Engine {
+    /// The first of the next free IPv4 addresses of `n` that nobody on the segment answers
+    /// an ARP probe for (four probed at a time, at most four rounds), when the network
+    /// probes (`ip_probe_ms`, default 20 for networks made with the CLI). None: no probing
+    /// (disabled, no IPv4 pool, pool full, or the parent cannot send: it is down).
+    fn probe_free_ipv4(&mut self, n: &Network) -> Result<Option<std::net::Ipv4Addr>> {
+        let wait = match n.options.get("ip_probe_ms") {
+            Some(v) => v.parse::<u64>().unwrap_or(0),
+            None if n.owner == Owner::Cli => 20,
+            None => 0,
+        };
+        let Some(parent) = n.parent.clone().filter(|_| wait > 0) else { return Ok(None) };
+        let mut used: BTreeMap<IpAddr, String> = self.store.read(|tx| -> Result<BTreeMap<IpAddr, String>> {
+            Ok(tx
+                .attachments()?
+                .into_iter()
+                .filter(|a| a.network == n.name)
+                .filter_map(|a| a.ipv4.map(|ip| (ip, a.endpoint)))
+                .collect())
+        })?;
+        let mut answered_all = Vec::new();
+        for _ in 0..4 {
+            let mut candidates = Vec::new();
+            let mut scratch = used.clone();
+            while candidates.len() < 4 {
+                match crate::ipam::allocate(&n.name, &n.pools, true, None, &scratch) {
+                    Ok(Some(IpAddr::V4(c))) => {
+                        scratch.insert(IpAddr::V4(c), String::new());
+                        candidates.push(c);
+                    }
+                    _ => break,
+                }
+            }
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            let Ok(taken) = crate::probe::arp_probe(&parent, &candidates, std::time::Duration::from_millis(wait))
+            else {
+                return Ok(None);
+            };
+            crate::timing::mark("ip-probed");
+            if let Some(c) = candidates.iter().find(|c| !taken.contains(c)) {
+                return Ok(Some(*c));
+            }
+            for t in taken {
+                used.insert(IpAddr::V4(t), "another host".into());
+                answered_all.push(t.to_string());
+            }
+        }
+        invalid(format!(
+            "network {}: every address probed on {parent} is in use by another host ({}); give --ip, or split the subnet between hosts with --ip-range",
+            n.name,
+            answered_all.join(", ")
+        ))
+    }
+
     /// Create an endpoint (namespace, links, addresses, map entries). The command, if
     /// any, is the CLI's business.
     pub fn run(&mut self, req: RunRequest) -> Result<RunSpec> {
@@ -434,6 +489,17 @@ impl Engine {
         };
         let pins = self.pins.clone();
         let me = std::process::id();
+        // 0. A dynamic IPv4 address is probed on the segment first (other hosts may hand
+        // out the same subnet); the one chosen is then requested below.
+        let probed = match (ip, network.as_str()) {
+            (None, "host" | "none") => None,
+            (None, name) => match self.store.read(|tx| tx.network(name))? {
+                Some(n) if !req.host_shim => self.probe_free_ipv4(&n)?,
+                _ => None,
+            },
+            _ => None,
+        };
+        let ip = probed.map(IpAddr::V4).or(ip);
 
         // 1. Allocate (and push map entries) under the store's write lock.
         let (ep, net, att) = self.store.write(|tx| -> Result<(Endpoint, Option<Network>, Option<Attachment>)> {
@@ -470,6 +536,11 @@ impl Engine {
                 command: req.command.clone(),
                 owner: Owner::Cli,
                 supervisor: None,
+            };
+            // A probed address another command of ours took meanwhile: allocate as usual.
+            let ip = match (probed, &net) {
+                (Some(p), Some(n)) if tx.attachments()?.iter().any(|a| a.network == n.name && a.ipv4 == Some(IpAddr::V4(p))) => None,
+                _ => ip,
             };
             let att = match &net {
                 Some(n) => {

@@ -127,6 +127,13 @@ impl Engine {
                         return invalid(format!("invalid mtu {v:?}: use a number of bytes from 68 to 65535"));
                     }
                 }
+                "ip_probe_ms" => {
+                    if !v.parse::<u64>().is_ok_and(|m| m <= 1000) {
+                        return invalid(format!(
+                            "invalid ip_probe_ms {v:?}: milliseconds to wait for answers to an ARP probe before handing out an address, 0 (no probe) to 1000"
+                        ));
+                    }
+                }
                 "host_access" => {
                     if !["true", "false"].contains(&v) {
                         return invalid(format!(
@@ -149,7 +156,7 @@ impl Engine {
                 }
                 _ => {
                     return invalid(format!(
-                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode, mtu, endpoint_hooks and host_access"
+                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode, mtu, endpoint_hooks, host_access and ip_probe_ms"
                     ))
                 }
             }

@@ -1,0 +1,123 @@
+//! RFC 5227 address probes: before dataplane hands out an IPv4 address on a parent shared
+//! with other hosts, it asks the segment (ARP request from 0.0.0.0 with the parent's MAC)
+//! whether anyone has it, and waits a bounded time for an answer. A host that has the
+//! address answers (Linux replies to probes); one that is probing for it too sends a
+//! request for it. Either makes the address taken.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+const ETH_P_ARP: u16 = 0x0806;
+
+fn last_err(what: &str) -> std::io::Error {
+    let e = std::io::Error::last_os_error();
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// The ifindex and MAC of `iface` in this namespace.
+fn iface_info(fd: &OwnedFd, iface: &str) -> std::io::Result<(i32, [u8; 6])> {
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if iface.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface name {iface:?} too long"),
+        ));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFINDEX / SIOCGIFHWADDR fill `req` for the named interface.
+    unsafe {
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) != 0 {
+            return Err(last_err(&format!("looking up {iface}")));
+        }
+        let index = req.ifr_ifru.ifru_ifindex;
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) != 0 {
+            return Err(last_err(&format!("reading the MAC of {iface}")));
+        }
+        let mut mac = [0u8; 6];
+        for (m, b) in mac.iter_mut().zip(req.ifr_ifru.ifru_hwaddr.sa_data.iter()) {
+            *m = *b as u8;
+        }
+        Ok((index, mac))
+    }
+}
+
+fn request(src_mac: [u8; 6], target: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    // Ethernet, IPv4, 6, 4, request; sender MAC, sender 0.0.0.0, target MAC 0, target IP.
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&src_mac);
+    f[38..42].copy_from_slice(&target.octets());
+    f
+}
+
+/// Probe `candidates` out of `iface` (in this namespace) and wait up to `wait` for
+/// answers; returns the candidates someone else holds or is probing for.
+pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::io::Result<BTreeSet<Ipv4Addr>> {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let raw =
+        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(ETH_P_ARP.to_be())) };
+    if raw < 0 {
+        return Err(last_err("opening a packet socket"));
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (index, mac) = iface_info(&fd, iface)?;
+    // SAFETY: sockaddr_ll is plain data.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ARP.to_be();
+    sll.sll_ifindex = index;
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: bind with a properly sized sockaddr_ll.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) } != 0 {
+        return Err(last_err(&format!("binding a packet socket to {iface}")));
+    }
+    for c in candidates {
+        let f = request(mac, *c);
+        // SAFETY: send(2) of a buffer we own on a bound socket.
+        if unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) } < 0 {
+            return Err(last_err(&format!("sending an ARP probe out of {iface}")));
+        }
+    }
+    let wanted: BTreeSet<Ipv4Addr> = candidates.iter().copied().collect();
+    let mut taken = BTreeSet::new();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 128];
+    while taken.len() < wanted.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one descriptor we own.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        if r <= 0 {
+            continue;
+        }
+        // SAFETY: recv(2) into a buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 42 || buf[12..14] != ETH_P_ARP.to_be_bytes() || buf[6..12] == mac {
+            continue;
+        }
+        let op = u16::from_be_bytes([buf[20], buf[21]]);
+        let spa = Ipv4Addr::new(buf[28], buf[29], buf[30], buf[31]);
+        let tpa = Ipv4Addr::new(buf[38], buf[39], buf[40], buf[41]);
+        // A reply from the holder, or someone else probing for or announcing it.
+        if wanted.contains(&spa) {
+            taken.insert(spa);
+        } else if op == 1 && spa.is_unspecified() && wanted.contains(&tpa) {
+            taken.insert(tpa);
+        }
+    }
+    Ok(taken)
+}
