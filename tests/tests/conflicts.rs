@@ -127,9 +127,9 @@ fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
         h.ok(&["rm", "-f", n]);
     }
 
-    // Probing on (the default).
+    // Probing on (by default for 20 ms; longer here, for emulated kernels under load).
     for h in [&a, &b] {
-        h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=trunk0", "lan"]);
+        h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=trunk0", "-o", "ip_probe_ms=300", "lan"]);
     }
     let mut a_eps = Vec::new();
     for _ in 0..3 {
