@@ -63,9 +63,10 @@ fn request(src_mac: [u8; 6], target: Ipv4Addr) -> [u8; 42] {
 /// Probe `candidates` out of `iface` (in this namespace) and wait up to `wait` for
 /// answers; returns the candidates someone else holds or is probing for.
 pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::io::Result<BTreeSet<Ipv4Addr>> {
+    // Created without a protocol and bound with one: re-binding a socket whose receive
+    // hook is already registered waits for an RCU grace period (~10 ms).
     // SAFETY: plain socket(2); the fd is owned at once.
-    let raw =
-        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(ETH_P_ARP.to_be())) };
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(last_err("opening a packet socket"));
     }
@@ -89,6 +90,14 @@ pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::i
             return Err(last_err(&format!("sending an ARP probe out of {iface}")));
         }
     }
+    let taken = collect(&fd, mac, candidates, wait);
+    // Closing a packet socket waits for a grace period too: on a thread of its own, so
+    // the rest of the command (allocation, links, programs) overlaps it.
+    std::thread::spawn(move || drop(fd));
+    Ok(taken)
+}
+
+fn collect(fd: &OwnedFd, mac: [u8; 6], candidates: &[Ipv4Addr], wait: Duration) -> BTreeSet<Ipv4Addr> {
     let wanted: BTreeSet<Ipv4Addr> = candidates.iter().copied().collect();
     let mut taken = BTreeSet::new();
     let deadline = Instant::now() + wait;
@@ -119,5 +128,5 @@ pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::i
             taken.insert(tpa);
         }
     }
-    Ok(taken)
+    taken
 }
