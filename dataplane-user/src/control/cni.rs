@@ -71,7 +71,7 @@ impl Engine {
             match self.network_create(req.clone()) {
                 Ok(n) => return Ok(n),
                 // Another ADD made it meanwhile: use theirs.
-                Err(ControlError::Invalid(m)) if attempt == 0 && m.contains("already exists") => continue,
+                Err(e) if attempt == 0 && e.state_kind() == Some(super::StateKind::AlreadyExists) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -82,7 +82,10 @@ impl Engine {
     /// the runtime's namespace with its anti-spoofing programs.
     pub fn cni_attach(&mut self, n: &Network, req: CniAttach) -> Result<Attachment> {
         if n.state != EndpointState::Ready {
-            return invalid(format!("network {} is being set up or removed; try again", n.name));
+            return Err(super::state_err(
+                super::StateKind::Busy,
+                format!("network {} is being set up or removed; try again", n.name),
+            ));
         }
         if !Path::new(&req.netns).exists() {
             return invalid(format!("network namespace {} does not exist", req.netns));
@@ -179,7 +182,12 @@ impl Engine {
                 match self.network_rm_by(&n.name, &Owner::Cni { container_id: String::new(), ifname: String::new() }) {
                     Ok(w) => Ok(w),
                     // An ADD attached meanwhile: the network stays.
-                    Err(ControlError::Invalid(m)) if m.contains("active endpoints") || m.contains("not found") => {
+                    Err(e)
+                        if matches!(
+                            e.state_kind(),
+                            Some(super::StateKind::HasEndpoints | super::StateKind::NotFound)
+                        ) =>
+                    {
                         Ok(Vec::new())
                     }
                     Err(e) => Err(e),

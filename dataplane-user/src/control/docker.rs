@@ -113,7 +113,10 @@ impl Engine {
             ))
         })?;
         if n.state != EndpointState::Ready {
-            return invalid(format!("network {} is still being set up or removed; retry in a moment", n.name));
+            return Err(super::state_err(
+                super::StateKind::Busy,
+                format!("network {} is still being set up or removed; retry in a moment", n.name),
+            ));
         }
         let pins = self.pins.clone();
         let ep = Endpoint {

@@ -514,7 +514,7 @@ impl Engine {
                         return invalid(format!("network {n} belongs to {}, which allocates its addresses: attach containers through it, not with dataplane run", owner_name(&net.owner)));
                     }
                     if net.state != EndpointState::Ready {
-                        return invalid(format!("network {n} is still being set up or removed (by process {}); retry in a moment", net.owner_pid));
+                        return Err(super::state_err(super::StateKind::Busy, format!("network {n} is still being set up or removed (by process {}); retry in a moment", net.owner_pid)));
                     }
                     Some(net)
                 }

@@ -35,6 +35,10 @@ pub enum ControlError {
     /// Bad input or a state conflict; the message names the value and what to do.
     #[error("{0}")]
     Invalid(String),
+    /// A conflict front ends act on by kind (CNI retries, treats as done, ...); the
+    /// message is what a user reads, as for `Invalid`.
+    #[error("{message}")]
+    State { kind: StateKind, message: String },
     #[error(transparent)]
     Ipam(#[from] IpamError),
     #[error(transparent)]
@@ -55,6 +59,33 @@ pub enum ControlError {
 }
 
 pub type Result<T> = std::result::Result<T, ControlError>;
+
+/// The kinds of [`ControlError::State`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    /// A network of that name exists already.
+    AlreadyExists,
+    /// No such network.
+    NotFound,
+    /// The network still has endpoints.
+    HasEndpoints,
+    /// Another command is setting it up or removing it: try again.
+    Busy,
+}
+
+impl ControlError {
+    /// The kind, for a [`ControlError::State`].
+    pub fn state_kind(&self) -> Option<StateKind> {
+        match self {
+            ControlError::State { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn state_err(kind: StateKind, message: impl Into<String>) -> ControlError {
+    ControlError::State { kind, message: message.into() }
+}
 
 /// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
 /// aborts right there, as if killed. Inert unless that variable is set.

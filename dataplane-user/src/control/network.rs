@@ -212,7 +212,7 @@ impl Engine {
         // 1. Validate against the store and record the network as `creating`.
         let mut n = self.store.write(|tx| -> Result<Network> {
             if tx.network(&req.name)?.is_some_and(|n| n.name == req.name) {
-                return invalid(format!("network with name {} already exists; remove it first (dataplane network rm {}) or pick another name", req.name, req.name));
+                return Err(super::state_err(super::StateKind::AlreadyExists, format!("network with name {} already exists; remove it first (dataplane network rm {}) or pick another name", req.name, req.name)));
             }
             let others = tx.networks()?;
             for o in &others {
@@ -371,17 +371,23 @@ impl Engine {
         // 1. Check and mark it `removing` (runs refuse it from now on).
         let (n, others) = self.store.write(|tx| -> Result<(Network, Vec<Network>)> {
             let Some(mut n) = tx.network(name)? else {
-                return invalid(format!("network {name} not found (list them with dataplane network ls)"));
+                return Err(super::state_err(
+                    super::StateKind::NotFound,
+                    format!("network {name} not found (list them with dataplane network ls)"),
+                ));
             };
             super::check_owner("network", &n.name, &n.owner, by)?;
             let users: Vec<String> =
                 tx.attachments()?.into_iter().filter(|a| a.network == n.name).map(|a| a.endpoint).collect();
             if !users.is_empty() {
-                return invalid(format!(
-                    "network {} has active endpoints ({}): remove them (dataplane rm {}) or disconnect them first",
-                    n.name,
-                    users.join(", "),
-                    users.join(" ")
+                return Err(super::state_err(
+                    super::StateKind::HasEndpoints,
+                    format!(
+                        "network {} has active endpoints ({}): remove them (dataplane rm {}) or disconnect them first",
+                        n.name,
+                        users.join(", "),
+                        users.join(" ")
+                    ),
                 ));
             }
             let others: Vec<Network> = tx.networks()?.into_iter().filter(|o| o.name != n.name).collect();

@@ -27,9 +27,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    control::{CniAttach, ControlError, Engine, NetworkCreate},
+    control::{CniAttach, ControlError, Engine, NetworkCreate, StateKind},
     ipam::Cidr,
-    store::{Attachment, Network, Owner},
+    store::{Attachment, Network, Owner, StoreError},
 };
 
 pub const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
@@ -69,7 +69,12 @@ impl From<ControlError> for CniError {
     fn from(e: ControlError) -> CniError {
         let msg = e.to_string();
         let code = match &e {
-            _ if msg.contains("being set up or removed") || msg.contains("database is locked") => code::TRY_AGAIN,
+            ControlError::State { kind: StateKind::Busy, .. } => code::TRY_AGAIN,
+            ControlError::Store(StoreError::Db { source, .. })
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+            {
+                code::TRY_AGAIN
+            }
             ControlError::Ipam(_) => code::INVALID_CONFIG,
             ControlError::Io { .. } => code::IO,
             _ => code::FAILED,
