@@ -116,6 +116,34 @@ pub fn parse_l2<P: Packet + ?Sized>(p: &P) -> Result<L2Header, Malformed> {
     Ok(L2Header { dst, src, vlan, tagged, ethertype, l3_offset })
 }
 
+/// An 802.1ad S-tag followed by an 802.1Q C-tag (QinQ): the outer VID and the header with
+/// the inner VID, if the frame has that shape and is complete.
+#[inline(always)]
+pub fn parse_qinq<P: Packet + ?Sized>(p: &P) -> Option<(u16, L2Header)> {
+    let eth: [u8; ETH_HLEN + 2 * VLAN_HLEN] = p.read(0)?;
+    let outer_tpid = u16::from_be_bytes([eth[12], eth[13]]);
+    let inner_tpid = u16::from_be_bytes([eth[16], eth[17]]);
+    if outer_tpid != ETH_P_8021AD || inner_tpid != ETH_P_8021Q {
+        return None;
+    }
+    let outer = u16::from_be_bytes([eth[14], eth[15]]) & VID_MASK;
+    let inner = u16::from_be_bytes([eth[18], eth[19]]) & VID_MASK;
+    let ethertype = u16::from_be_bytes([eth[20], eth[21]]);
+    if outer == 0 || inner == 0 || outer == VID_RESERVED || inner == VID_RESERVED {
+        return None;
+    }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_9100 {
+        return None;
+    }
+    let l3_offset = ETH_HLEN + 2 * VLAN_HLEN;
+    check_l3(p, ethertype, l3_offset).ok()?;
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&eth[0..6]);
+    src.copy_from_slice(&eth[6..12]);
+    Some((outer, L2Header { dst, src, vlan: inner, tagged: true, ethertype, l3_offset }))
+}
+
 /// Completeness is checked by reading the last byte a header needs, never by comparing
 /// lengths: in the kernel only a pointer compared against `data_end` makes later reads
 /// legal, and LLVM would otherwise fold those pointer checks into the length comparison.
@@ -188,8 +216,25 @@ where
     P: Packet + ?Sized,
     F: Fn(&AdmitKey) -> bool,
 {
+    admission_qinq(p, ifindex, admitted, |_, _| false)
+}
+
+/// [`admission`] that also takes an 802.1ad S-tag followed by an 802.1Q C-tag when
+/// `qinq(outer, inner)` says that pair is a configured QinQ network on this parent; the
+/// frame is then admitted by its inner VID. Every other stack stays refused.
+#[inline(always)]
+pub fn admission_qinq<P, F, Q>(p: &P, ifindex: u32, admitted: F, qinq: Q) -> Decision
+where
+    P: Packet + ?Sized,
+    F: Fn(&AdmitKey) -> bool,
+    Q: Fn(u16, u16) -> bool,
+{
     let hdr = match parse_l2(p) {
         Ok(h) => h,
+        Err(Malformed::StackedTags) => match parse_qinq(p) {
+            Some((outer, h)) if qinq(outer, h.vlan) => h,
+            _ => return Decision::of(Reason::DropStackedTags),
+        },
         Err(m) => return Decision::of(m.reason()),
     };
     if is_group(&hdr.dst) {
@@ -638,6 +683,30 @@ mod tests {
             let d = admission(&f[..64], 1, |_| true);
             assert_eq!(d, Decision { verdict: Verdict::Drop, reason: Reason::DropStackedTags });
         }
+    }
+
+    #[test]
+    fn qinq_is_admitted_only_for_configured_pairs() {
+        let ip = ipv4_header();
+        let configured = |outer: u16, inner: u16| (outer, inner) == (100, 50);
+        let admitted = |k: &AdmitKey| k.vlan == 50 && k.mac == ADMITTED;
+        let f = frame(ADMITTED, &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 50)], ETH_P_IPV4, &ip);
+        assert_eq!(admission_qinq(&f[..64], 1, admitted, configured).reason, Reason::PassAdmitted);
+        // Without the configuration (plain `admission`), the same stack is refused.
+        assert_eq!(admission(&f[..64], 1, admitted).reason, Reason::DropStackedTags);
+        for tags in [
+            &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 51)][..],
+            &[(ETH_P_8021AD, 101), (ETH_P_8021Q, 50)][..],
+            &[(ETH_P_8021Q, 100), (ETH_P_8021Q, 50)][..],
+            &[(ETH_P_8021Q, 50), (ETH_P_8021AD, 100)][..],
+            &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 50), (ETH_P_8021Q, 7)][..],
+        ] {
+            let f = frame(ADMITTED, tags, ETH_P_IPV4, &ip);
+            assert_eq!(admission_qinq(&f[..64], 1, admitted, configured).reason, Reason::DropStackedTags, "{tags:?}");
+        }
+        // Truncated inside the inner IPv4 header: not admitted.
+        let f = frame(ADMITTED, &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 50)], ETH_P_IPV4, &ip);
+        assert_ne!(admission_qinq(&f[..40], 1, admitted, configured).verdict, Verdict::Pass);
     }
 
     #[test]

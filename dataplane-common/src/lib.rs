@@ -11,7 +11,8 @@ pub mod frame;
 pub mod maps;
 
 pub use frame::{
-    admission, egress_check, group_claims, parse_l2, Claims, Decision, L2Header, Malformed, Packet, Verdict,
+    admission, admission_qinq, egress_check, group_claims, parse_l2, Claims, Decision, L2Header, Malformed, Packet,
+    Verdict,
 };
 pub use maps::{
     AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, IpKey, OurIp, Reason, VlanKey, VlanTrunk,

@@ -133,8 +133,10 @@ pub struct Counter {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct VlanKey {
     pub trunk_ifindex: u32,
+    /// The (inner, for QinQ) 802.1Q VID.
     pub vid: u16,
-    pub pad: u16,
+    /// The outer 802.1ad S-tag VID of a QinQ network (`IFACE.OUTER.VID`); 0: one tag.
+    pub outer: u16,
 }
 
 /// Value of [`VLAN_PEERS_MAP`].
@@ -143,7 +145,8 @@ pub struct VlanKey {
 pub struct VlanTrunk {
     pub trunk_ifindex: u32,
     pub vid: u16,
-    pub pad: u16,
+    /// Outer 802.1ad VID to push after `vid` (QinQ); 0: one tag.
+    pub outer: u16,
 }
 
 pub const EP_HAS_IPV4: u32 = 1;

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
-    admission, egress_check,
+    admission_qinq, egress_check,
     frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ_9100, VID_MASK},
     group_claims,
     maps::{counter_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
@@ -91,7 +91,13 @@ fn note_conflict(endpoint: u32, ip: bool, other: [u8; 6]) {
 pub fn dp_parent(ctx: XdpContext) -> u32 {
     let pkt = PacketBounds::xdp(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
-    let decision = admission(&pkt, ifindex, |key| DP_ADMIT.get_ptr(key).is_some());
+    // A QinQ stack passes only for a configured (outer, inner) pair on this parent.
+    let decision = admission_qinq(
+        &pkt,
+        ifindex,
+        |key| DP_ADMIT.get_ptr(key).is_some(),
+        |outer, vid| DP_VLAN_DEVS.get_ptr(&VlanKey { trunk_ifindex: ifindex, vid, outer }).is_some(),
+    );
     count(ifindex, decision.reason, pkt.len() as u64);
     if matches!(decision.reason, Reason::PassBroadcast | Reason::PassMulticast) {
         // From outside (our endpoints' frames leave through the parent, they do not
@@ -141,12 +147,14 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
 pub fn dp_trunk_in(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is valid for the program's duration.
-    let (present, tci, proto, ifindex, len) =
-        unsafe { ((*skb).vlan_present, (*skb).vlan_tci, (*skb).protocol, (*skb).ifindex, (*skb).len) };
-    let (vid, inner) = if present != 0 {
-        ((tci as u16) & VID_MASK, u16::from_be(proto as u16))
+    let (present, tci, vproto, proto, ifindex, len) = unsafe {
+        ((*skb).vlan_present, (*skb).vlan_tci, (*skb).vlan_proto, (*skb).protocol, (*skb).ifindex, (*skb).len)
+    };
+    // (outer TPID, outer VID, what follows the outer tag, offset of a second tag's TCI)
+    let (tpid, vid, inner, inner_tci_at) = if present != 0 {
+        (u16::from_be(vproto as u16), (tci as u16) & VID_MASK, u16::from_be(proto as u16), 14usize)
     } else {
-        let pkt = tc_bounds(&ctx, len, 18);
+        let pkt = tc_bounds(&ctx, len, 22);
         let Some(hdr) = pkt.read::<6>(12) else { return TC_ACT_OK };
         let outer = u16::from_be_bytes([hdr[0], hdr[1]]);
         if outer == ETH_P_QINQ_9100 {
@@ -157,31 +165,53 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
         if outer != ETH_P_8021Q && outer != ETH_P_8021AD {
             return TC_ACT_OK;
         }
-        (u16::from_be_bytes([hdr[2], hdr[3]]) & VID_MASK, u16::from_be_bytes([hdr[4], hdr[5]]))
+        (outer, u16::from_be_bytes([hdr[2], hdr[3]]) & VID_MASK, u16::from_be_bytes([hdr[4], hdr[5]]), 18usize)
     };
+    // A second tag: only an 802.1ad S-tag over an 802.1Q C-tag of a configured QinQ
+    // network goes on; every other stack is a VLAN-hopping shape.
+    let mut outer = 0u16;
+    let mut vid = vid;
     if inner == ETH_P_8021Q || inner == ETH_P_8021AD || inner == ETH_P_QINQ_9100 {
-        count(ifindex, Reason::DropStackedTags, u64::from(len));
-        return TC_ACT_SHOT;
+        let pkt = tc_bounds(&ctx, len, inner_tci_at as u32 + 4);
+        let second = pkt.read::<4>(inner_tci_at);
+        let (Some(t), true, true) = (second, tpid == ETH_P_8021AD, inner == ETH_P_8021Q) else {
+            count(ifindex, Reason::DropStackedTags, u64::from(len));
+            return TC_ACT_SHOT;
+        };
+        let next = u16::from_be_bytes([t[2], t[3]]);
+        if next == ETH_P_8021Q || next == ETH_P_8021AD || next == ETH_P_QINQ_9100 {
+            count(ifindex, Reason::DropStackedTags, u64::from(len));
+            return TC_ACT_SHOT;
+        }
+        outer = vid;
+        vid = u16::from_be_bytes([t[0], t[1]]) & VID_MASK;
+        if outer == 0 || vid == 0 {
+            count(ifindex, Reason::DropStackedTags, u64::from(len));
+            return TC_ACT_SHOT;
+        }
     }
     if vid == 0 {
         // Priority tag: untagged traffic with a PCP.
         return TC_ACT_OK;
     }
-    let key = VlanKey { trunk_ifindex: ifindex, vid, pad: 0 };
-    let Some(dev) = DP_VLAN_DEVS.get_ptr(key) else {
-        count(ifindex, Reason::DropUnknownVlan, u64::from(len));
-        debug!(&ctx, "dp_trunk_in: drop ifindex={} unknown vlan={}", ifindex, vid);
+    let key = VlanKey { trunk_ifindex: ifindex, vid, outer };
+    let Some(dev) = DP_VLAN_DEVS.get_ptr(&key) else {
+        // An unconfigured pair of tags is a stack; one unknown tag an unknown VLAN.
+        let reason = if outer != 0 { Reason::DropStackedTags } else { Reason::DropUnknownVlan };
+        count(ifindex, reason, u64::from(len));
+        debug!(&ctx, "dp_trunk_in: drop ifindex={} unknown vlan={} outer={}", ifindex, vid, outer);
         return TC_ACT_SHOT;
     };
     // SAFETY: map value pointer from a successful lookup.
     let dev = unsafe { *dev };
     if dev == 0 {
-        // A kernel VLAN device of ours: the kernel's demux delivers it (tag and all).
+        // A kernel VLAN device of ours: the kernel's demux delivers it (tags and all).
         count(ifindex, Reason::VlanSteered, u64::from(len));
         return TC_ACT_OK;
     }
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
+    // SAFETY: helper calls on our own context (the second pop takes the inner tag, which
+    // the first moved into the metadata).
+    if unsafe { bpf_skb_vlan_pop(skb) } != 0 || (outer != 0 && unsafe { bpf_skb_vlan_pop(skb) } != 0) {
         count(ifindex, Reason::DropMalformed, u64::from(len));
         return TC_ACT_SHOT;
     }
@@ -207,8 +237,11 @@ pub fn dp_vlan_out(ctx: TcContext) -> i32 {
         count(t.trunk_ifindex, Reason::DropStackedTags, u64::from(len));
         return TC_ACT_SHOT;
     }
-    // SAFETY: helper call on our own context.
-    if unsafe { bpf_skb_vlan_push(skb, ETH_P_8021Q.to_be(), t.vid) } != 0 {
+    // SAFETY: helper calls on our own context. For QinQ the C-tag goes first: pushing the
+    // S-tag then moves it into the packet, so the wire order is S-tag, C-tag.
+    if unsafe { bpf_skb_vlan_push(skb, ETH_P_8021Q.to_be(), t.vid) } != 0
+        || (t.outer != 0 && unsafe { bpf_skb_vlan_push(skb, ETH_P_8021AD.to_be(), t.outer) } != 0)
+    {
         count(t.trunk_ifindex, Reason::DropMalformed, u64::from(len));
         return TC_ACT_SHOT;
     }

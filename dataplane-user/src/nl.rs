@@ -64,6 +64,8 @@ pub struct LinkInfo {
     pub mtu: Option<u32>,
     /// How an XDP program is attached, if one is: "native", "generic" or "offload".
     pub xdp: Option<&'static str>,
+    /// The lower device (IFLA_LINK) of a VLAN or macvlan device.
+    pub link: Option<u32>,
 }
 
 fn info_of(m: &LinkMessage) -> LinkInfo {
@@ -76,6 +78,7 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
         kind: None,
         mtu: None,
         xdp: None,
+        link: None,
     };
     for a in &m.attributes {
         match a {
@@ -86,6 +89,7 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
                 li.mac = Some(mac);
             }
             LinkAttribute::Mtu(m) => li.mtu = Some(*m),
+            LinkAttribute::Link(l) => li.link = Some(*l),
             LinkAttribute::Xdp(x) => {
                 use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
                 for a in x {
@@ -220,6 +224,16 @@ impl Nl {
         self.rt
             .block_on(async move { h.link().add(msg).execute().await })
             .map_err(|e| NlError::new(format!("creating VLAN device {name}"), e))
+    }
+
+    /// An 802.1ad (S-tag) VLAN device: the outer device of a QinQ stack.
+    pub fn add_vlan_8021ad(&self, name: &str, trunk_index: u32, vid: u16) -> Result<()> {
+        use rtnetlink::packet_route::link::VlanProtocol;
+        let msg = LinkVlan::new(name, trunk_index, vid).protocol(VlanProtocol::Ieee8021Ad).build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().add(msg).execute().await })
+            .map_err(|e| NlError::new(format!("creating 802.1ad VLAN device {name}"), e))
     }
 
     pub fn add_veth(&self, name: &str, peer: &str) -> Result<()> {

@@ -79,6 +79,14 @@ pub struct VlanParent {
     pub kind: VlanKind,
     /// The hidden veth end fed by the trunk (eBPF kind only).
     pub peer: Option<String>,
+    /// QinQ (`IFACE.OUTER.VID`): the outer 802.1ad S-tag VID; `vid` is then the inner
+    /// 802.1Q C-tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outer: Option<u16>,
+    /// QinQ on kernel devices: whether dataplane created the S-tag device `IFACE.OUTER`
+    /// (removed with the last network using it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outer_created: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -352,8 +352,8 @@ fn bad_input_is_refused_with_a_clear_error_and_no_trace() {
             "invalid 802.1Q parent \"eth0.4095\"",
         ),
         (
-            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.5.6", "n1"],
-            "invalid 802.1Q parent \"eth0.5.6\"",
+            vec!["network", "create", "--subnet=10.0.0.0/24", "-o", "parent=eth0.5.6.7", "n1"],
+            "invalid 802.1Q parent \"eth0.5.6.7\"",
         ),
         (
             vec!["network", "create", "--subnet=10.0.0.0/24", "-o", &long_parent, "n1"],

@@ -207,9 +207,9 @@ fn fifty_bad_inputs_fail_clearly_and_leave_no_trace() {
             "invalid 802.1Q parent \"eth0.4095\"",
         ),
         (
-            vec!["network", "create", "--subnet=10.2.0.0/24", "-o", "parent=eth0.1.2", "n1"],
+            vec!["network", "create", "--subnet=10.2.0.0/24", "-o", "parent=eth0.1.2.3", "n1"],
             1,
-            "invalid 802.1Q parent \"eth0.1.2\"",
+            "invalid 802.1Q parent \"eth0.1.2.3\"",
         ),
         (
             vec!["network", "create", "--subnet=10.2.0.0/24", "-o", "parent=eth0.x", "n1"],

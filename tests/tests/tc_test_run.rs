@@ -136,8 +136,8 @@ mod vlan {
     #[test]
     fn trunk_ingress_pops_exactly_the_tag_of_known_vlans() {
         let (_b, pins, ebpf) = load(&[TC_TRUNK_PROG]);
-        bpf::vlan_maps::insert(&pins, LO, 50, LO).unwrap(); // eBPF VLAN device
-        bpf::vlan_maps::insert(&pins, LO, 60, 0).unwrap(); // kernel VLAN device
+        bpf::vlan_maps::insert(&pins, LO, 0, 50, LO).unwrap(); // eBPF VLAN device
+        bpf::vlan_maps::insert(&pins, LO, 0, 60, 0).unwrap(); // kernel VLAN device
         let plain = udp([2, 0, 0, 0, 0, 9], 1, 64);
         let (rc, out) = run(&ebpf, TC_TRUNK_PROG, &tagged(plain.clone(), ETH_P_8021Q, 50));
         assert_eq!(rc, TC_ACT_REDIRECT, "VLAN 50 must be redirected to its device");
@@ -184,7 +184,7 @@ mod vlan {
         let (_b, pins, ebpf) = load(&[TC_VLAN_OUT_PROG]);
         let plain = udp([2, 0, 0, 0, 0, 9], 1, 64);
         assert_eq!(run(&ebpf, TC_VLAN_OUT_PROG, &plain).0, TC_ACT_SHOT, "not a VLAN device: nothing leaves");
-        bpf::vlan_maps::insert(&pins, LO, 50, LO).unwrap();
+        bpf::vlan_maps::insert(&pins, LO, 0, 50, LO).unwrap();
         assert_eq!(run(&ebpf, TC_VLAN_OUT_PROG, &plain).0, TC_ACT_REDIRECT);
         assert_eq!(bpf::counters::read(&pins).unwrap()[&(LO, Reason::VlanTagged)].packets, 1);
     }

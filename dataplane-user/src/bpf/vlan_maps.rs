@@ -19,22 +19,24 @@ fn open<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> Result<HashMap<Map
     HashMap::try_from(map).map_err(|e| err(e.to_string()))
 }
 
-pub fn insert(pins: &Pins, trunk_ifindex: u32, vid: u16, dev_ifindex: u32) -> Result<(), BpfError> {
+/// Steer (trunk, `outer` S-tag VID or 0, `vid`) to `dev_ifindex` (0: a kernel VLAN device,
+/// left to the kernel's demux).
+pub fn insert(pins: &Pins, trunk_ifindex: u32, outer: u16, vid: u16, dev_ifindex: u32) -> Result<(), BpfError> {
     let mut devs: HashMap<_, VlanKey, u32> = open(pins, VLAN_DEVS_MAP)?;
     let mut peers: HashMap<_, u32, VlanTrunk> = open(pins, VLAN_PEERS_MAP)?;
     let e = |d: aya::maps::MapError| BpfError::Map { path: pins.maps_dir(), detail: d.to_string() };
-    peers.insert(dev_ifindex, VlanTrunk { trunk_ifindex, vid, pad: 0 }, 0).map_err(e)?;
-    devs.insert(VlanKey { trunk_ifindex, vid, pad: 0 }, dev_ifindex, 0).map_err(e)?;
+    peers.insert(dev_ifindex, VlanTrunk { trunk_ifindex, vid, outer }, 0).map_err(e)?;
+    devs.insert(VlanKey { trunk_ifindex, vid, outer }, dev_ifindex, 0).map_err(e)?;
     Ok(())
 }
 
-pub fn remove(pins: &Pins, trunk_ifindex: u32, vid: u16, dev_ifindex: Option<u32>) -> Result<(), BpfError> {
+pub fn remove(pins: &Pins, trunk_ifindex: u32, outer: u16, vid: u16, dev_ifindex: Option<u32>) -> Result<(), BpfError> {
     if !pins.map(VLAN_DEVS_MAP).exists() {
         return Ok(());
     }
     let mut devs: HashMap<_, VlanKey, u32> = open(pins, VLAN_DEVS_MAP)?;
     let mut peers: HashMap<_, u32, VlanTrunk> = open(pins, VLAN_PEERS_MAP)?;
-    let key = VlanKey { trunk_ifindex, vid, pad: 0 };
+    let key = VlanKey { trunk_ifindex, vid, outer };
     let dev = dev_ifindex.or_else(|| devs.get(&key, 0).ok());
     let _ = devs.remove(&key);
     if let Some(d) = dev {

@@ -31,34 +31,50 @@ pub struct NetworkCreate {
 const MACVLAN_MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
 const IFNAMSIZ_MAX: usize = 15;
 
-/// `IFACE.VID` -> (IFACE, VID), with the rules Docker applies to trunk parents.
-pub fn parse_trunk_parent(parent: &str) -> Result<Option<(String, u16)>> {
-    let Some((trunk, vid)) = parent.split_once('.') else { return Ok(None) };
+/// A trunk parent: `IFACE.VID` (802.1Q), or `IFACE.OUTER.VID` (802.1ad QinQ: S-tag OUTER,
+/// C-tag VID).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkParent {
+    pub trunk: String,
+    pub outer: Option<u16>,
+    pub vid: u16,
+}
+
+/// Parse a trunk parent with the rules Docker applies to `IFACE.VID` (one VID, no leading
+/// zeros, 1..4094), extended to `IFACE.OUTER.VID`. None: no dot, a plain parent.
+pub fn parse_trunk_parent(parent: &str) -> Result<Option<TrunkParent>> {
+    let Some((trunk, rest)) = parent.split_once('.') else { return Ok(None) };
     let bad = || {
         ControlError::Invalid(format!(
-            "invalid 802.1Q parent {parent:?}: expected IFACE.VID with a single dot and VID 1..4094 (e.g. eth0.50)"
+            "invalid 802.1Q parent {parent:?}: expected IFACE.VID (or IFACE.OUTER.VID for 802.1ad QinQ) with VID 1..4094 (e.g. eth0.50, eth0.100.50)"
         ))
     };
-    if trunk.is_empty()
-        || vid.contains('.')
-        || vid.is_empty()
-        || !vid.bytes().all(|b| b.is_ascii_digit())
-        || vid.len() > 4
-    {
+    let vid_of = |vid: &str| -> Result<u16> {
+        if vid.is_empty() || !vid.bytes().all(|b| b.is_ascii_digit()) || vid.len() > 4 {
+            return Err(bad());
+        }
+        if vid.len() > 1 && vid.starts_with('0') {
+            // `eth0.070` and `eth0.70` would be two devices of one VLAN.
+            let fixed = parent.replace(&format!(".{vid}"), &format!(".{}", vid.trim_start_matches('0')));
+            return invalid(format!(
+                "invalid 802.1Q parent {parent:?}: VID {vid} has a leading zero; write it as {fixed}"
+            ));
+        }
+        let v: u16 = vid.parse().map_err(|_| bad())?;
+        if !(1..=4094).contains(&v) {
+            return Err(bad());
+        }
+        Ok(v)
+    };
+    if trunk.is_empty() {
         return Err(bad());
     }
-    if vid.len() > 1 && vid.starts_with('0') {
-        // `eth0.070` and `eth0.70` would be two devices of one VLAN.
-        return invalid(format!(
-            "invalid 802.1Q parent {parent:?}: VID {vid} has a leading zero; write it as {trunk}.{}",
-            vid.trim_start_matches('0')
-        ));
-    }
-    let v: u16 = vid.parse().map_err(|_| bad())?;
-    if !(1..=4094).contains(&v) {
-        return Err(bad());
-    }
-    Ok(Some((trunk.to_string(), v)))
+    let (outer, vid) = match rest.split_once('.') {
+        Some((o, v)) if !v.contains('.') => (Some(vid_of(o)?), vid_of(v)?),
+        Some(_) => return Err(bad()),
+        None => (None, vid_of(rest)?),
+    };
+    Ok(Some(TrunkParent { trunk: trunk.to_string(), outer, vid }))
 }
 
 /// The interface XDP sits on and admission keys refer to: the trunk of a VLAN parent,
@@ -201,7 +217,7 @@ impl Engine {
             }
             (None, Err(e)) => return Err(e),
         };
-        if let Some((t, _)) = &trunk {
+        if let Some(TrunkParent { trunk: t, .. }) = &trunk {
             if t == "lo" {
                 return invalid(format!("parent {parent}: the trunk lo is the loopback device"));
             }
@@ -238,9 +254,15 @@ impl Engine {
             )?;
             let shared = others.iter().find_map(|o| o.vlan.clone().filter(|_| o.parent.as_deref() == Some(parent.as_str())));
             let vlan = match &trunk {
-                Some((t, vid)) if existing_parent.is_some() && shared.is_none() => {
-                    Some(VlanParent { trunk: t.clone(), vid: *vid, created: false, kind: VlanKind::Existing, peer: None })
-                }
+                Some(tp) if existing_parent.is_some() && shared.is_none() => Some(VlanParent {
+                    trunk: tp.trunk.clone(),
+                    vid: tp.vid,
+                    created: false,
+                    kind: VlanKind::Existing,
+                    peer: None,
+                    outer: tp.outer,
+                    outer_created: false,
+                }),
                 Some(_) => shared,
                 None => None,
             };
@@ -269,21 +291,23 @@ impl Engine {
         // 2. Kernel work (network lock held: no other creator races us on a parent).
         let mut undo = Undo::new();
         let step = (|| -> Result<()> {
-            if let (Some((t, vid)), None) = (&trunk, &n.vlan) {
+            if let (Some(tp), None) = (&trunk, &n.vlan) {
                 // Record what is about to be made before making it: a process killed inside
                 // vlan::create leaves a row that says which devices and pins to remove.
-                if let Some(tl) = nl.link(t)? {
+                if let Some(tl) = nl.link(&tp.trunk)? {
                     let mut intent = n.clone();
                     intent.vlan = Some(VlanParent {
-                        trunk: t.clone(),
-                        vid: *vid,
+                        trunk: tp.trunk.clone(),
+                        vid: tp.vid,
                         created: true,
                         kind: VlanKind::Ebpf,
-                        peer: Some(vlan::hidden_peer(tl.index, *vid)),
+                        peer: Some(vlan::hidden_peer(tl.index, tp.outer, tp.vid)),
+                        outer: tp.outer,
+                        outer_created: false,
                     });
                     self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&intent)?) })?;
                 }
-                let v = vlan::create(&nl, &pins, t, *vid, &parent)?;
+                let v = vlan::create(&nl, &pins, tp, &parent)?;
                 let (p2, v2, pins2) = (parent.clone(), v.clone(), pins.clone());
                 undo.push(format!("removing VLAN device {parent}"), move || {
                     let nl = Nl::here().map_err(|e| e.to_string())?;
@@ -559,12 +583,28 @@ mod tests {
 
     #[test]
     fn trunk_parents() {
+        let t = |trunk: &str, outer: Option<u16>, vid: u16| Some(TrunkParent { trunk: trunk.into(), outer, vid });
         assert_eq!(parse_trunk_parent("eth0").unwrap(), None);
-        assert_eq!(parse_trunk_parent("eth0.50").unwrap(), Some(("eth0".into(), 50)));
-        assert_eq!(parse_trunk_parent("trunk0.4094").unwrap(), Some(("trunk0".into(), 4094)));
+        assert_eq!(parse_trunk_parent("eth0.50").unwrap(), t("eth0", None, 50));
+        assert_eq!(parse_trunk_parent("trunk0.4094").unwrap(), t("trunk0", None, 4094));
+        assert_eq!(parse_trunk_parent("eth0.100.50").unwrap(), t("eth0", Some(100), 50));
         let e = parse_trunk_parent("trunk0.070").unwrap_err().to_string();
         assert!(e.contains("\"trunk0.070\"") && e.contains("write it as trunk0.70"), "{e}");
-        for bad in ["eth0.0", "eth0.4095", "eth0.5.0", ".50", "eth0.", "eth0.x", "eth0.-1", "eth0.00050"] {
+        let e = parse_trunk_parent("eth0.0100.50").unwrap_err().to_string();
+        assert!(e.contains("write it as eth0.100.50"), "{e}");
+        for bad in [
+            "eth0.0",
+            "eth0.4095",
+            "eth0.5.0",
+            "eth0.0.5",
+            "eth0.1.2.3",
+            ".50",
+            "eth0.",
+            "eth0.x",
+            "eth0.-1",
+            "eth0.00050",
+            "eth0.100.",
+        ] {
             let e = parse_trunk_parent(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")) && e.contains("VID 1..4094"), "{bad}: {e}");
         }

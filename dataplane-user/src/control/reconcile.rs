@@ -155,7 +155,12 @@ impl Engine {
                         ));
                         if !dry_run {
                             let _ = vlan::remove(&nl, &pins, parent, v);
-                            if let Err(e) = vlan::create(&nl, &pins, &v.trunk, v.vid, parent) {
+                            if let Err(e) = vlan::create(
+                                &nl,
+                                &pins,
+                                &super::network::TrunkParent { trunk: v.trunk.clone(), outer: v.outer, vid: v.vid },
+                                parent,
+                            ) {
                                 r.errors.push(format!("re-creating {parent}: {e}"));
                             }
                         }
@@ -520,12 +525,13 @@ fn vlan_entries(
     if !pins.map(dataplane_common::maps::VLAN_DEVS_MAP).exists() {
         return Ok(());
     }
-    let busy: Vec<(String, u16)> = all
+    let busy: Vec<(String, u16, u16)> = all
         .iter()
         .filter(|n| n.state != EndpointState::Ready)
-        .filter_map(|n| n.vlan.as_ref().map(|v| (v.trunk.clone(), v.vid)))
+        .filter_map(|n| n.vlan.as_ref().map(|v| (v.trunk.clone(), v.outer.unwrap_or(0), v.vid)))
         .collect();
-    let busy_index: Vec<(u32, u16)> = busy.iter().filter_map(|(t, vid)| netns::ifindex(t).map(|i| (i, *vid))).collect();
+    let busy_index: Vec<(u32, u16, u16)> =
+        busy.iter().filter_map(|(t, o, vid)| netns::ifindex(t).map(|i| (i, *o, *vid))).collect();
     let mut want = Vec::new();
     for v in nets.iter().filter_map(|n| n.vlan.as_ref()) {
         let Some(trunk) = netns::ifindex(&v.trunk) else { continue };
@@ -533,25 +539,30 @@ fn vlan_entries(
             crate::store::VlanKind::Ebpf => v.peer.as_deref().and_then(netns::ifindex).unwrap_or(0),
             _ => 0,
         };
-        want.push((trunk, v.vid, dev));
+        want.push((trunk, v.outer.unwrap_or(0), v.vid, dev));
     }
     let have = bpf::vlan_maps::list(pins)?;
     for (k, dev) in &have {
-        if busy_index.contains(&(k.trunk_ifindex, k.vid)) {
+        if busy_index.contains(&(k.trunk_ifindex, k.outer, k.vid)) {
             continue;
         }
-        if !want.iter().any(|(t, vid, d)| *t == k.trunk_ifindex && *vid == k.vid && d == dev) {
-            r.drift.push(format!("VLAN map: stale entry trunk ifindex {} VID {} -> {dev}", k.trunk_ifindex, k.vid));
+        if !want.iter().any(|(t, o, vid, d)| *t == k.trunk_ifindex && *o == k.outer && *vid == k.vid && d == dev) {
+            r.drift.push(format!(
+                "VLAN map: stale entry trunk ifindex {} VID {}{} -> {dev}",
+                k.trunk_ifindex,
+                k.vid,
+                if k.outer != 0 { format!(" (outer {})", k.outer) } else { String::new() }
+            ));
             if !dry_run {
-                bpf::vlan_maps::remove(pins, k.trunk_ifindex, k.vid, Some(*dev))?;
+                bpf::vlan_maps::remove(pins, k.trunk_ifindex, k.outer, k.vid, Some(*dev))?;
             }
         }
     }
-    for (t, vid, dev) in &want {
-        if !have.iter().any(|(k, d)| k.trunk_ifindex == *t && k.vid == *vid && d == dev) {
+    for (t, o, vid, dev) in &want {
+        if !have.iter().any(|(k, d)| k.trunk_ifindex == *t && k.outer == *o && k.vid == *vid && d == dev) {
             r.drift.push(format!("VLAN map: missing entry trunk ifindex {t} VID {vid} -> {dev}"));
             if !dry_run {
-                bpf::vlan_maps::insert(pins, *t, *vid, *dev)?;
+                bpf::vlan_maps::insert(pins, *t, *o, *vid, *dev)?;
             }
         }
     }

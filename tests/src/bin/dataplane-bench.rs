@@ -93,7 +93,7 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
         p.load()?;
     }
     bpf::admit::insert(&pins, AdmitKey { ifindex: LO, vlan: 0, mac: ADMITTED }, AdmitValue::default())?;
-    bpf::vlan_maps::insert(&pins, LO, 50, LO)?;
+    bpf::vlan_maps::insert(&pins, LO, 0, 50, LO)?;
     bpf::endpoints::insert(
         &pins,
         LO,

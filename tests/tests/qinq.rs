@@ -1,0 +1,97 @@
+//! 802.1ad QinQ parents (`-o parent=IFACE.OUTER.VID`, which Docker refuses): frames leave
+//! the trunk with the S-tag outside and the C-tag inside, endpoints on two hosts reach each
+//! other through them, and every other tag combination is dropped and counted.
+
+use dataplane_tests::{
+    frames::{tagged, udp},
+    lab::{unique, veth_between, Host},
+    raw::RawSocket,
+};
+use serde_json::Value;
+
+fn parent_reason(h: &Host, reason: &str) -> u64 {
+    let v: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json"])).unwrap();
+    v["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["iface"] == "trunk0")
+        .filter_map(|p| p["packets"][reason].as_u64())
+        .sum()
+}
+
+fn rx_of(h: &Host, ep: &str) -> u64 {
+    let v: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", ep])).unwrap();
+    v["endpoints"][0]["rx_packets"].as_u64().unwrap()
+}
+
+fn mac_of(h: &Host, ep: &str) -> [u8; 6] {
+    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let e = ps.as_array().unwrap().iter().find(|e| e["Name"] == ep).unwrap();
+    let s = e["Networks"][0]["MacAddress"].as_str().unwrap();
+    let mut m = [0u8; 6];
+    for (i, p) in s.split(':').enumerate() {
+        m[i] = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
+#[test]
+fn qinq_parents_carry_both_tags_and_drop_every_other_stack() {
+    let a = Host::new("dpQa").unwrap();
+    let b = Host::new("dpQb").unwrap();
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
+    let bad = a.dp(&["network", "create", "--subnet=10.93.0.0/24", "-o", "parent=trunk0.100.0", "q"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid 802.1Q parent \"trunk0.100.0\""), "{bad:?}");
+    for h in [&a, &b] {
+        h.ok(&["network", "create", "--subnet=10.93.0.0/24", "-o", "parent=trunk0.100.50", "q"]);
+    }
+    let (ea, eb) = (unique("qa"), unique("qb"));
+    a.ok(&["run", "-d", "--name", &ea, "--network", "q", "--ip", "10.93.0.10"]);
+    b.ok(&["run", "-d", "--name", &eb, "--network", "q", "--ip", "10.93.0.20"]);
+
+    // On the wire: S-tag 100 (0x88a8) outside, C-tag 50 (0x8100) inside.
+    let mut pinged = false;
+    let seen = a.ns.capture_while("trunk0", "icmp or (vlan and vlan and icmp)", 2, || {
+        pinged = a.dp(&["exec", &ea, "ping", "-c", "2", "-W", "2", "10.93.0.20"]).status.success();
+    });
+    assert!(pinged, "endpoints on two hosts cannot reach each other through QinQ; tcpdump saw:\n{seen}");
+    let line = seen.lines().find(|l| l.contains("ICMP echo request")).unwrap_or_else(|| panic!("{seen}"));
+    let s_tag = line.find("ethertype 802.1Q-QinQ (0x88a8)").unwrap_or_else(|| panic!("no S-tag: {line}"));
+    let c_tag = line.find("ethertype 802.1Q (0x8100), vlan 50").unwrap_or_else(|| panic!("no C-tag 50: {line}"));
+    assert!(s_tag < c_tag && line[s_tag..c_tag].contains("vlan 100"), "tags in the wrong order: {line}");
+
+    // Every other combination towards ea's MAC, sent from b's end of the trunk: dropped,
+    // counted as stacked tags (or an unknown VLAN for a lone C-tag), never delivered.
+    let raw = RawSocket::open(&b.ns, "trunk0").unwrap();
+    let dst = mac_of(&a, &ea);
+    let stacked_before = parent_reason(&a, "drop_stacked_tags");
+    let unknown_before = parent_reason(&a, "drop_unknown_vlan");
+    let rx_before = rx_of(&a, &ea);
+    let inner = |vid: u16| tagged(udp(dst, 1, 64), 0x8100, vid);
+    let frames = [
+        tagged(inner(51), 0x88a8, 100),                    // wrong C-tag
+        tagged(inner(50), 0x88a8, 101),                    // wrong S-tag
+        tagged(inner(50), 0x8100, 100),                    // 802.1Q over 802.1Q
+        tagged(tagged(inner(50), 0x8100, 7), 0x88a8, 100), // three tags
+    ];
+    for f in &frames {
+        raw.send(f).unwrap();
+    }
+    raw.send(&inner(50)).unwrap(); // the C-tag alone: no such single-tagged VLAN
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        parent_reason(&a, "drop_stacked_tags") >= stacked_before + frames.len() as u64,
+        "stacked tags not all dropped and counted"
+    );
+    assert!(parent_reason(&a, "drop_unknown_vlan") > unknown_before, "the lone C-tag was not dropped as unknown");
+    assert_eq!(rx_of(&a, &ea), rx_before, "a frame with the wrong tags reached the endpoint");
+
+    // Teardown removes the QinQ device.
+    for (h, e) in [(&a, &ea), (&b, &eb)] {
+        h.ok(&["rm", "-f", e]);
+        h.ok(&["network", "rm", "q"]);
+        let links = h.ns.exec(&["ip", "-br", "link"]).unwrap();
+        assert!(!links.contains("trunk0.100"), "{links}");
+    }
+}
