@@ -367,3 +367,41 @@ fn serves_as_ipam_for_the_reference_macvlan() {
     let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
     assert_eq!(nets.as_array().unwrap().len(), 2, "the address-only network outlived its addresses: {nets:#}");
 }
+
+/// `"hostAccess": true`: the node reaches its pods (and they reach it) through the
+/// interface dataplane makes with the network; the last DEL takes it away with the
+/// network. With delegated IPAM it is refused (that plugin would hand out its address).
+#[test]
+fn host_access_through_cni() {
+    let (h, _sw) = host_with_switch("dpNh").unwrap();
+    let plugin = cni_bin();
+    let host_links = links(&h.ns);
+    let delegated = conf(&h, "cnh", r#","hostAccess":true,"ipam":{"type":"host-local","subnet":"10.74.0.0/24"}"#);
+    let pod = Netns::new("dpNhp").unwrap();
+    let pod_path = pod.path().display().to_string();
+    let refused = call(&h.ns, &plugin, "ADD", &env("ctrH", &pod_path), &delegated);
+    assert!(!refused.ok);
+    assert!(refused.json["msg"].as_str().unwrap_or("").contains("\"hostAccess\" needs"), "{}", refused.json);
+    assert_eq!(links(&h.ns), host_links, "a refused ADD left an interface");
+
+    let c = conf(&h, "cnh", r#","hostAccess":true,"ipam":{"type":"dataplane-cni","subnet":"10.74.0.0/24"}"#);
+    let add = call(&h.ns, &plugin, "ADD", &env("ctrH", &pod_path), &c);
+    assert!(add.ok, "{}", add.json);
+    let pod_ip = add.json["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let shim = links(&h.ns).difference(&host_links).cloned().collect::<Vec<_>>();
+    assert_eq!(shim.len(), 1, "one host-access interface expected: {shim:?}");
+    assert!(shim[0].starts_with("dph"), "{shim:?}");
+    assert!(h.ns.exec(&["ping", "-c", "1", "-W", "2", &pod_ip]).is_ok(), "the node cannot reach its pod");
+    let host_ip = {
+        let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+        let e = ps.as_array().unwrap().iter().find(|e| e["Name"] == "cnh-host").expect("cnh-host in ps").clone();
+        e["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()
+    };
+    assert!(pod.exec(&["ping", "-c", "1", "-W", "2", &host_ip]).is_ok(), "the pod cannot reach the node");
+
+    let del = call(&h.ns, &plugin, "DEL", &env("ctrH", &pod_path), &c);
+    assert!(del.ok, "{}", del.json);
+    assert_eq!(links(&h.ns), host_links, "the host-access interface outlived the network");
+    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    assert!(!nets.to_string().contains("cnh"), "{nets:#}");
+}

@@ -174,7 +174,11 @@ impl Engine {
     /// Remove CNI network `network` when no attachment uses it any more.
     pub fn cni_release_network(&mut self, network: &str) -> Result<Vec<String>> {
         let (net, used) = self.store.read(|tx| -> Result<_> {
-            let used = tx.attachments()?.iter().any(|a| a.network == network);
+            // The network's host-access interface does not keep it.
+            let mut used = false;
+            for a in tx.attachments()?.iter().filter(|a| a.network == network) {
+                used |= !tx.endpoint(&a.endpoint)?.is_some_and(|e| super::endpoint::is_host_shim(&e));
+            }
             Ok((tx.network(network)?.filter(|n| n.name == network), used))
         })?;
         match net {
@@ -360,7 +364,11 @@ impl Engine {
             for e in tx.endpoints()?.into_iter().filter(|e| e.owner == owner && e.network_mode == network) {
                 tx.delete_endpoint(&e.name)?;
             }
-            let used = tx.attachments()?.iter().any(|a| a.network == network);
+            // The network's host-access interface does not keep it.
+            let mut used = false;
+            for a in tx.attachments()?.iter().filter(|a| a.network == network) {
+                used |= !tx.endpoint(&a.endpoint)?.is_some_and(|e| super::endpoint::is_host_shim(&e));
+            }
             if !used
                 && tx.network(network)?.is_some_and(|n| n.name == network && n.driver == crate::store::Driver::Ipam)
             {

@@ -510,7 +510,7 @@ impl Engine {
                 "host" | "none" => None,
                 n => {
                     let net = tx.network(n)?.ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?;
-                    if net.owner != Owner::Cli {
+                    if net.owner != Owner::Cli && !req.host_shim {
                         return invalid(format!("network {n} belongs to {}, which allocates its addresses: attach containers through it, not with dataplane run", owner_name(&net.owner)));
                     }
                     if net.state != EndpointState::Ready {

@@ -156,11 +156,10 @@ impl Engine {
                             "invalid host_access {v:?}: use true (the host reaches the network's endpoints through an interface dataplane makes) or false"
                         ));
                     }
-                    if v == "true" && req.owner != Owner::Cli {
-                        return invalid(format!(
-                            "host_access is supported on networks made with dataplane network create, not through {}",
-                            req.owner.label()
-                        ));
+                    if v == "true" && matches!(req.owner, Owner::Docker { .. }) {
+                        return invalid(
+                            "host_access is not available through Docker: Docker's IPAM would hand the host interface's address to a container; create the network with dataplane network create, or use the CNI plugin",
+                        );
                     }
                 }
                 "endpoint_hooks" => {

@@ -118,6 +118,10 @@ struct NetConf {
     /// "tcx" (default) or "cls_bpf": the network's `endpoint_hooks` option.
     #[serde(rename = "endpointHooks", default)]
     endpoint_hooks: Option<String>,
+    /// The network's `host_access` option (built-in IPAM only: the interface's address
+    /// comes from the network's pool).
+    #[serde(rename = "hostAccess", default)]
+    host_access: bool,
     #[serde(rename = "stateDir", default)]
     state_dir: Option<PathBuf>,
     #[serde(default)]
@@ -240,6 +244,13 @@ fn check_conf(conf: &NetConf) -> Result<()> {
             conf.name
         ));
     }
+    if conf.host_access && delegated(conf) {
+        return bad(format!(
+            "network {}: \"hostAccess\" needs \"ipam\": {{\"type\": \"{PLUGIN_TYPE}\"}} (the host's interface takes an address from the network's pool, which {} does not know about)",
+            conf.name,
+            ipam_type(conf)
+        ));
+    }
     Ok(())
 }
 
@@ -269,6 +280,9 @@ fn network_request(conf: &NetConf, ipam_result: Option<&Value>) -> Result<Networ
     }
     if let Some(h) = &conf.endpoint_hooks {
         opts.push(format!("endpoint_hooks={h}"));
+    }
+    if conf.host_access {
+        opts.push("host_access=true".to_string());
     }
     let mut req = NetworkCreate {
         name: conf.name.clone(),
