@@ -405,3 +405,34 @@ fn host_access_through_cni() {
     let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
     assert!(!nets.to_string().contains("cnh"), "{nets:#}");
 }
+
+/// `bpf reload` replaces the programs of a pod's cls_bpf filters in place wherever the
+/// runtime keeps its namespaces (here containerd's and CRI-O's `/var/run/netns/...`).
+#[test]
+fn reload_replaces_cls_bpf_filters_of_pods_in_var_run_netns() {
+    let (h, _sw) = host_with_switch("dpNr").unwrap();
+    let plugin = cni_bin();
+    let pod = Netns::new("dpNrp").unwrap();
+    let pod_path = format!("/var/run/netns/{}", pod.name);
+    let c = conf(&h, "cnr", r#","endpointHooks":"cls_bpf","ipam":{"type":"dataplane-cni","subnet":"10.75.0.0/24"}"#);
+    let add = call(&h.ns, &plugin, "ADD", &env("ctrR", &pod_path), &c);
+    assert!(add.ok, "{}", add.json);
+    let out = h.ok(&["bpf", "reload", "--format", "json"]);
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let pod_rows: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["pin"].as_str().is_some_and(|p| p.contains("var_run_netns")))
+        .collect();
+    let programs: BTreeSet<&str> = pod_rows.iter().filter_map(|r| r["program"].as_str()).collect();
+    assert_eq!(programs, BTreeSet::from(["dp_ep_in", "dp_ep_out"]), "{out}");
+    for r in &pod_rows {
+        assert_ne!(r["old_program_id"], r["new_program_id"], "{out}");
+    }
+    // The filter in the pod now runs the new program.
+    let shown = pod.exec(&["tc", "filter", "show", "dev", "eth0", "egress"]).unwrap();
+    let new_id = pod_rows.iter().find(|r| r["program"] == "dp_ep_out").unwrap()["new_program_id"].to_string();
+    assert!(shown.contains(&format!("id {new_id}")), "{shown}");
+    assert!(call(&h.ns, &plugin, "DEL", &env("ctrR", &pod_path), &c).ok);
+}

@@ -142,9 +142,29 @@ fn filter_target(tag: &str, pin: &std::path::Path) -> Option<(Option<String>, St
     };
     let netns = match tag {
         "host" => None,
-        t => Some(format!("/run/netns/{}", super::pins::decode(t.strip_prefix("ns-run_netns_")?))),
+        t => Some(netns_of_tag(t)?),
     };
     Some((netns, super::pins::decode(iface), kind))
+}
+
+/// The namespace path whose pin tag is `tag`: a tag flattens the path (`/` -> `_`), so it is
+/// found again among the places runtimes keep namespaces (`/run/netns`, `/var/run/netns`:
+/// ip netns, Podman, containerd, CRI-O) and the host-access interfaces' `/proc/self/ns/net`.
+fn netns_of_tag(tag: &str) -> Option<String> {
+    use super::pins::netns_tag;
+    let host = crate::control::HOST_NS;
+    if netns_tag(Some(host)) == tag {
+        return Some(host.to_string());
+    }
+    for dir in ["/run/netns", "/var/run/netns"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = format!("{dir}/{}", e.file_name().to_string_lossy());
+            if netns_tag(Some(&p)) == tag {
+                return Some(p);
+            }
+        }
+    }
+    None
 }
 
 /// Put this object's program into a cls_bpf filter in place (same priority and handle:

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use cni::CniAttach;
 pub use docker::Join;
-pub use endpoint::{endpoint_number, RunRequest, RunSpec};
+pub use endpoint::{endpoint_number, RunRequest, RunSpec, HOST_NS};
 pub use network::NetworkCreate;
 pub use reconcile::ReconcileReport;
 
