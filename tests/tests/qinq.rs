@@ -95,3 +95,30 @@ fn qinq_parents_carry_both_tags_and_drop_every_other_stack() {
         assert!(!links.contains("trunk0.100"), "{links}");
     }
 }
+
+/// Two QinQ networks under one S-tag: on kernels with 8021q they share the S-tag device
+/// `trunk0.100`, which stays while either needs it and goes with the last, whichever of
+/// them made it.
+#[test]
+fn an_s_tag_device_goes_with_the_last_qinq_network_using_it() {
+    let (h, _sw) = dataplane_tests::lab::host_with_switch("dpQs").unwrap();
+    h.ok(&["network", "create", "--subnet=10.94.0.0/24", "-o", "parent=eth0.100.50", "q50"]);
+    h.ok(&["network", "create", "--subnet=10.95.0.0/24", "-o", "parent=eth0.100.60", "q60"]);
+    let names = |h: &Host| -> Vec<String> {
+        let v: Value = serde_json::from_str(&h.ns.exec(&["ip", "-j", "link", "show"]).unwrap()).unwrap();
+        v.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+    };
+    let kernel = names(&h).contains(&"eth0.100".to_string());
+    h.ok(&["network", "rm", "q50"]);
+    let left = names(&h);
+    assert!(left.contains(&"eth0.100.60".to_string()), "{left:?}");
+    if kernel {
+        assert!(left.contains(&"eth0.100".to_string()), "the S-tag device went while q60 uses it: {left:?}");
+    }
+    let e = unique("q60");
+    h.ok(&["run", "-d", "--name", &e, "--network", "q60"]);
+    h.ok(&["rm", "-f", &e]);
+    h.ok(&["network", "rm", "q60"]);
+    let left = names(&h);
+    assert!(!left.iter().any(|l| l.starts_with("eth0.100")), "QinQ devices left: {left:?}");
+}

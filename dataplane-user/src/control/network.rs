@@ -306,7 +306,20 @@ impl Engine {
                     });
                     self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&intent)?) })?;
                 }
-                let v = vlan::create(&nl, &pins, tp, &parent)?;
+                let mut v = vlan::create(&nl, &pins, tp, &parent)?;
+                if v.outer.is_some() && !v.outer_created && v.kind == VlanKind::Kernel {
+                    // An S-tag device another QinQ network of ours made: co-owned, so the
+                    // last of them removes it (not whichever made it, while others use it).
+                    let (trunk, outer, me) = (v.trunk.clone(), v.outer, n.name.clone());
+                    v.outer_created = self.store.read(|tx| -> Result<bool> {
+                        Ok(tx.networks()?.iter().any(|o| {
+                            o.name != me
+                                && o.vlan
+                                    .as_ref()
+                                    .is_some_and(|x| x.trunk == trunk && x.outer == outer && x.outer_created)
+                        }))
+                    })?;
+                }
                 let (p2, v2, pins2) = (parent.clone(), v.clone(), pins.clone());
                 undo.push(format!("removing VLAN device {parent}"), move || {
                     let nl = Nl::here().map_err(|e| e.to_string())?;
