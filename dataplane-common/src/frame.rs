@@ -686,6 +686,26 @@ mod tests {
     }
 
     #[test]
+    fn group_claims_name_the_source_and_the_arp_sender() {
+        // A broadcast ARP request: source MAC key and (sender IP, sender MAC).
+        let mut arp = [0u8; 28];
+        arp[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        arp[8..14].copy_from_slice(&SRC);
+        arp[14..18].copy_from_slice(&[10, 0, 0, 7]);
+        let f = frame([0xff; 6], &[(ETH_P_8021Q, 50)], ETH_P_ARP, &arp);
+        let c = group_claims(&f[..64], 3);
+        assert_eq!(c.src, Some(AdmitKey { ifindex: 3, vlan: 50, mac: SRC }));
+        assert_eq!(c.ip, Some((IpKey { ifindex: 3, vlan: 50, pad: 0, ip: [10, 0, 0, 7] }, SRC)));
+        // A probe (sender 0.0.0.0) claims no address.
+        arp[14..18].copy_from_slice(&[0; 4]);
+        let f = frame([0xff; 6], &[], ETH_P_ARP, &arp);
+        assert_eq!(group_claims(&f[..64], 3).ip, None);
+        // Unicast frames are not looked at.
+        let f = frame(ADMITTED, &[], ETH_P_ARP, &arp);
+        assert_eq!(group_claims(&f[..64], 3), Claims { src: None, ip: None });
+    }
+
+    #[test]
     fn qinq_is_admitted_only_for_configured_pairs() {
         let ip = ipv4_header();
         let configured = |outer: u16, inner: u16| (outer, inner) == (100, 50);
