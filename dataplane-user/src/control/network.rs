@@ -144,6 +144,11 @@ impl Engine {
                     }
                 }
                 "ip_probe_ms" => {
+                    if matches!(req.owner, Owner::Docker { .. }) {
+                        return invalid(
+                            "ip_probe_ms is not available through Docker: Docker's IPAM hands out the addresses, dataplane cannot probe them first",
+                        );
+                    }
                     if !v.parse::<u64>().is_ok_and(|m| m <= 1000) {
                         return invalid(format!(
                             "invalid ip_probe_ms {v:?}: milliseconds to wait for answers to an ARP probe before handing out an address, 0 (no probe) to 1000"
