@@ -343,3 +343,60 @@ fn plugin_killed_mid_endpoint_and_dockerd_restarts() {
     let (ip, _) = addr_of(&lab, "ra");
     assert_eq!(ps[0]["Networks"][0]["IPv4Address"], ip.as_str(), "{ps:#}");
 }
+
+/// Host access through Docker: the host interface's address is reserved in Docker's IPAM
+/// (`--aux-address dataplane-host=IP`), so Docker never hands it to a container; without
+/// the reservation the network is refused with that advice. The host and a container
+/// reach each other; `docker network rm` takes the interface away.
+#[test]
+fn docker_host_access_with_a_reserved_address() {
+    let lab = DockerLab::new("dpDh").unwrap();
+    let d = lab.driver.clone();
+    let links_before = dp_links(&lab);
+    let bad = lab.docker(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--subnet=10.96.0.0/24",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "host_access=true",
+        "hn",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--aux-address dataplane-host=IP"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(dp_links(&lab), links_before, "a refused network left an interface");
+    lab.ok(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "--subnet=10.96.0.0/24",
+        "--aux-address",
+        "dataplane-host=10.96.0.250",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "host_access=true",
+        "hn",
+    ]);
+    let shim: Vec<String> =
+        dp_links(&lab).difference(&links_before).filter(|l| l.starts_with("dph")).cloned().collect();
+    assert_eq!(shim.len(), 1, "{shim:?}");
+    let addrs = lab.host.ns.exec(&["ip", "-br", "addr", "show", "dev", &shim[0]]).unwrap();
+    assert!(addrs.contains("10.96.0.250/24"), "{addrs}");
+    lab.ok(&["run", "-d", "--name", "hc", "--network", "hn", IMAGE, "sleep", "600"]);
+    let (ip, _) = addr_of(&lab, "hc");
+    assert_ne!(ip, "10.96.0.250");
+    assert!(lab.host.ns.exec(&["ping", "-c", "1", "-W", "2", &ip]).is_ok(), "the host cannot reach its container");
+    assert!(ping_from(&lab, "hc", "10.96.0.250"), "the container cannot reach the host");
+    lab.ok(&["rm", "-f", "hc"]);
+    lab.ok(&["network", "rm", "hn"]);
+    assert_eq!(dp_links(&lab), links_before, "the host interface outlived the network");
+}

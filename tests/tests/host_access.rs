@@ -118,6 +118,24 @@ fn the_host_reaches_its_endpoints_only_with_host_access() {
     assert!(link_names(&h).contains(&ifname), "reconcile did not re-create {ifname}");
     assert!(host_pings(&h, &ep_ip), "no host access after reconcile");
 
+    // A reserved aux address `dataplane-host` is taken by the interface instead.
+    h.ok(&[
+        "network",
+        "create",
+        "--subnet=10.83.0.0/24",
+        "--aux-address",
+        "dataplane-host=10.83.0.200",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "host_access=true",
+        "hb",
+    ]);
+    let shim_b = link_names(&h).into_iter().find(|l| l.starts_with("dph") && *l != ifname).expect("second interface");
+    let a = h.ns.exec(&["ip", "-br", "addr", "show", "dev", &shim_b]).unwrap();
+    assert!(a.contains("10.83.0.200/24"), "{a}");
+    h.ok(&["network", "rm", "hb"]);
+
     // Removed with the network, leaving the host's interfaces as they were.
     let active = h.dp(&["network", "rm", "ha"]);
     assert!(!active.status.success(), "a network with an endpoint was removed");

@@ -551,7 +551,14 @@ impl Engine {
                     } else {
                         next_ifname(&netns_path, &[])?
                     };
-                    Some(allocate(tx, &ep, n, ip, ip6, req.mac.as_deref(), ifname)?)
+                    // The host-access interface may take the aux address reserved for it.
+                    let mut view = n.clone();
+                    if req.host_shim {
+                        for p in &mut view.pools {
+                            p.aux.remove(super::network::HOST_AUX);
+                        }
+                    }
+                    Some(allocate(tx, &ep, &view, ip, ip6, req.mac.as_deref(), ifname)?)
                 }
                 None => None,
             };

@@ -29,6 +29,9 @@ pub struct NetworkCreate {
 }
 
 const MACVLAN_MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
+
+/// The aux address name that reserves the host-access interface's address.
+pub const HOST_AUX: &str = "dataplane-host";
 const IFNAMSIZ_MAX: usize = 15;
 
 /// A trunk parent: `IFACE.VID` (802.1Q), or `IFACE.OUTER.VID` (802.1ad QinQ: S-tag OUTER,
@@ -99,13 +102,17 @@ impl Engine {
     }
 
     /// Network `n`'s host-access interface: an endpoint of `n` in the host's namespace
-    /// (admission, anti-spoofing, counters and reconcile as for any endpoint), with an
-    /// address from the network's pool and a route to the subnet, no default route.
+    /// (admission, anti-spoofing, counters and reconcile as for any endpoint), with the
+    /// aux address `dataplane-host` if the network reserves one (Docker's IPAM then never
+    /// hands it out), else an address from the network's pool; a route to the subnet, no
+    /// default route.
     fn make_host_shim(&mut self, n: &Network) -> Result<()> {
+        let ip = n.pools.iter().find_map(|p| p.aux.get(HOST_AUX).filter(|a| a.is_ipv4()).map(|a| a.to_string()));
         self.run(super::RunRequest {
             name: format!("{}-host", n.name),
             network: n.name.clone(),
             host_shim: true,
+            ip,
             ..Default::default()
         })
         .map(drop)
@@ -161,10 +168,11 @@ impl Engine {
                             "invalid host_access {v:?}: use true (the host reaches the network's endpoints through an interface dataplane makes) or false"
                         ));
                     }
-                    if v == "true" && matches!(req.owner, Owner::Docker { .. }) {
-                        return invalid(
-                            "host_access is not available through Docker: Docker's IPAM would hand the host interface's address to a container; create the network with dataplane network create, or use the CNI plugin",
-                        );
+                    let reserved = req.aux.iter().any(|a| a.starts_with(&format!("{HOST_AUX}=")));
+                    if v == "true" && matches!(req.owner, Owner::Docker { .. }) && !reserved {
+                        return invalid(format!(
+                            "host_access through Docker needs the host interface's address reserved in Docker's IPAM: add --aux-address {HOST_AUX}=IP (an address of the subnet that Docker must not hand out)"
+                        ));
                     }
                 }
                 "endpoint_hooks" => {
