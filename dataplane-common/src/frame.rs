@@ -6,7 +6,7 @@
 //! kernel. Every function here is `#[inline(always)]` because BPF-to-BPF calls with
 //! generic arguments are not worth the verifier's trouble.
 
-use crate::maps::{AdmitKey, EndpointInfo, IpKey, Reason, EP_HAS_IPV4, EP_HAS_IPV6, VLAN_UNTAGGED};
+use crate::maps::{AdmitKey, EndpointInfo, Ip6Key, IpKey, Reason, EP_HAS_IPV4, EP_HAS_IPV6, VLAN_UNTAGGED};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -257,11 +257,13 @@ where
 pub struct Claims {
     pub src: Option<AdmitKey>,
     pub ip: Option<(IpKey, [u8; 6])>,
+    /// A neighbour advertisement's target and target link-layer address.
+    pub ip6: Option<(Ip6Key, [u8; 6])>,
 }
 
 #[inline(always)]
 pub fn group_claims<P: Packet + ?Sized>(p: &P, ifindex: u32) -> Claims {
-    let none = Claims { src: None, ip: None };
+    let none = Claims { src: None, ip: None, ip6: None };
     let Ok(hdr) = parse_l2(p) else { return none };
     if !is_group(&hdr.dst) {
         return none;
@@ -274,7 +276,34 @@ pub fn group_claims<P: Packet + ?Sized>(p: &P, ifindex: u32) -> Claims {
         },
         _ => None,
     };
-    Claims { src, ip }
+    let ip6 = match hdr.ethertype {
+        ETH_P_IPV6 => na_claim(p, hdr.l3_offset).map(|(ip, mac)| (Ip6Key { ifindex, vlan: hdr.vlan, pad: 0, ip }, mac)),
+        _ => None,
+    };
+    Claims { src, ip, ip6 }
+}
+
+/// A neighbour advertisement (ICMPv6 136, right after the IPv6 header) with a target
+/// link-layer option first: (target address, target MAC).
+#[inline(always)]
+fn na_claim<P: Packet + ?Sized>(p: &P, off: usize) -> Option<([u8; 16], [u8; 6])> {
+    let nh = p.read::<2>(off + 6)?;
+    if nh[0] != IPPROTO_ICMPV6 {
+        return None;
+    }
+    let l4 = off + IPV6_HLEN;
+    let t = p.read::<2>(l4)?;
+    if t[0] != ND_NEIGHBOR_ADVERT {
+        return None;
+    }
+    let target = p.read::<16>(l4 + 8)?;
+    let opt = p.read::<8>(l4 + 24)?;
+    if opt[0] != ND_OPT_TARGET_LL || opt[1] != 1 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&opt[2..8]);
+    Some((target, mac))
 }
 
 /// Anti-spoofing for a frame an endpoint sends. An allow-list: only IPv4, ARP and IPv6
@@ -702,7 +731,7 @@ mod tests {
         assert_eq!(group_claims(&f[..64], 3).ip, None);
         // Unicast frames are not looked at.
         let f = frame(ADMITTED, &[], ETH_P_ARP, &arp);
-        assert_eq!(group_claims(&f[..64], 3), Claims { src: None, ip: None });
+        assert_eq!(group_claims(&f[..64], 3), Claims { src: None, ip: None, ip6: None });
     }
 
     #[test]

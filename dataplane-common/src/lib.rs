@@ -15,5 +15,6 @@ pub use frame::{
     Verdict,
 };
 pub use maps::{
-    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, IpKey, OurIp, Reason, VlanKey, VlanTrunk,
+    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Reason, VlanKey,
+    VlanTrunk,
 };

@@ -36,6 +36,9 @@ pub const EP_IFINDEX_BASE: u32 = 0x4000_0000;
 /// (parent ifindex, VLAN, IPv4 address) -> the endpoint given that address and its MAC:
 /// the parent's XDP program notices ARP from outside that claims one of our addresses.
 pub const OUR_IPS_MAP: &str = "DP_OUR_IPS";
+/// (parent ifindex, VLAN, IPv6 address) -> the endpoint given that address and its MAC:
+/// unsolicited neighbour advertisements from outside claiming it are conflicts.
+pub const OUR_IP6S_MAP: &str = "DP_OUR_IP6S";
 /// endpoint number -> frames from outside that used its MAC or claimed its address.
 pub const CONFLICTS_MAP: &str = "DP_CONFLICTS";
 
@@ -86,7 +89,17 @@ pub struct IpKey {
     pub ip: [u8; 4],
 }
 
-/// Value of [`OUR_IPS_MAP`].
+/// Key of [`OUR_IP6S_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Ip6Key {
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub pad: u16,
+    pub ip: [u8; 16],
+}
+
+/// Value of [`OUR_IPS_MAP`] and [`OUR_IP6S_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct OurIp {
@@ -103,7 +116,8 @@ pub struct OurIp {
 pub struct Conflict {
     /// Broadcast/multicast frames from outside with the endpoint's MAC as source.
     pub mac_frames: u64,
-    /// ARP frames from outside claiming the endpoint's IPv4 address for another MAC.
+    /// ARP (IPv4) or neighbour advertisements (IPv6) from outside claiming one of the
+    /// endpoint's addresses for another MAC.
     pub ip_frames: u64,
     /// The other party's MAC of the last IP claim.
     pub last_mac: [u8; 6],
@@ -291,6 +305,7 @@ mod user {
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::EndpointCounters {}
     unsafe impl aya::Pod for super::IpKey {}
+    unsafe impl aya::Pod for super::Ip6Key {}
     unsafe impl aya::Pod for super::OurIp {}
     unsafe impl aya::Pod for super::Conflict {}
 }

@@ -18,8 +18,8 @@ use dataplane_common::{
     frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ_9100, VID_MASK},
     group_claims,
     maps::{counter_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
-    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, IpKey, OurIp, Packet, Reason, Verdict,
-    VlanKey, VlanTrunk,
+    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Packet, Reason,
+    Verdict, VlanKey, VlanTrunk,
 };
 
 use aya_log_ebpf::debug;
@@ -54,6 +54,10 @@ static DP_EP_COUNTERS: PerCpuHashMap<u32, EndpointCounters> = PerCpuHashMap::pin
 /// (parent ifindex, VLAN, IPv4) -> the endpoint given that address, and its MAC.
 #[map(name = "DP_OUR_IPS")]
 static DP_OUR_IPS: HashMap<IpKey, OurIp> = HashMap::pinned(ADMIT_MAX_ENTRIES, 0);
+
+/// (parent ifindex, VLAN, IPv6) -> the endpoint given that address, and its MAC.
+#[map(name = "DP_OUR_IP6S")]
+static DP_OUR_IP6S: HashMap<Ip6Key, OurIp> = HashMap::pinned(ADMIT_MAX_ENTRIES, 0);
 
 /// Endpoint number -> frames from outside that used its MAC or claimed its address.
 #[map(name = "DP_CONFLICTS")]
@@ -119,6 +123,16 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
                 let ours = unsafe { *v };
                 if ours.mac != sha {
                     note_conflict(ours.endpoint, true, sha);
+                    count(ifindex, Reason::ConflictIp, pkt.len() as u64);
+                }
+            }
+        }
+        if let Some((k, tll)) = claims.ip6 {
+            if let Some(v) = DP_OUR_IP6S.get_ptr(&k) {
+                // SAFETY: map value pointer from a successful lookup, copied at once.
+                let ours = unsafe { *v };
+                if ours.mac != tll {
+                    note_conflict(ours.endpoint, true, tll);
                     count(ifindex, Reason::ConflictIp, pkt.len() as u64);
                 }
             }

@@ -158,3 +158,63 @@ fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
         }
     }
 }
+
+/// IPv6: an unsolicited neighbour advertisement from another host on the wire claiming
+/// one of our endpoints' addresses (what a host that took the same address announces) is
+/// counted against that endpoint, with the claiming MAC; one for an address that is not
+/// ours is not.
+#[test]
+fn an_ipv6_address_claimed_from_outside_is_reported() {
+    let a = Host::new("dpVa").unwrap();
+    let b = Host::new("dpVb").unwrap();
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
+    a.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet=10.97.0.0/24",
+        "--subnet=fd00:97::/64",
+        "-o",
+        "parent=trunk0",
+        "v6",
+    ]);
+    let ea = unique("v6a");
+    a.ok(&["run", "-d", "--name", &ea, "--network", "v6", "--ip6", "fd00:97::10"]);
+    let other = [0x02, 0x00, 0x00, 0x00, 0x0c, 0x0c];
+    let na = |target: [u8; 16]| {
+        let mut f = vec![0u8; 14 + 40 + 32];
+        f[0..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&other);
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        let ip = &mut f[14..54];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&32u16.to_be_bytes());
+        ip[6] = 58;
+        ip[7] = 255;
+        ip[8..24].copy_from_slice(&target);
+        ip[24..40].copy_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let icmp = &mut f[54..86];
+        icmp[0] = 136;
+        icmp[4] = 0x20; // override
+        icmp[8..24].copy_from_slice(&target);
+        icmp[24] = 2;
+        icmp[25] = 1;
+        icmp[26..32].copy_from_slice(&other);
+        f
+    };
+    let ours: [u8; 16] = "fd00:97::10".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let theirs: [u8; 16] = "fd00:97::11".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let raw = dataplane_tests::raw::RawSocket::open(&b.ns, "trunk0").unwrap();
+    raw.send(&na(theirs)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(stats_of(&a, &ea)["conflict_ip"], 0, "an advertisement for someone else's address counted");
+    raw.send(&na(ours)).unwrap();
+    raw.send(&na(ours)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let s = stats_of(&a, &ea);
+    assert_eq!(s["conflict_ip"], 2, "{s:#}");
+    assert_eq!(s["conflict_ip_claimed_by"], "02:00:00:00:0c:0c", "{s:#}");
+    assert!(parent_reason(&a, "conflict_ip") >= 2);
+    let warn = String::from_utf8_lossy(&a.dp(&["ps"]).stderr).into_owned();
+    assert!(warn.contains(&format!("WARNING: endpoint {ea}: its address")), "{warn}");
+}

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{
-    maps::{CONFLICTS_MAP, OUR_IPS_MAP},
-    AdmitKey, AdmitValue, Conflict, IpKey, OurIp,
+    maps::{CONFLICTS_MAP, OUR_IP6S_MAP, OUR_IPS_MAP},
+    AdmitKey, AdmitValue, Conflict, Ip6Key, IpKey, OurIp,
 };
 
 use super::{object::BpfError, pins::Pins};
@@ -106,6 +106,30 @@ pub fn claim_ips(pins: &Pins, keys: &[IpKey], value: OurIp) -> Result<(), BpfErr
 /// Forget the addresses keyed by `keys` where they are still `endpoint`'s.
 pub fn release_ips(pins: &Pins, keys: &[IpKey], endpoint: u32) {
     let Some(mut m) = open_ips(pins) else { return };
+    for k in keys {
+        if m.get(k, 0).is_ok_and(|v| v.endpoint == endpoint) {
+            let _ = m.remove(k);
+        }
+    }
+}
+
+fn open_ip6s(pins: &Pins) -> Option<HashMap<MapData, Ip6Key, OurIp>> {
+    let data = MapData::from_pin(pins.map(OUR_IP6S_MAP)).ok()?;
+    HashMap::try_from(Map::from_map_data(data).ok()?).ok()
+}
+
+/// [`claim_ips`] for IPv6 addresses.
+pub fn claim_ip6s(pins: &Pins, keys: &[Ip6Key], value: OurIp) -> Result<(), BpfError> {
+    let Some(mut m) = open_ip6s(pins) else { return Ok(()) };
+    for k in keys {
+        m.insert(*k, value, 0).map_err(|e| map_err(&pins.map(OUR_IP6S_MAP), e))?;
+    }
+    Ok(())
+}
+
+/// [`release_ips`] for IPv6 addresses.
+pub fn release_ip6s(pins: &Pins, keys: &[Ip6Key], endpoint: u32) {
+    let Some(mut m) = open_ip6s(pins) else { return };
     for k in keys {
         if m.get(k, 0).is_ok_and(|v| v.endpoint == endpoint) {
             let _ = m.remove(k);

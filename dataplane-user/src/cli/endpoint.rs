@@ -303,10 +303,13 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
             );
         }
         if k.ip_frames > 0 {
+            // The record does not say which family was claimed: name both.
+            let addrs: Vec<String> =
+                a.map(|a| [a.ipv4, a.ipv6].into_iter().flatten().map(|i| i.to_string()).collect()).unwrap_or_default();
             eprintln!(
-                "WARNING: endpoint {}: its address {} is claimed by {} on the parent ({} ARP frames seen)",
+                "WARNING: endpoint {}: its address {} is claimed by {} on the parent ({} ARP/neighbour advertisement frames seen)",
                 e.name,
-                a.and_then(|a| a.ipv4).map_or("?".to_string(), |i| i.to_string()),
+                if addrs.is_empty() { "?".to_string() } else { addrs.join(" or ") },
                 dataplane_user::mac::Mac(k.last_mac),
                 k.ip_frames
             );

@@ -13,7 +13,7 @@ use std::{
 
 use dataplane_common::{
     maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, VLAN_UNTAGGED},
-    AdmitKey, AdmitValue, EndpointInfo, IpKey, OurIp,
+    AdmitKey, AdmitValue, EndpointInfo, Ip6Key, IpKey, OurIp,
 };
 
 use super::{check_name, invalid, network::physical_parent, ControlError, Engine, Result, Undo};
@@ -117,6 +117,10 @@ pub(crate) fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_
         let ip_keys = ip_keys(&keys, ip.octets());
         bpf::admit::claim_ips(pins, &ip_keys, OurIp { endpoint: ours.endpoint, mac: mac.0, pad: [0; 2] })?;
     }
+    if let Some(IpAddr::V6(ip)) = a.ipv6 {
+        let keys6 = ip6_keys(&keys, ip.octets());
+        bpf::admit::claim_ip6s(pins, &keys6, OurIp { endpoint: ours.endpoint, mac: mac.0, pad: [0; 2] })?;
+    }
     for k in keys {
         // Never overwrite an entry someone else holds (the parent's own MAC, another
         // instance's endpoint): a rollback would then delete it.
@@ -148,9 +152,17 @@ pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_
     if let Some(IpAddr::V4(ip)) = a.ipv4 {
         bpf::admit::release_ips(pins, &ip_keys(&keys, ip.octets()), number);
     }
+    if let Some(IpAddr::V6(ip)) = a.ipv6 {
+        bpf::admit::release_ip6s(pins, &ip6_keys(&keys, ip.octets()), number);
+    }
     for k in keys {
         let _ = bpf::admit::remove_if(pins, &k, |v| v.endpoint == number);
     }
+}
+
+/// [`ip_keys`] for an IPv6 address.
+fn ip6_keys(keys: &[AdmitKey], ip: [u8; 16]) -> Vec<Ip6Key> {
+    keys.iter().map(|k| Ip6Key { ifindex: k.ifindex, vlan: k.vlan, pad: 0, ip }).collect()
 }
 
 /// The address-map keys matching admission keys `keys` (same parent and VLAN keys).
