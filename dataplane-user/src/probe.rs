@@ -6,12 +6,13 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 fn last_err(what: &str) -> std::io::Error {
     let e = std::io::Error::last_os_error();
@@ -60,11 +61,10 @@ fn request(src_mac: [u8; 6], target: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// Probe `candidates` out of `iface` (in this namespace) and wait up to `wait` for
-/// answers; returns the candidates someone else holds or is probing for.
-pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::io::Result<BTreeSet<Ipv4Addr>> {
-    // Created without a protocol and bound with one: re-binding a socket whose receive
-    // hook is already registered waits for an RCU grace period (~10 ms).
+/// A packet socket on `iface` for `proto` frames, and the interface's MAC. Created without a
+/// protocol and bound with one: re-binding a socket whose receive hook is already
+/// registered waits for an RCU grace period (~10 ms).
+fn packet_socket(iface: &str, proto: u16) -> std::io::Result<(OwnedFd, [u8; 6])> {
     // SAFETY: plain socket(2); the fd is owned at once.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -76,24 +76,118 @@ pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::i
     // SAFETY: sockaddr_ll is plain data.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ARP.to_be();
+    sll.sll_protocol = proto.to_be();
     sll.sll_ifindex = index;
     let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
     // SAFETY: bind with a properly sized sockaddr_ll.
     if unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) } != 0 {
         return Err(last_err(&format!("binding a packet socket to {iface}")));
     }
-    for c in candidates {
-        let f = request(mac, *c);
+    Ok((fd, mac))
+}
+
+fn send_all(fd: &OwnedFd, iface: &str, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    for f in frames {
         // SAFETY: send(2) of a buffer we own on a bound socket.
         if unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) } < 0 {
-            return Err(last_err(&format!("sending an ARP probe out of {iface}")));
+            return Err(last_err(&format!("sending a probe out of {iface}")));
         }
     }
-    let taken = collect(&fd, mac, candidates, wait);
-    // Closing a packet socket waits for a grace period too: on a thread of its own, so
-    // the rest of the command (allocation, links, programs) overlaps it.
+    Ok(())
+}
+
+/// Closing a packet socket waits for a grace period: on a thread of its own, so the rest
+/// of the command (allocation, links, programs) overlaps it.
+fn close_later(fd: OwnedFd) {
     std::thread::spawn(move || drop(fd));
+}
+
+/// Probe `candidates` out of `iface` (in this namespace) and wait up to `wait` for
+/// answers; returns the candidates someone else holds or is probing for.
+pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::io::Result<BTreeSet<Ipv4Addr>> {
+    let (fd, mac) = packet_socket(iface, ETH_P_ARP)?;
+    let frames: Vec<Vec<u8>> = candidates.iter().map(|c| request(mac, *c).to_vec()).collect();
+    send_all(&fd, iface, &frames)?;
+    let taken = collect(&fd, mac, candidates, wait);
+    close_later(fd);
+    Ok(taken)
+}
+
+/// The ICMPv6 checksum of `msg` (checksum field zero) between `src` and `dst`.
+fn icmp6_checksum(src: &[u8; 16], dst: &[u8; 16], msg: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(src);
+    add(dst);
+    add(&(msg.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(msg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A duplicate-address-detection neighbour solicitation for `target`: from ::, to the
+/// target's solicited-node group, no source link-layer option (RFC 4862).
+fn dad_solicit(src_mac: [u8; 6], target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15]];
+    let mut f = vec![0u8; 14 + 40 + 24];
+    f[0..6].copy_from_slice(&[0x33, 0x33, 0xff, t[13], t[14], t[15]]);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&24u16.to_be_bytes());
+    f[20] = 58;
+    f[21] = 255;
+    f[38..54].copy_from_slice(&group);
+    f[54] = 135;
+    f[62..78].copy_from_slice(&t);
+    let sum = icmp6_checksum(&[0; 16], &group, &f[54..78]);
+    f[56..58].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// [`arp_probe`] for IPv6: duplicate address detection for each candidate; taken are
+/// those someone advertises (the holder answers to all nodes) or solicits from :: too.
+pub fn dad_probe(iface: &str, candidates: &[Ipv6Addr], wait: Duration) -> std::io::Result<BTreeSet<Ipv6Addr>> {
+    let (fd, mac) = packet_socket(iface, ETH_P_IPV6)?;
+    let frames: Vec<Vec<u8>> = candidates.iter().map(|c| dad_solicit(mac, *c)).collect();
+    send_all(&fd, iface, &frames)?;
+    let wanted: BTreeSet<Ipv6Addr> = candidates.iter().copied().collect();
+    let mut taken = BTreeSet::new();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 256];
+    while taken.len() < wanted.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one descriptor we own.
+        if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
+            continue;
+        }
+        // SAFETY: recv(2) into a buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        // Ethernet + IPv6 (next header ICMPv6) + type, code, checksum, flags + target.
+        if n < 78 || buf[12..14] != ETH_P_IPV6.to_be_bytes() || buf[6..12] == mac || buf[20] != 58 {
+            continue;
+        }
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&buf[62..78]);
+        let target = Ipv6Addr::from(t);
+        let from_unspecified = buf[22..38] == [0; 16];
+        if wanted.contains(&target) && (buf[54] == 136 || (buf[54] == 135 && from_unspecified)) {
+            taken.insert(target);
+        }
+    }
+    close_later(fd);
     Ok(taken)
 }
 

@@ -218,3 +218,43 @@ fn an_ipv6_address_claimed_from_outside_is_reported() {
     let warn = String::from_utf8_lossy(&a.dp(&["ps"]).stderr).into_owned();
     assert!(warn.contains(&format!("WARNING: endpoint {ea}: its address")), "{warn}");
 }
+
+/// IPv6 too: duplicate address detection (a solicitation from ::) before an IPv6 address
+/// is handed out, so two hosts with one IPv6 subnet hand out disjoint addresses.
+#[test]
+fn two_hosts_with_one_ipv6_subnet_hand_out_disjoint_addresses() {
+    let a = Host::new("dpWa").unwrap();
+    let b = Host::new("dpWb").unwrap();
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
+    for h in [&a, &b] {
+        h.ok(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet=10.98.0.0/24",
+            "--subnet=fd00:98::/64",
+            "-o",
+            "parent=trunk0",
+            "-o",
+            "ip_probe_ms=300",
+            "six",
+        ]);
+    }
+    let v6s = |h: &Host| -> Vec<String> {
+        let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["Networks"][0]["IPv6Address"].as_str().map(str::to_string))
+            .collect()
+    };
+    for h in [&a, &b] {
+        for _ in 0..2 {
+            h.ok(&["run", "-d", "--name", &unique("w"), "--network", "six"]);
+        }
+    }
+    let (on_a, on_b) = (v6s(&a), v6s(&b));
+    assert_eq!((on_a.len(), on_b.len()), (2, 2), "{on_a:?} {on_b:?}");
+    assert!(on_a.iter().all(|ip| !on_b.contains(ip)), "both hosts handed out the same IPv6 address: {on_a:?} {on_b:?}");
+    assert!(ipv4s(&a).iter().all(|ip| !ipv4s(&b).contains(ip)), "and IPv4 stays disjoint");
+}

@@ -398,59 +398,77 @@ fn next_ifname(netns_path: &str, allocated: &[String]) -> Result<String> {
 }
 
 impl Engine {
-    /// The first of the next free IPv4 addresses of `n` that nobody on the segment answers
-    /// an ARP probe for (four probed at a time, at most four rounds), when the network
-    /// probes (`ip_probe_ms`, default 20 for networks made with the CLI). None: no probing
-    /// (disabled, no IPv4 pool, pool full, or the parent cannot send: it is down).
-    fn probe_free_ipv4(&mut self, n: &Network) -> Result<Option<std::net::Ipv4Addr>> {
+    /// The first of the next free IPv4 (`want4`) and IPv6 (`want6`) addresses of `n` that
+    /// nobody on the segment answers a probe for (ARP from 0.0.0.0; duplicate address
+    /// detection for IPv6), four candidates at a time, at most four rounds, both families
+    /// side by side; when the network probes (`ip_probe_ms`, default 20 for networks made
+    /// with the CLI). None for a family: no probing (disabled, no pool, pool full, or the
+    /// parent cannot send: it is down).
+    fn probe_free(&mut self, n: &Network, want4: bool, want6: bool) -> Result<(Option<IpAddr>, Option<IpAddr>)> {
         let wait = match n.options.get("ip_probe_ms") {
             Some(v) => v.parse::<u64>().unwrap_or(0),
             None if n.owner == Owner::Cli => 20,
             None => 0,
         };
-        let Some(parent) = n.parent.clone().filter(|_| wait > 0) else { return Ok(None) };
-        let mut used: BTreeMap<IpAddr, String> = self.store.read(|tx| -> Result<BTreeMap<IpAddr, String>> {
+        let Some(parent) = n.parent.clone().filter(|_| wait > 0 && (want4 || want6)) else { return Ok((None, None)) };
+        let used: BTreeMap<IpAddr, String> = self.store.read(|tx| -> Result<BTreeMap<IpAddr, String>> {
             Ok(tx
                 .attachments()?
                 .into_iter()
                 .filter(|a| a.network == n.name)
-                .filter_map(|a| a.ipv4.map(|ip| (ip, a.endpoint)))
+                .flat_map(|a| [a.ipv4, a.ipv6].into_iter().flatten().map(move |ip| (ip, a.endpoint.clone())))
                 .collect())
         })?;
-        let mut answered_all = Vec::new();
-        for _ in 0..4 {
-            let mut candidates = Vec::new();
-            let mut scratch = used.clone();
-            while candidates.len() < 4 {
-                match crate::ipam::allocate(&n.name, &n.pools, true, None, &scratch) {
-                    Ok(Some(IpAddr::V4(c))) => {
-                        scratch.insert(IpAddr::V4(c), String::new());
-                        candidates.push(c);
+        let wait = std::time::Duration::from_millis(wait);
+        let family = |v4: bool| -> Result<Option<IpAddr>> {
+            let mut used = used.clone();
+            let mut answered = Vec::new();
+            for _ in 0..4 {
+                let mut candidates = Vec::new();
+                let mut scratch = used.clone();
+                while candidates.len() < 4 {
+                    match crate::ipam::allocate(&n.name, &n.pools, v4, None, &scratch) {
+                        Ok(Some(c)) => {
+                            scratch.insert(c, String::new());
+                            candidates.push(c);
+                        }
+                        _ => break,
                     }
-                    _ => break,
+                }
+                if candidates.is_empty() {
+                    return Ok(None);
+                }
+                let taken: std::io::Result<Vec<IpAddr>> = if v4 {
+                    let c: Vec<std::net::Ipv4Addr> =
+                        candidates.iter().filter_map(|c| if let IpAddr::V4(a) = c { Some(*a) } else { None }).collect();
+                    crate::probe::arp_probe(&parent, &c, wait).map(|t| t.into_iter().map(IpAddr::V4).collect())
+                } else {
+                    let c: Vec<std::net::Ipv6Addr> =
+                        candidates.iter().filter_map(|c| if let IpAddr::V6(a) = c { Some(*a) } else { None }).collect();
+                    crate::probe::dad_probe(&parent, &c, wait).map(|t| t.into_iter().map(IpAddr::V6).collect())
+                };
+                let Ok(taken) = taken else { return Ok(None) };
+                if let Some(c) = candidates.iter().find(|c| !taken.contains(c)) {
+                    return Ok(Some(*c));
+                }
+                for t in taken {
+                    used.insert(t, "another host".into());
+                    answered.push(t.to_string());
                 }
             }
-            if candidates.is_empty() {
-                return Ok(None);
-            }
-            let Ok(taken) = crate::probe::arp_probe(&parent, &candidates, std::time::Duration::from_millis(wait))
-            else {
-                return Ok(None);
-            };
-            crate::timing::mark("ip-probed");
-            if let Some(c) = candidates.iter().find(|c| !taken.contains(c)) {
-                return Ok(Some(*c));
-            }
-            for t in taken {
-                used.insert(IpAddr::V4(t), "another host".into());
-                answered_all.push(t.to_string());
-            }
-        }
-        invalid(format!(
-            "network {}: every address probed on {parent} is in use by another host ({}); give --ip, or split the subnet between hosts with --ip-range",
-            n.name,
-            answered_all.join(", ")
-        ))
+            invalid(format!(
+                "network {}: every address probed on {parent} is in use by another host ({}); give --ip/--ip6, or split the subnet between hosts with --ip-range",
+                n.name,
+                answered.join(", ")
+            ))
+        };
+        let (v4, v6) = std::thread::scope(|s| {
+            let six = s.spawn(|| if want6 { family(false) } else { Ok(None) });
+            let four = if want4 { family(true) } else { Ok(None) };
+            (four, six.join().unwrap_or(Ok(None)))
+        });
+        crate::timing::mark("ip-probed");
+        Ok((v4?, v6?))
     }
 
     /// Create an endpoint (namespace, links, addresses, map entries). The command, if
@@ -503,15 +521,15 @@ impl Engine {
         let me = std::process::id();
         // 0. A dynamic IPv4 address is probed on the segment first (other hosts may hand
         // out the same subnet); the one chosen is then requested below.
-        let probed = match (ip, network.as_str()) {
-            (None, "host" | "none") => None,
-            (None, name) => match self.store.read(|tx| tx.network(name))? {
-                Some(n) if !req.host_shim => self.probe_free_ipv4(&n)?,
-                _ => None,
+        let (probed, probed6) = match network.as_str() {
+            "host" | "none" => (None, None),
+            name => match self.store.read(|tx| tx.network(name))? {
+                Some(n) if !req.host_shim => self.probe_free(&n, ip.is_none(), ip6.is_none() && n.ipv6)?,
+                _ => (None, None),
             },
-            _ => None,
         };
-        let ip = probed.map(IpAddr::V4).or(ip);
+        let ip = probed.or(ip);
+        let ip6 = probed6.or(ip6);
 
         // 1. Allocate (and push map entries) under the store's write lock.
         let (ep, net, att) = self.store.write(|tx| -> Result<(Endpoint, Option<Network>, Option<Attachment>)> {
@@ -550,9 +568,18 @@ impl Engine {
                 supervisor: None,
             };
             // A probed address another command of ours took meanwhile: allocate as usual.
-            let ip = match (probed, &net) {
-                (Some(p), Some(n)) if tx.attachments()?.iter().any(|a| a.network == n.name && a.ipv4 == Some(IpAddr::V4(p))) => None,
+            let taken = |p: IpAddr| -> Result<bool> {
+                Ok(net.as_ref().is_some_and(|n| {
+                    tx.attachments().map(|v| v.iter().any(|a| a.network == n.name && (a.ipv4 == Some(p) || a.ipv6 == Some(p)))).unwrap_or(false)
+                }))
+            };
+            let ip = match probed {
+                Some(p) if taken(p)? => None,
                 _ => ip,
+            };
+            let ip6 = match probed6 {
+                Some(p) if taken(p)? => None,
+                _ => ip6,
             };
             let att = match &net {
                 Some(n) => {
