@@ -286,7 +286,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn plugin_killed_mid_endpoint_and_dockerd_restarts() {
+fn docker_plugin_killed_mid_endpoint_and_dockerd_restarts() {
     let mut lab = DockerLab::new("dpK").unwrap();
     let d = lab.driver.clone();
     lab.switch.exec(&["ip", "addr", "add", "10.61.0.1/24", "dev", "up0"]).unwrap();
