@@ -400,3 +400,17 @@ fn docker_host_access_with_a_reserved_address() {
     lab.ok(&["network", "rm", "hn"]);
     assert_eq!(dp_links(&lab), links_before, "the host interface outlived the network");
 }
+
+/// A QinQ parent through Docker (which its own macvlan driver refuses): the network is
+/// made with its S-tag/C-tag device, a container runs on it, and removal takes the device.
+#[test]
+fn docker_qinq_parent() {
+    let lab = DockerLab::new("dpDq").unwrap();
+    let d = lab.driver.clone();
+    let links_before = dp_links(&lab);
+    lab.ok(&["network", "create", "-d", &d, "--subnet=10.99.0.0/24", "-o", "parent=eth0.100.50", "qn"]);
+    assert!(dp_links(&lab).contains("eth0.100.50"), "{:?}", dp_links(&lab));
+    lab.ok(&["run", "--rm", "--network", "qn", IMAGE, "true"]);
+    lab.ok(&["network", "rm", "qn"]);
+    assert_eq!(dp_links(&lab), links_before, "QinQ devices outlived the network");
+}
