@@ -1,12 +1,13 @@
-//! RFC 5227 address probes: before dataplane hands out an IPv4 address on a parent shared
-//! with other hosts, it asks the segment (ARP request from 0.0.0.0 with the parent's MAC)
-//! whether anyone has it, and waits a bounded time for an answer. A host that has the
-//! address answers (Linux replies to probes); one that is probing for it too sends a
-//! request for it. Either makes the address taken.
+//! Address probes: before dataplane hands out an address on a parent shared with other
+//! hosts, it asks the segment whether anyone has it and waits a bounded time for an
+//! answer: for IPv4 an RFC 5227 ARP probe (request from 0.0.0.0 with the parent's MAC),
+//! for IPv6 duplicate address detection (RFC 4862: a solicitation from ::). A host that has
+//! the address answers (Linux replies to both); one that is probing for it too sends the
+//! same probe. Either makes the address taken.
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -49,8 +50,8 @@ fn iface_info(fd: &OwnedFd, iface: &str) -> std::io::Result<(i32, [u8; 6])> {
     }
 }
 
-fn request(src_mac: [u8; 6], target: Ipv4Addr) -> [u8; 42] {
-    let mut f = [0u8; 42];
+fn arp_request(src_mac: [u8; 6], target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0u8; 42];
     f[0..6].copy_from_slice(&[0xff; 6]);
     f[6..12].copy_from_slice(&src_mac);
     f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
@@ -102,17 +103,6 @@ fn close_later(fd: OwnedFd) {
     std::thread::spawn(move || drop(fd));
 }
 
-/// Probe `candidates` out of `iface` (in this namespace) and wait up to `wait` for
-/// answers; returns the candidates someone else holds or is probing for.
-pub fn arp_probe(iface: &str, candidates: &[Ipv4Addr], wait: Duration) -> std::io::Result<BTreeSet<Ipv4Addr>> {
-    let (fd, mac) = packet_socket(iface, ETH_P_ARP)?;
-    let frames: Vec<Vec<u8>> = candidates.iter().map(|c| request(mac, *c).to_vec()).collect();
-    send_all(&fd, iface, &frames)?;
-    let taken = collect(&fd, mac, candidates, wait);
-    close_later(fd);
-    Ok(taken)
-}
-
 /// The ICMPv6 checksum of `msg` (checksum field zero) between `src` and `dst`.
 fn icmp6_checksum(src: &[u8; 16], dst: &[u8; 16], msg: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -153,13 +143,61 @@ fn dad_solicit(src_mac: [u8; 6], target: Ipv6Addr) -> Vec<u8> {
     f
 }
 
-/// [`arp_probe`] for IPv6: duplicate address detection for each candidate; taken are
-/// those someone advertises (the holder answers to all nodes) or solicits from :: too.
-pub fn dad_probe(iface: &str, candidates: &[Ipv6Addr], wait: Duration) -> std::io::Result<BTreeSet<Ipv6Addr>> {
-    let (fd, mac) = packet_socket(iface, ETH_P_IPV6)?;
-    let frames: Vec<Vec<u8>> = candidates.iter().map(|c| dad_solicit(mac, *c)).collect();
+/// Probe `candidates` (one family) out of `iface` in this namespace and wait up to `wait`
+/// for answers; returns the candidates someone else holds or is probing for.
+pub fn probe(iface: &str, candidates: &[IpAddr], wait: Duration) -> std::io::Result<BTreeSet<IpAddr>> {
+    let v4 = candidates.first().is_some_and(IpAddr::is_ipv4);
+    let (fd, mac) = packet_socket(iface, if v4 { ETH_P_ARP } else { ETH_P_IPV6 })?;
+    let frames: Vec<Vec<u8>> = candidates
+        .iter()
+        .filter_map(|c| match c {
+            IpAddr::V4(a) if v4 => Some(arp_request(mac, *a)),
+            IpAddr::V6(a) if !v4 => Some(dad_solicit(mac, *a)),
+            _ => None,
+        })
+        .collect();
     send_all(&fd, iface, &frames)?;
-    let wanted: BTreeSet<Ipv6Addr> = candidates.iter().copied().collect();
+    let wanted: BTreeSet<IpAddr> = candidates.iter().copied().collect();
+    let taken =
+        collect(&fd, &wanted, wait, |f| if v4 { arp_claim(f) } else { dad_claim(f) }.filter(|_| f[6..12] != mac));
+    close_later(fd);
+    Ok(taken)
+}
+
+/// The address an ARP frame says is taken: a reply's (or announcement's) sender address,
+/// or the target of someone else's probe (sender 0.0.0.0).
+fn arp_claim(f: &[u8]) -> Option<IpAddr> {
+    if f.len() < 42 || f[12..14] != ETH_P_ARP.to_be_bytes() {
+        return None;
+    }
+    let spa = Ipv4Addr::new(f[28], f[29], f[30], f[31]);
+    let probing = u16::from_be_bytes([f[20], f[21]]) == 1 && spa.is_unspecified();
+    Some(IpAddr::V4(if probing { Ipv4Addr::new(f[38], f[39], f[40], f[41]) } else { spa }))
+}
+
+/// The address a neighbour discovery frame says is taken: an advertisement's target, or
+/// the target of someone else's duplicate address detection (a solicitation from ::).
+fn dad_claim(f: &[u8]) -> Option<IpAddr> {
+    // Ethernet + IPv6 (next header ICMPv6) + type, code, checksum, flags + target.
+    if f.len() < 78 || f[12..14] != ETH_P_IPV6.to_be_bytes() || f[20] != 58 {
+        return None;
+    }
+    let from_unspecified = f[22..38] == [0; 16];
+    if !(f[54] == 136 || (f[54] == 135 && from_unspecified)) {
+        return None;
+    }
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&f[62..78]);
+    Some(IpAddr::V6(Ipv6Addr::from(t)))
+}
+
+/// Read frames until every address in `wanted` is claimed or `wait` is over.
+fn collect(
+    fd: &OwnedFd,
+    wanted: &BTreeSet<IpAddr>,
+    wait: Duration,
+    claim: impl Fn(&[u8]) -> Option<IpAddr>,
+) -> BTreeSet<IpAddr> {
     let mut taken = BTreeSet::new();
     let deadline = Instant::now() + wait;
     let mut buf = [0u8; 256];
@@ -175,51 +213,9 @@ pub fn dad_probe(iface: &str, candidates: &[Ipv6Addr], wait: Duration) -> std::i
         }
         // SAFETY: recv(2) into a buffer we own.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        // Ethernet + IPv6 (next header ICMPv6) + type, code, checksum, flags + target.
-        if n < 78 || buf[12..14] != ETH_P_IPV6.to_be_bytes() || buf[6..12] == mac || buf[20] != 58 {
-            continue;
-        }
-        let mut t = [0u8; 16];
-        t.copy_from_slice(&buf[62..78]);
-        let target = Ipv6Addr::from(t);
-        let from_unspecified = buf[22..38] == [0; 16];
-        if wanted.contains(&target) && (buf[54] == 136 || (buf[54] == 135 && from_unspecified)) {
-            taken.insert(target);
-        }
-    }
-    close_later(fd);
-    Ok(taken)
-}
-
-fn collect(fd: &OwnedFd, mac: [u8; 6], candidates: &[Ipv4Addr], wait: Duration) -> BTreeSet<Ipv4Addr> {
-    let wanted: BTreeSet<Ipv4Addr> = candidates.iter().copied().collect();
-    let mut taken = BTreeSet::new();
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 128];
-    while taken.len() < wanted.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: poll on one descriptor we own.
-        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
-        if r <= 0 {
-            continue;
-        }
-        // SAFETY: recv(2) into a buffer we own.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n < 42 || buf[12..14] != ETH_P_ARP.to_be_bytes() || buf[6..12] == mac {
-            continue;
-        }
-        let op = u16::from_be_bytes([buf[20], buf[21]]);
-        let spa = Ipv4Addr::new(buf[28], buf[29], buf[30], buf[31]);
-        let tpa = Ipv4Addr::new(buf[38], buf[39], buf[40], buf[41]);
-        // A reply from the holder, or someone else probing for or announcing it.
-        if wanted.contains(&spa) {
-            taken.insert(spa);
-        } else if op == 1 && spa.is_unspecified() && wanted.contains(&tpa) {
-            taken.insert(tpa);
+        let Ok(n) = usize::try_from(n) else { continue };
+        if let Some(a) = claim(&buf[..n]).filter(|a| wanted.contains(a)) {
+            taken.insert(a);
         }
     }
     taken

@@ -438,16 +438,7 @@ impl Engine {
                 if candidates.is_empty() {
                     return Ok(None);
                 }
-                let taken: std::io::Result<Vec<IpAddr>> = if v4 {
-                    let c: Vec<std::net::Ipv4Addr> =
-                        candidates.iter().filter_map(|c| if let IpAddr::V4(a) = c { Some(*a) } else { None }).collect();
-                    crate::probe::arp_probe(&parent, &c, wait).map(|t| t.into_iter().map(IpAddr::V4).collect())
-                } else {
-                    let c: Vec<std::net::Ipv6Addr> =
-                        candidates.iter().filter_map(|c| if let IpAddr::V6(a) = c { Some(*a) } else { None }).collect();
-                    crate::probe::dad_probe(&parent, &c, wait).map(|t| t.into_iter().map(IpAddr::V6).collect())
-                };
-                let Ok(taken) = taken else { return Ok(None) };
+                let Ok(taken) = crate::probe::probe(&parent, &candidates, wait) else { return Ok(None) };
                 if let Some(c) = candidates.iter().find(|c| !taken.contains(c)) {
                     return Ok(Some(*c));
                 }
@@ -568,19 +559,17 @@ impl Engine {
                 supervisor: None,
             };
             // A probed address another command of ours took meanwhile: allocate as usual.
-            let taken = |p: IpAddr| -> Result<bool> {
-                Ok(net.as_ref().is_some_and(|n| {
-                    tx.attachments().map(|v| v.iter().any(|a| a.network == n.name && (a.ipv4 == Some(p) || a.ipv6 == Some(p)))).unwrap_or(false)
-                }))
+            let held: Vec<IpAddr> = match &net {
+                Some(n) if probed.is_some() || probed6.is_some() => tx
+                    .attachments()?
+                    .into_iter()
+                    .filter(|a| a.network == n.name)
+                    .flat_map(|a| [a.ipv4, a.ipv6].into_iter().flatten())
+                    .collect(),
+                _ => Vec::new(),
             };
-            let ip = match probed {
-                Some(p) if taken(p)? => None,
-                _ => ip,
-            };
-            let ip6 = match probed6 {
-                Some(p) if taken(p)? => None,
-                _ => ip6,
-            };
+            let ip = if probed.is_some_and(|p| held.contains(&p)) { None } else { ip };
+            let ip6 = if probed6.is_some_and(|p| held.contains(&p)) { None } else { ip6 };
             let att = match &net {
                 Some(n) => {
                     let ifname = if req.host_shim {
