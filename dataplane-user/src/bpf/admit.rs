@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use dataplane_common::{
-    maps::{CONFLICTS_MAP, OUR_IP6S_MAP, OUR_IPS_MAP},
+    maps::{ADMIT_MAP, CONFLICTS_MAP, OUR_IP6S_MAP, OUR_IPS_MAP},
     AdmitKey, AdmitValue, Conflict, Ip6Key, IpKey, OurIp,
 };
 
@@ -15,13 +15,7 @@ fn map_err(path: &Path, detail: impl ToString) -> BpfError {
 }
 
 pub fn open(pins: &Pins) -> Result<HashMap<MapData, AdmitKey, AdmitValue>, BpfError> {
-    let path = pins.admit_map();
-    if !path.exists() {
-        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
-    }
-    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
-    let map = Map::from_map_data(data).map_err(|e| map_err(&path, e))?;
-    HashMap::try_from(map).map_err(|e| map_err(&path, e))
+    super::open_hash(pins, ADMIT_MAP)
 }
 
 pub fn insert(pins: &Pins, key: AdmitKey, value: AdmitValue) -> Result<(), BpfError> {
@@ -86,71 +80,57 @@ pub fn list(pins: &Pins) -> Result<Vec<(AdmitKey, AdmitValue)>, BpfError> {
     Ok(out)
 }
 
-/// The map of our IPv4 addresses per (parent, VLAN), if this instance's programs have it
-/// (pinned by programs loaded since it was added; older pins simply lack it).
-fn open_ips(pins: &Pins) -> Option<HashMap<MapData, IpKey, OurIp>> {
-    let path = pins.map(OUR_IPS_MAP);
-    let data = MapData::from_pin(&path).ok()?;
-    HashMap::try_from(Map::from_map_data(data).ok()?).ok()
+/// A pinned hash map of this instance, if its programs have it (the address and conflict
+/// maps are pinned by programs loaded since they were added; older pins simply lack them).
+fn open_pinned<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> Option<HashMap<MapData, K, V>> {
+    super::open_hash(pins, name).ok()
 }
 
-/// Record that the addresses keyed by `keys` are `value.endpoint`'s (with its MAC).
-pub fn claim_ips(pins: &Pins, keys: &[IpKey], value: OurIp) -> Result<(), BpfError> {
-    let Some(mut m) = open_ips(pins) else { return Ok(()) };
+/// Record that the addresses keyed by `keys` (`IpKey`s in DP_OUR_IPS, `Ip6Key`s in
+/// DP_OUR_IP6S) are `value.endpoint`'s, with its MAC.
+fn claim<K: aya::Pod>(pins: &Pins, map: &str, keys: &[K], value: OurIp) -> Result<(), BpfError> {
+    let Some(mut m) = open_pinned::<K, OurIp>(pins, map) else { return Ok(()) };
     for k in keys {
-        m.insert(*k, value, 0).map_err(|e| map_err(&pins.map(OUR_IPS_MAP), e))?;
+        m.insert(*k, value, 0).map_err(|e| map_err(&pins.map(map), e))?;
     }
     Ok(())
 }
 
 /// Forget the addresses keyed by `keys` where they are still `endpoint`'s.
+fn release<K: aya::Pod>(pins: &Pins, map: &str, keys: &[K], endpoint: u32) {
+    let Some(mut m) = open_pinned::<K, OurIp>(pins, map) else { return };
+    for k in keys {
+        if m.get(k, 0).is_ok_and(|v| v.endpoint == endpoint) {
+            let _ = m.remove(k);
+        }
+    }
+}
+
+pub fn claim_ips(pins: &Pins, keys: &[IpKey], value: OurIp) -> Result<(), BpfError> {
+    claim(pins, OUR_IPS_MAP, keys, value)
+}
+
 pub fn release_ips(pins: &Pins, keys: &[IpKey], endpoint: u32) {
-    let Some(mut m) = open_ips(pins) else { return };
-    for k in keys {
-        if m.get(k, 0).is_ok_and(|v| v.endpoint == endpoint) {
-            let _ = m.remove(k);
-        }
-    }
+    release(pins, OUR_IPS_MAP, keys, endpoint)
 }
 
-fn open_ip6s(pins: &Pins) -> Option<HashMap<MapData, Ip6Key, OurIp>> {
-    let data = MapData::from_pin(pins.map(OUR_IP6S_MAP)).ok()?;
-    HashMap::try_from(Map::from_map_data(data).ok()?).ok()
-}
-
-/// [`claim_ips`] for IPv6 addresses.
 pub fn claim_ip6s(pins: &Pins, keys: &[Ip6Key], value: OurIp) -> Result<(), BpfError> {
-    let Some(mut m) = open_ip6s(pins) else { return Ok(()) };
-    for k in keys {
-        m.insert(*k, value, 0).map_err(|e| map_err(&pins.map(OUR_IP6S_MAP), e))?;
-    }
-    Ok(())
+    claim(pins, OUR_IP6S_MAP, keys, value)
 }
 
-/// [`release_ips`] for IPv6 addresses.
 pub fn release_ip6s(pins: &Pins, keys: &[Ip6Key], endpoint: u32) {
-    let Some(mut m) = open_ip6s(pins) else { return };
-    for k in keys {
-        if m.get(k, 0).is_ok_and(|v| v.endpoint == endpoint) {
-            let _ = m.remove(k);
-        }
-    }
-}
-
-fn open_conflicts(pins: &Pins) -> Option<HashMap<MapData, u32, Conflict>> {
-    let data = MapData::from_pin(pins.map(CONFLICTS_MAP)).ok()?;
-    HashMap::try_from(Map::from_map_data(data).ok()?).ok()
+    release(pins, OUR_IP6S_MAP, keys, endpoint)
 }
 
 /// Conflicts the parents' XDP programs noticed, by endpoint number.
 pub fn conflicts(pins: &Pins) -> std::collections::BTreeMap<u32, Conflict> {
-    let Some(m) = open_conflicts(pins) else { return Default::default() };
+    let Some(m) = open_pinned::<u32, Conflict>(pins, CONFLICTS_MAP) else { return Default::default() };
     m.iter().filter_map(Result::ok).collect()
 }
 
 /// Forget endpoint `endpoint`'s conflict record (it is gone).
 pub fn clear_conflicts(pins: &Pins, endpoint: u32) {
-    if let Some(mut m) = open_conflicts(pins) {
+    if let Some(mut m) = open_pinned::<u32, Conflict>(pins, CONFLICTS_MAP) {
         let _ = m.remove(&endpoint);
     }
 }

@@ -26,12 +26,7 @@ fn map_err(path: &Path, d: impl ToString) -> BpfError {
 }
 
 fn open_endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, EndpointInfo>, BpfError> {
-    let path = pins.map(ENDPOINTS_MAP);
-    if !path.exists() {
-        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
-    }
-    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
-    HashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))
+    super::open_hash(pins, ENDPOINTS_MAP)
 }
 
 pub fn insert(pins: &Pins, key: u32, info: EndpointInfo) -> Result<(), BpfError> {
@@ -152,9 +147,8 @@ pub fn attach_fast(pins: &Pins, netns_path: &str, ifname: &str) -> Result<bool, 
 /// `netns_path`) to tcx links, unless the interface is gone or is not `ifindex` any more.
 /// The two links' grace periods overlap.
 pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Result<bool, BpfError> {
-    let [eg, ing] = link_pins(pins, netns_path, ifname);
-    let [out_prog, in_prog] = endpoint_programs(pins)?;
-    let upgrade = |prog: &'static str, mut p: SchedClassifier, kind: TcAttachType, pin: &Path| {
+    let at = link_pins(pins, netns_path, ifname);
+    let (eg, ing) = per_direction(pins, &at, |prog, mut p, kind, pin| {
         crate::nl::with_netns(Path::new(netns_path), || {
             if crate::netns::ifindex(ifname) != Some(ifindex) {
                 return Ok(false);
@@ -162,14 +156,28 @@ pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Resu
             super::tc::upgrade_to_tcx(&mut p, prog, ifname, kind, pin)
         })
         .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {netns_path}: {e}") })?
-    };
+    })?;
+    Ok(eg | ing)
+}
+
+/// Run `f` for an endpoint's egress and ingress programs (pinned at `at`: egress,
+/// ingress) side by side: creating a tcx link waits for an RCU grace period (10-15 ms
+/// here), and the two are independent, so the waits overlap. Returns (egress, ingress).
+fn per_direction<T: Send>(
+    pins: &Pins,
+    at: &[PathBuf; 2],
+    f: impl Fn(&'static str, SchedClassifier, TcAttachType, &Path) -> Result<T, BpfError> + Sync,
+) -> Result<(T, T), BpfError> {
+    let [eg, ing] = at;
+    let [out_prog, in_prog] = endpoint_programs(pins)?;
+    crate::timing::mark("programs-opened");
     std::thread::scope(|s| {
-        let ingress = s.spawn(|| upgrade(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, &ing));
-        let egress = upgrade(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, &eg);
+        let ingress = s.spawn(|| f(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, ing));
+        let egress = f(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, eg);
         let ingress = ingress
             .join()
-            .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "upgrade thread panicked".into() }));
-        Ok(egress? | ingress?)
+            .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "attach thread panicked".into() }));
+        Ok((egress?, ingress?))
     })
 }
 
@@ -183,17 +191,8 @@ pub fn attach_at(
     at: [PathBuf; 2],
     cls_only: bool,
 ) -> Result<(), BpfError> {
-    let [eg, ing] = at;
-    crate::bpffs::create_private(eg.parent().expect("pin has a parent"))?;
-    let [out_prog, in_prog] = endpoint_programs(pins)?;
-    crate::timing::mark("programs-opened");
-    // Creating a tcx link waits for an RCU grace period (10-15 ms here); the two links
-    // are independent, so they are made side by side and the waits overlap.
-    let attach_one = |prog: &'static str,
-                      mut p: SchedClassifier,
-                      kind: TcAttachType,
-                      pin: &std::path::Path|
-     -> Result<(), BpfError> {
+    crate::bpffs::create_private(at[0].parent().expect("pin has a parent"))?;
+    per_direction(pins, &at, |prog, mut p, kind, pin| {
         // ifname resolves, and the attachment is made, in the endpoint's namespace.
         match netns_path {
             Some(ns) => crate::nl::with_netns(Path::new(ns), || {
@@ -202,19 +201,9 @@ pub fn attach_at(
             .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?,
             None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only),
         }
-    };
-    let (out_res, in_res) = std::thread::scope(|s| {
-        let ingress = s.spawn(|| attach_one(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, &ing));
-        let egress = attach_one(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, &eg);
-        (
-            egress,
-            ingress
-                .join()
-                .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "attach thread panicked".into() })),
-        )
-    });
+    })?;
     crate::timing::mark("programs-attached");
-    out_res.and(in_res)
+    Ok(())
 }
 
 /// Unpin an endpoint interface's links (and its namespace's pin dir when empty).

@@ -16,6 +16,22 @@ pub use object::{load_object, BpfError};
 pub use parent::{attach_parent, detach_parent, list_attachments, AttachMode, Attachment};
 pub use pins::Pins;
 
+/// The pinned hash map `name` of this instance (`BpfError::NoMaps` if nothing is pinned).
+pub(crate) fn open_hash<K: aya::Pod, V: aya::Pod>(
+    pins: &Pins,
+    name: &str,
+) -> Result<aya::maps::HashMap<aya::maps::MapData, K, V>, BpfError> {
+    use aya::maps::{HashMap, Map, MapData};
+    let path = pins.map(name);
+    let err = |d: String| BpfError::Map { path: path.clone(), detail: d };
+    if !path.exists() {
+        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
+    }
+    let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
+    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
+    HashMap::try_from(map).map_err(|e| err(e.to_string()))
+}
+
 /// Create (or reuse) every pinned map without attaching anything.
 pub fn ensure_maps(pins: &Pins) -> Result<(), BpfError> {
     load_object(&pins.maps_dir()).map(drop)

@@ -89,13 +89,7 @@ pub fn attach_pinned(
         match p.attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default())) {
             Ok(id) => {
                 let _ = TCX.set(true);
-                let link =
-                    p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
-                let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
-                    path: pin.to_path_buf(),
-                    detail: format!("tcx link expected: {e}"),
-                })?;
-                return fd
+                return fd_link(p, id, pin)?
                     .pin(pin)
                     .map(drop)
                     .map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() });
@@ -162,10 +156,7 @@ pub fn upgrade_to_tcx(
     }
     let attach_err = |e: ProgramError| BpfError::Attach { name, iface: iface.into(), mode: "tcx", source: Box::new(e) };
     let id = p.attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default())).map_err(attach_err)?;
-    let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("tcx link expected: {e}") })?;
+    let fd = fd_link(p, id, pin)?;
     let mut tmp = pin.as_os_str().to_owned();
     tmp.push("~tcx");
     let tmp = PathBuf::from(tmp);
@@ -182,6 +173,16 @@ pub fn upgrade_to_tcx(
         let _ = link.detach();
     }
     Ok(true)
+}
+
+/// The tcx link `id` of `p` as a link to pin at `pin` (which error messages name).
+fn fd_link(
+    p: &mut SchedClassifier,
+    id: aya::programs::tc::SchedClassifierLinkId,
+    pin: &Path,
+) -> Result<FdLink, BpfError> {
+    let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
+    link.try_into().map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("tcx link expected: {e}") })
 }
 
 /// A directory beside a cls_bpf pin saying dataplane added the interface's clsact qdisc.

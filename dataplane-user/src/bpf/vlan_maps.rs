@@ -1,23 +1,12 @@
 //! The two maps that make an eBPF VLAN device: trunk+VID -> device, device -> trunk+VID.
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::HashMap;
 use dataplane_common::{
     maps::{VLAN_DEVS_MAP, VLAN_PEERS_MAP},
     VlanKey, VlanTrunk,
 };
 
-use super::{object::BpfError, pins::Pins};
-
-fn open<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> Result<HashMap<MapData, K, V>, BpfError> {
-    let path = pins.map(name);
-    let err = |d: String| BpfError::Map { path: path.clone(), detail: d };
-    if !path.exists() {
-        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
-    }
-    let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
-    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
-    HashMap::try_from(map).map_err(|e| err(e.to_string()))
-}
+use super::{object::BpfError, open_hash as open, pins::Pins};
 
 /// Steer (trunk, `outer` S-tag VID or 0, `vid`) to `dev_ifindex` (0: a kernel VLAN device,
 /// left to the kernel's demux).
