@@ -91,6 +91,42 @@ fn note_conflict(endpoint: u32, ip: bool, other: [u8; 6]) {
     }
 }
 
+/// A broadcast/multicast frame from outside (our endpoints' frames leave through the
+/// parent, they do not arrive on it) with one of our MACs as source, or ARP / a neighbour
+/// advertisement claiming one of our addresses for another MAC: a conflict.
+#[inline(always)]
+fn note_claims(pkt: &PacketBounds, ifindex: u32) {
+    let len = pkt.len() as u64;
+    let claims = group_claims(pkt, ifindex);
+    if let Some(k) = claims.src {
+        if let Some(v) = DP_ADMIT.get_ptr(&k) {
+            // SAFETY: map value pointer from a successful lookup.
+            let ep = unsafe { (*v).endpoint };
+            if ep != HOST_ENDPOINT {
+                note_conflict(ep, false, k.mac);
+                count(ifindex, Reason::ConflictMac, len);
+            }
+        }
+    }
+    if let Some((k, mac)) = claims.ip {
+        ip_claim(DP_OUR_IPS.get_ptr(&k), mac, ifindex, len);
+    }
+    if let Some((k, mac)) = claims.ip6 {
+        ip_claim(DP_OUR_IP6S.get_ptr(&k), mac, ifindex, len);
+    }
+}
+
+/// `ours`: the address-map entry the claim's address found, if any.
+#[inline(always)]
+fn ip_claim(ours: Option<*const OurIp>, mac: [u8; 6], ifindex: u32, len: u64) {
+    // SAFETY: map value pointer from a successful lookup, copied at once.
+    let Some(ours) = ours.map(|v| unsafe { *v }) else { return };
+    if ours.mac != mac {
+        note_conflict(ours.endpoint, true, mac);
+        count(ifindex, Reason::ConflictIp, len);
+    }
+}
+
 #[xdp]
 pub fn dp_parent(ctx: XdpContext) -> u32 {
     let pkt = PacketBounds::xdp(&ctx);
@@ -104,39 +140,7 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
     );
     count(ifindex, decision.reason, pkt.len() as u64);
     if matches!(decision.reason, Reason::PassBroadcast | Reason::PassMulticast) {
-        // From outside (our endpoints' frames leave through the parent, they do not
-        // arrive on it): one of our MACs as source, or ARP claiming one of our addresses.
-        let claims = group_claims(&pkt, ifindex);
-        if let Some(k) = claims.src {
-            if let Some(v) = DP_ADMIT.get_ptr(&k) {
-                // SAFETY: map value pointer from a successful lookup.
-                let ep = unsafe { (*v).endpoint };
-                if ep != HOST_ENDPOINT {
-                    note_conflict(ep, false, k.mac);
-                    count(ifindex, Reason::ConflictMac, pkt.len() as u64);
-                }
-            }
-        }
-        if let Some((k, sha)) = claims.ip {
-            if let Some(v) = DP_OUR_IPS.get_ptr(&k) {
-                // SAFETY: map value pointer from a successful lookup, copied at once.
-                let ours = unsafe { *v };
-                if ours.mac != sha {
-                    note_conflict(ours.endpoint, true, sha);
-                    count(ifindex, Reason::ConflictIp, pkt.len() as u64);
-                }
-            }
-        }
-        if let Some((k, tll)) = claims.ip6 {
-            if let Some(v) = DP_OUR_IP6S.get_ptr(&k) {
-                // SAFETY: map value pointer from a successful lookup, copied at once.
-                let ours = unsafe { *v };
-                if ours.mac != tll {
-                    note_conflict(ours.endpoint, true, tll);
-                    count(ifindex, Reason::ConflictIp, pkt.len() as u64);
-                }
-            }
-        }
+        note_claims(&pkt, ifindex);
     }
     if decision.verdict == Verdict::Drop {
         // Off unless user space loads the programs with a debug log level; the level is
