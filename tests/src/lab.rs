@@ -253,6 +253,35 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Endpoint `name` as `ps --format json` shows it.
+    pub fn endpoint_json(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["Name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("endpoint {name} not in ps: {v:#}"))
+    }
+
+    /// Endpoint `name`'s counters, from `stats --format json NAME`.
+    pub fn endpoint_stats(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["stats", "--format", "json", name])).unwrap();
+        v["endpoints"][0].clone()
+    }
+
+    /// Packets counted for `reason` on parent `iface`, from `stats --format json`.
+    pub fn parent_packets(&self, iface: &str, reason: &str) -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["stats", "--format", "json"])).unwrap();
+        v["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["iface"] == iface)
+            .filter_map(|p| p["packets"][reason].as_u64())
+            .sum()
+    }
+
     /// Names of the endpoints this instance knows, from `ps --format json`.
     pub fn endpoint_names(&self) -> Vec<String> {
         let v: serde_json::Value = serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap_or_default();

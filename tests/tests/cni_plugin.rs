@@ -392,11 +392,7 @@ fn host_access_through_cni() {
     assert_eq!(shim.len(), 1, "one host-access interface expected: {shim:?}");
     assert!(shim[0].starts_with("dph"), "{shim:?}");
     assert!(h.ns.exec(&["ping", "-c", "1", "-W", "2", &pod_ip]).is_ok(), "the node cannot reach its pod");
-    let host_ip = {
-        let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
-        let e = ps.as_array().unwrap().iter().find(|e| e["Name"] == "cnh-host").expect("cnh-host in ps").clone();
-        e["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()
-    };
+    let host_ip = h.endpoint_json("cnh-host")["Networks"][0]["IPv4Address"].as_str().unwrap().to_string();
     assert!(pod.exec(&["ping", "-c", "1", "-W", "2", &host_ip]).is_ok(), "the pod cannot reach the node");
 
     let del = call(&h.ns, &plugin, "DEL", &env("ctrH", &pod_path), &c);

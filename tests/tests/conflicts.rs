@@ -6,22 +6,6 @@
 use dataplane_tests::lab::{unique, veth_between, Host};
 use serde_json::Value;
 
-fn stats_of(h: &Host, ep: &str) -> Value {
-    let v: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", ep])).unwrap();
-    v["endpoints"][0].clone()
-}
-
-fn parent_reason(h: &Host, reason: &str) -> u64 {
-    let v: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json"])).unwrap();
-    v["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["iface"] == "trunk0")
-        .filter_map(|p| p["packets"][reason].as_u64())
-        .sum()
-}
-
 /// ARP requests out of `ep` (for an address nobody has): broadcasts with its identity.
 fn arp_from(h: &Host, ep: &str) {
     let _ = h.dp(&["exec", ep, "ping", "-c", "2", "-W", "1", "10.90.0.99"]);
@@ -51,22 +35,22 @@ fn clashing_addresses_and_macs_are_reported_on_both_hosts() {
         arp_from(h, ep);
     }
 
-    let sa = stats_of(&a, &ea);
+    let sa = a.endpoint_stats(&ea);
     assert!(sa["conflict_ip"].as_u64().unwrap() >= 1, "{sa:#}");
     assert_eq!(sa["conflict_ip_claimed_by"], "02:00:00:00:0b:0a", "{sa:#}");
-    let sb = stats_of(&b, &eb);
+    let sb = b.endpoint_stats(&eb);
     assert!(sb["conflict_ip"].as_u64().unwrap() >= 1, "{sb:#}");
     assert_eq!(sb["conflict_ip_claimed_by"], "02:42:0a:5a:00:0a", "{sb:#}");
     assert_eq!(sa["conflict_mac"], 0, "{sa:#}");
     for (h, ep) in [(&a, &ma), (&b, &mb)] {
-        let s = stats_of(h, ep);
+        let s = h.endpoint_stats(ep);
         assert!(s["conflict_mac"].as_u64().unwrap() >= 1, "{s:#}");
         assert_eq!(s["conflict_ip"], 0, "{s:#}");
     }
-    let quiet = stats_of(&a, &alone);
+    let quiet = a.endpoint_stats(&alone);
     assert_eq!((quiet["conflict_mac"].as_u64(), quiet["conflict_ip"].as_u64()), (Some(0), Some(0)), "{quiet:#}");
     for h in [&a, &b] {
-        assert!(parent_reason(h, "conflict_ip") >= 1 && parent_reason(h, "conflict_mac") >= 1);
+        assert!(h.parent_packets("trunk0", "conflict_ip") >= 1 && h.parent_packets("trunk0", "conflict_mac") >= 1);
     }
 
     let ps = a.dp(&["ps"]);
@@ -86,14 +70,11 @@ fn clashing_addresses_and_macs_are_reported_on_both_hosts() {
     assert!(String::from_utf8_lossy(&ps.stdout).starts_with("ENDPOINT ID"));
 }
 
-fn ipv4s(h: &Host) -> Vec<String> {
+/// The addresses (`IPv4Address` or `IPv6Address`) of the endpoints `h` knows, sorted.
+fn addresses(h: &Host, family: &str) -> Vec<String> {
     let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
-    let mut v: Vec<String> = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["Networks"][0]["IPv4Address"].as_str().map(str::to_string))
-        .collect();
+    let mut v: Vec<String> =
+        ps.as_array().unwrap().iter().filter_map(|e| e["Networks"][0][family].as_str().map(str::to_string)).collect();
     v.sort();
     v
 }
@@ -122,7 +103,11 @@ fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
             names.push((h, n));
         }
     }
-    assert_eq!(ipv4s(&a), ipv4s(&b), "without probes both hosts start at the same address");
+    assert_eq!(
+        addresses(&a, "IPv4Address"),
+        addresses(&b, "IPv4Address"),
+        "without probes both hosts start at the same address"
+    );
     for (h, n) in &names {
         h.ok(&["rm", "-f", n]);
     }
@@ -143,7 +128,7 @@ fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
         b.ok(&["run", "-d", "--name", &n, "--network", "lan"]);
         b_eps.push(n);
     }
-    let (on_a, on_b) = (ipv4s(&a), ipv4s(&b));
+    let (on_a, on_b) = (addresses(&a, "IPv4Address"), addresses(&b, "IPv4Address"));
     assert_eq!(on_a.len(), 3);
     assert_eq!(on_b.len(), 3);
     assert!(on_a.iter().all(|ip| !on_b.contains(ip)), "both hosts handed out the same address: {on_a:?} {on_b:?}");
@@ -153,7 +138,7 @@ fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
     // No conflicts reported.
     for (h, eps) in [(&a, &a_eps), (&b, &b_eps)] {
         for e in eps {
-            let s = stats_of(h, e);
+            let s = h.endpoint_stats(e);
             assert_eq!((s["conflict_ip"].as_u64(), s["conflict_mac"].as_u64()), (Some(0), Some(0)), "{s:#}");
         }
     }
@@ -207,14 +192,14 @@ fn an_ipv6_address_claimed_from_outside_is_reported() {
     let raw = dataplane_tests::raw::RawSocket::open(&b.ns, "trunk0").unwrap();
     raw.send(&na(theirs)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(stats_of(&a, &ea)["conflict_ip"], 0, "an advertisement for someone else's address counted");
+    assert_eq!(a.endpoint_stats(&ea)["conflict_ip"], 0, "an advertisement for someone else's address counted");
     raw.send(&na(ours)).unwrap();
     raw.send(&na(ours)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let s = stats_of(&a, &ea);
+    let s = a.endpoint_stats(&ea);
     assert_eq!(s["conflict_ip"], 2, "{s:#}");
     assert_eq!(s["conflict_ip_claimed_by"], "02:00:00:00:0c:0c", "{s:#}");
-    assert!(parent_reason(&a, "conflict_ip") >= 2);
+    assert!(a.parent_packets("trunk0", "conflict_ip") >= 2);
     let warn = String::from_utf8_lossy(&a.dp(&["ps"]).stderr).into_owned();
     assert!(warn.contains(&format!("WARNING: endpoint {ea}: its address")), "{warn}");
 }
@@ -240,21 +225,14 @@ fn two_hosts_with_one_ipv6_subnet_hand_out_disjoint_addresses() {
             "six",
         ]);
     }
-    let v6s = |h: &Host| -> Vec<String> {
-        let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
-        ps.as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["Networks"][0]["IPv6Address"].as_str().map(str::to_string))
-            .collect()
-    };
     for h in [&a, &b] {
         for _ in 0..2 {
             h.ok(&["run", "-d", "--name", &unique("w"), "--network", "six"]);
         }
     }
-    let (on_a, on_b) = (v6s(&a), v6s(&b));
+    let (on_a, on_b) = (addresses(&a, "IPv6Address"), addresses(&b, "IPv6Address"));
     assert_eq!((on_a.len(), on_b.len()), (2, 2), "{on_a:?} {on_b:?}");
     assert!(on_a.iter().all(|ip| !on_b.contains(ip)), "both hosts handed out the same IPv6 address: {on_a:?} {on_b:?}");
-    assert!(ipv4s(&a).iter().all(|ip| !ipv4s(&b).contains(ip)), "and IPv4 stays disjoint");
+    let (v4_a, v4_b) = (addresses(&a, "IPv4Address"), addresses(&b, "IPv4Address"));
+    assert!(v4_a.iter().all(|ip| !v4_b.contains(ip)), "and IPv4 stays disjoint: {v4_a:?} {v4_b:?}");
 }

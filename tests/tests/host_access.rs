@@ -26,9 +26,7 @@ fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static
 }
 
 fn ipv4_of(h: &Host, endpoint: &str) -> String {
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
-    let ep = ps.as_array().unwrap().iter().find(|e| e["Name"] == endpoint).unwrap_or_else(|| panic!("{ps:#}"));
-    ep["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()
+    h.endpoint_json(endpoint)["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()
 }
 
 fn host_pings(h: &Host, ip: &str) -> bool {

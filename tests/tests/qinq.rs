@@ -9,33 +9,6 @@ use dataplane_tests::{
 };
 use serde_json::Value;
 
-fn parent_reason(h: &Host, reason: &str) -> u64 {
-    let v: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json"])).unwrap();
-    v["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["iface"] == "trunk0")
-        .filter_map(|p| p["packets"][reason].as_u64())
-        .sum()
-}
-
-fn rx_of(h: &Host, ep: &str) -> u64 {
-    let v: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", ep])).unwrap();
-    v["endpoints"][0]["rx_packets"].as_u64().unwrap()
-}
-
-fn mac_of(h: &Host, ep: &str) -> [u8; 6] {
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
-    let e = ps.as_array().unwrap().iter().find(|e| e["Name"] == ep).unwrap();
-    let s = e["Networks"][0]["MacAddress"].as_str().unwrap();
-    let mut m = [0u8; 6];
-    for (i, p) in s.split(':').enumerate() {
-        m[i] = u8::from_str_radix(p, 16).unwrap();
-    }
-    m
-}
-
 #[test]
 fn qinq_parents_carry_both_tags_and_drop_every_other_stack() {
     let a = Host::new("dpQa").unwrap();
@@ -64,10 +37,15 @@ fn qinq_parents_carry_both_tags_and_drop_every_other_stack() {
     // Every other combination towards ea's MAC, sent from b's end of the trunk: dropped,
     // counted as stacked tags (or an unknown VLAN for a lone C-tag), never delivered.
     let raw = RawSocket::open(&b.ns, "trunk0").unwrap();
-    let dst = mac_of(&a, &ea);
-    let stacked_before = parent_reason(&a, "drop_stacked_tags");
-    let unknown_before = parent_reason(&a, "drop_unknown_vlan");
-    let rx_before = rx_of(&a, &ea);
+    let dst = a.endpoint_json(&ea)["Networks"][0]["MacAddress"]
+        .as_str()
+        .unwrap()
+        .parse::<dataplane_user::mac::Mac>()
+        .unwrap()
+        .0;
+    let stacked_before = a.parent_packets("trunk0", "drop_stacked_tags");
+    let unknown_before = a.parent_packets("trunk0", "drop_unknown_vlan");
+    let rx_before = a.endpoint_stats(&ea)["rx_packets"].as_u64().unwrap();
     let inner = |vid: u16| tagged(udp(dst, 1, 64), 0x8100, vid);
     let frames = [
         tagged(inner(51), 0x88a8, 100),                    // wrong C-tag
@@ -81,11 +59,18 @@ fn qinq_parents_carry_both_tags_and_drop_every_other_stack() {
     raw.send(&inner(50)).unwrap(); // the C-tag alone: no such single-tagged VLAN
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
-        parent_reason(&a, "drop_stacked_tags") >= stacked_before + frames.len() as u64,
+        a.parent_packets("trunk0", "drop_stacked_tags") >= stacked_before + frames.len() as u64,
         "stacked tags not all dropped and counted"
     );
-    assert!(parent_reason(&a, "drop_unknown_vlan") > unknown_before, "the lone C-tag was not dropped as unknown");
-    assert_eq!(rx_of(&a, &ea), rx_before, "a frame with the wrong tags reached the endpoint");
+    assert!(
+        a.parent_packets("trunk0", "drop_unknown_vlan") > unknown_before,
+        "the lone C-tag was not dropped as unknown"
+    );
+    assert_eq!(
+        a.endpoint_stats(&ea)["rx_packets"].as_u64().unwrap(),
+        rx_before,
+        "a frame with the wrong tags reached the endpoint"
+    );
 
     // Teardown removes the QinQ device.
     for (h, e) in [(&a, &ea), (&b, &eb)] {

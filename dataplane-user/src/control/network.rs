@@ -404,13 +404,8 @@ impl Engine {
             super::check_owner("network", &n.name, &n.owner, by)?;
             let users: Vec<String> =
                 tx.attachments()?.into_iter().filter(|a| a.network == n.name).map(|a| a.endpoint).collect();
-            let mut shims = Vec::new();
-            for u in &users {
-                if tx.endpoint(u)?.is_some_and(|e| super::endpoint::is_host_shim(&e)) {
-                    shims.push(u.clone());
-                }
-            }
-            Ok((shims.len() == 1 && users.len() == 1).then(|| shims.remove(0)))
+            let [only] = users.as_slice() else { return Ok(None) };
+            Ok(tx.endpoint(only)?.filter(super::endpoint::is_host_shim).map(|e| e.name))
         })?;
         if let Some(s) = shim {
             self.remove_endpoint(&s, false, |_| Ok(()))?;

@@ -690,14 +690,17 @@ fn cni(o: &Opts) -> Result<Vec<Value>> {
     let keep = Netns::new("bNk")?;
     let kp = keep.path().display().to_string();
     let keep_ifs = [(0, "eth0"), (2, "eth1")];
-    for (i, ifname) in keep_ifs {
-        let first = call(
+    let keep_call = |cmd: &str, i: usize, ifname: &str| {
+        call(
             &h.ns,
             &plugins[i].1,
-            "ADD",
+            cmd,
             &[("CNI_CONTAINERID", "keep"), ("CNI_NETNS", &kp), ("CNI_IFNAME", ifname)],
             &plugins[i].2,
-        );
+        )
+    };
+    for (i, ifname) in keep_ifs {
+        let first = keep_call("ADD", i, ifname);
         if !first.ok {
             bail!("{} ADD failed: {}", plugins[i].0, first.json);
         }
@@ -808,13 +811,7 @@ fn cni(o: &Opts) -> Result<Vec<Value>> {
     }
     rows.push(json!({"breakdown": breakdown}));
     for (i, ifname) in keep_ifs {
-        let _ = call(
-            &h.ns,
-            &plugins[i].1,
-            "DEL",
-            &[("CNI_CONTAINERID", "keep"), ("CNI_NETNS", &kp), ("CNI_IFNAME", ifname)],
-            &plugins[i].2,
-        );
+        let _ = keep_call("DEL", i, ifname);
     }
     let _ = std::fs::remove_dir_all(&data);
     Ok(rows)
