@@ -39,6 +39,20 @@ impl fmt::Display for Mac {
     }
 }
 
+/// Stored and shown as text (`02:42:ac:10:56:02`), as it always was in the store.
+impl serde::Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl Mac {
     pub const fn is_unicast(&self) -> bool {
         self.0[0] & 1 == 0

@@ -188,17 +188,18 @@ impl Nl {
         &self,
         name: &str,
         parent_index: u32,
-        mode: &str,
+        mode: crate::store::MacvlanMode,
         mac: [u8; 6],
         netns_fd: Option<RawFd>,
         ifindex: Option<u32>,
         mtu: Option<u32>,
     ) -> Result<()> {
+        use crate::store::MacvlanMode as M;
         let mode = match mode {
-            "private" => MacVlanMode::Private,
-            "vepa" => MacVlanMode::Vepa,
-            "passthru" => MacVlanMode::Passthrough,
-            _ => MacVlanMode::Bridge,
+            M::Bridge => MacVlanMode::Bridge,
+            M::Private => MacVlanMode::Private,
+            M::Vepa => MacVlanMode::Vepa,
+            M::Passthru => MacVlanMode::Passthrough,
         };
         let mut b = LinkMacVlan::new(name, parent_index, mode).address(mac.to_vec());
         if let Some(i) = ifindex {

@@ -57,6 +57,49 @@ impl Driver {
     }
 }
 
+/// The macvlan mode of a network's endpoints (Docker's `macvlan_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    #[default]
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+impl MacvlanMode {
+    pub const ALL: [MacvlanMode; 4] =
+        [MacvlanMode::Bridge, MacvlanMode::Private, MacvlanMode::Vepa, MacvlanMode::Passthru];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Passthru => "passthru",
+        }
+    }
+}
+
+impl std::fmt::Display for MacvlanMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MacvlanMode {
+    type Err = String;
+
+    /// The error names the value and the modes there are.
+    fn from_str(s: &str) -> Result<Self, String> {
+        MacvlanMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("invalid macvlan_mode {s:?}: use one of bridge, private, vepa, passthru"))
+    }
+}
+
 /// What a trunk parent's subinterface is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,7 +144,7 @@ pub struct Network {
     pub pools: Vec<Pool>,
     /// The interface macvlans hang on (e.g. `eth0` or `eth0.50`).
     pub parent: Option<String>,
-    pub macvlan_mode: Option<String>,
+    pub macvlan_mode: Option<MacvlanMode>,
     pub vlan: Option<VlanParent>,
     /// `creating`/`removing` while a command works on it (see `owner_pid`).
     #[serde(default = "ready")]
@@ -230,7 +273,7 @@ pub struct Attachment {
     pub endpoint: String,
     pub network: String,
     pub ifname: String,
-    pub mac: String,
+    pub mac: crate::mac::Mac,
     pub ipv4: Option<IpAddr>,
     pub ipv6: Option<IpAddr>,
     /// The physical parent the MAC must be unique on.
@@ -415,7 +458,7 @@ impl Tx<'_> {
             .execute(
                 "INSERT INTO attachments (endpoint, network, ipv4, ipv6, mac, parent, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT(endpoint, network) DO UPDATE SET ipv4 = excluded.ipv4, ipv6 = excluded.ipv6, mac = excluded.mac, parent = excluded.parent, doc = excluded.doc",
-                params![a.endpoint, a.network, a.ipv4.map(|i| i.to_string()), a.ipv6.map(|i| i.to_string()), a.mac, a.parent, json(a)],
+                params![a.endpoint, a.network, a.ipv4.map(|i| i.to_string()), a.ipv6.map(|i| i.to_string()), a.mac.to_string(), a.parent, json(a)],
             )
             .map_err(|e| self.db(e))?;
         Ok(())
@@ -484,7 +527,7 @@ mod tests {
             options: BTreeMap::new(),
             pools: vec![],
             parent: Some("eth1".into()),
-            macvlan_mode: Some("bridge".into()),
+            macvlan_mode: Some(MacvlanMode::Bridge),
             vlan: None,
             state: EndpointState::Ready,
             owner_pid: 0,
@@ -498,7 +541,7 @@ mod tests {
             endpoint: "e1".into(),
             network: "pub_net".into(),
             ifname: "eth0".into(),
-            mac: "02:42:00:00:00:01".into(),
+            mac: "02:42:00:00:00:01".parse().unwrap(),
             ipv4: Some("10.0.0.2".parse().unwrap()),
             ipv6: None,
             parent: "eth1".into(),
@@ -509,7 +552,7 @@ mod tests {
         s.write(|t| t.put_attachment(&a)).unwrap();
         let mut b = a.clone();
         b.endpoint = "e2".into();
-        b.mac = "02:42:00:00:00:02".into();
+        b.mac = "02:42:00:00:00:02".parse().unwrap();
         let err = s.write(|t| t.put_attachment(&b)).unwrap_err();
         assert!(err.to_string().contains("UNIQUE"), "{err}");
         // A failed transaction leaves nothing behind.

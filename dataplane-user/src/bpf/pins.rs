@@ -102,6 +102,28 @@ impl Pins {
     }
 }
 
+/// Every endpoint's pair of program pins ([egress, ingress]) kept for a namespace path,
+/// with that namespace's tag (as [`netns_tag`] makes it).
+pub fn endpoint_pin_pairs(pins: &Pins) -> Vec<(String, [PathBuf; 2])> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(pins.links_dir()) else { return out };
+    for ns in rd.flatten() {
+        let tag = ns.file_name().to_string_lossy().into_owned();
+        if !tag.starts_with("ns-") {
+            continue;
+        }
+        let Ok(links) = std::fs::read_dir(ns.path()) else { continue };
+        for l in links.flatten() {
+            let file = l.file_name().to_string_lossy().into_owned();
+            if let Some(ifname) = file.strip_prefix("tceg-") {
+                out.push((tag.clone(), [l.path(), ns.path().join(format!("tcin-{ifname}"))]));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn netns_tag(netns: Option<&str>) -> String {
     match netns {
         None => "host".to_string(),

@@ -298,7 +298,7 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
             eprintln!(
                 "WARNING: endpoint {}: its MAC {} is also used by another host on the parent ({} frames seen)",
                 e.name,
-                a.map_or("?", |a| a.mac.as_str()),
+                a.map_or("?".to_string(), |a| a.mac.to_string()),
                 k.mac_frames
             );
         }

@@ -128,7 +128,7 @@ impl Engine {
             Ok(())
         });
         let (ep2, a2) = (ep.clone(), a.clone());
-        self.complete_attach(n, ep, &a, undo, "cni-add:linked", || realise(&pins, n, &ep2, &a2))?;
+        self.complete_attach(Some((n, &a)), ep, undo, Some("cni-add:linked"), |_| realise(&pins, n, &ep2, &a2))?;
         Ok(a)
     }
 
@@ -227,7 +227,7 @@ impl Engine {
                 return fail(format!("address {ip} of the previous result is not the attachment's ({recorded:?})"));
             }
         }
-        if let Some(m) = expect_mac.filter(|m| !m.eq_ignore_ascii_case(&a.mac)) {
+        if let Some(m) = expect_mac.filter(|m| m.parse::<Mac>().ok() != Some(a.mac)) {
             return fail(format!("MAC {m} of the previous result is not the attachment's {}", a.mac));
         }
         let inside = Nl::in_netns(Path::new(&ep.netns))?;
@@ -235,7 +235,7 @@ impl Engine {
         if link.index != a.ifindex {
             return fail(format!("ifindex {} is not the recorded {}", link.index, a.ifindex));
         }
-        let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+        let mac = a.mac;
         if link.mac != Some(mac.0) {
             return fail(format!("its MAC is not {}", a.mac));
         }

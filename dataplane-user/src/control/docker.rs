@@ -20,7 +20,6 @@ use super::{
 };
 use crate::{
     bpf::{self, Pins},
-    mac::Mac,
     nl::Nl,
     store::{Attachment, Endpoint, EndpointState, Network, Owner},
 };
@@ -148,7 +147,9 @@ impl Engine {
             delete_host_link(a2.ifindex, None)
         });
         let (ep2, a2) = (ep.clone(), a.clone());
-        self.complete_attach(&n, ep, &a, undo, "docker-endpoint:linked", || realise_here(&pins, &n, &ep2, &a2))?;
+        self.complete_attach(Some((&n, &a)), ep, undo, Some("docker-endpoint:linked"), |_| {
+            realise_here(&pins, &n, &ep2, &a2)
+        })?;
         Ok(a)
     }
 
@@ -213,8 +214,8 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
     let parent = n.parent.as_deref().unwrap_or_default();
     let host = Nl::here()?;
     let p = parent_up(&host, n)?;
-    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
-    let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
+    let mac = a.mac;
+    let mode = n.macvlan_mode.unwrap_or_default();
     wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, None, Some(a.ifindex), network_mtu(n))).map_err(
         |e| {
             if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {

@@ -23,7 +23,7 @@ use crate::{
     mac::Mac,
     netns,
     nl::Nl,
-    store::{Attachment, Endpoint, EndpointState, Network, Owner, Tx},
+    store::{Attachment, Endpoint, EndpointState, MacvlanMode, Network, Owner, Tx},
 };
 
 #[derive(Debug, Default, Clone)]
@@ -103,7 +103,7 @@ pub fn endpoint_number(id: &str) -> u32 {
 }
 
 pub(crate) fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_id: &str) -> Result<()> {
-    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+    let mac = a.mac;
     let keys = admit_keys(n, mac.0).ok_or_else(|| {
         ControlError::Invalid(format!(
             "parent {} of network {} is gone; recreate it or remove the network",
@@ -143,7 +143,7 @@ pub(crate) fn push_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_
 
 /// Remove the admission entries of attachment `a` that are still its endpoint's.
 pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_id: &str) {
-    let Ok(mac) = a.mac.parse::<Mac>() else { return };
+    let mac = a.mac;
     if !pins.admit_map().exists() {
         return;
     }
@@ -196,21 +196,20 @@ pub(crate) fn allocate(
     let ipv4 = ipam::allocate(&n.name, &n.pools, true, ip, &used)?;
     let ipv6 = if n.ipv6 { ipam::allocate(&n.name, &n.pools, false, ip6, &used)? } else { None };
     let phys = physical_parent(n).unwrap_or_default().to_string();
-    let taken: Vec<&str> = atts.iter().filter(|a| a.parent == phys).map(|a| a.mac.as_str()).collect();
+    let taken: Vec<Mac> = atts.iter().filter(|a| a.parent == phys).map(|a| a.mac).collect();
     let mac = match mac {
         Some(m) => {
             let m: Mac = m.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
             if !m.is_unicast() || m.0 == [0; 6] {
                 return invalid(format!("invalid --mac-address {m}: it must be a unicast address (lowest bit of the first octet clear) and not all zero"));
             }
-            let s = m.to_string();
-            if let Some(a) = atts.iter().find(|a| a.parent == phys && a.mac == s) {
+            if let Some(a) = atts.iter().find(|a| a.parent == phys && a.mac == m) {
                 return invalid(format!(
-                    "MAC address {s} is already used on parent {phys} by endpoint {}; pick another --mac-address",
+                    "MAC address {m} is already used on parent {phys} by endpoint {}; pick another --mac-address",
                     a.endpoint
                 ));
             }
-            s
+            m
         }
         None => generate_mac(ipv4, &taken),
     };
@@ -234,11 +233,11 @@ pub(crate) fn allocate(
 }
 
 /// Docker-style 02:42:<IPv4 octets> when free, else random locally administered unicast.
-fn generate_mac(ipv4: Option<IpAddr>, taken: &[&str]) -> String {
+fn generate_mac(ipv4: Option<IpAddr>, taken: &[Mac]) -> Mac {
     if let Some(IpAddr::V4(v4)) = ipv4 {
         let o = v4.octets();
-        let m = Mac([0x02, 0x42, o[0], o[1], o[2], o[3]]).to_string();
-        if !taken.contains(&m.as_str()) {
+        let m = Mac([0x02, 0x42, o[0], o[1], o[2], o[3]]);
+        if !taken.contains(&m) {
             return m;
         }
     }
@@ -247,8 +246,8 @@ fn generate_mac(ipv4: Option<IpAddr>, taken: &[&str]) -> String {
         // SAFETY: getrandom writes at most 6 bytes into b.
         unsafe { libc::getrandom(b.as_mut_ptr().cast(), 6, 0) };
         b[0] = (b[0] & 0xfc) | 0x02;
-        let m = Mac(b).to_string();
-        if !taken.contains(&m.as_str()) {
+        let m = Mac(b);
+        if !taken.contains(&m) {
             return m;
         }
     }
@@ -256,7 +255,7 @@ fn generate_mac(ipv4: Option<IpAddr>, taken: &[&str]) -> String {
 
 /// The identity entry of an attachment (what its interface may send as).
 pub(crate) fn endpoint_info(ep: &Endpoint, a: &Attachment) -> Result<EndpointInfo> {
-    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
+    let mac = a.mac;
     let mut info = EndpointInfo { endpoint: endpoint_number(&ep.id), mac: mac.0, ..Default::default() };
     if let Some(IpAddr::V4(v4)) = a.ipv4 {
         info.flags |= EP_HAS_IPV4;
@@ -305,13 +304,13 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
     let p = parent_up(&host, n)?;
     let ns = std::fs::File::open(&ep.netns)
         .map_err(|source| ControlError::Io { what: format!("opening network namespace {}", ep.netns), source })?;
-    let mac: Mac = a.mac.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
-    let mode = n.macvlan_mode.as_deref().unwrap_or("bridge");
+    let mac = a.mac;
+    let mode = n.macvlan_mode.unwrap_or_default();
     wait_for_mac(|| {
         host.add_macvlan(&a.ifname, p.index, mode, mac.0, Some(ns.as_raw_fd()), Some(a.ifindex), network_mtu(n))
     })
     .map_err(|e| {
-        if e.is(libc::EBUSY) && mode == "passthru" {
+        if e.is(libc::EBUSY) && mode == MacvlanMode::Passthru {
             ControlError::Invalid(format!(
                 "parent {parent} already has a passthru macvlan (passthru allows one endpoint per parent)"
             ))
@@ -397,6 +396,224 @@ fn next_ifname(netns_path: &str, allocated: &[String]) -> Result<String> {
         .expect("an unbounded range has a free name"))
 }
 
+/// Where a new endpoint lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Place {
+    /// `--network host`: the host's namespace, no interface of ours.
+    Host,
+    /// A network's host-access interface: an interface of ours in the host's namespace.
+    Shim,
+    /// A namespace the caller made (`--netns`).
+    Given(String),
+    /// A namespace `run` makes (and `rm` deletes): /run/netns/NAME.
+    Owned(String),
+}
+
+impl Place {
+    fn path(&self) -> String {
+        match self {
+            Place::Host => String::new(),
+            Place::Shim => HOST_NS.to_string(),
+            Place::Given(p) | Place::Owned(p) => p.clone(),
+        }
+    }
+}
+
+/// A `run` request, checked before anything is allocated.
+struct RunPlan {
+    network: String,
+    ip: Option<IpAddr>,
+    ip6: Option<IpAddr>,
+    place: Place,
+}
+
+impl RunPlan {
+    fn new(req: &RunRequest) -> Result<RunPlan> {
+        check_name("endpoint", &req.name)?;
+        let ip = parse_opt_ip(&req.ip)?;
+        let ip6 = parse_opt_ip(&req.ip6)?;
+        let network = if req.network.is_empty() { "none".to_string() } else { req.network.clone() };
+        let addressed = ip.is_some() || ip6.is_some() || req.mac.is_some();
+        if network == "host" {
+            if req.netns.is_some() {
+                return invalid(
+                    "--netns cannot be used with --network host: the endpoint runs in the host's namespace",
+                );
+            }
+            if addressed {
+                return invalid("--ip, --ip6 and --mac-address cannot be used with --network host");
+            }
+        }
+        if network == "none" && addressed {
+            return invalid("--ip, --ip6 and --mac-address cannot be used with --network none (it has only lo)");
+        }
+        let place = match (&req.netns, network.as_str()) {
+            (_, "host") => Place::Host,
+            _ if req.host_shim => Place::Shim,
+            (Some(p), _) => {
+                let path = netns::path_of(p);
+                if !path.exists() {
+                    return invalid(format!("network namespace {} does not exist", path.display()));
+                }
+                Place::Given(path.display().to_string())
+            }
+            (None, _) => {
+                let path = PathBuf::from("/run/netns").join(&req.name);
+                if path.exists() {
+                    return invalid(format!(
+                        "network namespace {} already exists; pick another --name, or hand it over with --netns {}",
+                        path.display(),
+                        path.display()
+                    ));
+                }
+                Place::Owned(path.display().to_string())
+            }
+        };
+        Ok(RunPlan { network, ip, ip6, place })
+    }
+}
+
+fn name_taken<T>(name: &str, e: &Endpoint) -> Result<T> {
+    invalid(format!(
+        "endpoint name {name} is already in use by endpoint {}; remove it first (dataplane rm {name}) or pick another name",
+        &e.id[..12.min(e.id.len())]
+    ))
+}
+
+/// The network a `run` joins (None for host and none), if it may.
+fn run_network(tx: &Tx, plan: &RunPlan) -> Result<Option<Network>> {
+    let n = match plan.network.as_str() {
+        "host" | "none" => return Ok(None),
+        n => n,
+    };
+    let net = tx
+        .network(n)?
+        .ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?;
+    if net.owner != Owner::Cli && plan.place != Place::Shim {
+        return invalid(format!(
+            "network {n} belongs to {}, which allocates its addresses: attach containers through it, not with dataplane run",
+            owner_name(&net.owner)
+        ));
+    }
+    if net.state != EndpointState::Ready {
+        return Err(super::state_err(
+            super::StateKind::Busy,
+            format!("network {n} is still being set up or removed (by process {}); retry in a moment", net.owner_pid),
+        ));
+    }
+    Ok(Some(net))
+}
+
+/// Record a new endpoint (`creating`) and its attachment, if it joins a network.
+/// `probed`: addresses found free on the segment, used unless another command of ours
+/// took them meanwhile.
+fn record_run(
+    tx: &Tx,
+    req: &RunRequest,
+    plan: &RunPlan,
+    probed: (Option<IpAddr>, Option<IpAddr>),
+) -> Result<(Endpoint, Option<Network>, Option<Attachment>)> {
+    if let Some(e) = tx.endpoint(&req.name)?.filter(|e| e.name == req.name) {
+        return name_taken(&req.name, &e);
+    }
+    let net = run_network(tx, plan)?;
+    if let Place::Given(p) = &plan.place {
+        if let Some(other) =
+            tx.endpoints()?.into_iter().find(|e| !e.netns.is_empty() && Path::new(&e.netns) == Path::new(p))
+        {
+            return invalid(format!(
+                "network namespace {} already belongs to endpoint {}",
+                req.netns.as_deref().unwrap_or(p),
+                other.name
+            ));
+        }
+    }
+    let ep = Endpoint {
+        id: crate::store::new_id(),
+        name: req.name.clone(),
+        netns: plan.place.path(),
+        netns_owned: matches!(plan.place, Place::Owned(_)),
+        network_mode: plan.network.clone(),
+        created: crate::store::now_rfc3339(),
+        state: EndpointState::Creating,
+        owner_pid: std::process::id(),
+        pid: None,
+        auto_remove: req.auto_remove,
+        command: req.command.clone(),
+        owner: Owner::Cli,
+        supervisor: None,
+    };
+    let Some(n) = &net else {
+        tx.put_endpoint(&ep)?;
+        return Ok((ep, None, None));
+    };
+    let held: Vec<IpAddr> = if probed.0.is_some() || probed.1.is_some() {
+        let atts = tx.attachments()?;
+        atts.into_iter().filter(|a| a.network == n.name).flat_map(|a| [a.ipv4, a.ipv6].into_iter().flatten()).collect()
+    } else {
+        Vec::new()
+    };
+    let pick = |p: Option<IpAddr>, asked: Option<IpAddr>| p.filter(|p| !held.contains(p)).or(asked);
+    let (ip, ip6) = (pick(probed.0, plan.ip), pick(probed.1, plan.ip6));
+    let ifname = match &plan.place {
+        Place::Shim => host_shim_ifname(n),
+        Place::Owned(_) => "eth0".to_string(),
+        other => next_ifname(&other.path(), &[])?,
+    };
+    // The host-access interface may take the aux address reserved for it.
+    let mut view = n.clone();
+    if plan.place == Place::Shim {
+        for p in &mut view.pools {
+            p.aux.remove(super::network::HOST_AUX);
+        }
+    }
+    let att = allocate(tx, &ep, &view, ip, ip6, req.mac.as_deref(), ifname)?;
+    tx.put_endpoint(&ep)?;
+    tx.put_attachment(&att)?;
+    Ok((ep, net, Some(att)))
+}
+
+/// The kernel side of `run` after the admission entries: the namespace it owns, lo, and
+/// the interface with its programs; each step registers its undo.
+fn make_run(
+    pins: &Pins,
+    name: &str,
+    plan: &RunPlan,
+    ep: &Endpoint,
+    na: Option<(&Network, &Attachment)>,
+    undo: &mut Undo,
+) -> Result<()> {
+    let path = plan.place.path();
+    match &plan.place {
+        Place::Host => return Ok(()),
+        Place::Owned(p) => {
+            netns::create_named(name)
+                .map_err(|source| ControlError::Io { what: format!("creating network namespace {p}"), source })?;
+            let p = PathBuf::from(p);
+            undo.push(format!("deleting network namespace {path}"), move || {
+                netns::delete_named(&p).map_err(|e| e.to_string())
+            });
+            super::fault("run:netns-made");
+        }
+        Place::Shim | Place::Given(_) => {}
+    }
+    if plan.place != Place::Shim {
+        lo_up(&path)?;
+    }
+    let Some((n, a)) = na else { return Ok(()) };
+    if !matches!(plan.place, Place::Owned(_)) {
+        let (path, ifname) = (path.clone(), a.ifname.clone());
+        undo.push(format!("deleting {ifname} in {path}"), move || delete_link_in(&path, &ifname));
+    }
+    let (pins2, path2, ifname, number, ifindex) =
+        (pins.clone(), path, a.ifname.clone(), endpoint_number(&ep.id), a.ifindex);
+    undo.push(format!("removing the programs of {ifname}"), move || {
+        bpf::endpoints::forget(&pins2, ifindex, number, &path2, &ifname);
+        Ok(())
+    });
+    realise(pins, n, ep, a)
+}
+
 impl Engine {
     /// The first of the next free IPv4 (`want4`) and IPv6 (`want6`) addresses of `n` that
     /// nobody on the segment answers a probe for (ARP from 0.0.0.0; duplicate address
@@ -465,205 +682,31 @@ impl Engine {
     /// Create an endpoint (namespace, links, addresses, map entries). The command, if
     /// any, is the CLI's business.
     pub fn run(&mut self, req: RunRequest) -> Result<RunSpec> {
-        check_name("endpoint", &req.name)?;
-        let ip = parse_opt_ip(&req.ip)?;
-        let ip6 = parse_opt_ip(&req.ip6)?;
-        let network = if req.network.is_empty() { "none".to_string() } else { req.network.clone() };
-        if network == "host" {
-            if req.netns.is_some() {
-                return invalid(
-                    "--netns cannot be used with --network host: the endpoint runs in the host's namespace",
-                );
-            }
-            if ip.is_some() || ip6.is_some() || req.mac.is_some() {
-                return invalid("--ip, --ip6 and --mac-address cannot be used with --network host");
-            }
-        }
-        if network == "none" && (ip.is_some() || ip6.is_some() || req.mac.is_some()) {
-            return invalid("--ip, --ip6 and --mac-address cannot be used with --network none (it has only lo)");
-        }
+        let plan = RunPlan::new(&req)?;
         if let Some(e) = self.store.read(|tx| tx.endpoint(&req.name))?.filter(|e| e.name == req.name) {
-            return invalid(format!("endpoint name {} is already in use by endpoint {}; remove it first (dataplane rm {}) or pick another name", req.name, &e.id[..12], req.name));
+            return name_taken(&req.name, &e);
         }
-        let owned = req.netns.is_none() && network != "host" && !req.host_shim;
-        let netns_path = match (&req.netns, network.as_str()) {
-            (_, "host") => String::new(),
-            _ if req.host_shim => HOST_NS.to_string(),
-            (Some(p), _) => {
-                let path = netns::path_of(p);
-                if !path.exists() {
-                    return invalid(format!("network namespace {} does not exist", path.display()));
-                }
-                path.display().to_string()
-            }
-            (None, _) => {
-                let path = PathBuf::from("/run/netns").join(&req.name);
-                if path.exists() {
-                    return invalid(format!(
-                        "network namespace {} already exists; pick another --name, or hand it over with --netns {}",
-                        path.display(),
-                        path.display()
-                    ));
-                }
-                path.display().to_string()
-            }
-        };
-        let pins = self.pins.clone();
-        let me = std::process::id();
-        // 0. A dynamic IPv4 address is probed on the segment first (other hosts may hand
-        // out the same subnet); the one chosen is then requested below.
-        let (probed, probed6) = match network.as_str() {
+        // 0. A dynamic address is probed on the segment first (other hosts may hand out
+        // the same subnet); the one chosen is then requested below.
+        let probed = match plan.network.as_str() {
             "host" | "none" => (None, None),
             name => match self.store.read(|tx| tx.network(name))? {
-                Some(n) if !req.host_shim => self.probe_free(&n, ip.is_none(), ip6.is_none() && n.ipv6)?,
+                Some(n) if plan.place != Place::Shim => {
+                    self.probe_free(&n, plan.ip.is_none(), plan.ip6.is_none() && n.ipv6)?
+                }
                 _ => (None, None),
             },
         };
-        let ip = probed.or(ip);
-        let ip6 = probed6.or(ip6);
-
-        // 1. Allocate (and push map entries) under the store's write lock.
-        let (ep, net, att) = self.store.write(|tx| -> Result<(Endpoint, Option<Network>, Option<Attachment>)> {
-            if let Some(e) = tx.endpoint(&req.name)?.filter(|e| e.name == req.name) {
-                return invalid(format!("endpoint name {} is already in use by endpoint {}; remove it first (dataplane rm {}) or pick another name", req.name, &e.id[..12], req.name));
-            }
-            let net = match network.as_str() {
-                "host" | "none" => None,
-                n => {
-                    let net = tx.network(n)?.ok_or_else(|| ControlError::Invalid(format!("network {n} not found (list them with dataplane network ls)")))?;
-                    if net.owner != Owner::Cli && !req.host_shim {
-                        return invalid(format!("network {n} belongs to {}, which allocates its addresses: attach containers through it, not with dataplane run", owner_name(&net.owner)));
-                    }
-                    if net.state != EndpointState::Ready {
-                        return Err(super::state_err(super::StateKind::Busy, format!("network {n} is still being set up or removed (by process {}); retry in a moment", net.owner_pid)));
-                    }
-                    Some(net)
-                }
-            };
-            if let (false, Some(p), Some(other)) = (req.host_shim, &req.netns, tx.endpoints()?.into_iter().find(|e| !e.netns.is_empty() && Path::new(&e.netns) == netns::path_of(req.netns.as_deref().unwrap_or_default()))) {
-                return invalid(format!("network namespace {p} already belongs to endpoint {}", other.name));
-            }
-            let ep = Endpoint {
-                id: crate::store::new_id(),
-                name: req.name.clone(),
-                netns: netns_path.clone(),
-                netns_owned: owned,
-                network_mode: network.clone(),
-                created: crate::store::now_rfc3339(),
-                state: EndpointState::Creating,
-                owner_pid: me,
-                pid: None,
-                auto_remove: req.auto_remove,
-                command: req.command.clone(),
-                owner: Owner::Cli,
-                supervisor: None,
-            };
-            // A probed address another command of ours took meanwhile: allocate as usual.
-            let held: Vec<IpAddr> = match &net {
-                Some(n) if probed.is_some() || probed6.is_some() => tx
-                    .attachments()?
-                    .into_iter()
-                    .filter(|a| a.network == n.name)
-                    .flat_map(|a| [a.ipv4, a.ipv6].into_iter().flatten())
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let ip = if probed.is_some_and(|p| held.contains(&p)) { None } else { ip };
-            let ip6 = if probed6.is_some_and(|p| held.contains(&p)) { None } else { ip6 };
-            let att = match &net {
-                Some(n) => {
-                    let ifname = if req.host_shim {
-                        host_shim_ifname(n)
-                    } else if owned {
-                        "eth0".to_string()
-                    } else {
-                        next_ifname(&netns_path, &[])?
-                    };
-                    // The host-access interface may take the aux address reserved for it.
-                    let mut view = n.clone();
-                    if req.host_shim {
-                        for p in &mut view.pools {
-                            p.aux.remove(super::network::HOST_AUX);
-                        }
-                    }
-                    Some(allocate(tx, &ep, &view, ip, ip6, req.mac.as_deref(), ifname)?)
-                }
-                None => None,
-            };
-            tx.put_endpoint(&ep)?;
-            if let Some(a) = &att {
-                tx.put_attachment(a)?;
-            }
-            Ok((ep, net, att))
-        })?;
-
+        // 1. Allocate under the store's write lock.
+        let (ep, net, att) = self.store.write(|tx| record_run(tx, &req, &plan, probed))?;
         super::fault("run:allocated");
         // 2. Kernel work, undone in reverse on failure.
-        let mut undo = Undo::new();
-        {
-            let (pins2, net2, att2, id2) = (pins.clone(), net.clone(), att.clone(), ep.id.clone());
-            undo.push("removing admission entries", move || {
-                if let (Some(n), Some(a)) = (&net2, &att2) {
-                    pull_admission(&pins2, n, a, &id2);
-                }
-                Ok(())
-            });
-        }
-        let kernel = (|| -> Result<()> {
-            if network == "host" {
-                return Ok(());
-            }
-            // Map entries only once the rows are committed: a commit that fails (a full
-            // disk) must not leave entries behind.
-            if let (Some(n), Some(a)) = (&net, &att) {
-                push_admission(&pins, n, a, &ep.id)?;
-            }
-            if owned {
-                netns::create_named(&req.name).map_err(|source| ControlError::Io {
-                    what: format!("creating network namespace {netns_path}"),
-                    source,
-                })?;
-                let p = PathBuf::from(&netns_path);
-                undo.push(format!("deleting network namespace {netns_path}"), move || {
-                    netns::delete_named(&p).map_err(|e| e.to_string())
-                });
-                super::fault("run:netns-made");
-            }
-            if !req.host_shim {
-                lo_up(&netns_path)?;
-            }
-            if let (Some(n), Some(a)) = (&net, &att) {
-                if !owned {
-                    let (path, ifname) = (netns_path.clone(), a.ifname.clone());
-                    undo.push(format!("deleting {ifname} in {path}"), move || delete_link_in(&path, &ifname));
-                }
-                {
-                    let (pins2, path, ifname, number, ifindex) =
-                        (pins.clone(), netns_path.clone(), a.ifname.clone(), endpoint_number(&ep.id), a.ifindex);
-                    undo.push(format!("removing the programs of {ifname}"), move || {
-                        bpf::endpoints::forget(&pins2, ifindex, number, &path, &ifname);
-                        Ok(())
-                    });
-                }
-                realise(&pins, n, &ep, a)?;
-                super::fault("run:linked");
-            }
-            Ok(())
-        })();
-        if let Err(e) = kernel {
-            let err = undo.run(e);
-            let name = ep.name.clone();
-            let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
-            return Err(err);
-        }
-        undo.forget();
-
-        // 3. Done.
-        let mut ep = ep;
-        ep.state = EndpointState::Ready;
-        let e2 = ep.clone();
-        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&e2)?) })?;
-        Ok(RunSpec { endpoint: ep, attachment: att })
+        let pins = self.pins.clone();
+        let na = net.as_ref().zip(att.as_ref());
+        let endpoint = self.complete_attach(na, ep.clone(), Undo::new(), Some("run:linked"), |undo| {
+            make_run(&pins, &req.name, &plan, &ep, na, undo)
+        })?;
+        Ok(RunSpec { endpoint, attachment: att })
     }
 
     pub fn connect(
@@ -803,29 +846,40 @@ impl Engine {
     /// everything (`undo` holds the caller's steps) and drop its rows.
     pub(crate) fn complete_attach(
         &mut self,
-        n: &Network,
+        na: Option<(&Network, &Attachment)>,
         mut ep: Endpoint,
-        a: &Attachment,
         mut undo: Undo,
-        point: &'static str,
-        make: impl FnOnce() -> Result<()>,
-    ) -> Result<()> {
+        point: Option<&'static str>,
+        make: impl FnOnce(&mut Undo) -> Result<()>,
+    ) -> Result<Endpoint> {
         let pins = self.pins.clone();
-        let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
-        undo.push("removing admission entries", move || {
-            pull_admission(&pins2, &n2, &a2, &id2);
-            Ok(())
-        });
-        if let Err(e) = push_admission(&pins, n, a, &ep.id).and_then(|()| make()) {
+        let mut step = || -> Result<()> {
+            if let Some((n, a)) = na {
+                let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
+                undo.push("removing admission entries", move || {
+                    pull_admission(&pins2, &n2, &a2, &id2);
+                    Ok(())
+                });
+                // Map entries only once the rows are committed: a commit that fails (a
+                // full disk) must not leave entries behind.
+                push_admission(&pins, n, a, &ep.id)?;
+            }
+            make(&mut undo)
+        };
+        if let Err(e) = step() {
             let err = undo.run(e);
             let name = ep.name.clone();
             let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
             return Err(err);
         }
-        super::fault(point);
+        if let Some(point) = point.filter(|_| na.is_some()) {
+            super::fault(point);
+        }
         undo.forget();
         ep.state = EndpointState::Ready;
-        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&ep)?) })
+        let e2 = ep.clone();
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&e2)?) })?;
+        Ok(ep)
     }
 
     /// The removal every front end shares: in one transaction check the endpoint (`check`),

@@ -10,7 +10,7 @@ use crate::{
     bpf::{self, AttachMode},
     ipam::{self, PoolRequest},
     nl::Nl,
-    store::{Attachment, Driver, Endpoint, EndpointState, Network, Owner, VlanKind, VlanParent},
+    store::{Attachment, Driver, Endpoint, EndpointState, MacvlanMode, Network, Owner, Tx, VlanKind, VlanParent},
 };
 
 #[derive(Debug, Default, Clone)]
@@ -27,8 +27,6 @@ pub struct NetworkCreate {
     /// Who creates it (and alone may remove it).
     pub owner: Owner,
 }
-
-const MACVLAN_MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
 
 /// The aux address name that reserves the host-access interface's address.
 pub const HOST_AUX: &str = "dataplane-host";
@@ -80,6 +78,226 @@ pub fn parse_trunk_parent(parent: &str) -> Result<Option<TrunkParent>> {
     Ok(Some(TrunkParent { trunk: trunk.to_string(), outer, vid }))
 }
 
+/// A macvlan network request, checked: every option known and valid.
+struct NetworkSpec {
+    parent: String,
+    mode: MacvlanMode,
+    /// The driver options as given (with `macvlan_mode` filled in).
+    options: BTreeMap<String, String>,
+}
+
+impl NetworkSpec {
+    fn parse(req: &NetworkCreate) -> Result<NetworkSpec> {
+        check_name("network", &req.name)?;
+        if PREDEFINED.contains(&req.name.as_str()) {
+            return invalid(format!("network name {:?} is predefined and always exists; pick another name", req.name));
+        }
+        match req.driver.as_str() {
+            "macvlan" => {}
+            "host" | "null" | "none" => {
+                return invalid(format!(
+                    "only one instance of the {:?} network is allowed: it is predefined (use --network {})",
+                    req.driver,
+                    if req.driver == "host" { "host" } else { "none" }
+                ))
+            }
+            other => {
+                return invalid(format!(
+                    "driver {other:?} is not supported: use -d macvlan (the host and none networks always exist)"
+                ))
+            }
+        }
+        let mut options = BTreeMap::new();
+        for o in &req.opts {
+            let Some((k, v)) = o.split_once('=') else {
+                return invalid(format!("invalid option {o:?}: expected KEY=VALUE (e.g. -o parent=eth0)"));
+            };
+            check_option(req, k, v)?;
+            if options.insert(k.to_string(), v.to_string()).is_some() {
+                return invalid(format!("option {k:?} given twice"));
+            }
+        }
+        let mode: MacvlanMode = match options.get("macvlan_mode") {
+            Some(m) => m.parse().map_err(ControlError::Invalid)?,
+            None => MacvlanMode::Bridge,
+        };
+        options.insert("macvlan_mode".into(), mode.to_string());
+        let Some(parent) = options.get("parent").cloned() else {
+            return invalid(
+                "the macvlan driver needs a parent interface: add -o parent=IFACE (or IFACE.VID for an 802.1Q trunk)",
+            );
+        };
+        if parent.is_empty() || parent.contains('/') || parent.chars().any(char::is_whitespace) {
+            return invalid(format!("invalid parent interface name {parent:?}"));
+        }
+        if parent.len() > IFNAMSIZ_MAX {
+            return invalid(format!(
+                "parent interface name {parent:?} is longer than the kernel allows ({IFNAMSIZ_MAX} characters)"
+            ));
+        }
+        if parent == "lo" {
+            return invalid("parent lo is the loopback device; macvlan needs an Ethernet parent");
+        }
+        Ok(NetworkSpec { parent, mode, options })
+    }
+}
+
+/// One driver option `k=v` of request `req`.
+fn check_option(req: &NetworkCreate, k: &str, v: &str) -> Result<()> {
+    let docker = matches!(req.owner, Owner::Docker { .. });
+    match k {
+        "parent" | "macvlan_mode" => Ok(()),
+        "mtu" if !v.parse::<u32>().is_ok_and(|m| (68..=65535).contains(&m)) => {
+            invalid(format!("invalid mtu {v:?}: use a number of bytes from 68 to 65535"))
+        }
+        "mtu" => Ok(()),
+        "ip_probe_ms" if docker => invalid(
+            "ip_probe_ms is not available through Docker: Docker's IPAM hands out the addresses, dataplane cannot probe them first",
+        ),
+        "ip_probe_ms" if !v.parse::<u64>().is_ok_and(|m| m <= 1000) => invalid(format!(
+            "invalid ip_probe_ms {v:?}: milliseconds to wait for answers to an ARP probe before handing out an address, 0 (no probe) to 1000"
+        )),
+        "ip_probe_ms" => Ok(()),
+        "host_access" if !["true", "false"].contains(&v) => invalid(format!(
+            "invalid host_access {v:?}: use true (the host reaches the network's endpoints through an interface dataplane makes) or false"
+        )),
+        "host_access" if v == "true" && docker && !req.aux.iter().any(|a| a.starts_with(&format!("{HOST_AUX}="))) => {
+            invalid(format!(
+                "host_access through Docker needs the host interface's address reserved in Docker's IPAM: add --aux-address {HOST_AUX}=IP (an address of the subnet that Docker must not hand out)"
+            ))
+        }
+        "host_access" => Ok(()),
+        "endpoint_hooks" if !["tcx", "cls_bpf"].contains(&v) => invalid(format!(
+            "invalid endpoint_hooks {v:?}: use tcx (the default: links no process in the endpoint can remove, upgraded in the background) or cls_bpf (tc filters only: faster attach and detach, but removable by a holder of CAP_NET_ADMIN in the endpoint)"
+        )),
+        "endpoint_hooks" => Ok(()),
+        _ => invalid(format!(
+            "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode, mtu, endpoint_hooks, host_access and ip_probe_ms"
+        )),
+    }
+}
+
+/// The parent as it is in the kernel (None: not there yet, which only a trunk parent
+/// `IFACE.VID` may be) and its trunk reading.
+fn check_parent(nl: &Nl, parent: &str) -> Result<(Option<crate::nl::LinkInfo>, Option<TrunkParent>)> {
+    let existing = nl.link(parent)?;
+    if existing.as_ref().is_some_and(|l| l.loopback) {
+        return invalid(format!("parent {parent} is a loopback device; macvlan needs an Ethernet parent"));
+    }
+    let trunk = match (&existing, parse_trunk_parent(parent)) {
+        (Some(_), Ok(t)) => t,
+        // An existing interface whose name merely has a dot.
+        (Some(_), Err(_)) => None,
+        (None, Ok(Some(t))) => Some(t),
+        (None, Ok(None)) => {
+            return invalid(format!("parent interface {parent} does not exist; create it first or pick another parent"))
+        }
+        (None, Err(e)) => return Err(e),
+    };
+    if trunk.as_ref().is_some_and(|t| t.trunk == "lo") {
+        return invalid(format!("parent {parent}: the trunk lo is the loopback device"));
+    }
+    Ok((existing, trunk))
+}
+
+/// Validate a new network against the others and record it as `creating`.
+fn record_creating(
+    tx: &Tx,
+    req: &NetworkCreate,
+    spec: &NetworkSpec,
+    parent_exists: bool,
+    trunk: &Option<TrunkParent>,
+) -> Result<Network> {
+    let parent = &spec.parent;
+    if tx.network(&req.name)?.is_some_and(|n| n.name == req.name) {
+        return Err(super::state_err(
+            super::StateKind::AlreadyExists,
+            format!(
+                "network with name {} already exists; remove it first (dataplane network rm {}) or pick another name",
+                req.name, req.name
+            ),
+        ));
+    }
+    let others = tx.networks()?;
+    let passthru = |m: Option<MacvlanMode>| m == Some(MacvlanMode::Passthru);
+    if let Some(o) = others
+        .iter()
+        .find(|o| o.parent.as_ref() == Some(parent) && (passthru(Some(spec.mode)) || passthru(o.macvlan_mode)))
+    {
+        return invalid(format!(
+            "parent {parent} is already used by network {} and passthru mode needs the parent to itself; use another parent",
+            o.name
+        ));
+    }
+    let existing: Vec<(String, ipam::Cidr)> =
+        others.iter().flat_map(|o| o.pools.iter().map(|p| (o.name.clone(), p.subnet))).collect();
+    let pools = ipam::build_pools(
+        &PoolRequest {
+            subnets: req.subnets.clone(),
+            gateways: req.gateways.clone(),
+            ip_ranges: req.ip_ranges.clone(),
+            aux: req.aux.clone(),
+            ipv6: req.ipv6,
+        },
+        &existing,
+        ipam::default_v4_pool,
+    )?;
+    // A VLAN device another network of ours made for the same parent is shared.
+    let shared = others.iter().find_map(|o| o.vlan.clone().filter(|_| o.parent.as_ref() == Some(parent)));
+    let vlan = match trunk {
+        Some(tp) if parent_exists && shared.is_none() => Some(VlanParent {
+            trunk: tp.trunk.clone(),
+            vid: tp.vid,
+            created: false,
+            kind: VlanKind::Existing,
+            peer: None,
+            outer: tp.outer,
+            outer_created: false,
+        }),
+        Some(_) => shared,
+        None => None,
+    };
+    let n = Network {
+        id: crate::store::new_id(),
+        name: req.name.clone(),
+        driver: Driver::Macvlan,
+        created: crate::store::now_rfc3339(),
+        internal: req.internal,
+        ipv6: req.ipv6,
+        options: spec.options.clone(),
+        pools,
+        parent: Some(parent.clone()),
+        macvlan_mode: Some(spec.mode),
+        vlan,
+        state: EndpointState::Creating,
+        owner_pid: std::process::id(),
+        owner: req.owner.clone(),
+    };
+    tx.put_network(&n)?;
+    Ok(n)
+}
+
+/// The parent's programs: the trunk tc ingress on every parent (tagged frames reach only
+/// VLANs that have a network here, also when the parent carries only untagged networks)
+/// and XDP admission, each unless already there.
+fn attach_parent_programs(pins: &bpf::Pins, phys: &str, undo: &mut Undo) -> Result<()> {
+    if bpf::tc::attach_ingress(pins, None, phys, TC_TRUNK_PROG)? {
+        let (phys2, pins2) = (phys.to_string(), pins.clone());
+        undo.push(format!("detaching tc from {phys}"), move || {
+            bpf::tc::detach_ingress(&pins2, None, &phys2).map_err(|e| e.to_string())
+        });
+    }
+    if !pins.xdp_link(None, phys).exists() {
+        bpf::attach_parent(pins, None, phys, AttachMode::Auto)?;
+        let (phys2, pins2) = (phys.to_string(), pins.clone());
+        undo.push(format!("detaching XDP from {phys}"), move || {
+            bpf::detach_parent(&pins2, None, &phys2).map_err(|e| e.to_string())
+        });
+        super::fault("network-create:attached");
+    }
+    Ok(())
+}
+
 /// The interface XDP sits on and admission keys refer to: the trunk of a VLAN parent,
 /// else the parent itself.
 pub fn physical_parent(n: &Network) -> Option<&str> {
@@ -119,257 +337,24 @@ impl Engine {
     }
 
     fn network_create_inner(&mut self, req: NetworkCreate) -> Result<Network> {
-        check_name("network", &req.name)?;
-        if PREDEFINED.contains(&req.name.as_str()) {
-            return invalid(format!("network name {:?} is predefined and always exists; pick another name", req.name));
-        }
-        match req.driver.as_str() {
-            "macvlan" => {}
-            "host" | "null" | "none" => {
-                return invalid(format!(
-                    "only one instance of the {:?} network is allowed: it is predefined (use --network {})",
-                    req.driver,
-                    if req.driver == "host" { "host" } else { "none" }
-                ))
-            }
-            other => {
-                return invalid(format!(
-                    "driver {other:?} is not supported: use -d macvlan (the host and none networks always exist)"
-                ))
-            }
-        }
-        let mut options = BTreeMap::new();
-        for o in &req.opts {
-            let Some((k, v)) = o.split_once('=') else {
-                return invalid(format!("invalid option {o:?}: expected KEY=VALUE (e.g. -o parent=eth0)"));
-            };
-            match k {
-                "parent" | "macvlan_mode" => {}
-                "mtu" => {
-                    if !v.parse::<u32>().is_ok_and(|m| (68..=65535).contains(&m)) {
-                        return invalid(format!("invalid mtu {v:?}: use a number of bytes from 68 to 65535"));
-                    }
-                }
-                "ip_probe_ms" => {
-                    if matches!(req.owner, Owner::Docker { .. }) {
-                        return invalid(
-                            "ip_probe_ms is not available through Docker: Docker's IPAM hands out the addresses, dataplane cannot probe them first",
-                        );
-                    }
-                    if !v.parse::<u64>().is_ok_and(|m| m <= 1000) {
-                        return invalid(format!(
-                            "invalid ip_probe_ms {v:?}: milliseconds to wait for answers to an ARP probe before handing out an address, 0 (no probe) to 1000"
-                        ));
-                    }
-                }
-                "host_access" => {
-                    if !["true", "false"].contains(&v) {
-                        return invalid(format!(
-                            "invalid host_access {v:?}: use true (the host reaches the network's endpoints through an interface dataplane makes) or false"
-                        ));
-                    }
-                    let reserved = req.aux.iter().any(|a| a.starts_with(&format!("{HOST_AUX}=")));
-                    if v == "true" && matches!(req.owner, Owner::Docker { .. }) && !reserved {
-                        return invalid(format!(
-                            "host_access through Docker needs the host interface's address reserved in Docker's IPAM: add --aux-address {HOST_AUX}=IP (an address of the subnet that Docker must not hand out)"
-                        ));
-                    }
-                }
-                "endpoint_hooks" => {
-                    if !["tcx", "cls_bpf"].contains(&v) {
-                        return invalid(format!(
-                            "invalid endpoint_hooks {v:?}: use tcx (the default: links no process in the endpoint can remove, upgraded in the background) or cls_bpf (tc filters only: faster attach and detach, but removable by a holder of CAP_NET_ADMIN in the endpoint)"
-                        ));
-                    }
-                }
-                _ => {
-                    return invalid(format!(
-                        "unknown option {k:?} for driver macvlan: known options are parent, macvlan_mode, mtu, endpoint_hooks, host_access and ip_probe_ms"
-                    ))
-                }
-            }
-            if options.insert(k.to_string(), v.to_string()).is_some() {
-                return invalid(format!("option {k:?} given twice"));
-            }
-        }
-        let mode = options.get("macvlan_mode").cloned().unwrap_or_else(|| "bridge".into());
-        if !MACVLAN_MODES.contains(&mode.as_str()) {
-            return invalid(format!("invalid macvlan_mode {mode:?}: use one of bridge, private, vepa, passthru"));
-        }
-        let Some(parent) = options.get("parent").cloned() else {
-            return invalid(
-                "the macvlan driver needs a parent interface: add -o parent=IFACE (or IFACE.VID for an 802.1Q trunk)",
-            );
-        };
-        if parent.is_empty() || parent.contains('/') || parent.chars().any(char::is_whitespace) {
-            return invalid(format!("invalid parent interface name {parent:?}"));
-        }
-        if parent.len() > IFNAMSIZ_MAX {
-            return invalid(format!(
-                "parent interface name {parent:?} is longer than the kernel allows ({IFNAMSIZ_MAX} characters)"
-            ));
-        }
-        if parent == "lo" {
-            return invalid("parent lo is the loopback device; macvlan needs an Ethernet parent");
-        }
+        let spec = NetworkSpec::parse(&req)?;
         let nl = Nl::here()?;
-        let existing_parent = nl.link(&parent)?;
-        if existing_parent.as_ref().is_some_and(|l| l.loopback) {
-            return invalid(format!("parent {parent} is a loopback device; macvlan needs an Ethernet parent"));
-        }
-        let trunk = parse_trunk_parent(&parent);
-        let trunk = match (&existing_parent, trunk) {
-            (Some(_), Ok(t)) => t,
-            (Some(_), Err(_)) => None,
-            (None, Ok(Some(t))) => Some(t),
-            (None, Ok(None)) => {
-                return invalid(format!(
-                    "parent interface {parent} does not exist; create it first or pick another parent"
-                ))
-            }
-            (None, Err(e)) => return Err(e),
-        };
-        if let Some(TrunkParent { trunk: t, .. }) = &trunk {
-            if t == "lo" {
-                return invalid(format!("parent {parent}: the trunk lo is the loopback device"));
-            }
-        }
-
+        let (existing_parent, trunk) = check_parent(&nl, &spec.parent)?;
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
         // 1. Validate against the store and record the network as `creating`.
-        let mut n = self.store.write(|tx| -> Result<Network> {
-            if tx.network(&req.name)?.is_some_and(|n| n.name == req.name) {
-                return Err(super::state_err(super::StateKind::AlreadyExists, format!("network with name {} already exists; remove it first (dataplane network rm {}) or pick another name", req.name, req.name)));
-            }
-            let others = tx.networks()?;
-            for o in &others {
-                if o.parent.as_deref() == Some(parent.as_str()) && (mode == "passthru" || o.macvlan_mode.as_deref() == Some("passthru")) {
-                    return invalid(format!(
-                        "parent {parent} is already used by network {} and passthru mode needs the parent to itself; use another parent",
-                        o.name
-                    ));
-                }
-            }
-            let existing: Vec<(String, ipam::Cidr)> =
-                others.iter().flat_map(|o| o.pools.iter().map(|p| (o.name.clone(), p.subnet))).collect();
-            let pools = ipam::build_pools(
-                &PoolRequest {
-                    subnets: req.subnets.clone(),
-                    gateways: req.gateways.clone(),
-                    ip_ranges: req.ip_ranges.clone(),
-                    aux: req.aux.clone(),
-                    ipv6: req.ipv6,
-                },
-                &existing,
-                ipam::default_v4_pool,
-            )?;
-            let shared = others.iter().find_map(|o| o.vlan.clone().filter(|_| o.parent.as_deref() == Some(parent.as_str())));
-            let vlan = match &trunk {
-                Some(tp) if existing_parent.is_some() && shared.is_none() => Some(VlanParent {
-                    trunk: tp.trunk.clone(),
-                    vid: tp.vid,
-                    created: false,
-                    kind: VlanKind::Existing,
-                    peer: None,
-                    outer: tp.outer,
-                    outer_created: false,
-                }),
-                Some(_) => shared,
-                None => None,
-            };
-            let mut opts = options.clone();
-            opts.entry("macvlan_mode".into()).or_insert(mode.clone());
-            let n = Network {
-                id: crate::store::new_id(),
-                name: req.name.clone(),
-                driver: Driver::Macvlan,
-                created: crate::store::now_rfc3339(),
-                internal: req.internal,
-                ipv6: req.ipv6,
-                options: opts,
-                pools,
-                parent: Some(parent.clone()),
-                macvlan_mode: Some(mode.clone()),
-                vlan,
-                state: EndpointState::Creating,
-                owner_pid: std::process::id(),
-                owner: req.owner.clone(),
-            };
-            tx.put_network(&n)?;
-            Ok(n)
-        })?;
+        let mut n = self.store.write(|tx| record_creating(tx, &req, &spec, existing_parent.is_some(), &trunk))?;
 
         // 2. Kernel work (network lock held: no other creator races us on a parent).
         let mut undo = Undo::new();
         let step = (|| -> Result<()> {
             if let (Some(tp), None) = (&trunk, &n.vlan) {
-                // Record what is about to be made before making it: a process killed inside
-                // vlan::create leaves a row that says which devices and pins to remove.
-                if let Some(tl) = nl.link(&tp.trunk)? {
-                    let mut intent = n.clone();
-                    intent.vlan = Some(VlanParent {
-                        trunk: tp.trunk.clone(),
-                        vid: tp.vid,
-                        created: true,
-                        kind: VlanKind::Ebpf,
-                        peer: Some(vlan::hidden_peer(tl.index, tp.outer, tp.vid)),
-                        outer: tp.outer,
-                        outer_created: false,
-                    });
-                    self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&intent)?) })?;
-                }
-                let mut v = vlan::create(&nl, &pins, tp, &parent)?;
-                if v.outer.is_some() && !v.outer_created && v.kind == VlanKind::Kernel {
-                    // An S-tag device another QinQ network of ours made: co-owned, so the
-                    // last of them removes it (not whichever made it, while others use it).
-                    let (trunk, outer, me) = (v.trunk.clone(), v.outer, n.name.clone());
-                    v.outer_created = self.store.read(|tx| -> Result<bool> {
-                        Ok(tx.networks()?.iter().any(|o| {
-                            o.name != me
-                                && o.vlan
-                                    .as_ref()
-                                    .is_some_and(|x| x.trunk == trunk && x.outer == outer && x.outer_created)
-                        }))
-                    })?;
-                }
-                let (p2, v2, pins2) = (parent.clone(), v.clone(), pins.clone());
-                undo.push(format!("removing VLAN device {parent}"), move || {
-                    let nl = Nl::here().map_err(|e| e.to_string())?;
-                    let errs = vlan::remove(&nl, &pins2, &p2, &v2);
-                    if errs.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(errs.join("; "))
-                    }
-                });
-                n.vlan = Some(v);
-                // Record it at once, so a crash from here on is torn down by reconcile.
-                let n2 = n.clone();
-                self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&n2)?) })?;
-                super::fault("network-create:vlan-made");
+                self.make_vlan(&nl, &mut n, tp, &mut undo)?;
             }
             if let Some(v) = n.vlan.as_ref().filter(|v| !v.created) {
                 vlan::register_existing(&nl, &pins, v)?;
             }
-            let phys = physical_parent(&n).unwrap_or_default().to_string();
-            // Trunk tc ingress on every parent: tagged frames only reach VLANs that have
-            // a network here (also when the parent carries only untagged networks).
-            if bpf::tc::attach_ingress(&pins, None, &phys, TC_TRUNK_PROG)? {
-                let (phys2, pins2) = (phys.clone(), pins.clone());
-                undo.push(format!("detaching tc from {phys}"), move || {
-                    bpf::tc::detach_ingress(&pins2, None, &phys2).map_err(|e| e.to_string())
-                });
-            }
-            if !pins.xdp_link(None, &phys).exists() {
-                bpf::attach_parent(&pins, None, &phys, AttachMode::Auto)?;
-                let (phys2, pins2) = (phys.clone(), pins.clone());
-                undo.push(format!("detaching XDP from {phys}"), move || {
-                    bpf::detach_parent(&pins2, None, &phys2).map_err(|e| e.to_string())
-                });
-                super::fault("network-create:attached");
-            }
-            Ok(())
+            attach_parent_programs(&pins, physical_parent(&n).unwrap_or_default(), &mut undo)
         })();
         if let Err(e) = step {
             let err = undo.run(e);
@@ -386,6 +371,56 @@ impl Engine {
         let n2 = n.clone();
         self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&n2)?) })?;
         Ok(n)
+    }
+
+    /// Make the VLAN subinterface of trunk parent `tp` for network `n` (recorded in the
+    /// store before and after, so a crash at any point is torn down by reconcile).
+    fn make_vlan(&mut self, nl: &Nl, n: &mut Network, tp: &TrunkParent, undo: &mut Undo) -> Result<()> {
+        let pins = self.pins.clone();
+        let parent = n.parent.clone().unwrap_or_default();
+        // Record what is about to be made before making it: a process killed inside
+        // vlan::create leaves a row that says which devices and pins to remove.
+        if let Some(tl) = nl.link(&tp.trunk)? {
+            let mut intent = n.clone();
+            intent.vlan = Some(VlanParent {
+                trunk: tp.trunk.clone(),
+                vid: tp.vid,
+                created: true,
+                kind: VlanKind::Ebpf,
+                peer: Some(vlan::hidden_peer(tl.index, tp.outer, tp.vid)),
+                outer: tp.outer,
+                outer_created: false,
+            });
+            self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&intent)?) })?;
+        }
+        let mut v = vlan::create(nl, &pins, tp, &parent)?;
+        if v.outer.is_some() && !v.outer_created && v.kind == VlanKind::Kernel {
+            // An S-tag device another QinQ network of ours made: co-owned, so the last of
+            // them removes it (not whichever made it, while others use it).
+            let (trunk, outer, me) = (v.trunk.clone(), v.outer, n.name.clone());
+            v.outer_created = self.store.read(|tx| -> Result<bool> {
+                Ok(tx.networks()?.iter().any(|o| {
+                    o.name != me
+                        && o.vlan.as_ref().is_some_and(|x| x.trunk == trunk && x.outer == outer && x.outer_created)
+                }))
+            })?;
+        }
+        let (p2, v2) = (parent.clone(), v.clone());
+        undo.push(format!("removing VLAN device {parent}"), move || {
+            let nl = Nl::here().map_err(|e| e.to_string())?;
+            let errs = vlan::remove(&nl, &pins, &p2, &v2);
+            if errs.is_empty() {
+                Ok(())
+            } else {
+                Err(errs.join("; "))
+            }
+        });
+        n.vlan = Some(v);
+        // Record it at once, so a crash from here on is torn down by reconcile.
+        let n2 = n.clone();
+        self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&n2)?) })?;
+        super::fault("network-create:vlan-made");
+        Ok(())
     }
 
     /// Remove networks; returns warnings about kernel leftovers that could not be removed.
@@ -490,7 +525,7 @@ impl Engine {
                 json!({
                     "Name": e.name,
                     "EndpointID": e.id,
-                    "MacAddress": att.map(|a| a.mac.clone()).unwrap_or_default(),
+                    "MacAddress": att.map(|a| a.mac.to_string()).unwrap_or_default(),
                     "IPv4Address": prefix(att.and_then(|a| a.ipv4)),
                     "IPv6Address": prefix(att.and_then(|a| a.ipv6)),
                 }),

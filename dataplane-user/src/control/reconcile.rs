@@ -13,11 +13,11 @@ use super::{
     vlan, Engine, Result,
 };
 use crate::{
-    bpf::{self, parent::HOST_ENDPOINT, AttachMode},
+    bpf::{self, parent::HOST_ENDPOINT, AttachMode, Pins},
     mac::Mac,
     netns,
     nl::Nl,
-    store::EndpointState,
+    store::{Attachment, Endpoint, EndpointState, Network, Tx, VlanParent},
 };
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -43,376 +43,454 @@ impl Engine {
             super::background::wait_all(&pins);
         }
         self.store.write(|tx| -> Result<ReconcileReport> {
-            let mut r = ReconcileReport::default();
-            map_pins(&pins, dry_run, &mut r)?;
-            // 0. Networks a crashed `network create` left behind.
+            let mut p = Pass { pins: &pins, dry_run, thorough, r: ReconcileReport::default() };
+            map_pins(&pins, dry_run, &mut p.r)?;
+            // Every network as found, crashed ones included (their VLAN entries and pins
+            // stay theirs until their rows are gone).
             let all = tx.networks()?;
-            for n in all.iter().filter(|n| n.state != EndpointState::Ready && !pid_alive(n.owner_pid)) {
-                r.drift.push(format!(
-                    "network {} was left {:?} by process {} which is gone: removing it",
-                    n.name, n.state, n.owner_pid
-                ));
-                if dry_run {
-                    continue;
+            p.crashed_networks(tx, &all)?;
+            let nets: Vec<_> = tx.networks()?.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
+            p.crashed_endpoints(tx, &nets)?;
+            p.crashed_attachments(tx, &nets)?;
+            let rows = Rows::read(tx, nets)?;
+            let parents = p.network_programs(&rows.nets)?;
+            vlan_entries(&pins, &rows.nets, &all, dry_run, &mut p.r)?;
+            p.admission(&rows, &parents)?;
+            if thorough {
+                p.endpoint_links(&rows);
+            }
+            let live_tags = p.endpoint_programs(&rows)?;
+            p.stale_endpoint_pins(&live_tags);
+            stale_network_pins(&pins, &all, &rows.eps, &rows.atts, dry_run, &mut p.r);
+            Ok(p.r)
+        })
+    }
+}
+
+/// One reconcile pass: what it may do and what it found.
+struct Pass<'a> {
+    pins: &'a Pins,
+    dry_run: bool,
+    thorough: bool,
+    r: ReconcileReport,
+}
+
+/// The rows the later phases work from; nothing after the crash phases changes them.
+struct Rows {
+    /// Ready networks.
+    nets: Vec<Network>,
+    /// Endpoints with an interface of ours (not those of address-only IPAM networks).
+    eps: Vec<Endpoint>,
+    atts: Vec<Attachment>,
+    /// Endpoints another live process is working on (creating, removing, connecting):
+    /// their map entries and programs are theirs to handle.
+    busy: BTreeSet<u32>,
+}
+
+impl Rows {
+    fn read(tx: &Tx, nets: Vec<Network>) -> Result<Rows> {
+        let ipam_nets: Vec<String> =
+            tx.networks()?.into_iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name).collect();
+        let eps: Vec<_> = tx.endpoints()?.into_iter().filter(|e| !ipam_nets.contains(&e.network_mode)).collect();
+        let atts = tx.attachments()?;
+        let busy = eps
+            .iter()
+            .filter(|e| {
+                e.state != EndpointState::Ready
+                    || atts.iter().any(|a| a.endpoint == e.name && a.state != EndpointState::Ready)
+            })
+            .map(|e| endpoint_number(&e.id))
+            .collect();
+        Ok(Rows { nets, eps, atts, busy })
+    }
+
+    fn network(&self, name: &str) -> Option<&Network> {
+        self.nets.iter().find(|n| n.name == name)
+    }
+
+    /// Ready endpoints whose namespace is there to look into.
+    fn live(&self) -> impl Iterator<Item = &Endpoint> {
+        self.eps
+            .iter()
+            .filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists())
+    }
+}
+
+impl Pass<'_> {
+    fn drift(&mut self, what: String) {
+        self.r.drift.push(what);
+    }
+
+    /// Runs a repair unless this is a dry run, recording its failure.
+    fn repair<T, E: std::fmt::Display>(
+        &mut self,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) {
+        if self.dry_run {
+            return;
+        }
+        if let Err(e) = f() {
+            self.r.errors.push(format!("{}: {e}", what()));
+        }
+    }
+
+    /// Networks a crashed `network create` left behind.
+    fn crashed_networks(&mut self, tx: &Tx, all: &[Network]) -> Result<()> {
+        for n in all.iter().filter(|n| n.state != EndpointState::Ready && !pid_alive(n.owner_pid)) {
+            self.drift(format!(
+                "network {} was left {:?} by process {} which is gone: removing it",
+                n.name, n.state, n.owner_pid
+            ));
+            if self.dry_run {
+                continue;
+            }
+            let others: Vec<_> = all.iter().filter(|o| o.name != n.name).cloned().collect();
+            let errors = teardown_network(self.pins, n, &others);
+            if errors.is_empty() {
+                tx.delete_network(&n.name)?;
+            } else {
+                // Keep the row: it is the only record of what is left; the next pass retries.
+                self.r
+                    .errors
+                    .extend(errors.into_iter().map(|e| format!("network {}: {e} (kept for the next pass)", n.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Half-done commands whose process is gone, and endpoints whose namespace vanished.
+    fn crashed_endpoints(&mut self, tx: &Tx, nets: &[Network]) -> Result<()> {
+        let atts = tx.attachments()?;
+        for ep in tx.endpoints()? {
+            let crashed = ep.state != EndpointState::Ready && !pid_alive(ep.owner_pid);
+            let vanished = ep.state == EndpointState::Ready && !ep.netns.is_empty() && !Path::new(&ep.netns).exists();
+            if !crashed && !vanished {
+                continue;
+            }
+            self.drift(if crashed {
+                format!(
+                    "endpoint {} was left {:?} by process {} which is gone: removing it",
+                    ep.name, ep.state, ep.owner_pid
+                )
+            } else {
+                format!("endpoint {}: its network namespace {} is gone: removing it", ep.name, ep.netns)
+            });
+            if self.dry_run {
+                continue;
+            }
+            let mine: Vec<_> = atts.iter().filter(|a| a.endpoint == ep.name).cloned().collect();
+            for a in &mine {
+                if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                    pull_admission(self.pins, n, a, &ep.id);
                 }
-                let others: Vec<_> = all.iter().filter(|o| o.name != n.name).cloned().collect();
-                let errors = teardown_network(&pins, n, &others);
-                if errors.is_empty() {
-                    tx.delete_network(&n.name)?;
-                } else {
-                    // Keep the row: it is the only record of what is left; the next pass retries.
-                    r.errors.extend(
-                        errors.into_iter().map(|e| format!("network {}: {e} (kept for the next pass)", n.name)),
+            }
+            self.r.errors.extend(teardown(self.pins, &ep, &mine, true));
+            tx.delete_endpoint(&ep.name)?;
+        }
+        Ok(())
+    }
+
+    /// Attachments a crashed `network connect` left half-made.
+    fn crashed_attachments(&mut self, tx: &Tx, nets: &[Network]) -> Result<()> {
+        let eps = tx.endpoints()?;
+        for a in tx.attachments()?.iter().filter(|a| a.state != EndpointState::Ready && !pid_alive(a.owner_pid)) {
+            self.drift(format!(
+                "endpoint {}: its {} on network {} was left {:?} by process {} which is gone: removing it",
+                a.endpoint, a.ifname, a.network, a.state, a.owner_pid
+            ));
+            if self.dry_run {
+                continue;
+            }
+            let Some(ep) = eps.iter().find(|e| e.name == a.endpoint) else { continue };
+            if let Some(n) = nets.iter().find(|n| n.name == a.network) {
+                pull_admission(self.pins, n, a, &ep.id);
+            }
+            bpf::endpoints::forget(self.pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
+            if let Err(e) = super::endpoint::delete_link_in(&ep.netns, &a.ifname) {
+                self.r.errors.push(format!("deleting {} of {}: {e}", a.ifname, ep.name));
+            }
+            tx.delete_attachment(&a.endpoint, &a.network)?;
+        }
+        Ok(())
+    }
+
+    /// Networks' VLAN devices and parent programs. Returns the parents present.
+    fn network_programs(&mut self, nets: &[Network]) -> Result<BTreeSet<String>> {
+        let nl = Nl::here()?;
+        let mut parents = BTreeSet::new();
+        for n in nets {
+            let (Some(parent), Some(phys)) = (&n.parent, physical_parent(n)) else { continue };
+            if nl.link(phys)?.is_none() {
+                self.drift(format!("network {}: parent {phys} does not exist", n.name));
+                continue;
+            }
+            parents.insert(phys.to_string());
+            if let Some(v) = n.vlan.as_ref().filter(|v| v.created) {
+                self.vlan_device(&nl, n, parent, v)?;
+            }
+            self.parent_links(n, phys);
+        }
+        Ok(parents)
+    }
+
+    /// A VLAN device we made that is gone or no longer steered is made again.
+    fn vlan_device(&mut self, nl: &Nl, n: &Network, parent: &str, v: &VlanParent) -> Result<()> {
+        let missing_dev = nl.link(parent)?.is_none();
+        let missing_tc = v.kind == crate::store::VlanKind::Ebpf
+            && v.peer.as_ref().is_some_and(|p| !self.pins.tc_link(None, p).exists());
+        if !missing_dev && !missing_tc {
+            return Ok(());
+        }
+        self.drift(format!(
+            "network {}: VLAN device {parent} is {}",
+            n.name,
+            if missing_dev { "missing" } else { "not steered" }
+        ));
+        let pins = self.pins;
+        self.repair(
+            || format!("re-creating {parent}"),
+            || {
+                let _ = vlan::remove(nl, pins, parent, v);
+                let trunk = super::network::TrunkParent { trunk: v.trunk.clone(), outer: v.outer, vid: v.vid };
+                vlan::create(nl, pins, &trunk, parent)
+            },
+        );
+        Ok(())
+    }
+
+    /// The parent's XDP and tc programs: re-attached where missing, where their filter was
+    /// replaced, or where the parent was deleted and made again (driver reload, veth
+    /// re-made: a new ifindex, and the old links went with the old interface).
+    fn parent_links(&mut self, n: &Network, phys: &str) {
+        let pins = self.pins;
+        let current = netns::ifindex(phys);
+        for pin in [pins.tc_link(None, phys), pins.xdp_link(None, phys)] {
+            let stale = if bpf::tc::pin_is_program(&pin) {
+                // cls_bpf: the filter, not a link, is what must be there.
+                (!bpf::tc::filter_present(phys, aya::programs::tc::TcAttachType::Ingress, &pin)).then(|| {
+                    format!(
+                        "network {}: the tc filter on {phys} is missing or runs another program: re-attaching",
+                        n.name
+                    )
+                })
+            } else {
+                bpf::parent::pinned_link_ifindex(&pin).filter(|l| Some(*l) != current).map(|linked| {
+                    format!(
+                        "network {}: the program link {} is attached to a removed interface (ifindex {linked}, {phys} is now {}): re-attaching",
+                        n.name,
+                        pin.display(),
+                        current.unwrap_or(0)
+                    )
+                })
+            };
+            if let Some(what) = stale {
+                self.drift(what);
+                if !self.dry_run {
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        if !pins.tc_link(None, phys).exists() {
+            self.drift(format!("network {}: no VLAN filter (tc) on {phys}", n.name));
+            self.repair(
+                || format!("attaching tc to {phys}"),
+                || bpf::tc::attach_ingress(pins, None, phys, dataplane_common::maps::TC_TRUNK_PROG),
+            );
+        }
+        if !pins.xdp_link(None, phys).exists() {
+            self.drift(format!("network {}: no admission program on {phys}", n.name));
+            self.repair(|| format!("attaching to {phys}"), || bpf::attach_parent(pins, None, phys, AttachMode::Auto));
+        }
+    }
+
+    /// The admission map equals the store.
+    fn admission(&mut self, rows: &Rows, parents: &BTreeSet<String>) -> Result<()> {
+        if !self.pins.admit_map().exists() {
+            return Ok(());
+        }
+        let mut want: Vec<(AdmitKey, AdmitValue)> = Vec::new();
+        for p in parents {
+            if let (Some(ifindex), Some(mac)) = (netns::ifindex(p), netns::hwaddr(p)) {
+                want.push((
+                    AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac },
+                    AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 },
+                ));
+            }
+        }
+        // An endpoint being removed by a live process has had its entries pulled
+        // already; putting them back would leak them once its rows are gone.
+        for a in &rows.atts {
+            let Some(n) = rows.network(&a.network) else { continue };
+            let number = rows.eps.iter().find(|e| e.name == a.endpoint).map_or(0, |e| endpoint_number(&e.id));
+            if rows.busy.contains(&number) {
+                continue;
+            }
+            for k in admit_keys(n, a.mac.0).unwrap_or_default() {
+                want.push((k, AdmitValue { endpoint: number, flags: 0 }));
+            }
+        }
+        let have = bpf::admit::list(self.pins)?;
+        let describe = |k: &AdmitKey| format!("ifindex {} vlan {} {}", k.ifindex, k.vlan, Mac(k.mac));
+        for (k, v) in &have {
+            if !rows.busy.contains(&v.endpoint) && !want.contains(&(*k, *v)) {
+                self.drift(format!("admission map: unexpected entry {}", describe(k)));
+                if !self.dry_run {
+                    bpf::admit::remove(self.pins, k)?;
+                }
+            }
+        }
+        for (k, v) in &want {
+            if !have.contains(&(*k, *v)) {
+                self.drift(format!("admission map: missing entry {}", describe(k)));
+                if !self.dry_run {
+                    bpf::admit::insert(self.pins, *k, *v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Endpoint links deleted by hand are made again as allocated; interfaces dataplane
+    /// made (ifindex from EP_IFINDEX_BASE) that the store no longer knows (left by a
+    /// crashed disconnect, or added by hand) go; configuration changed by hand is restored.
+    fn endpoint_links(&mut self, rows: &Rows) {
+        for ep in rows.live() {
+            let Ok(inside) = Nl::in_netns(Path::new(&ep.netns)) else { continue };
+            let mine: Vec<u32> = rows.atts.iter().filter(|a| a.endpoint == ep.name).map(|a| a.ifindex).collect();
+            for l in inside.links().unwrap_or_default() {
+                if l.index >= dataplane_common::maps::EP_IFINDEX_BASE && !mine.contains(&l.index) {
+                    self.drift(format!("endpoint {}: unexpected interface {} in {}", ep.name, l.name, ep.netns));
+                    self.repair(
+                        || format!("deleting {} of {}", l.name, ep.name),
+                        || {
+                            bpf::endpoints::forget(self.pins, l.index, endpoint_number(&ep.id), &ep.netns, &l.name);
+                            inside.del_link(l.index)
+                        },
                     );
                 }
             }
-            let nets: Vec<_> = tx.networks()?.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
-            let atts = tx.attachments()?;
-            // 1. Half-done commands whose process is gone, and endpoints whose namespace vanished.
-            for ep in tx.endpoints()? {
-                let crashed = ep.state != EndpointState::Ready && !pid_alive(ep.owner_pid);
-                let vanished =
-                    ep.state == EndpointState::Ready && !ep.netns.is_empty() && !Path::new(&ep.netns).exists();
-                if !crashed && !vanished {
+            for a in rows.atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
+                let Some(n) = rows.network(&a.network) else { continue };
+                if let Some(link) = inside.link(&a.ifname).ok().flatten() {
+                    repair_config(&inside, n, &ep.name, a, &link, self.dry_run, &mut self.r);
                     continue;
                 }
-                let mine: Vec<_> = atts.iter().filter(|a| a.endpoint == ep.name).cloned().collect();
-                r.drift.push(if crashed {
-                    format!(
-                        "endpoint {} was left {:?} by process {} which is gone: removing it",
-                        ep.name, ep.state, ep.owner_pid
-                    )
-                } else {
-                    format!("endpoint {}: its network namespace {} is gone: removing it", ep.name, ep.netns)
-                });
-                if dry_run {
-                    continue;
-                }
-                for a in &mine {
-                    if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                        pull_admission(&pins, n, a, &ep.id);
-                    }
-                }
-                r.errors.extend(teardown(&pins, &ep, &mine, true));
-                tx.delete_endpoint(&ep.name)?;
+                self.drift(format!("endpoint {}: interface {} is missing from {}", ep.name, a.ifname, ep.netns));
+                let pins = self.pins;
+                self.repair(
+                    || format!("re-creating {} of {}", a.ifname, ep.name),
+                    || {
+                        bpf::endpoints::detach(pins, &ep.netns, &a.ifname);
+                        realise(pins, n, ep, a)
+                    },
+                );
             }
-            // Attachments a crashed `network connect` left half-made.
-            let eps = tx.endpoints()?;
-            for a in tx.attachments()?.iter().filter(|a| a.state != EndpointState::Ready && !pid_alive(a.owner_pid)) {
-                r.drift.push(format!(
-                    "endpoint {}: its {} on network {} was left {:?} by process {} which is gone: removing it",
-                    a.endpoint, a.ifname, a.network, a.state, a.owner_pid
-                ));
-                if dry_run {
-                    continue;
-                }
-                let Some(ep) = eps.iter().find(|e| e.name == a.endpoint) else { continue };
-                if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                    pull_admission(&pins, n, a, &ep.id);
-                }
-                bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
-                if let Err(e) = super::endpoint::delete_link_in(&ep.netns, &a.ifname) {
-                    r.errors.push(format!("deleting {} of {}: {e}", a.ifname, ep.name));
-                }
-                tx.delete_attachment(&a.endpoint, &a.network)?;
-            }
-            // Nothing below changes endpoint or attachment rows: read them once. Endpoints
-            // of address-only (IPAM) networks have no interface or programs of ours.
-            let ipam_nets: Vec<String> =
-                tx.networks()?.into_iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name).collect();
-            let eps: Vec<_> = tx.endpoints()?.into_iter().filter(|e| !ipam_nets.contains(&e.network_mode)).collect();
-            let atts = tx.attachments()?;
-            // Endpoints another live process is working on (creating, removing, connecting):
-            // their map entries and programs are theirs to handle.
-            let busy: BTreeSet<u32> = eps
-                .iter()
-                .filter(|e| {
-                    e.state != EndpointState::Ready
-                        || atts.iter().any(|a| a.endpoint == e.name && a.state != EndpointState::Ready)
-                })
-                .map(|e| endpoint_number(&e.id))
-                .collect();
+        }
+    }
 
-            // 2. Networks: VLAN devices and parent programs.
-            let nl = Nl::here()?;
-            let mut parents = BTreeSet::new();
-            for n in &nets {
-                let (Some(parent), Some(phys)) = (&n.parent, physical_parent(n)) else { continue };
-                if nl.link(phys)?.is_none() {
-                    r.drift.push(format!("network {}: parent {phys} does not exist", n.name));
-                    continue;
-                }
-                parents.insert(phys.to_string());
-                if let Some(v) = n.vlan.as_ref().filter(|v| v.created) {
-                    let missing_dev = nl.link(parent)?.is_none();
-                    let missing_tc = v.kind == crate::store::VlanKind::Ebpf
-                        && v.peer.as_ref().is_some_and(|p| !pins.tc_link(None, p).exists());
-                    if missing_dev || missing_tc {
-                        r.drift.push(format!(
-                            "network {}: VLAN device {parent} is {}",
-                            n.name,
-                            if missing_dev { "missing" } else { "not steered" }
-                        ));
-                        if !dry_run {
-                            let _ = vlan::remove(&nl, &pins, parent, v);
-                            if let Err(e) = vlan::create(
-                                &nl,
-                                &pins,
-                                &super::network::TrunkParent { trunk: v.trunk.clone(), outer: v.outer, vid: v.vid },
-                                parent,
-                            ) {
-                                r.errors.push(format!("re-creating {parent}: {e}"));
-                            }
-                        }
-                    }
-                }
-                // A parent deleted and made again (driver reload, veth re-made) has a new
-                // ifindex; the old links were detached with the old interface.
-                let current = netns::ifindex(phys);
-                for pin in [pins.tc_link(None, phys), pins.xdp_link(None, phys)] {
-                    if bpf::tc::pin_is_program(&pin) {
-                        // cls_bpf: the filter, not a link, is what must be there.
-                        if !bpf::tc::filter_present(phys, aya::programs::tc::TcAttachType::Ingress, &pin) {
-                            r.drift.push(format!(
-                                "network {}: the tc filter on {phys} is missing or runs another program: re-attaching",
-                                n.name
-                            ));
-                            if !dry_run {
-                                let _ = std::fs::remove_file(&pin);
-                            }
-                        }
-                        continue;
-                    }
-                    let Some(linked) = bpf::parent::pinned_link_ifindex(&pin) else { continue };
-                    if Some(linked) != current {
-                        r.drift.push(format!(
-                            "network {}: the program link {} is attached to a removed interface (ifindex {linked}, {phys} is now {}): re-attaching",
-                            n.name,
-                            pin.display(),
-                            current.unwrap_or(0)
-                        ));
-                        if !dry_run {
-                            let _ = std::fs::remove_file(&pin);
-                        }
-                    }
-                }
-                if !pins.tc_link(None, phys).exists() {
-                    r.drift.push(format!("network {}: no VLAN filter (tc) on {phys}", n.name));
-                    if !dry_run {
-                        if let Err(e) =
-                            bpf::tc::attach_ingress(&pins, None, phys, dataplane_common::maps::TC_TRUNK_PROG)
-                        {
-                            r.errors.push(format!("attaching tc to {phys}: {e}"));
-                        }
-                    }
-                }
-                if !pins.xdp_link(None, phys).exists() {
-                    r.drift.push(format!("network {}: no admission program on {phys}", n.name));
-                    if !dry_run {
-                        if let Err(e) = bpf::attach_parent(&pins, None, phys, AttachMode::Auto) {
-                            r.errors.push(format!("attaching to {phys}: {e}"));
-                        }
-                    }
-                }
-            }
-
-            // 2b. VLAN steering entries follow the trunks' current ifindexes.
-            vlan_entries(&pins, &nets, &all, dry_run, &mut r)?;
-
-            // 3. The admission map equals the store.
-            if pins.admit_map().exists() {
-                let mut want: Vec<(AdmitKey, AdmitValue)> = Vec::new();
-                for p in &parents {
-                    if let (Some(ifindex), Some(mac)) = (netns::ifindex(p), netns::hwaddr(p)) {
-                        want.push((
-                            AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac },
-                            AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 },
-                        ));
-                    }
-                }
-                // An endpoint being removed by a live process has had its entries pulled
-                // already; putting them back would leak them once its rows are gone.
-                for a in &atts {
-                    let (Some(n), Ok(mac)) = (nets.iter().find(|n| n.name == a.network), a.mac.parse::<Mac>()) else {
-                        continue;
-                    };
-                    let number = eps.iter().find(|e| e.name == a.endpoint).map_or(0, |e| endpoint_number(&e.id));
-                    if busy.contains(&number) {
-                        continue;
-                    }
-                    for k in admit_keys(n, mac.0).unwrap_or_default() {
-                        want.push((k, AdmitValue { endpoint: number, flags: 0 }));
-                    }
-                }
-                let have = bpf::admit::list(&pins)?;
-                for (k, v) in &have {
-                    if !busy.contains(&v.endpoint) && !want.iter().any(|(wk, wv)| wk == k && wv == v) {
-                        r.drift.push(format!(
-                            "admission map: unexpected entry ifindex {} vlan {} {}",
-                            k.ifindex,
-                            k.vlan,
-                            Mac(k.mac)
-                        ));
-                        if !dry_run {
-                            bpf::admit::remove(&pins, k)?;
-                        }
-                    }
-                }
-                for (k, v) in &want {
-                    if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
-                        r.drift.push(format!(
-                            "admission map: missing entry ifindex {} vlan {} {}",
-                            k.ifindex,
-                            k.vlan,
-                            Mac(k.mac)
-                        ));
-                        if !dry_run {
-                            bpf::admit::insert(&pins, *k, *v)?;
-                        }
-                    }
-                }
-            }
-
-            // 3b. Endpoint links deleted by hand: re-create them as allocated.
-            if thorough {
-                for ep in eps
-                    .iter()
-                    .filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists())
-                {
-                    let Ok(inside) = Nl::in_netns(Path::new(&ep.netns)) else { continue };
-                    // Interfaces dataplane made (ifindex from EP_IFINDEX_BASE) that the store
-                    // no longer knows: left by a crashed disconnect, or added by hand.
-                    let mine: Vec<u32> = atts.iter().filter(|a| a.endpoint == ep.name).map(|a| a.ifindex).collect();
-                    for l in inside.links().unwrap_or_default() {
-                        if l.index >= dataplane_common::maps::EP_IFINDEX_BASE && !mine.contains(&l.index) {
-                            r.drift
-                                .push(format!("endpoint {}: unexpected interface {} in {}", ep.name, l.name, ep.netns));
-                            if !dry_run {
-                                bpf::endpoints::forget(&pins, l.index, endpoint_number(&ep.id), &ep.netns, &l.name);
-                                if let Err(e) = inside.del_link(l.index) {
-                                    r.errors.push(format!("deleting {} of {}: {e}", l.name, ep.name));
-                                }
-                            }
-                        }
-                    }
-                    for a in atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
-                        if let Some(link) = inside.link(&a.ifname).ok().flatten() {
-                            if let Some(n) = nets.iter().find(|n| n.name == a.network) {
-                                repair_config(&inside, n, &ep.name, a, &link, dry_run, &mut r);
-                            }
-                            continue;
-                        }
-                        r.drift
-                            .push(format!("endpoint {}: interface {} is missing from {}", ep.name, a.ifname, ep.netns));
-                        if dry_run {
-                            continue;
-                        }
-                        let Some(n) = nets.iter().find(|n| n.name == a.network) else { continue };
-                        bpf::endpoints::detach(&pins, &ep.netns, &a.ifname);
-                        if let Err(e) = realise(&pins, n, ep, a) {
-                            r.errors.push(format!("re-creating {} of {}: {e}", a.ifname, ep.name));
-                        }
-                    }
-                }
-            }
-
-            // 4. Endpoint identities (anti-spoofing) and their programs.
-            let mut live_tags = BTreeSet::new();
-            let mut want = Vec::new();
-            // Endpoints another live process is creating or removing: theirs to handle.
-            let mut in_flight = BTreeSet::new();
-            in_flight.extend(busy.iter().copied());
-            for ep in eps.iter().filter(|e| e.state != EndpointState::Ready) {
-                in_flight.insert(endpoint_number(&ep.id));
-                if !ep.netns.is_empty() {
-                    live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
-                }
-            }
-            for ep in eps.iter().filter(|e| e.state == EndpointState::Ready && e.owner.is_docker()) {
-                for a in atts.iter().filter(|a| a.endpoint == ep.name) {
-                    want.push((a.ifindex, endpoint_info(ep, a)?));
-                    let [eg, _] = pins.docker_endpoint_links(a.ifindex);
-                    if !eg.exists() {
-                        r.drift.push(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
-                        if !dry_run {
-                            if let Err(e) = super::docker::reattach(&pins, ep, a) {
-                                r.errors.push(format!("attaching to {} of {}: {e}", a.ifname, ep.name));
-                            }
-                        }
-                    }
-                }
-            }
-            for ep in eps
-                .iter()
-                .filter(|e| e.state == EndpointState::Ready && !e.netns.is_empty() && Path::new(&e.netns).exists())
-            {
+    /// Endpoint identities (anti-spoofing entries) and their programs. Returns the
+    /// namespace tags whose endpoint pins are still wanted.
+    fn endpoint_programs(&mut self, rows: &Rows) -> Result<BTreeSet<String>> {
+        let mut live_tags = BTreeSet::new();
+        let mut want = Vec::new();
+        // Endpoints another live process is creating or removing: theirs to handle.
+        let mut in_flight = rows.busy.clone();
+        for ep in rows.eps.iter().filter(|e| e.state != EndpointState::Ready) {
+            in_flight.insert(endpoint_number(&ep.id));
+            if !ep.netns.is_empty() {
                 live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
-                for a in atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
-                    want.push((a.ifindex, endpoint_info(ep, a)?));
-                    let [eg, ing] = bpf::endpoints::link_pins(&pins, &ep.netns, &a.ifname);
-                    // cls_bpf (kernels without tcx): whoever holds CAP_NET_ADMIN inside the
-                    // endpoint can delete the filters; the thorough pass looks for them.
-                    let filters_gone = thorough && eg.exists() && bpf::tc::pin_is_program(&eg) && {
-                        let (ifname, eg, ing) = (a.ifname.clone(), eg.clone(), ing.clone());
-                        !crate::nl::with_netns(Path::new(&ep.netns), move || {
-                            use aya::programs::tc::TcAttachType::{Egress, Ingress};
-                            bpf::tc::filter_present(&ifname, Egress, &eg) && bpf::tc::filter_present(&ifname, Ingress, &ing)
-                        })
-                        .unwrap_or(true)
-                    };
-                    if filters_gone {
-                        r.drift.push(format!(
-                            "endpoint {}: its anti-spoofing filters on {} were removed or replaced (tc cls_bpf: on kernels without tcx a holder of CAP_NET_ADMIN in the endpoint can do that)",
-                            ep.name, a.ifname
-                        ));
-                    }
-                    if !eg.exists() || filters_gone {
-                        if !filters_gone {
-                            r.drift.push(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
-                        }
-                        if !dry_run {
-                            bpf::endpoints::detach(&pins, &ep.netns, &a.ifname);
-                            if let Err(e) = bpf::endpoints::attach(&pins, &ep.netns, &a.ifname) {
-                                r.errors.push(format!("attaching to {} of {}: {e}", a.ifname, ep.name));
-                            }
-                        }
-                    }
+            }
+        }
+        for ep in rows.eps.iter().filter(|e| e.state == EndpointState::Ready && e.owner.is_docker()) {
+            for a in rows.atts.iter().filter(|a| a.endpoint == ep.name) {
+                want.push((a.ifindex, endpoint_info(ep, a)?));
+                if !self.pins.docker_endpoint_links(a.ifindex)[0].exists() {
+                    self.drift(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
+                    let pins = self.pins;
+                    self.repair(
+                        || format!("attaching to {} of {}", a.ifname, ep.name),
+                        || super::docker::reattach(pins, ep, a),
+                    );
                 }
             }
-            let have = bpf::endpoints::list(&pins)?;
-            for (k, v) in &have {
-                if !in_flight.contains(&v.endpoint) && !want.iter().any(|(wk, wv)| wk == k && wv == v) {
-                    r.drift.push(format!("endpoint map: unexpected entry for {} (ifindex {k})", Mac(v.mac)));
-                    if !dry_run {
-                        bpf::endpoints::remove(&pins, k);
-                    }
+        }
+        for ep in rows.live() {
+            live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
+            for a in rows.atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
+                want.push((a.ifindex, endpoint_info(ep, a)?));
+                self.endpoint_filters(ep, a);
+            }
+        }
+        let have = bpf::endpoints::list(self.pins)?;
+        for (k, v) in &have {
+            if !in_flight.contains(&v.endpoint) && !want.contains(&(*k, *v)) {
+                self.drift(format!("endpoint map: unexpected entry for {} (ifindex {k})", Mac(v.mac)));
+                if !self.dry_run {
+                    bpf::endpoints::remove(self.pins, k);
                 }
             }
-            for (k, v) in &want {
-                if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
-                    r.drift.push(format!("endpoint map: missing entry for {} (ifindex {k})", Mac(v.mac)));
-                    if !dry_run {
-                        bpf::endpoints::insert(&pins, *k, *v)?;
-                    }
+        }
+        for (k, v) in &want {
+            if !have.contains(&(*k, *v)) {
+                self.drift(format!("endpoint map: missing entry for {} (ifindex {k})", Mac(v.mac)));
+                if !self.dry_run {
+                    bpf::endpoints::insert(self.pins, *k, *v)?;
                 }
             }
-            // Pins of endpoint programs whose endpoint is gone.
-            for (tag, pin) in bpf::parent::list_link_pins(&pins) {
-                let file = pin.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                if tag.starts_with("ns-run_netns_") && file.starts_with("tceg-") && !live_tags.contains(&tag) {
-                    r.drift.push(format!("stale endpoint program pin {}", pin.display()));
-                    if !dry_run {
-                        let _ = std::fs::remove_file(&pin);
-                        let _ = std::fs::remove_file(pin.with_file_name(file.replacen("tceg-", "tcin-", 1)));
-                        if let Some(d) = pin.parent() {
-                            let _ = std::fs::remove_dir(d);
-                        }
-                    }
+        }
+        Ok(live_tags)
+    }
+
+    /// One endpoint interface's anti-spoofing programs are attached (re-attached if not).
+    fn endpoint_filters(&mut self, ep: &Endpoint, a: &Attachment) {
+        let pins = self.pins;
+        let [eg, ing] = bpf::endpoints::link_pins(pins, &ep.netns, &a.ifname);
+        // cls_bpf (kernels without tcx): whoever holds CAP_NET_ADMIN inside the endpoint
+        // can delete the filters; the thorough pass looks for them.
+        let filters_gone = self.thorough && eg.exists() && bpf::tc::pin_is_program(&eg) && {
+            let (ifname, eg, ing) = (a.ifname.clone(), eg.clone(), ing.clone());
+            !crate::nl::with_netns(Path::new(&ep.netns), move || {
+                use aya::programs::tc::TcAttachType::{Egress, Ingress};
+                bpf::tc::filter_present(&ifname, Egress, &eg) && bpf::tc::filter_present(&ifname, Ingress, &ing)
+            })
+            .unwrap_or(true)
+        };
+        if filters_gone {
+            self.drift(format!(
+                "endpoint {}: its anti-spoofing filters on {} were removed or replaced (tc cls_bpf: on kernels without tcx a holder of CAP_NET_ADMIN in the endpoint can do that)",
+                ep.name, a.ifname
+            ));
+        } else if !eg.exists() {
+            self.drift(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
+        } else {
+            return;
+        }
+        self.repair(
+            || format!("attaching to {} of {}", a.ifname, ep.name),
+            || {
+                bpf::endpoints::detach(pins, &ep.netns, &a.ifname);
+                bpf::endpoints::attach(pins, &ep.netns, &a.ifname)
+            },
+        );
+    }
+
+    /// Pins of endpoint programs whose endpoint is gone.
+    fn stale_endpoint_pins(&mut self, live_tags: &BTreeSet<String>) {
+        for (tag, pair) in bpf::pins::endpoint_pin_pairs(self.pins) {
+            if live_tags.contains(&tag) {
+                continue;
+            }
+            self.drift(format!("stale endpoint program pin {}", pair[0].display()));
+            if !self.dry_run {
+                for pin in &pair {
+                    let _ = std::fs::remove_file(pin);
+                }
+                if let Some(d) = pair[0].parent() {
+                    let _ = std::fs::remove_dir(d);
                 }
             }
-            stale_network_pins(&pins, &all, &eps, &atts, dry_run, &mut r);
-            Ok(r)
-        })
+        }
     }
 }
 

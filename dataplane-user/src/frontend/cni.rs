@@ -234,7 +234,7 @@ fn check_conf(conf: &NetConf) -> Result<()> {
         return bad(format!("network {}: \"parent\" is required (e.g. \"eth0\" or \"eth0.50\")", conf.name));
     }
     if let Some(m) = &conf.mode {
-        if !["bridge", "private", "vepa", "passthru"].contains(&m.as_str()) {
+        if m.parse::<crate::store::MacvlanMode>().is_err() {
             return bad(format!("network {}: invalid mode {m:?}: use bridge, private, vepa or passthru", conf.name));
         }
     }
