@@ -259,46 +259,7 @@ pub fn build_pools(
     existing: &[(String, Cidr)],
     default_v4: impl Fn(&[(String, Cidr)]) -> Option<Cidr>,
 ) -> Result<Vec<Pool>, IpamError> {
-    let mut subnets = req.subnets.iter().map(|s| Cidr::parse_network(s)).collect::<Result<Vec<_>, _>>()?;
-    if req.gateways.len() > subnets.len().max(1) {
-        return Err(IpamError::TooManyGateways { gateways: req.gateways.len(), subnets: subnets.len() });
-    }
-    if req.ip_ranges.len() > subnets.len().max(1) {
-        return Err(IpamError::TooManyRanges { ranges: req.ip_ranges.len(), subnets: subnets.len() });
-    }
-    if subnets.is_empty() {
-        if let Some(d) = default_v4(existing) {
-            subnets.push(d);
-        }
-    }
-    if req.ipv6 && !subnets.iter().any(|s| !s.is_ipv4()) {
-        return Err(IpamError::Ipv6NeedsSubnet);
-    }
-    if let Some(s) = subnets.iter().find(|s| !s.is_ipv4() && !req.ipv6) {
-        return Err(IpamError::Ipv6NotEnabled { subnet: s.to_string() });
-    }
-    for (i, a) in subnets.iter().enumerate() {
-        for b in &subnets[i + 1..] {
-            if a.overlaps(b) {
-                return Err(IpamError::SelfOverlap { a: a.to_string(), b: b.to_string() });
-            }
-        }
-        if let Some((net, other)) = existing.iter().find(|(_, o)| o.overlaps(a)) {
-            return Err(IpamError::Overlap { subnet: a.to_string(), other: other.to_string(), network: net.clone() });
-        }
-    }
-    for s in &subnets {
-        let why = match s.addr {
-            IpAddr::V4(a) if a.is_multicast() => Some("it is a multicast range (224.0.0.0/4)"),
-            IpAddr::V4(a) if a.is_loopback() => Some("it is the loopback range (127.0.0.0/8)"),
-            IpAddr::V6(a) if a.is_multicast() => Some("it is a multicast range (ff00::/8)"),
-            IpAddr::V6(a) if a.is_loopback() => Some("it is the loopback address"),
-            _ => None,
-        };
-        if let Some(why) = why {
-            return Err(IpamError::NotUnicast { subnet: s.to_string(), why });
-        }
-    }
+    let subnets = subnets_of(req, existing, default_v4)?;
     let mut pools: Vec<Pool> =
         subnets.iter().map(|s| Pool { subnet: *s, ip_range: None, gateway: None, aux: BTreeMap::new() }).collect();
     for (i, g) in req.gateways.iter().enumerate() {
@@ -329,25 +290,7 @@ pub fn build_pools(
         pool.ip_range = Some(range);
     }
     for a in &req.aux {
-        let (name, ip) = a.split_once('=').ok_or_else(|| IpamError::BadAux { input: a.clone() })?;
-        if name.is_empty() {
-            return Err(IpamError::BadAux { input: a.clone() });
-        }
-        let ip = parse_ip(ip)?;
-        let pool = pools
-            .iter_mut()
-            .find(|p| p.subnet.contains(ip))
-            .ok_or_else(|| IpamError::AuxOutside { name: name.to_string(), addr: ip.to_string() })?;
-        let why = pool.network_or_broadcast(ip).or((pool.gateway == Some(ip)).then_some("the gateway"));
-        if let Some(why) = why {
-            return Err(IpamError::ReservedAddress {
-                what: format!("aux address {name}"),
-                addr: ip.to_string(),
-                why,
-                subnet: pool.subnet.to_string(),
-            });
-        }
-        pool.aux.insert(name.to_string(), ip);
+        add_aux(&mut pools, a)?;
     }
     // Like Docker: without --gateway the first usable address of the subnet (outside the
     // range's constraints) becomes the gateway, and is reserved.
@@ -360,6 +303,78 @@ pub fn build_pools(
         }
     }
     Ok(pools)
+}
+
+/// The request's subnets (or the default one), checked: counts of gateways and ranges,
+/// families, overlaps with each other and with `existing`, unicast only.
+fn subnets_of(
+    req: &PoolRequest,
+    existing: &[(String, Cidr)],
+    default_v4: impl Fn(&[(String, Cidr)]) -> Option<Cidr>,
+) -> Result<Vec<Cidr>, IpamError> {
+    let mut subnets = req.subnets.iter().map(|s| Cidr::parse_network(s)).collect::<Result<Vec<_>, _>>()?;
+    if req.gateways.len() > subnets.len().max(1) {
+        return Err(IpamError::TooManyGateways { gateways: req.gateways.len(), subnets: subnets.len() });
+    }
+    if req.ip_ranges.len() > subnets.len().max(1) {
+        return Err(IpamError::TooManyRanges { ranges: req.ip_ranges.len(), subnets: subnets.len() });
+    }
+    if subnets.is_empty() {
+        subnets.extend(default_v4(existing));
+    }
+    if req.ipv6 && !subnets.iter().any(|s| !s.is_ipv4()) {
+        return Err(IpamError::Ipv6NeedsSubnet);
+    }
+    if let Some(s) = subnets.iter().find(|s| !s.is_ipv4() && !req.ipv6) {
+        return Err(IpamError::Ipv6NotEnabled { subnet: s.to_string() });
+    }
+    for (i, a) in subnets.iter().enumerate() {
+        for b in &subnets[i + 1..] {
+            if a.overlaps(b) {
+                return Err(IpamError::SelfOverlap { a: a.to_string(), b: b.to_string() });
+            }
+        }
+        if let Some((net, other)) = existing.iter().find(|(_, o)| o.overlaps(a)) {
+            return Err(IpamError::Overlap { subnet: a.to_string(), other: other.to_string(), network: net.clone() });
+        }
+    }
+    for s in &subnets {
+        let why = match s.addr {
+            IpAddr::V4(a) if a.is_multicast() => Some("it is a multicast range (224.0.0.0/4)"),
+            IpAddr::V4(a) if a.is_loopback() => Some("it is the loopback range (127.0.0.0/8)"),
+            IpAddr::V6(a) if a.is_multicast() => Some("it is a multicast range (ff00::/8)"),
+            IpAddr::V6(a) if a.is_loopback() => Some("it is the loopback address"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(IpamError::NotUnicast { subnet: s.to_string(), why });
+        }
+    }
+    Ok(subnets)
+}
+
+/// One `--aux-address NAME=IP`, reserved in the pool whose subnet holds it.
+fn add_aux(pools: &mut [Pool], a: &str) -> Result<(), IpamError> {
+    let (name, ip) = a.split_once('=').ok_or_else(|| IpamError::BadAux { input: a.to_string() })?;
+    if name.is_empty() {
+        return Err(IpamError::BadAux { input: a.to_string() });
+    }
+    let ip = parse_ip(ip)?;
+    let pool = pools
+        .iter_mut()
+        .find(|p| p.subnet.contains(ip))
+        .ok_or_else(|| IpamError::AuxOutside { name: name.to_string(), addr: ip.to_string() })?;
+    let why = pool.network_or_broadcast(ip).or((pool.gateway == Some(ip)).then_some("the gateway"));
+    if let Some(why) = why {
+        return Err(IpamError::ReservedAddress {
+            what: format!("aux address {name}"),
+            addr: ip.to_string(),
+            why,
+            subnet: pool.subnet.to_string(),
+        });
+    }
+    pool.aux.insert(name.to_string(), ip);
+    Ok(())
 }
 
 /// Pick the first /24 in 172.18.0.0 .. 172.31.255.0 that overlaps nothing.

@@ -10,8 +10,8 @@ use dataplane_common::{
 
 use super::{object::BpfError, pins::Pins};
 
-fn map_err(path: &Path, detail: impl ToString) -> BpfError {
-    BpfError::Map { path: path.to_path_buf(), detail: detail.to_string() }
+fn map_err(path: &Path, source: impl Into<super::object::Cause>) -> BpfError {
+    BpfError::Map { path: path.to_path_buf(), source: source.into() }
 }
 
 pub fn open(pins: &Pins) -> Result<HashMap<MapData, AdmitKey, AdmitValue>, BpfError> {

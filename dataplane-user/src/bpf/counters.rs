@@ -17,10 +17,10 @@ pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
     if !path.exists() {
         return Err(BpfError::NoMaps { dir: pins.maps_dir() });
     }
-    let err = |e: &dyn std::fmt::Display| BpfError::Map { path: path.clone(), detail: e.to_string() };
-    let data = MapData::from_pin(&path).map_err(|e| err(&e))?;
-    let map = Map::from_map_data(data).map_err(|e| err(&e))?;
-    let m: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(|e| err(&e))?;
+    let err = |e: aya::maps::MapError| BpfError::Map { path: path.clone(), source: e.into() };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    let map = Map::from_map_data(data).map_err(err)?;
+    let m: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(err)?;
     let mut out = BTreeMap::new();
     // Interfaces share a slot when their ifindexes are equal modulo the slot count; read
     // each slot once (dedup_by_key would only drop adjacent duplicates).
@@ -28,7 +28,7 @@ pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
     let ifindexes: Vec<u32> = interfaces().into_iter().filter(|i| seen.insert(*i % COUNTER_IFINDEX_SLOTS)).collect();
     for ifindex in ifindexes {
         for reason in Reason::ALL {
-            let per_cpu = m.get(&counter_slot(ifindex, reason), 0).map_err(|e| err(&e))?;
+            let per_cpu = m.get(&counter_slot(ifindex, reason), 0).map_err(err)?;
             let mut sum = Counter::default();
             for c in per_cpu.iter() {
                 sum.packets += c.packets;

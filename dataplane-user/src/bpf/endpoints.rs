@@ -21,8 +21,8 @@ use super::{
     pins::Pins,
 };
 
-fn map_err(path: &Path, d: impl ToString) -> BpfError {
-    BpfError::Map { path: path.to_path_buf(), detail: d.to_string() }
+fn map_err(path: &Path, d: impl Into<super::object::Cause>) -> BpfError {
+    BpfError::Map { path: path.to_path_buf(), source: d.into() }
 }
 
 fn open_endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, EndpointInfo>, BpfError> {
@@ -118,7 +118,7 @@ fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
         // Another process may have pinned it meanwhile; theirs is as good as ours.
         if let Err(e) = p.pin(path) {
             if !path.exists() {
-                return Err(BpfError::Pin { path: path.clone(), detail: e.to_string() });
+                return Err(BpfError::Pin { path: path.clone(), source: e.into() });
             }
         }
     }
@@ -155,7 +155,7 @@ pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Resu
             }
             super::tc::upgrade_to_tcx(&mut p, prog, ifname, kind, pin)
         })
-        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {netns_path}: {e}") })?
+        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: format!("entering {netns_path}: {e}").into() })?
     })?;
     Ok(eg | ing)
 }
@@ -176,7 +176,7 @@ fn per_direction<T: Send>(
         let egress = f(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, eg);
         let ingress = ingress
             .join()
-            .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), detail: "attach thread panicked".into() }));
+            .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), source: "attach thread panicked".into() }));
         Ok((egress?, ingress?))
     })
 }
@@ -198,7 +198,7 @@ pub fn attach_at(
             Some(ns) => crate::nl::with_netns(Path::new(ns), || {
                 super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only)
             })
-            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("entering {ns}: {e}") })?,
+            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: format!("entering {ns}: {e}").into() })?,
             None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only),
         }
     })?;

@@ -160,7 +160,7 @@ pub fn migrate_maps(pins: &Pins) -> Result<Vec<Migrated>, BpfError> {
         if !pin.exists() {
             continue;
         }
-        let err = |d: String| BpfError::Map { path: pin.clone(), detail: d };
+        let err = |d: String| BpfError::Map { path: pin.clone(), source: d.into() };
         let old_info = MapInfo::from_pin(&pin).map_err(|e| err(e.to_string()))?;
         let old_layout = layout(&old_info);
         if old_layout == new_layout {

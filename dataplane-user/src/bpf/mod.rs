@@ -23,7 +23,7 @@ pub(crate) fn open_hash<K: aya::Pod, V: aya::Pod>(
 ) -> Result<aya::maps::HashMap<aya::maps::MapData, K, V>, BpfError> {
     use aya::maps::{HashMap, Map, MapData};
     let path = pins.map(name);
-    let err = |d: String| BpfError::Map { path: path.clone(), detail: d };
+    let err = |d: String| BpfError::Map { path: path.clone(), source: d.into() };
     if !path.exists() {
         return Err(BpfError::NoMaps { dir: pins.maps_dir() });
     }
@@ -74,7 +74,7 @@ pub fn recover_map_pins(pins: &Pins) -> Result<(Vec<&'static str>, Vec<&'static 
             if let Some(pos) = missing.iter().position(|m| *m == name) {
                 let path = pins.map(missing[pos]);
                 crate::bpffs::create_private(&pins.maps_dir())?;
-                map.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), detail: e.to_string() })?;
+                map.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), source: e.into() })?;
                 recovered.push(missing.remove(pos));
             }
         }

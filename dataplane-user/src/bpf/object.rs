@@ -42,16 +42,28 @@ pub enum BpfError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("pinned link {} is unusable: {detail}", path.display())]
-    Link { path: PathBuf, detail: String },
-    #[error("pinning {} failed: {detail}", path.display())]
-    Pin { path: PathBuf, detail: String },
+    #[error("pinned link {} is unusable: {source}", path.display())]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
+    #[error("pinning {} failed: {source}", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
     #[error("nothing to detach: dataplane has no program on {iface} in {netns} (no pin at {})", path.display())]
     NotAttached { iface: String, netns: String, path: PathBuf },
     #[error("no dataplane maps under {}: attach a program first (`dataplane bpf load --iface IFACE`)", dir.display())]
     NoMaps { dir: PathBuf },
-    #[error("map {} : {detail}", path.display())]
-    Map { path: PathBuf, detail: String },
+    #[error("map {}: {source}", path.display())]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
     #[error("removing pin {}: {source}", path.display())]
     Unpin {
         path: PathBuf,
@@ -59,6 +71,10 @@ pub enum BpfError {
         source: std::io::Error,
     },
 }
+
+/// The error under a link, pin or map failure: the library's own error where there is
+/// one (so its chain is kept), else a message.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 static LOG_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 

@@ -61,8 +61,8 @@ fn is_busy(e: &ProgramError) -> bool {
     matches!(io.and_then(|e| e.raw_os_error()), Some(libc::EBUSY) | Some(libc::EEXIST))
 }
 
-fn link_error(path: &Path, detail: impl ToString) -> BpfError {
-    BpfError::Link { path: path.to_path_buf(), detail: detail.to_string() }
+fn link_error(path: &Path, source: impl Into<super::object::Cause>) -> BpfError {
+    BpfError::Link { path: path.to_path_buf(), source: source.into() }
 }
 
 /// Load the current object and attach its parent program to `iface`, or, when a pinned
@@ -142,7 +142,7 @@ fn attach_new_or_replace(
                     )
                 })?;
                 let info = fd.info().map_err(|e| link_error(&pin, e))?;
-                fd.pin(&pin).map_err(|e| BpfError::Pin { path: pin.clone(), detail: e.to_string() })?;
+                fd.pin(&pin).map_err(|e| BpfError::Pin { path: pin.clone(), source: e.into() })?;
                 return Ok(Attachment {
                     iface: iface.to_string(),
                     ifindex,

@@ -57,60 +57,12 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
     let mut loaded: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for (tag, pin) in link_pins {
-        if super::tc::pin_is_program(&pin) {
-            if let Some(r) = replace_filter(&mut ebpf, &mut loaded, &names, &tag, &pin)? {
-                out.push(r);
-            }
-            continue;
-        }
-        // A link whose interface was deleted has nothing to update; reconcile re-attaches
-        // to the interface's successor (see reconcile.rs).
-        if super::parent::pinned_link_ifindex(&pin) == Some(0) {
-            continue;
-        }
-        let err = |d: String| BpfError::Link { path: pin.clone(), detail: d };
-        let fd: FdLink = PinnedLink::from_pin(&pin).map_err(|e| err(e.to_string()))?.into();
-        let info = fd.info().map_err(|e| err(e.to_string()))?;
-        let (link_id, old) = (info.id(), info.program_id());
-        // Kernel program names are cut at 15 characters; ours are shorter.
-        let name = names.get(&old).cloned().ok_or_else(|| err(format!("program {old} of this link is not loaded")))?;
-        let prog =
-            ebpf.program_mut(&name).ok_or_else(|| err(format!("program {name} is not in this binary's object")))?;
-        let first = !loaded.contains(&name);
-        let new_id = match prog {
-            aya::programs::Program::Xdp(p) => {
-                if first {
-                    p.load().map_err(|e| BpfError::Verify { name: "dp_parent", source: Box::new(e) })?;
-                }
-                let l = XdpLink::try_from(fd).map_err(|e| err(e.to_string()))?;
-                let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
-                let l: FdLink = p
-                    .take_link(id)
-                    .map_err(|e| err(e.to_string()))?
-                    .try_into()
-                    .map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
-                l.info().map_err(|e| err(e.to_string()))?.program_id()
-            }
-            aya::programs::Program::SchedClassifier(p) => {
-                if first {
-                    p.load()
-                        .map_err(|e| BpfError::Link { path: pin.clone(), detail: format!("loading {name}: {e}") })?;
-                }
-                let l = SchedClassifierLink::try_from(fd).map_err(|e| err(e.to_string()))?;
-                let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
-                let l: FdLink = p
-                    .take_link(id)
-                    .map_err(|e| err(e.to_string()))?
-                    .try_into()
-                    .map_err(|e: aya::programs::links::LinkError| err(e.to_string()))?;
-                l.info().map_err(|e| err(e.to_string()))?.program_id()
-            }
-            _ => return Err(err(format!("program {name} has an unexpected type"))),
+        let r = if super::tc::pin_is_program(&pin) {
+            replace_filter(&mut ebpf, &mut loaded, &names, &tag, &pin)?
+        } else {
+            update_link(&mut ebpf, &mut loaded, &names, pin)?
         };
-        if first {
-            loaded.push(name.clone());
-        }
-        out.push(Reloaded { pin, program: name, link_id, old_program_id: old, new_program_id: new_id });
+        out.extend(r);
     }
     // Endpoints attached from now on get the new programs too.
     for name in [dataplane_common::maps::TC_EP_OUT_PROG, dataplane_common::maps::TC_EP_IN_PROG] {
@@ -123,10 +75,58 @@ pub fn reload_all(pins: &Pins) -> Result<Vec<Reloaded>, BpfError> {
                 p.load().map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
             }
             let _ = std::fs::remove_file(&path);
-            p.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), detail: e.to_string() })?;
+            p.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), source: e.into() })?;
         }
     }
     Ok(out)
+}
+
+/// Point the pinned link `pin` at this binary's version of its program, in place. None:
+/// the link's interface was deleted, so there is nothing to update (reconcile re-attaches
+/// to the interface's successor, see reconcile.rs).
+fn update_link(
+    ebpf: &mut aya::Ebpf,
+    loaded: &mut Vec<String>,
+    names: &BTreeMap<u32, String>,
+    pin: PathBuf,
+) -> Result<Option<Reloaded>, BpfError> {
+    if super::parent::pinned_link_ifindex(&pin) == Some(0) {
+        return Ok(None);
+    }
+    let err = |d: String| BpfError::Link { path: pin.clone(), source: d.into() };
+    let fd: FdLink = PinnedLink::from_pin(&pin).map_err(|e| err(e.to_string()))?.into();
+    let info = fd.info().map_err(|e| err(e.to_string()))?;
+    let (link_id, old) = (info.id(), info.program_id());
+    // Kernel program names are cut at 15 characters; ours are shorter.
+    let name = names.get(&old).cloned().ok_or_else(|| err(format!("program {old} of this link is not loaded")))?;
+    let prog = ebpf.program_mut(&name).ok_or_else(|| err(format!("program {name} is not in this binary's object")))?;
+    let first = !loaded.contains(&name);
+    let relink = |l: Result<FdLink, aya::programs::links::LinkError>| -> Result<u32, BpfError> {
+        Ok(l.map_err(|e| err(e.to_string()))?.info().map_err(|e| err(e.to_string()))?.program_id())
+    };
+    let new_id = match prog {
+        aya::programs::Program::Xdp(p) => {
+            if first {
+                p.load().map_err(|e| BpfError::Verify { name: "dp_parent", source: Box::new(e) })?;
+            }
+            let l = XdpLink::try_from(fd).map_err(|e| err(e.to_string()))?;
+            let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
+            relink(p.take_link(id).map_err(|e| err(e.to_string()))?.try_into())?
+        }
+        aya::programs::Program::SchedClassifier(p) => {
+            if first {
+                p.load().map_err(|e| err(format!("loading {name}: {e}")))?;
+            }
+            let l = SchedClassifierLink::try_from(fd).map_err(|e| err(e.to_string()))?;
+            let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;
+            relink(p.take_link(id).map_err(|e| err(e.to_string()))?.try_into())?
+        }
+        _ => return Err(err(format!("program {name} has an unexpected type"))),
+    };
+    if first {
+        loaded.push(name.clone());
+    }
+    Ok(Some(Reloaded { pin, program: name, link_id, old_program_id: old, new_program_id: new_id }))
 }
 
 /// The namespace, interface and direction of a cls_bpf attachment, from its pin path:
@@ -176,7 +176,7 @@ fn replace_filter(
     tag: &str,
     pin: &std::path::Path,
 ) -> Result<Option<Reloaded>, BpfError> {
-    let err = |d: String| BpfError::Link { path: pin.to_path_buf(), detail: d };
+    let err = |d: String| BpfError::Link { path: pin.to_path_buf(), source: d.into() };
     let Some((netns, iface, kind)) = filter_target(tag, pin) else { return Ok(None) };
     let old = SchedClassifier::from_pin(pin).map_err(|e| err(e.to_string()))?;
     let old_id = old.info().map_err(|e| err(e.to_string()))?.id();
@@ -201,7 +201,7 @@ fn replace_filter(
         None => replace(p)?,
     }
     let _ = std::fs::remove_file(pin);
-    p.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })?;
+    p.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), source: e.into() })?;
     let new_id = p.info().map_err(|e| err(e.to_string()))?.id();
     Ok(Some(Reloaded {
         pin: pin.to_path_buf(),

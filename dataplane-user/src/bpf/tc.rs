@@ -92,7 +92,7 @@ pub fn attach_pinned(
                 return fd_link(p, id, pin)?
                     .pin(pin)
                     .map(drop)
-                    .map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() });
+                    .map_err(|e| BpfError::Pin { path: pin.to_path_buf(), source: e.into() });
             }
             Err(ProgramError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::EINVAL) => {
                 let _ = TCX.set(false);
@@ -114,9 +114,9 @@ pub fn attach_pinned(
         }
     };
     // The filter stays with the qdisc; the aya link would detach it when dropped.
-    std::mem::forget(p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?);
+    std::mem::forget(p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: e.into() })?);
     let _ = std::fs::remove_file(pin);
-    p.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })
+    p.pin(pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), source: e.into() })
 }
 
 /// Whether this kernel has tcx, asked without attaching anything: BPF_PROG_QUERY for
@@ -161,14 +161,14 @@ pub fn upgrade_to_tcx(
     tmp.push("~tcx");
     let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
-    fd.pin(&tmp).map_err(|e| BpfError::Pin { path: tmp.clone(), detail: e.to_string() })?;
+    fd.pin(&tmp).map_err(|e| BpfError::Pin { path: tmp.clone(), source: e.into() })?;
     // Removed meanwhile (rm waits for this upgrade, so only an external unpin gets here):
     // the link goes with its pin.
     if !pin_is_program(pin) {
         let _ = std::fs::remove_file(&tmp);
         return Ok(false);
     }
-    std::fs::rename(&tmp, pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), detail: e.to_string() })?;
+    std::fs::rename(&tmp, pin).map_err(|e| BpfError::Pin { path: pin.to_path_buf(), source: e.into() })?;
     if let Ok(link) = SchedClassifierLink::attached(iface, kind, CLS_PRIORITY, cls_handle(kind), None) {
         let _ = link.detach();
     }
@@ -181,8 +181,9 @@ fn fd_link(
     id: aya::programs::tc::SchedClassifierLinkId,
     pin: &Path,
 ) -> Result<FdLink, BpfError> {
-    let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: e.to_string() })?;
-    link.try_into().map_err(|e| BpfError::Link { path: pin.to_path_buf(), detail: format!("tcx link expected: {e}") })
+    let link = p.take_link(id).map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: e.into() })?;
+    link.try_into()
+        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: format!("tcx link expected: {e}").into() })
 }
 
 /// A directory beside a cls_bpf pin saying dataplane added the interface's clsact qdisc.

@@ -13,7 +13,7 @@ use super::{object::BpfError, open_hash as open, pins::Pins};
 pub fn insert(pins: &Pins, trunk_ifindex: u32, outer: u16, vid: u16, dev_ifindex: u32) -> Result<(), BpfError> {
     let mut devs: HashMap<_, VlanKey, u32> = open(pins, VLAN_DEVS_MAP)?;
     let mut peers: HashMap<_, u32, VlanTrunk> = open(pins, VLAN_PEERS_MAP)?;
-    let e = |d: aya::maps::MapError| BpfError::Map { path: pins.maps_dir(), detail: d.to_string() };
+    let e = |d: aya::maps::MapError| BpfError::Map { path: pins.maps_dir(), source: d.into() };
     peers.insert(dev_ifindex, VlanTrunk { trunk_ifindex, vid, outer }, 0).map_err(e)?;
     devs.insert(VlanKey { trunk_ifindex, vid, outer }, dev_ifindex, 0).map_err(e)?;
     Ok(())

@@ -133,95 +133,15 @@ fn key_for(target: &Target, vlan: u16, mac: &str) -> anyhow::Result<AdmitKey> {
 pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
     let pins = Pins::new(bpffs);
     match cmd {
-        BpfCommand::Load { target, mode } => {
-            enter(&target.ns)?;
-            let a = bpf::attach_parent(&pins, target.ns.netns.as_deref(), &target.iface, mode)?;
-            if a.replaced {
-                println!(
-                    "replaced the program on {} in place: link {} now runs program {} (pinned at {})",
-                    a.iface,
-                    a.link_id,
-                    a.program_id,
-                    a.pin.display()
-                );
-            } else {
-                println!(
-                    "attached {} to {} (ifindex {}, {} XDP): link {}, program {}, pinned at {}",
-                    dataplane_common::maps::XDP_PARENT_PROG,
-                    a.iface,
-                    a.ifindex,
-                    a.mode,
-                    a.link_id,
-                    a.program_id,
-                    a.pin.display()
-                );
-            }
-        }
+        BpfCommand::Load { target, mode } => load(&pins, &target, mode)?,
         BpfCommand::Unload { target } => {
             enter(&target.ns)?;
             bpf::detach_parent(&pins, target.ns.netns.as_deref(), &target.iface)?;
             println!("detached from {}", target.iface);
         }
-        BpfCommand::Log { seconds } => {
-            return log_events(&pins, seconds);
-        }
-        BpfCommand::Reload { format, log_level } => {
-            bpf::object::set_log_level(bpf::object::parse_log_level(&log_level).expect("clap checked the value"));
-            dataplane_user::control::background::wait_all(&pins);
-            let report = bpf::reload::upgrade(&pins)?;
-            match format {
-                Format::Json => {
-                    for m in &report.migrated {
-                        eprintln!(
-                            "migrated map {} ({} -> {}): {} entries carried over",
-                            m.map, m.from, m.to, m.entries
-                        );
-                    }
-                    println!("{}", serde_json::to_string_pretty(&report.links)?)
-                }
-                Format::Table => {
-                    if report.links.is_empty() {
-                        println!("nothing attached under {}", pins.root().display());
-                    }
-                    for m in &report.migrated {
-                        println!("migrated map {} ({} -> {}): {} entries carried over", m.map, m.from, m.to, m.entries);
-                    }
-                    for x in report.links {
-                        println!(
-                            "{}: link {} now runs {} (program {} -> {})",
-                            x.pin.display(),
-                            x.link_id,
-                            x.program,
-                            x.old_program_id,
-                            x.new_program_id
-                        );
-                    }
-                }
-            }
-        }
-        BpfCommand::Status { format } => {
-            dataplane_user::control::background::wait_all(&pins);
-            let st = bpf::list_attachments(&pins);
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&st)?),
-                Format::Table => {
-                    println!("{:<20} {:<24} {:<12} {:>8} {:>8}  PIN", "NETNS", "IFACE", "MECHANISM", "LINK", "PROG");
-                    for s in st {
-                        let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-                        println!(
-                            "{:<20} {:<24} {:<12} {:>8} {:>8}  {}{}",
-                            s.netns,
-                            s.iface,
-                            s.mechanism,
-                            id(s.link_id),
-                            id(s.program_id),
-                            s.pin.display(),
-                            s.error.map(|e| format!("  (error: {e})")).unwrap_or_default()
-                        );
-                    }
-                }
-            }
-        }
+        BpfCommand::Log { seconds } => return log_events(&pins, seconds),
+        BpfCommand::Reload { format, log_level } => reload(&pins, format, &log_level)?,
+        BpfCommand::Status { format } => status(&pins, format)?,
         BpfCommand::Admit(AdmitCommand::Add { target, vlan, endpoint, mac }) => {
             enter(&target.ns)?;
             let key = key_for(&target, vlan, &mac)?;
@@ -238,63 +158,163 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
         }
         BpfCommand::Admit(AdmitCommand::Ls { ns, format }) => {
             enter(&ns)?;
-            let entries = bpf::admit::list(&pins)?;
-            let rows: Vec<_> = entries
-                .iter()
-                .map(|(k, v)| {
-                    serde_json::json!({
-                        "iface": netns::ifname(k.ifindex).unwrap_or_else(|| format!("#{}", k.ifindex)),
-                        "ifindex": k.ifindex, "vlan": k.vlan, "mac": Mac(k.mac).to_string(), "endpoint": v.endpoint,
-                    })
-                })
-                .collect();
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Format::Table => {
-                    println!("{:<16} {:>5} {:<17} {:>8}", "IFACE", "VLAN", "MAC", "ENDPOINT");
-                    for r in rows {
-                        println!(
-                            "{:<16} {:>5} {:<17} {:>8}",
-                            r["iface"].as_str().unwrap_or(""),
-                            r["vlan"].to_string(),
-                            r["mac"].as_str().unwrap_or(""),
-                            r["endpoint"].to_string()
-                        );
-                    }
-                }
-            }
+            admit_ls(&pins, format)?;
         }
         BpfCommand::Counters { ns, format } => {
             enter(&ns)?;
-            let counters = bpf::counters::read(&pins)?;
-            let rows: Vec<_> = counters
-                .iter()
-                .map(|((ifindex, reason), c)| {
-                    serde_json::json!({
-                        "iface": netns::ifname(*ifindex).unwrap_or_else(|| format!("#{ifindex}")),
-                        "ifindex": ifindex, "reason": reason.name(), "verdict": if reason.is_drop() { "drop" } else { "pass" },
-                        "packets": c.packets, "bytes": c.bytes,
-                    })
-                })
-                .collect();
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Format::Table => {
-                    println!("{:<16} {:<26} {:>12} {:>14}", "IFACE", "REASON", "PACKETS", "BYTES");
-                    for r in rows {
-                        println!(
-                            "{:<16} {:<26} {:>12} {:>14}",
-                            r["iface"].as_str().unwrap_or(""),
-                            r["reason"].as_str().unwrap_or(""),
-                            r["packets"].to_string(),
-                            r["bytes"].to_string()
-                        );
-                    }
-                }
-            }
+            counters(&pins, format)?;
         }
     }
     Ok(0)
+}
+
+fn load(pins: &Pins, target: &Target, mode: bpf::AttachMode) -> anyhow::Result<()> {
+    enter(&target.ns)?;
+    let a = bpf::attach_parent(pins, target.ns.netns.as_deref(), &target.iface, mode)?;
+    if a.replaced {
+        println!(
+            "replaced the program on {} in place: link {} now runs program {} (pinned at {})",
+            a.iface,
+            a.link_id,
+            a.program_id,
+            a.pin.display()
+        );
+    } else {
+        println!(
+            "attached {} to {} (ifindex {}, {} XDP): link {}, program {}, pinned at {}",
+            dataplane_common::maps::XDP_PARENT_PROG,
+            a.iface,
+            a.ifindex,
+            a.mode,
+            a.link_id,
+            a.program_id,
+            a.pin.display()
+        );
+    }
+    Ok(())
+}
+
+fn reload(pins: &Pins, format: Format, log_level: &str) -> anyhow::Result<()> {
+    bpf::object::set_log_level(bpf::object::parse_log_level(log_level).expect("clap checked the value"));
+    dataplane_user::control::background::wait_all(pins);
+    let report = bpf::reload::upgrade(pins)?;
+    let migrated = report
+        .migrated
+        .iter()
+        .map(|m| format!("migrated map {} ({} -> {}): {} entries carried over", m.map, m.from, m.to, m.entries));
+    match format {
+        Format::Json => {
+            migrated.for_each(|m| eprintln!("{m}"));
+            println!("{}", serde_json::to_string_pretty(&report.links)?)
+        }
+        Format::Table => {
+            if report.links.is_empty() {
+                println!("nothing attached under {}", pins.root().display());
+            }
+            migrated.for_each(|m| println!("{m}"));
+            for x in report.links {
+                println!(
+                    "{}: link {} now runs {} (program {} -> {})",
+                    x.pin.display(),
+                    x.link_id,
+                    x.program,
+                    x.old_program_id,
+                    x.new_program_id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn status(pins: &Pins, format: Format) -> anyhow::Result<()> {
+    dataplane_user::control::background::wait_all(pins);
+    let st = bpf::list_attachments(pins);
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    println!("{:<20} {:<24} {:<12} {:>8} {:>8}  PIN", "NETNS", "IFACE", "MECHANISM", "LINK", "PROG");
+    for s in st {
+        let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:<20} {:<24} {:<12} {:>8} {:>8}  {}{}",
+            s.netns,
+            s.iface,
+            s.mechanism,
+            id(s.link_id),
+            id(s.program_id),
+            s.pin.display(),
+            s.error.map(|e| format!("  (error: {e})")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// A row of `bpf admit ls`.
+#[derive(serde::Serialize)]
+struct AdmitRow {
+    iface: String,
+    ifindex: u32,
+    vlan: u16,
+    mac: String,
+    endpoint: u32,
+}
+
+fn admit_ls(pins: &Pins, format: Format) -> anyhow::Result<()> {
+    let rows: Vec<AdmitRow> = bpf::admit::list(pins)?
+        .iter()
+        .map(|(k, v)| AdmitRow {
+            iface: netns::ifname(k.ifindex).unwrap_or_else(|| format!("#{}", k.ifindex)),
+            ifindex: k.ifindex,
+            vlan: k.vlan,
+            mac: Mac(k.mac).to_string(),
+            endpoint: v.endpoint,
+        })
+        .collect();
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<16} {:>5} {:<17} {:>8}", "IFACE", "VLAN", "MAC", "ENDPOINT");
+    for r in rows {
+        println!("{:<16} {:>5} {:<17} {:>8}", r.iface, r.vlan, r.mac, r.endpoint);
+    }
+    Ok(())
+}
+
+/// A row of `bpf counters`.
+#[derive(serde::Serialize)]
+struct CounterRow {
+    iface: String,
+    ifindex: u32,
+    reason: &'static str,
+    verdict: &'static str,
+    packets: u64,
+    bytes: u64,
+}
+
+fn counters(pins: &Pins, format: Format) -> anyhow::Result<()> {
+    let rows: Vec<CounterRow> = bpf::counters::read(pins)?
+        .iter()
+        .map(|((ifindex, reason), c)| CounterRow {
+            iface: netns::ifname(*ifindex).unwrap_or_else(|| format!("#{ifindex}")),
+            ifindex: *ifindex,
+            reason: reason.name(),
+            verdict: if reason.is_drop() { "drop" } else { "pass" },
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<16} {:<26} {:>12} {:>14}", "IFACE", "REASON", "PACKETS", "BYTES");
+    for r in rows {
+        println!("{:<16} {:<26} {:>12} {:>14}", r.iface, r.reason, r.packets, r.bytes);
+    }
+    Ok(())
 }
 
 /// Writes aya-log records to stdout.

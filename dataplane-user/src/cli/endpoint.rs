@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dataplane_user::control::{Engine, RunRequest};
+use dataplane_user::{
+    control::{Engine, RunRequest},
+    store::{Attachment, Endpoint, Owner},
+};
 
 use super::Format;
 
@@ -131,45 +134,7 @@ pub fn run(engine: &mut Engine, a: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     if a.detach {
-        // A supervisor (this binary, in its own session) runs the command, keeps its
-        // stdin open for -i, and removes the endpoint afterwards for --rm.
-        let exe = std::env::current_exe().context("locating the dataplane binary")?;
-        let mut sup = Command::new(exe);
-        sup.arg("--state-dir")
-            .arg(&engine.state_dir)
-            .arg("--bpffs")
-            .arg(engine.pins.root())
-            .arg("__supervise")
-            .arg(&a.name);
-        if a.interactive {
-            sup.arg("--interactive");
-        }
-        sup.arg("--").args(&command).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            sup.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        if let Err(e) = sup.spawn() {
-            let _ = engine.rm(&a.name, true);
-            bail!("starting the supervisor for {}: {e}", a.name);
-        }
-        // Return once the command runs, so `exec`/`ps` right after see it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match engine.endpoint(&a.name) {
-                Ok(e) if e.pid.is_some() => break,
-                Err(_) => {
-                    let log = std::fs::read_to_string(log_path(&engine.state_dir, &a.name)).unwrap_or_default();
-                    let last = log.lines().last().unwrap_or("").trim_start_matches("dataplane: error: ").to_string();
-                    bail!("the command of {} did not start: {last}", a.name)
-                }
-                _ if Instant::now() > deadline => bail!("the command of {} did not start within 10 s", a.name),
-                _ => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
+        start_detached(engine, &a, &command)?;
         println!("{}", ep.id);
         return Ok(0);
     }
@@ -189,6 +154,48 @@ pub fn run(engine: &mut Engine, a: RunArgs) -> Result<i32> {
         }
     }
     Ok(status)
+}
+
+/// `run -d CMD`: a supervisor (this binary, in its own session) runs the command, keeps
+/// its stdin open for -i, and removes the endpoint afterwards for --rm. Returns once the
+/// command runs, so `exec`/`ps` right after see it.
+fn start_detached(engine: &mut Engine, a: &RunArgs, command: &[String]) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the dataplane binary")?;
+    let mut sup = Command::new(exe);
+    sup.arg("--state-dir")
+        .arg(&engine.state_dir)
+        .arg("--bpffs")
+        .arg(engine.pins.root())
+        .arg("__supervise")
+        .arg(&a.name);
+    if a.interactive {
+        sup.arg("--interactive");
+    }
+    sup.arg("--").args(command).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        sup.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Err(e) = sup.spawn() {
+        let _ = engine.rm(&a.name, true);
+        bail!("starting the supervisor for {}: {e}", a.name);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match engine.endpoint(&a.name) {
+            Ok(e) if e.pid.is_some() => return Ok(()),
+            Err(_) => {
+                let log = std::fs::read_to_string(log_path(&engine.state_dir, &a.name)).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("").trim_start_matches("dataplane: error: ").to_string();
+                bail!("the command of {} did not start: {last}", a.name)
+            }
+            _ if Instant::now() > deadline => bail!("the command of {} did not start within 10 s", a.name),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 pub fn log_path(state_dir: &Path, name: &str) -> std::path::PathBuf {
@@ -288,10 +295,103 @@ fn alive(pid: u32) -> bool {
 
 pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
     let eps = engine.endpoints()?;
-    // Conflicts the parents' XDP programs saw: a warning per endpoint (stderr, so the
-    // table and the JSON stay as they are).
+    conflict_warnings(engine, &eps);
+    let rows: Vec<PsRow> = eps.iter().map(|(e, atts)| PsRow::of(e, atts)).collect();
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!("{:<14} {:<20} {:<16} {:<18} {:<18} STATUS", "ENDPOINT ID", "NAME", "NETWORK", "IPV4", "MAC");
+    for r in rows {
+        let first = r.networks.first();
+        let network = if r.networks.is_empty() {
+            r.network_mode.clone()
+        } else {
+            r.networks.iter().map(|n| n.network.as_str()).collect::<Vec<_>>().join(",")
+        };
+        println!(
+            "{:<14} {:<20} {:<16} {:<18} {:<18} {}",
+            r.id,
+            r.name,
+            network,
+            first.and_then(|n| n.ipv4_address.as_deref()).unwrap_or("-"),
+            first.map_or("-".to_string(), |n| n.mac_address.to_string()),
+            r.status
+        );
+    }
+    Ok(0)
+}
+
+/// A row of `ps` (its JSON keys are Docker's).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PsRow {
+    #[serde(rename = "ID")]
+    id: String,
+    name: String,
+    network_mode: String,
+    netns: String,
+    command: String,
+    status: String,
+    owner: Owner,
+    networks: Vec<PsNetwork>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PsNetwork {
+    network: String,
+    interface: String,
+    mac_address: dataplane_user::mac::Mac,
+    #[serde(rename = "IPv4Address")]
+    ipv4_address: Option<String>,
+    #[serde(rename = "IPv6Address")]
+    ipv6_address: Option<String>,
+}
+
+impl PsRow {
+    fn of(e: &Endpoint, atts: &[Attachment]) -> PsRow {
+        let supervisor = e.supervisor.filter(|s| s.alive());
+        let status = match (&e.owner, e.pid) {
+            (_, None) if supervisor.is_some() => {
+                format!("starting (supervisor pid {})", supervisor.map_or(0, |s| s.pid))
+            }
+            (Owner::Docker { sandbox: Some(s), .. }, _) => format!("docker, in {s}"),
+            (Owner::Docker { sandbox: None, .. }, _) => "docker, not joined".to_string(),
+            (Owner::Cni { container_id, ifname }, _) => {
+                format!("cni, container {} {ifname}", &container_id[..12.min(container_id.len())])
+            }
+            (_, Some(p)) if alive(p) => format!("running (pid {p})"),
+            _ if e.command.is_empty() => "created".to_string(),
+            _ => "exited".to_string(),
+        };
+        PsRow {
+            id: e.id[..12.min(e.id.len())].to_string(),
+            name: e.name.clone(),
+            network_mode: e.network_mode.clone(),
+            netns: e.netns.clone(),
+            command: e.command.join(" "),
+            status,
+            owner: e.owner.clone(),
+            networks: atts
+                .iter()
+                .map(|a| PsNetwork {
+                    network: a.network.clone(),
+                    interface: a.ifname.clone(),
+                    mac_address: a.mac,
+                    ipv4_address: a.ipv4.map(|i| i.to_string()),
+                    ipv6_address: a.ipv6.map(|i| i.to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Conflicts the parents' XDP programs saw: a warning per endpoint (on stderr, so the
+/// table and the JSON stay as they are).
+fn conflict_warnings(engine: &Engine, eps: &[(Endpoint, Vec<Attachment>)]) {
     let conflicts = dataplane_user::bpf::admit::conflicts(&engine.pins);
-    for (e, atts) in &eps {
+    for (e, atts) in eps {
         let Some(k) = conflicts.get(&dataplane_user::control::endpoint_number(&e.id)) else { continue };
         let a = atts.first();
         if k.mac_frames > 0 {
@@ -315,61 +415,4 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
             );
         }
     }
-    let rows: Vec<serde_json::Value> = eps
-        .iter()
-        .map(|(e, atts)| {
-            let supervisor = e.supervisor.filter(|s| s.alive());
-            let status = match (&e.owner, e.pid) {
-                (_, None) if supervisor.is_some() => {
-                    format!("starting (supervisor pid {})", supervisor.map_or(0, |s| s.pid))
-                }
-                (dataplane_user::store::Owner::Docker { sandbox: Some(s), .. }, _) => format!("docker, in {s}"),
-                (dataplane_user::store::Owner::Docker { sandbox: None, .. }, _) => "docker, not joined".to_string(),
-                (dataplane_user::store::Owner::Cni { container_id, ifname }, _) => {
-                    format!("cni, container {} {ifname}", &container_id[..12.min(container_id.len())])
-                }
-                (_, Some(p)) if alive(p) => format!("running (pid {p})"),
-                _ if e.command.is_empty() => "created".to_string(),
-                _ => "exited".to_string(),
-            };
-            serde_json::json!({
-                "ID": &e.id[..12],
-                "Name": e.name,
-                "NetworkMode": e.network_mode,
-                "Netns": e.netns,
-                "Command": e.command.join(" "),
-                "Status": status,
-                "Owner": e.owner,
-                "Networks": atts.iter().map(|a| serde_json::json!({
-                    "Network": a.network, "Interface": a.ifname, "MacAddress": a.mac,
-                    "IPv4Address": a.ipv4.map(|i| i.to_string()), "IPv6Address": a.ipv6.map(|i| i.to_string()),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Format::Table => {
-            println!("{:<14} {:<20} {:<16} {:<18} {:<18} STATUS", "ENDPOINT ID", "NAME", "NETWORK", "IPV4", "MAC");
-            for r in rows {
-                let nets = r["Networks"].as_array().cloned().unwrap_or_default();
-                let first = nets.first();
-                let network = if nets.is_empty() {
-                    r["NetworkMode"].as_str().unwrap_or("").to_string()
-                } else {
-                    nets.iter().map(|n| n["Network"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>().join(",")
-                };
-                println!(
-                    "{:<14} {:<20} {:<16} {:<18} {:<18} {}",
-                    r["ID"].as_str().unwrap_or(""),
-                    r["Name"].as_str().unwrap_or(""),
-                    network,
-                    first.and_then(|n| n["IPv4Address"].as_str()).unwrap_or("-"),
-                    first.and_then(|n| n["MacAddress"].as_str()).unwrap_or("-"),
-                    r["Status"].as_str().unwrap_or("")
-                );
-            }
-        }
-    }
-    Ok(0)
 }

@@ -242,28 +242,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Stats { names, format, watch, iterations } => {
             stats::run(&mut engine()?, &names, format, watch, iterations)
         }
-        Command::Reconcile { dry_run, format, take_over } => {
-            let mut e = if take_over { Engine::open_unchecked(&state_dir, &bpffs)? } else { engine()? };
-            if take_over && !dry_run {
-                e.take_over_bpffs()?;
-            }
-            let r = e.reconcile_with(dry_run, true)?;
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-                Format::Table => {
-                    if r.drift.is_empty() {
-                        println!("no drift: the kernel matches the store");
-                    }
-                    for d in &r.drift {
-                        println!("{}{d}", if dry_run { "drift: " } else { "repaired: " });
-                    }
-                    for e in &r.errors {
-                        println!("failed: {e}");
-                    }
-                }
-            }
-            Ok(i32::from(!r.errors.is_empty()))
-        }
+        Command::Reconcile { dry_run, format, take_over } => reconcile(&state_dir, &bpffs, dry_run, format, take_over),
         Command::Plugin(PluginCommand::Docker { socket, verbose, metrics }) => {
             dataplane_user::frontend::docker::serve(&socket, engine()?, verbose, metrics.as_deref())?;
             Ok(0)
@@ -277,6 +256,35 @@ pub fn run() -> anyhow::Result<i32> {
             endpoint::supervise(&mut engine()?, &name, interactive, &command)
         }
     }
+}
+
+/// `dataplane reconcile`: the thorough pass; exit 1 if a repair failed.
+fn reconcile(
+    state_dir: &std::path::Path,
+    bpffs: &std::path::Path,
+    dry_run: bool,
+    format: Format,
+    take_over: bool,
+) -> anyhow::Result<i32> {
+    let mut e = if take_over { Engine::open_unchecked(state_dir, bpffs)? } else { Engine::open(state_dir, bpffs)? };
+    if take_over && !dry_run {
+        e.take_over_bpffs()?;
+    }
+    let r = e.reconcile_with(dry_run, true)?;
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(i32::from(!r.errors.is_empty()));
+    }
+    if r.drift.is_empty() {
+        println!("no drift: the kernel matches the store");
+    }
+    for d in &r.drift {
+        println!("{}{d}", if dry_run { "drift: " } else { "repaired: " });
+    }
+    for e in &r.errors {
+        println!("failed: {e}");
+    }
+    Ok(i32::from(!r.errors.is_empty()))
 }
 
 /// Run `f` for every name, like `docker rm a b c`: print each name done (and its

@@ -428,7 +428,9 @@ struct RunPlan {
 }
 
 impl RunPlan {
-    fn new(req: &RunRequest) -> Result<RunPlan> {
+    /// `name_free` checks that the endpoint name is not taken (before the namespace of
+    /// that name is looked at, so a taken name is reported as such).
+    fn new(req: &RunRequest, name_free: impl FnOnce() -> Result<()>) -> Result<RunPlan> {
         check_name("endpoint", &req.name)?;
         let ip = parse_opt_ip(&req.ip)?;
         let ip6 = parse_opt_ip(&req.ip6)?;
@@ -447,6 +449,7 @@ impl RunPlan {
         if network == "none" && addressed {
             return invalid("--ip, --ip6 and --mac-address cannot be used with --network none (it has only lo)");
         }
+        name_free()?;
         let place = match (&req.netns, network.as_str()) {
             (_, "host") => Place::Host,
             _ if req.host_shim => Place::Shim,
@@ -682,10 +685,10 @@ impl Engine {
     /// Create an endpoint (namespace, links, addresses, map entries). The command, if
     /// any, is the CLI's business.
     pub fn run(&mut self, req: RunRequest) -> Result<RunSpec> {
-        let plan = RunPlan::new(&req)?;
-        if let Some(e) = self.store.read(|tx| tx.endpoint(&req.name))?.filter(|e| e.name == req.name) {
-            return name_taken(&req.name, &e);
-        }
+        let plan = RunPlan::new(&req, || match self.store.read(|tx| tx.endpoint(&req.name))? {
+            Some(e) if e.name == req.name => name_taken(&req.name, &e),
+            _ => Ok(()),
+        })?;
         // 0. A dynamic address is probed on the segment first (other hosts may hand out
         // the same subnet); the one chosen is then requested below.
         let probed = match plan.network.as_str() {
@@ -853,7 +856,7 @@ impl Engine {
         make: impl FnOnce(&mut Undo) -> Result<()>,
     ) -> Result<Endpoint> {
         let pins = self.pins.clone();
-        let mut step = || -> Result<()> {
+        let step = || -> Result<()> {
             if let Some((n, a)) = na {
                 let (pins2, n2, a2, id2) = (pins.clone(), n.clone(), a.clone(), ep.id.clone());
                 undo.push("removing admission entries", move || {

@@ -290,17 +290,23 @@ impl Undo {
 
     /// Undo in reverse order; wrap `error` with whatever could not be undone.
     pub fn run(self, error: ControlError) -> ControlError {
+        let failed = self.rollback();
+        if failed.is_empty() {
+            error
+        } else {
+            ControlError::Rollback { error: Box::new(error), rollback: failed }
+        }
+    }
+
+    /// Undo in reverse order, continuing past failures; returns them.
+    pub fn rollback(self) -> Vec<String> {
         let mut failed = Vec::new();
         for (what, f) in self.steps.into_iter().rev() {
             if let Err(e) = f() {
                 failed.push(format!("{what}: {e}"));
             }
         }
-        if failed.is_empty() {
-            error
-        } else {
-            ControlError::Rollback { error: Box::new(error), rollback: failed }
-        }
+        failed
     }
 
     pub fn forget(self) {}

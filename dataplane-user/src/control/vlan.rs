@@ -10,10 +10,10 @@
 
 use dataplane_common::maps::TC_VLAN_OUT_PROG;
 
-use super::{network::TrunkParent, ControlError, Result};
+use super::{network::TrunkParent, ControlError, Result, Undo};
 use crate::{
     bpf::{self, Pins},
-    nl::Nl,
+    nl::{LinkInfo, Nl},
     store::{VlanKind, VlanParent},
 };
 
@@ -26,117 +26,157 @@ pub fn hidden_peer(trunk_index: u32, outer: Option<u16>, vid: u16) -> String {
     }
 }
 
-/// Create `name` as VLAN `tp.vid` of `tp.trunk` (inside S-tag `tp.outer` for QinQ). Undoes
-/// its own partial work on failure.
+/// Create `name` as VLAN `tp.vid` of `tp.trunk` (inside S-tag `tp.outer` for QinQ): the
+/// kernel's device where the kernel has 8021q, else the eBPF one. Undoes its own partial
+/// work on failure.
 pub fn create(nl: &Nl, pins: &Pins, tp: &TrunkParent, name: &str) -> Result<VlanParent> {
-    let (trunk, vid, outer) = (tp.trunk.as_str(), tp.vid, tp.outer);
-    let t = nl.link(trunk)?.ok_or_else(|| {
+    let t = nl.link(&tp.trunk)?.ok_or_else(|| {
         ControlError::Invalid(format!(
-            "parent {name}: trunk interface {trunk} does not exist; create it first or pick another parent"
+            "parent {name}: trunk interface {} does not exist; create it first or pick another parent",
+            tp.trunk
         ))
     })?;
-    // Kernel devices: for QinQ first the S-tag device TRUNK.OUTER (802.1ad; shared by the
-    // QinQ networks of that S-tag, made unless it exists), then NAME on top of it.
+    let mut undo = Undo::new();
+    let made = match kernel_device(nl, pins, &t, tp, name, &mut undo) {
+        Ok(Some(v)) => Ok(v),
+        // No 8021q in this kernel ("Unknown device type"): build the device in eBPF.
+        Ok(None) => {
+            let _ = std::mem::replace(&mut undo, Undo::new()).rollback();
+            ebpf_device(nl, pins, &t, tp, name, &mut undo)
+        }
+        Err(e) => Err(e),
+    };
+    match made {
+        Ok(v) => {
+            undo.forget();
+            Ok(v)
+        }
+        Err(e) => Err(undo.run(e)),
+    }
+}
+
+/// An undo step that deletes interface `name` if it is there.
+fn delete_named(undo: &mut Undo, name: &str) {
+    let name = name.to_string();
+    undo.push(format!("deleting {name}"), move || {
+        let nl = Nl::here().map_err(|e| e.to_string())?;
+        match nl.link(&name).map_err(|e| e.to_string())? {
+            Some(l) => nl.del_link(l.index).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    });
+}
+
+/// The kernel's VLAN device (for QinQ on top of the S-tag device TRUNK.OUTER, 802.1ad,
+/// shared by the QinQ networks of that S-tag and made unless it exists). None: this
+/// kernel has no 8021q.
+fn kernel_device(
+    nl: &Nl,
+    pins: &Pins,
+    t: &LinkInfo,
+    tp: &TrunkParent,
+    name: &str,
+    undo: &mut Undo,
+) -> Result<Option<VlanParent>> {
     let mut outer_created = false;
-    let lower = match outer {
-        None => Ok(t.index),
+    let lower = match tp.outer {
+        None => t.index,
         Some(o) => {
-            let sname = format!("{trunk}.{o}");
+            let sname = format!("{}.{o}", tp.trunk);
             match nl.link(&sname)? {
-                Some(l) => Ok(l.index),
+                Some(l) => l.index,
                 None => match nl.add_vlan_8021ad(&sname, t.index, o) {
                     Ok(()) => {
                         outer_created = true;
+                        delete_named(undo, &sname);
                         let l = nl.link(&sname)?.ok_or_else(|| {
                             ControlError::Invalid(format!("VLAN device {sname} vanished after creation"))
                         })?;
                         nl.set_up(l.index)?;
-                        Ok(l.index)
+                        l.index
                     }
-                    Err(e) => Err(e),
+                    Err(e) if e.is(libc::EOPNOTSUPP) => return Ok(None),
+                    Err(e) => return Err(e.into()),
                 },
             }
         }
     };
-    let undo_outer = |nl: &Nl| {
-        if outer_created {
-            if let Ok(Some(l)) = nl.link(&format!("{trunk}.{}", outer.unwrap_or(0))) {
-                let _ = nl.del_link(l.index);
-            }
-        }
-    };
-    match lower.and_then(|lower| nl.add_vlan(name, lower, vid)) {
-        Ok(()) => {
-            let made = (|| -> Result<()> {
-                let dev = nl
-                    .link(name)?
-                    .ok_or_else(|| ControlError::Invalid(format!("VLAN device {name} vanished after creation")))?;
-                if let Err(e) = nl.set_up(dev.index) {
-                    let _ = nl.del_link(dev.index);
-                    return Err(e.into());
-                }
-                // The trunk's tc program lets these tags through to the kernel's VLAN demux.
-                if let Err(e) = bpf::ensure_maps(pins)
-                    .and_then(|_| bpf::vlan_maps::insert(pins, t.index, outer.unwrap_or(0), vid, 0))
-                {
-                    let _ = nl.del_link(dev.index);
-                    return Err(e.into());
-                }
-                Ok(())
-            })();
-            if let Err(e) = made {
-                undo_outer(nl);
-                return Err(e);
-            }
-            return Ok(VlanParent {
-                trunk: trunk.into(),
-                vid,
-                created: true,
-                kind: VlanKind::Kernel,
-                peer: None,
-                outer,
-                outer_created,
-            });
-        }
-        // No 8021q in this kernel ("Unknown device type"): build the device in eBPF.
-        Err(e) if e.is(libc::EOPNOTSUPP) => undo_outer(nl),
-        Err(e) => {
-            undo_outer(nl);
-            return Err(e.into());
-        }
+    match nl.add_vlan(name, lower, tp.vid) {
+        Ok(()) => delete_named(undo, name),
+        Err(e) if e.is(libc::EOPNOTSUPP) => return Ok(None),
+        Err(e) => return Err(e.into()),
     }
-    let peer = hidden_peer(t.index, outer, vid);
+    let dev =
+        nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("VLAN device {name} vanished after creation")))?;
+    nl.set_up(dev.index)?;
+    // The trunk's tc program lets these tags through to the kernel's VLAN demux.
+    bpf::ensure_maps(pins)?;
+    bpf::vlan_maps::insert(pins, t.index, tp.outer.unwrap_or(0), tp.vid, 0)?;
+    Ok(Some(VlanParent {
+        trunk: tp.trunk.clone(),
+        vid: tp.vid,
+        created: true,
+        kind: VlanKind::Kernel,
+        peer: None,
+        outer: tp.outer,
+        outer_created,
+    }))
+}
+
+/// The eBPF VLAN device: a veth pair `name` / hidden peer, steered by the trunk's and
+/// the peer's tc programs.
+fn ebpf_device(
+    nl: &Nl,
+    pins: &Pins,
+    t: &LinkInfo,
+    tp: &TrunkParent,
+    name: &str,
+    undo: &mut Undo,
+) -> Result<VlanParent> {
+    let (outer, vid) = (tp.outer.unwrap_or(0), tp.vid);
+    let peer = hidden_peer(t.index, tp.outer, vid);
+    {
+        let pins = pins.clone();
+        // Opportunistic: maps another network uses stay, and that is no failure.
+        undo.push("removing maps nothing uses", move || {
+            let _ = bpf::parent::remove_if_unused(&pins);
+            Ok(())
+        });
+    }
     nl.add_veth(name, &peer)?;
+    delete_named(undo, name);
     super::fault("network-create:vlan-veth");
-    let result = (|| -> Result<()> {
-        let dev = nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("{name} vanished after creation")))?;
-        let hidden = nl.link(&peer)?.ok_or_else(|| ControlError::Invalid(format!("{peer} vanished after creation")))?;
-        nl.set_up(hidden.index)?;
-        nl.set_up(dev.index)?;
-        if !t.up {
-            nl.set_up(t.index)?;
-        }
-        bpf::ensure_maps(pins)?;
-        bpf::vlan_maps::insert(pins, t.index, outer.unwrap_or(0), vid, hidden.index)?;
-        bpf::tc::attach_ingress(pins, None, &peer, TC_VLAN_OUT_PROG)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = bpf::tc::detach_ingress(pins, None, &peer);
-        let _ = bpf::vlan_maps::remove(pins, t.index, outer.unwrap_or(0), vid, None);
-        if let Ok(Some(dev)) = nl.link(name) {
-            let _ = nl.del_link(dev.index);
-        }
-        bpf::parent::remove_if_unused(pins).ok();
-        return Err(e);
+    let dev = nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("{name} vanished after creation")))?;
+    let hidden = nl.link(&peer)?.ok_or_else(|| ControlError::Invalid(format!("{peer} vanished after creation")))?;
+    nl.set_up(hidden.index)?;
+    nl.set_up(dev.index)?;
+    if !t.up {
+        nl.set_up(t.index)?;
     }
+    bpf::ensure_maps(pins)?;
+    bpf::vlan_maps::insert(pins, t.index, outer, vid, hidden.index)?;
+    {
+        let (pins, trunk) = (pins.clone(), t.index);
+        undo.push(format!("removing the VLAN map entry of VID {vid}"), move || {
+            bpf::vlan_maps::remove(&pins, trunk, outer, vid, None).map(drop).map_err(|e| e.to_string())
+        });
+    }
+    {
+        // Also after a failed attach, which may have pinned a link before failing.
+        let (pins, peer) = (pins.clone(), peer.clone());
+        undo.push(format!("detaching tc from {peer}"), move || {
+            let _ = bpf::tc::detach_ingress(&pins, None, &peer);
+            Ok(())
+        });
+    }
+    bpf::tc::attach_ingress(pins, None, &peer, TC_VLAN_OUT_PROG)?;
     Ok(VlanParent {
-        trunk: trunk.into(),
+        trunk: tp.trunk.clone(),
         vid,
         created: true,
         kind: VlanKind::Ebpf,
         peer: Some(peer),
-        outer,
+        outer: tp.outer,
         outer_created: false,
     })
 }
