@@ -5,6 +5,9 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod packet;
+// Built only into the bench's object (`--features bench`), never into the one we ship.
+#[cfg(feature = "bench")]
+mod bench;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -372,50 +375,3 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
-
-// Baselines for `cargo xtask bench`, loaded the same way as the real programs: they do
-// nothing but return, so a ratio against them isolates the cost of our logic.
-
-/// XDP pass-all baseline.
-#[xdp]
-pub fn dp_bench_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Bare XDP_DROP baseline.
-#[xdp]
-pub fn dp_bench_drop(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_DROP
-}
-
-/// Live-frame generator: every test-run frame is transmitted out of the interface.
-#[xdp]
-pub fn dp_bench_tx(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
-}
-
-/// TC pass-all baseline.
-#[classifier]
-pub fn dp_bench_pass_tc(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
-}
-
-/// Header the generator rewrites into every frame (bench only, not pinned). A receiver
-/// that edits the frame in place (VLAN pop) edits the generator's recycled page too, so
-/// frames of tagged runs get their first 18 bytes restored before each transmit.
-#[map(name = "DP_BENCH_HDR")]
-static DP_BENCH_HDR: aya_ebpf::maps::Array<[u8; 20]> = aya_ebpf::maps::Array::with_max_entries(1, 0);
-
-/// Live-frame generator for tagged frames: restore the header, transmit.
-#[xdp]
-pub fn dp_bench_tx_hdr(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 18 > end {
-        return xdp_action::XDP_ABORTED;
-    }
-    if let Some(h) = DP_BENCH_HDR.get(0) {
-        // SAFETY: [start, start + 18) was checked against data_end above.
-        unsafe { core::ptr::copy_nonoverlapping(h.as_ptr(), start as *mut u8, 18) };
-    }
-    xdp_action::XDP_TX
-}

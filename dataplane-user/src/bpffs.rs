@@ -77,8 +77,3 @@ fn mount_sys_fs_bpf() -> Result<(), BpffsError> {
     }
     Ok(())
 }
-
-/// Whether `dir` (or its nearest existing ancestor) is on bpffs.
-pub fn on_bpffs(dir: &Path) -> bool {
-    is_bpffs(&nearest_existing(dir))
-}

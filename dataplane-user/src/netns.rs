@@ -35,17 +35,22 @@ pub fn path_of(name: &str) -> PathBuf {
     }
 }
 
+/// Move the calling thread into the network namespace open at `fd`. The one setns of the
+/// code base; async-signal-safe (no allocation), so a child may call it before exec.
+pub fn set(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: setns(2) on a caller-provided fd; CLONE_NEWNET only affects this thread.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Move the calling thread into the network namespace `name`.
 pub fn enter(name: &str) -> Result<(), NetnsError> {
     let path = path_of(name);
     let file =
         File::open(&path).map_err(|source| NetnsError::Open { name: name.into(), path: path.clone(), source })?;
-    // SAFETY: setns on a valid fd we own; CLONE_NEWNET only affects this thread's netns.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(NetnsError::Enter { name: name.into(), path, source: std::io::Error::last_os_error() });
-    }
-    Ok(())
+    set(file.as_raw_fd()).map_err(|source| NetnsError::Enter { name: name.into(), path, source })
 }
 
 /// ifindex of `iface` in the current network namespace.

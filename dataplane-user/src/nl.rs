@@ -121,14 +121,11 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
 pub fn with_netns<T>(path: &Path, f: impl FnOnce() -> T) -> std::io::Result<T> {
     let home = File::open("/proc/thread-self/ns/net")?;
     let target = File::open(path)?;
-    // SAFETY: setns with fds we own; we always switch back below.
-    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    crate::netns::set(target.as_raw_fd())?;
     let out = f();
-    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+    if let Err(e) = crate::netns::set(home.as_raw_fd()) {
         // Continuing in the wrong namespace would act on the wrong interfaces.
-        panic!("cannot return to the original network namespace: {}", std::io::Error::last_os_error());
+        panic!("cannot return to the original network namespace: {e}");
     }
     Ok(out)
 }
@@ -168,6 +165,19 @@ impl Nl {
                 Err(e) => Err(NlError::new(format!("looking up {name}"), e)),
             }
         })
+    }
+
+    /// How an error names interface `index`: by its name where it still has one.
+    fn describe(&self, index: u32) -> String {
+        let h = self.handle.clone();
+        let name = self.rt.block_on(async move {
+            let mut s = h.link().get().match_index(index).execute();
+            s.try_next().await.ok().flatten().map(|m| info_of(&m).name)
+        });
+        match name {
+            Some(n) => format!("{n} (ifindex {index})"),
+            None => format!("ifindex {index}"),
+        }
     }
 
     pub fn links(&self) -> Result<Vec<LinkInfo>> {
@@ -250,14 +260,14 @@ impl Nl {
         let h = self.handle.clone();
         self.rt
             .block_on(async move { h.link().set(msg).execute().await })
-            .map_err(|e| NlError::new(format!("bringing up link {index}"), e))
+            .map_err(|e| NlError::new(format!("bringing up {}", self.describe(index)), e))
     }
 
     pub fn del_link(&self, index: u32) -> Result<()> {
         let h = self.handle.clone();
         self.rt
             .block_on(async move { h.link().del(index).execute().await })
-            .map_err(|e| NlError::new(format!("deleting link {index}"), e))
+            .map_err(|e| NlError::new(format!("deleting {}", self.describe(index)), e))
     }
 
     pub fn add_addr(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
@@ -273,7 +283,7 @@ impl Nl {
                 }
                 req.execute().await
             })
-            .map_err(|e| NlError::new(format!("adding address {ip}/{prefix}"), e))
+            .map_err(|e| NlError::new(format!("adding address {ip}/{prefix} to {}", self.describe(index)), e))
     }
 
     pub fn add_default_route(&self, gateway: IpAddr, index: u32) -> Result<()> {
@@ -288,7 +298,7 @@ impl Nl {
         let h = self.handle.clone();
         self.rt
             .block_on(async move { h.route().add(msg).execute().await })
-            .map_err(|e| NlError::new(format!("adding default route via {gateway}"), e))
+            .map_err(|e| NlError::new(format!("adding default route via {gateway} on {}", self.describe(index)), e))
     }
 
     /// Every address as (ifindex, address, prefix).

@@ -10,5 +10,6 @@ pub mod docker;
 pub mod frames;
 pub mod lab;
 pub mod raw;
+pub mod testrun;
 
 pub use lab::{dataplane, dataplane_bin, Bpffs, Lab, Netns};

@@ -3,17 +3,18 @@
 //! no frame the parser rejects is ever admitted. Frames found by `cargo xtask fuzz` are
 //! kept in tests/corpus/ and replayed too.
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use dataplane_common::{
     admission, egress_check,
     frame::{ETH_P_8021AD, ETH_P_8021Q},
     maps::{EP_HAS_IPV4, TC_EP_OUT_PROG, XDP_PARENT_PROG},
     parse_l2, AdmitKey, AdmitValue, EndpointInfo, Verdict,
 };
-use dataplane_tests::{frames::tagged, frames::udp, frames::LAB_SRC, Bpffs};
-use dataplane_user::bpf::{self, Pins};
+use dataplane_tests::{
+    frames::{tagged, udp, LAB_SRC},
+    testrun::{TestRunner, LO},
+};
+use dataplane_user::bpf;
 
-const LO: u32 = 1;
 const ADMITTED: [u8; 6] = [0x02, 0xdb, 0, 0, 0, 1];
 
 /// xorshift64*: deterministic, so a failure reproduces.
@@ -98,27 +99,19 @@ fn corpus() -> Vec<Vec<u8>> {
 
 #[test]
 fn kernel_and_host_agree_and_nothing_malformed_is_admitted() {
-    let bpffs = Bpffs::new().unwrap();
-    let pins = Pins::new(&bpffs.dir);
-    let mut ebpf = bpf::load_object(&pins.maps_dir()).unwrap();
-    let xdp: &mut Xdp = ebpf.program_mut(XDP_PARENT_PROG).unwrap().try_into().unwrap();
-    xdp.load().unwrap();
-    let tc: &mut SchedClassifier = ebpf.program_mut(TC_EP_OUT_PROG).unwrap().try_into().unwrap();
-    tc.load().unwrap();
+    let h = TestRunner::new(&[XDP_PARENT_PROG, TC_EP_OUT_PROG]);
     for vlan in [0, 50] {
-        bpf::admit::insert(&pins, AdmitKey { ifindex: LO, vlan, mac: ADMITTED }, AdmitValue::default()).unwrap();
+        bpf::admit::insert(&h.pins, AdmitKey { ifindex: LO, vlan, mac: ADMITTED }, AdmitValue::default()).unwrap();
     }
     let ep = EndpointInfo { endpoint: 3, flags: EP_HAS_IPV4, mac: LAB_SRC, ipv4: [10, 99, 0, 1], ..Default::default() };
-    bpf::endpoints::insert(&pins, LO, ep).unwrap();
-    let xdp: &Xdp = ebpf.program(XDP_PARENT_PROG).unwrap().try_into().unwrap();
-    let tc: &SchedClassifier = ebpf.program(TC_EP_OUT_PROG).unwrap().try_into().unwrap();
+    bpf::endpoints::insert(&h.pins, LO, ep).unwrap();
 
     let frames = corpus();
     assert!(frames.len() > 2500);
     let (mut malformed, mut admitted, mut refused) = (0, 0, 0);
     for (i, f) in frames.iter().enumerate() {
         let host = admission(f.as_slice(), LO, |k| k.mac == ADMITTED && (k.vlan == 0 || k.vlan == 50));
-        let got = xdp.test_run(TestRunOptions { data_in: Some(f), ..Default::default() }).unwrap().return_value;
+        let got = h.run(XDP_PARENT_PROG, f).verdict;
         let want = if host.verdict == Verdict::Pass { 2 } else { 1 };
         assert_eq!(got, want, "frame {i} ({} bytes): kernel and host disagree ({:?}): {f:02x?}", f.len(), host.reason);
         if parse_l2(f.as_slice()).is_err() {
@@ -130,8 +123,8 @@ fn kernel_and_host_agree_and_nothing_malformed_is_admitted() {
         let host_eg = egress_check(f.as_slice(), &ep);
         // The skb test run refuses some shapes outright (e.g. a short frame with the IPv6
         // EtherType): nothing to compare for those.
-        let got_eg = match tc.test_run(TestRunOptions { data_in: Some(f), ..Default::default() }) {
-            Ok(r) => r.return_value,
+        let got_eg = match h.try_run(TC_EP_OUT_PROG, f) {
+            Ok(r) => r.verdict,
             Err(_) => {
                 refused += 1;
                 continue;

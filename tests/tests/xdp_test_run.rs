@@ -1,60 +1,39 @@
 //! The XDP program itself, run by the kernel on crafted frames (BPF_PROG_TEST_RUN).
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
 use dataplane_common::{
     admission,
     frame::{ETH_P_8021AD, ETH_P_8021Q},
     maps::XDP_PARENT_PROG,
     AdmitKey, AdmitValue, Reason, Verdict,
 };
-use dataplane_tests::{frames::tagged, frames::udp, Bpffs};
-use dataplane_user::bpf::{self, Pins};
+use dataplane_tests::{
+    frames::{tagged, udp},
+    testrun::{TestRunner, LO},
+};
+use dataplane_user::bpf;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const ADMITTED: [u8; 6] = [0x02, 0xdb, 0, 0, 0, 1];
 const UNKNOWN: [u8; 6] = [0x02, 0xdb, 0, 0, 0, 2];
-/// BPF_PROG_TEST_RUN without a context runs XDP as if received on the loopback device.
-const LO: u32 = 1;
 
-struct Harness {
-    _bpffs: Bpffs,
-    pins: Pins,
-    ebpf: aya::Ebpf,
+/// The parent's XDP program with ADMITTED admitted untagged and on VLAN 50.
+fn harness() -> TestRunner {
+    let h = TestRunner::new(&[XDP_PARENT_PROG]);
+    for vlan in [0, 50] {
+        bpf::admit::insert(&h.pins, AdmitKey { ifindex: LO, vlan, mac: ADMITTED }, AdmitValue::default()).unwrap();
+    }
+    h
 }
 
-impl Harness {
-    fn new() -> Harness {
-        let bpffs = Bpffs::new().unwrap();
-        let pins = Pins::new(&bpffs.dir);
-        let mut ebpf = bpf::load_object(&pins.maps_dir()).unwrap();
-        let prog: &mut Xdp = ebpf.program_mut(XDP_PARENT_PROG).unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        for vlan in [0, 50] {
-            bpf::admit::insert(&pins, AdmitKey { ifindex: LO, vlan, mac: ADMITTED }, AdmitValue::default()).unwrap();
-        }
-        Harness { _bpffs: bpffs, pins, ebpf }
-    }
-
-    /// Run the program on `frame`; return (verdict, output bytes).
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self.ebpf.program(XDP_PARENT_PROG).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
-            .unwrap_or_else(|e| panic!("test run of a {}-byte frame: {e}", frame.len()));
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
-    }
-
-    fn counter(&self, reason: Reason) -> u64 {
-        bpf::counters::read(&self.pins).unwrap().get(&(LO, reason)).map_or(0, |c| c.packets)
-    }
+fn xdp(h: &TestRunner, frame: &[u8]) -> (u32, Vec<u8>) {
+    let r = h.run(XDP_PARENT_PROG, frame);
+    (r.verdict, r.out)
 }
 
 #[test]
 fn verdicts_on_crafted_frames() {
-    let h = Harness::new();
+    let h = harness();
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
         ("admitted", udp(ADMITTED, 1, 64), XDP_PASS),
         ("unknown unicast", udp(UNKNOWN, 1, 64), XDP_DROP),
@@ -69,7 +48,7 @@ fn verdicts_on_crafted_frames() {
         ("jumbo admitted", udp(ADMITTED, 1, 3000), XDP_PASS),
     ];
     for (name, frame, want) in &cases {
-        let (got, out) = h.run(frame);
+        let (got, out) = xdp(&h, frame);
         assert_eq!(got, *want, "{name}");
         assert_eq!(&out, frame, "{name}: the admission program must not modify frames");
     }
@@ -83,7 +62,7 @@ fn verdicts_on_crafted_frames() {
 
 #[test]
 fn no_truncated_frame_is_admitted() {
-    let h = Harness::new();
+    let h = harness();
     let untagged = udp(ADMITTED, 7, 64);
     let vlan50 = tagged(udp(ADMITTED, 7, 64), ETH_P_8021Q, 50);
     // (frame, length at which its headers are complete: Ethernet [+ tag] + IPv4 header)
@@ -94,7 +73,7 @@ fn no_truncated_frame_is_admitted() {
     for (frame, complete) in &shapes {
         for len in shortest..=64 {
             let cut = &frame[..len];
-            let (got, _) = h.run(cut);
+            let (got, _) = xdp(&h, cut);
             let host = admission(cut, LO, |k| k.mac == ADMITTED && (k.vlan == 0 || k.vlan == 50));
             if len >= *complete {
                 assert_eq!(got, XDP_PASS, "complete {len}-byte frame to an admitted MAC dropped");
@@ -108,7 +87,6 @@ fn no_truncated_frame_is_admitted() {
     }
     assert_eq!(h.counter(Reason::DropMalformed), malformed, "every truncated frame counted as malformed");
     // Shorter than Ethernet: the kernel refuses the input itself, so nothing can be admitted.
-    let prog: &Xdp = h.ebpf.program(XDP_PARENT_PROG).unwrap().try_into().unwrap();
-    let r = prog.test_run(TestRunOptions { data_in: Some(&udp(ADMITTED, 1, 64)[..13]), ..Default::default() });
+    let r = h.try_run(XDP_PARENT_PROG, &udp(ADMITTED, 1, 64)[..13]);
     assert!(r.is_err(), "the kernel accepted a 13-byte XDP test frame: update `shortest`");
 }

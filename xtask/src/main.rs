@@ -113,80 +113,15 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Bootstrap => bootstrap::ensure(),
-        Cmd::Package { bin_dir, out, compression } => {
-            let bin_dir = match bin_dir {
-                Some(d) => d,
-                None => {
-                    eprintln!("[build] release build of dataplane and dataplane-cni");
-                    bootstrap::ensure()?;
-                    let mut b = cargo();
-                    b.args(["build", "--release", "--package", "dataplane-user", "--bins"]);
-                    run_cmd(&mut b).context("build step failed; the compiler's errors are above")?;
-                    bin_path(true, "dataplane").parent().expect("has a dir").to_path_buf()
-                }
-            };
-            let out = out.unwrap_or_else(|| workspace().join("target/package"));
-            std::fs::create_dir_all(&out)?;
-            let deb = package::build_deb(&workspace(), &bin_dir, &out, &compression)?;
-            println!("{}", deb.display());
-            Ok(())
-        }
+        Cmd::Package { bin_dir, out, compression } => package(bin_dir, out, &compression),
         Cmd::Build { release } => build(release),
         Cmd::BuildAndLoad { iface, netns, mode, unload, release, bpffs } => {
-            build(release)?;
-            let mut cmd = Command::new(bin_path(release, "dataplane"));
-            if let Some(b) = bpffs {
-                cmd.arg("--bpffs").arg(b);
-            }
-            let Some(iface) = iface else {
-                if unload {
-                    bail!("--unload needs --iface IFACE");
-                }
-                cmd.args(["bpf", "reload"]);
-                return run_cmd(&mut cmd);
-            };
-            cmd.arg("bpf").arg(if unload { "unload" } else { "load" }).args(["--iface", &iface]);
-            if let Some(ns) = &netns {
-                cmd.args(["--netns", ns]);
-            }
-            if !unload {
-                cmd.args(["--mode", &mode]);
-            }
-            run_cmd(&mut cmd)
+            build_and_load(iface, netns, &mode, unload, release, bpffs)
         }
         Cmd::Test { filter, kernel } => test(filter, kernel),
-        Cmd::VmRun { kernel, argv } => {
-            let k = kernel::prepare(&kernel)?;
-            let env: Vec<(String, String)> = std::env::vars()
-                .filter(|(k, _)| {
-                    k.starts_with("DATAPLANE_")
-                        || k.starts_with("RUST_")
-                        || k.starts_with("CARGO")
-                        || k.starts_with("PYENV")
-                        || k == "PATH"
-                        || k == "HOME"
-                })
-                .collect();
-            let cwd = std::env::current_dir()?;
-            let rc = kernel::run_in_vm(&k, &workspace(), &cwd, &env, &argv)?;
-            std::process::exit(rc);
-        }
+        Cmd::VmRun { kernel, argv } => vm_run(&kernel, &argv),
         Cmd::Fuzz { seconds } => fuzz(seconds),
-        Cmd::Bench { quick } => {
-            require_root("benchmarks create network namespaces and load BPF programs")?;
-            packages::ensure(&[packages::DEMO, packages::TEST, packages::BENCH])?;
-            eprintln!("[build] release build of the dataplane binary and the bench");
-            bootstrap::ensure()?;
-            let mut b = cargo();
-            b.args(["build", "--release", "--package", "dataplane-user", "--package", "dataplane-tests", "--bins"]);
-            run_cmd(&mut b).context("build step failed; the compiler's errors are above")?;
-            let mut cmd = Command::new(bin_path(true, "dataplane-bench"));
-            cmd.env("DATAPLANE_BIN", bin_path(true, "dataplane"));
-            if quick {
-                cmd.arg("--quick");
-            }
-            run_cmd(&mut cmd)
-        }
+        Cmd::Bench { quick } => bench(quick),
         Cmd::Demo => {
             require_root("the demo creates network namespaces and loads BPF programs")?;
             packages::ensure(&[packages::DEMO])?;
@@ -197,6 +132,83 @@ fn run() -> Result<()> {
             run_cmd(&mut cmd)
         }
     }
+}
+
+fn package(bin_dir: Option<PathBuf>, out: Option<PathBuf>, compression: &str) -> Result<()> {
+    let bin_dir = match bin_dir {
+        Some(d) => d,
+        None => {
+            eprintln!("[build] release build of dataplane and dataplane-cni");
+            bootstrap::ensure()?;
+            let mut b = cargo();
+            b.args(["build", "--release", "--package", "dataplane-user", "--bins"]);
+            run_cmd(&mut b).context("build step failed; the compiler's errors are above")?;
+            bin_path(true, "dataplane").parent().expect("has a dir").to_path_buf()
+        }
+    };
+    let out = out.unwrap_or_else(|| workspace().join("target/package"));
+    std::fs::create_dir_all(&out)?;
+    let deb = package::build_deb(&workspace(), &bin_dir, &out, compression)?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+fn build_and_load(
+    iface: Option<String>,
+    netns: Option<String>,
+    mode: &str,
+    unload: bool,
+    release: bool,
+    bpffs: Option<PathBuf>,
+) -> Result<()> {
+    build(release)?;
+    let mut cmd = Command::new(bin_path(release, "dataplane"));
+    if let Some(b) = bpffs {
+        cmd.arg("--bpffs").arg(b);
+    }
+    let Some(iface) = iface else {
+        if unload {
+            bail!("--unload needs --iface IFACE");
+        }
+        cmd.args(["bpf", "reload"]);
+        return run_cmd(&mut cmd);
+    };
+    cmd.arg("bpf").arg(if unload { "unload" } else { "load" }).args(["--iface", &iface]);
+    if let Some(ns) = &netns {
+        cmd.args(["--netns", ns]);
+    }
+    if !unload {
+        cmd.args(["--mode", mode]);
+    }
+    run_cmd(&mut cmd)
+}
+
+fn vm_run(kernel: &str, argv: &[String]) -> Result<()> {
+    let k = kernel::prepare(kernel)?;
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            ["DATAPLANE_", "RUST_", "CARGO", "PYENV"].iter().any(|p| k.starts_with(p)) || k == "PATH" || k == "HOME"
+        })
+        .collect();
+    let cwd = std::env::current_dir()?;
+    let rc = kernel::run_in_vm(&k, &workspace(), &cwd, &env, argv)?;
+    std::process::exit(rc);
+}
+
+fn bench(quick: bool) -> Result<()> {
+    require_root("benchmarks create network namespaces and load BPF programs")?;
+    packages::ensure(&[packages::DEMO, packages::TEST, packages::BENCH])?;
+    eprintln!("[build] release build of the dataplane binary and the bench");
+    bootstrap::ensure()?;
+    let mut b = cargo();
+    b.args(["build", "--release", "--package", "dataplane-user", "--package", "dataplane-tests", "--bins"]);
+    run_cmd(&mut b).context("build step failed; the compiler's errors are above")?;
+    let mut cmd = Command::new(bin_path(true, "dataplane-bench"));
+    cmd.env("DATAPLANE_BIN", bin_path(true, "dataplane"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    run_cmd(&mut cmd)
 }
 
 pub fn workspace() -> PathBuf {

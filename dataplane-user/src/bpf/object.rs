@@ -110,7 +110,13 @@ pub fn is_placeholder() -> bool {
 /// Load (but do not attach) every program, reusing the maps pinned in `map_dir` and
 /// pinning them there if they are new. The directory must be on bpffs.
 pub fn load_object(map_dir: &std::path::Path) -> Result<Ebpf, BpfError> {
-    if is_placeholder() {
+    load_object_from(OBJECT, map_dir)
+}
+
+/// [`load_object`] for another build of the programs (the bench's, which adds its
+/// baseline programs).
+pub fn load_object_from(object: &[u8], map_dir: &std::path::Path) -> Result<Ebpf, BpfError> {
+    if object.is_empty() {
         return Err(BpfError::PlaceholderObject);
     }
     crate::bpffs::ensure_dir(map_dir)?;
@@ -121,6 +127,6 @@ pub fn load_object(map_dir: &std::path::Path) -> Result<Ebpf, BpfError> {
         .btf(None)
         .override_global("AYA_LOG_LEVEL", &level, false)
         .default_map_pin_directory(map_dir)
-        .load(OBJECT)
+        .load(object)
         .map_err(|e| BpfError::Load(Box::new(e)))
 }

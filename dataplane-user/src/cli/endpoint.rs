@@ -77,14 +77,12 @@ fn command_in(netns: &str, argv: &[String]) -> Result<Command> {
     if !netns.is_empty() {
         let f = File::open(netns).with_context(|| format!("opening network namespace {netns}"))?;
         let fd = f.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; `f` outlives the spawn (moved into the closure).
+        // SAFETY: netns::set is async-signal-safe; `f` outlives the spawn (moved into the
+        // closure).
         unsafe {
             cmd.pre_exec(move || {
                 let _keep = &f;
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                dataplane_user::netns::set(fd)
             });
         }
     }

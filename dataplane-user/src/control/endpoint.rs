@@ -327,7 +327,7 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
     let inside = Nl::in_netns(Path::new(&ep.netns))?;
     let link = inside
         .link(&a.ifname)?
-        .ok_or_else(|| ControlError::Invalid(format!("{} vanished from {} after creation", a.ifname, ep.netns)))?;
+        .ok_or_else(|| ControlError::Internal(format!("{} vanished from {} after creation", a.ifname, ep.netns)))?;
     if link.index != a.ifindex {
         return Err(ControlError::Invalid(format!("{} got ifindex {} instead of {}", a.ifname, link.index, a.ifindex)));
     }

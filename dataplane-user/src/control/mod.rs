@@ -35,6 +35,10 @@ pub enum ControlError {
     /// Bad input or a state conflict; the message names the value and what to do.
     #[error("{0}")]
     Invalid(String),
+    /// Not the user's input: the kernel or the machine did what we did not expect (an
+    /// interface gone right after we made it, a worker thread that died).
+    #[error("{0}")]
+    Internal(String),
     /// A conflict front ends act on by kind (CNI retries, treats as done, ...); the
     /// message is what a user reads, as for `Invalid`.
     #[error("{message}")]

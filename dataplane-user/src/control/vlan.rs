@@ -90,7 +90,7 @@ fn kernel_device(
                         outer_created = true;
                         delete_named(undo, &sname);
                         let l = nl.link(&sname)?.ok_or_else(|| {
-                            ControlError::Invalid(format!("VLAN device {sname} vanished after creation"))
+                            ControlError::Internal(format!("VLAN device {sname} vanished after creation"))
                         })?;
                         nl.set_up(l.index)?;
                         l.index
@@ -107,7 +107,7 @@ fn kernel_device(
         Err(e) => return Err(e.into()),
     }
     let dev =
-        nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("VLAN device {name} vanished after creation")))?;
+        nl.link(name)?.ok_or_else(|| ControlError::Internal(format!("VLAN device {name} vanished after creation")))?;
     nl.set_up(dev.index)?;
     // The trunk's tc program lets these tags through to the kernel's VLAN demux.
     bpf::ensure_maps(pins)?;
@@ -146,8 +146,8 @@ fn ebpf_device(
     nl.add_veth(name, &peer)?;
     delete_named(undo, name);
     super::fault("network-create:vlan-veth");
-    let dev = nl.link(name)?.ok_or_else(|| ControlError::Invalid(format!("{name} vanished after creation")))?;
-    let hidden = nl.link(&peer)?.ok_or_else(|| ControlError::Invalid(format!("{peer} vanished after creation")))?;
+    let dev = nl.link(name)?.ok_or_else(|| ControlError::Internal(format!("{name} vanished after creation")))?;
+    let hidden = nl.link(&peer)?.ok_or_else(|| ControlError::Internal(format!("{peer} vanished after creation")))?;
     nl.set_up(hidden.index)?;
     nl.set_up(dev.index)?;
     if !t.up {

@@ -107,7 +107,7 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
     build.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))])).set(1);
 
     let mut out = String::new();
-    encode(&mut out, &reg).map_err(|e| ControlError::Invalid(format!("encoding metrics: {e}")))?;
+    encode(&mut out, &reg).map_err(|e| ControlError::Internal(format!("encoding metrics: {e}")))?;
     Ok(out)
 }
 
@@ -134,7 +134,7 @@ pub async fn serve_on(listener: TcpListener, engine: Arc<Mutex<Engine>>) {
                 let r =
                     tokio::task::spawn_blocking(move || render(&mut engine.lock().unwrap_or_else(|p| p.into_inner())))
                         .await
-                        .unwrap_or_else(|e| Err(ControlError::Invalid(e.to_string())));
+                        .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())));
                 match r {
                     Ok(text) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
                     Err(e) => ("500 Internal Server Error", "text/plain; charset=utf-8", format!("{e}\n")),

@@ -61,6 +61,14 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// Our programs plus the bench's baselines (`dp_bench_*`), which the object we ship
+/// does not carry.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-bench.bpf.o"));
+
+fn load_bench_object(map_dir: &Path) -> Result<aya::Ebpf> {
+    Ok(bpf::object::load_object_from(BENCH_OBJECT, map_dir)?)
+}
+
 fn ncpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -83,7 +91,7 @@ fn ns_per_packet(p: &Prog, frame: &[u8], repeat: u32) -> Result<f64> {
 fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
     let bpffs = Bpffs::new()?;
     let pins = Pins::new(&bpffs.dir);
-    let mut ebpf = bpf::load_object(&pins.maps_dir())?;
+    let mut ebpf = load_bench_object(&pins.maps_dir())?;
     for name in [XDP_PARENT_PROG, "dp_bench_pass"] {
         let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
         p.load()?;
@@ -201,7 +209,7 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
 /// Load a bench program and attach it natively to `iface` (inside the calling thread's
 /// namespace); the returned Ebpf keeps it attached until dropped.
 fn attach_xdp(name: &str, iface: &str, maps: &Path) -> Result<aya::Ebpf> {
-    let mut ebpf = bpf::load_object(maps)?;
+    let mut ebpf = load_bench_object(maps)?;
     let p: &mut Xdp = ebpf.program_mut(name).context(name.to_string())?.try_into()?;
     p.load()?;
     p.attach(iface, XdpMode::Driver)?;
@@ -231,7 +239,7 @@ fn live_rate(gen_ns: &Netns, gen_if: &str, frame: &[u8], frames: u32, maps: &Pat
     let gen_if = gen_if.to_string();
     in_ns(gen_ns, move || -> Result<f64> {
         pin_to_cpu(cpu);
-        let mut ebpf = bpf::load_object(&maps)?;
+        let mut ebpf = load_bench_object(&maps)?;
         // Tagged frames get popped in place by the receiver; restore their header each time.
         let tagged_frame = frame.len() >= 18 && frame[12..14] == ETH_P_8021Q.to_be_bytes();
         let prog = if tagged_frame {
@@ -705,95 +713,13 @@ fn cni(o: &Opts) -> Result<Vec<Value>> {
             bail!("{} ADD failed: {}", plugins[i].0, first.json);
         }
     }
-    // Where one ADD and one DEL of ours spend their time (DATAPLANE_TIMINGS marks).
-    let breakdown = {
-        let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for i in 0..8 {
-            let pod = Netns::new("bNt")?;
-            let path = pod.path().display().to_string();
-            let id = format!("timing{i}");
-            for cmd in ["ADD", "DEL"] {
-                let start = Instant::now();
-                let out = call(
-                    &h.ns,
-                    &plugins[0].1,
-                    cmd,
-                    &[
-                        ("CNI_CONTAINERID", &id),
-                        ("CNI_NETNS", &path),
-                        ("CNI_IFNAME", "eth0"),
-                        ("DATAPLANE_TIMINGS", "1"),
-                    ],
-                    &plugins[0].2,
-                );
-                let wall = start.elapsed().as_secs_f64() * 1e3;
-                if !out.ok {
-                    bail!("dataplane-cni {cmd} failed: {}", out.json);
-                }
-                let err = String::from_utf8_lossy(&out.raw.stderr);
-                let marks: Vec<(String, f64)> = err
-                    .lines()
-                    .find_map(|l| l.strip_prefix("dataplane: timings: "))
-                    .and_then(|j| serde_json::from_str(j).ok())
-                    .unwrap_or_default();
-                let mut last = 0.0;
-                for (name, at) in &marks {
-                    phases.entry(format!("{cmd} {name}")).or_default().push(at - last);
-                    last = *at;
-                }
-                // Process start and exit, nsenter and env: the wall time outside main.
-                phases.entry(format!("{cmd} outside main (exec, nsenter)")).or_default().push(wall - last);
-            }
-        }
-        let rows: Vec<Value> = phases.into_iter().map(|(k, v)| json!({"phase": k, "ms": stat(v)})).collect();
-        for r in &rows {
-            eprintln!("  {}: {:.2} ms", r["phase"].as_str().unwrap_or(""), r["ms"]["median"].as_f64().unwrap_or(0.0));
-        }
-        rows
-    };
+    let breakdown = cni_breakdown(&h.ns, &plugins[0].1, &plugins[0].2)?;
     let mut rows = Vec::new();
     for concurrency in [1usize, 16] {
         let mut rates = Vec::new();
         for (label, exe, conf) in &plugins {
             let pods: Vec<Netns> = (0..n).map(|_| Netns::new("bNp")).collect::<Result<_>>()?;
-            let host_ns = &h.ns;
-            let run = |cmd: &str| -> Result<f64> {
-                let start = Instant::now();
-                std::thread::scope(|s| -> Result<()> {
-                    let chunks: Vec<&[Netns]> = pods.chunks(n.div_ceil(concurrency)).collect();
-                    let handles: Vec<_> = chunks
-                        .into_iter()
-                        .map(|chunk| {
-                            s.spawn(move || -> Result<()> {
-                                for p in chunk {
-                                    let path = p.path().display().to_string();
-                                    let id = p.name.clone();
-                                    let out = call(
-                                        host_ns,
-                                        exe,
-                                        cmd,
-                                        &[("CNI_CONTAINERID", &id), ("CNI_NETNS", &path), ("CNI_IFNAME", "eth0")],
-                                        conf,
-                                    );
-                                    if !out.ok {
-                                        bail!(
-                                            "{label} {cmd} failed: {} {}",
-                                            out.json,
-                                            String::from_utf8_lossy(&out.raw.stderr)
-                                        );
-                                    }
-                                }
-                                Ok(())
-                            })
-                        })
-                        .collect();
-                    for hd in handles {
-                        hd.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
-                    }
-                    Ok(())
-                })?;
-                Ok(n as f64 / start.elapsed().as_secs_f64())
-            };
+            let run = |cmd: &str| cni_rate(&h.ns, label, exe, conf, &pods, concurrency, cmd);
             let add = run("ADD")?;
             let del = run("DEL")?;
             eprintln!("  {label}, {concurrency} at a time: ADD {add:.0}/s, DEL {del:.0}/s");
@@ -815,6 +741,98 @@ fn cni(o: &Opts) -> Result<Vec<Value>> {
     }
     let _ = std::fs::remove_dir_all(&data);
     Ok(rows)
+}
+
+/// Where one ADD and one DEL of ours spend their time (DATAPLANE_TIMINGS marks), over 8
+/// pods.
+fn cni_breakdown(host_ns: &Netns, exe: &Path, conf: &str) -> Result<Vec<Value>> {
+    let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for i in 0..8 {
+        let pod = Netns::new("bNt")?;
+        let path = pod.path().display().to_string();
+        let id = format!("timing{i}");
+        for cmd in ["ADD", "DEL"] {
+            let start = Instant::now();
+            let out = dataplane_tests::cni::call(
+                host_ns,
+                exe,
+                cmd,
+                &[
+                    ("CNI_CONTAINERID", id.as_str()),
+                    ("CNI_NETNS", path.as_str()),
+                    ("CNI_IFNAME", "eth0"),
+                    ("DATAPLANE_TIMINGS", "1"),
+                ],
+                conf,
+            );
+            let wall = start.elapsed().as_secs_f64() * 1e3;
+            if !out.ok {
+                bail!("dataplane-cni {cmd} failed: {}", out.json);
+            }
+            let err = String::from_utf8_lossy(&out.raw.stderr);
+            let marks: Vec<(String, f64)> = err
+                .lines()
+                .find_map(|l| l.strip_prefix("dataplane: timings: "))
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default();
+            let mut last = 0.0;
+            for (name, at) in &marks {
+                phases.entry(format!("{cmd} {name}")).or_default().push(at - last);
+                last = *at;
+            }
+            // Process start and exit, nsenter and env: the wall time outside main.
+            phases.entry(format!("{cmd} outside main (exec, nsenter)")).or_default().push(wall - last);
+        }
+    }
+    let rows: Vec<Value> = phases.into_iter().map(|(k, v)| json!({"phase": k, "ms": stat(v)})).collect();
+    for r in &rows {
+        eprintln!("  {}: {:.2} ms", r["phase"].as_str().unwrap_or(""), r["ms"]["median"].as_f64().unwrap_or(0.0));
+    }
+    Ok(rows)
+}
+
+/// Calls per second of `cmd` for every pod, `concurrency` callers at a time.
+fn cni_rate(
+    host_ns: &Netns,
+    label: &str,
+    exe: &Path,
+    conf: &str,
+    pods: &[Netns],
+    concurrency: usize,
+    cmd: &str,
+) -> Result<f64> {
+    let n = pods.len();
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let chunks: Vec<&[Netns]> = pods.chunks(n.div_ceil(concurrency)).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || -> Result<()> {
+                    for p in chunk {
+                        let path = p.path().display().to_string();
+                        let id = p.name.clone();
+                        let out = dataplane_tests::cni::call(
+                            host_ns,
+                            exe,
+                            cmd,
+                            &[("CNI_CONTAINERID", id.as_str()), ("CNI_NETNS", path.as_str()), ("CNI_IFNAME", "eth0")],
+                            conf,
+                        );
+                        if !out.ok {
+                            bail!("{label} {cmd} failed: {} {}", out.json, String::from_utf8_lossy(&out.raw.stderr));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for hd in handles {
+            hd.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// `docker run --rm --network X busybox true` through Docker's built-in macvlan driver and
