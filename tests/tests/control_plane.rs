@@ -18,8 +18,33 @@ fn host_and_switch() -> (Host, Netns) {
     dataplane_tests::lab::host_with_switch("dpH").unwrap()
 }
 
+/// Whether `from` gets an answer from `to`. Panics if the command itself failed (no such
+/// endpoint, ping broken), so a negative check cannot pass because of that.
 fn ping(h: &Host, from: &str, to: &str) -> bool {
-    h.dp(&["exec", from, "ping", "-c", "1", "-W", "1", to]).status.success()
+    let out = h.dp(&["exec", from, "ping", "-c", "1", "-W", "1", to]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => true,
+        // ping's own "no reply".
+        Some(1) if !err.contains("dataplane: error") => false,
+        code => panic!("ping from {from} to {to} did not run (exit {code:?}): {err}"),
+    }
+}
+
+/// tcpdump on `iface` in `h`'s namespace for 4 s (link-level headers, numbers only).
+fn capture(h: &Host, iface: &str, filter: &str) -> std::process::Child {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", h.ns.path().display()))
+        .args(["timeout", "4", "tcpdump", "-i", iface, "-e", "-n", "-l", filter])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tcpdump")
+}
+
+/// What a [`capture`] printed once it ended.
+fn finish(c: std::process::Child) -> String {
+    String::from_utf8_lossy(&c.wait_with_output().expect("tcpdump").stdout).into_owned()
 }
 
 fn json(s: &str) -> Value {
@@ -272,7 +297,22 @@ fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
     let b60 = unique("b60");
     b.ok(&["run", "-d", "--name", &b60, "--network", "macvlan60", "--ip", "10.60.0.30"]);
     b.ok(&["exec", &b60, "ip", "addr", "add", "192.168.50.30/24", "dev", "eth0"]);
-    assert!(!ping(&a, &a50, "192.168.50.30"), "a frame crossed from VLAN 50 into VLAN 60");
+    // a50's ARP requests for that address reach B's trunk tagged 50 (seen there), and none
+    // enters VLAN 60's device: only the tag separates them. (Whether b60 answers proves
+    // nothing: anti-spoofing drops its replies from an address it was not given.)
+    let trunk_cap = capture(&b, "trunk0", "arp");
+    let vlan60_cap = capture(&b, "trunk0.60", "arp");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!ping(&a, &a50, "192.168.50.30"), "192.168.50.30 answered VLAN 50 from VLAN 60");
+    // VLAN 60's own traffic shows in that capture (so an empty one means something).
+    assert!(!ping(&b, &b60, "10.60.0.1"), "nothing is at 10.60.0.1");
+    let (on_trunk, on_vlan60) = (finish(trunk_cap), finish(vlan60_cap));
+    assert!(on_vlan60.contains("who-has 10.60.0.1"), "the capture on trunk0.60 saw nothing: {on_vlan60}");
+    assert!(
+        on_trunk.contains("vlan 50") && on_trunk.contains("192.168.50.30"),
+        "a50's ARP requests did not reach B's trunk tagged 50: {on_trunk}"
+    );
+    assert!(!on_vlan60.contains("192.168.50.30"), "a frame crossed from VLAN 50 into VLAN 60: {on_vlan60}");
     // A frame tagged 50 for a MAC nobody has is dropped at A's XDP and counted.
     let tx = dataplane_tests::raw::RawSocket::open(&b.ns, "trunk0").unwrap();
     let unknown = dataplane_tests::frames::tagged(

@@ -6,7 +6,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use dataplane_common::{AdmitKey, AdmitValue};
 use dataplane_user::{
-    bpf::{self, AttachMode, Pins},
+    bpf::{AttachMode, Pins},
+    control::{observe, programs},
     mac::Mac,
     netns,
 };
@@ -125,7 +126,7 @@ fn key_for(target: &Target, vlan: u16, mac: &str) -> anyhow::Result<AdmitKey> {
         bail!("VLAN id {vlan} is out of range: use 1..4094, or 0 for untagged");
     }
     let ifindex = netns::ifindex(&target.iface).with_context(|| {
-        format!("interface {:?} not found in {}", target.iface, bpf::pins::netns_label(target.ns.netns.as_deref()))
+        format!("interface {:?} not found in {}", target.iface, programs::netns_label(target.ns.netns.as_deref()))
     })?;
     Ok(AdmitKey { ifindex, vlan, mac: mac.0 })
 }
@@ -136,7 +137,7 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
         BpfCommand::Load { target, mode } => load(&pins, &target, mode)?,
         BpfCommand::Unload { target } => {
             enter(&target.ns)?;
-            bpf::detach_parent(&pins, target.ns.netns.as_deref(), &target.iface)?;
+            programs::unload(&pins, target.ns.netns.as_deref(), &target.iface)?;
             println!("detached from {}", target.iface);
         }
         BpfCommand::Log { seconds } => return log_events(&pins, seconds),
@@ -145,13 +146,13 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
         BpfCommand::Admit(AdmitCommand::Add { target, vlan, endpoint, mac }) => {
             enter(&target.ns)?;
             let key = key_for(&target, vlan, &mac)?;
-            bpf::admit::insert(&pins, key, AdmitValue { endpoint, flags: 0 })?;
+            programs::admit(&pins, key, AdmitValue { endpoint, flags: 0 })?;
             println!("admitted {} on {} vlan {}", Mac(key.mac), target.iface, vlan);
         }
         BpfCommand::Admit(AdmitCommand::Del { target, vlan, mac }) => {
             enter(&target.ns)?;
             let key = key_for(&target, vlan, &mac)?;
-            if !bpf::admit::remove(&pins, &key)? {
+            if !programs::unadmit(&pins, &key)? {
                 bail!("{} is not admitted on {} vlan {}", Mac(key.mac), target.iface, vlan);
             }
             println!("removed {} on {} vlan {}", Mac(key.mac), target.iface, vlan);
@@ -168,9 +169,9 @@ pub fn run(bpffs: &Path, cmd: BpfCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn load(pins: &Pins, target: &Target, mode: bpf::AttachMode) -> anyhow::Result<()> {
+fn load(pins: &Pins, target: &Target, mode: AttachMode) -> anyhow::Result<()> {
     enter(&target.ns)?;
-    let a = bpf::attach_parent(pins, target.ns.netns.as_deref(), &target.iface, mode)?;
+    let a = programs::load(pins, target.ns.netns.as_deref(), &target.iface, mode)?;
     if a.replaced {
         println!(
             "replaced the program on {} in place: link {} now runs program {} (pinned at {})",
@@ -195,9 +196,8 @@ fn load(pins: &Pins, target: &Target, mode: bpf::AttachMode) -> anyhow::Result<(
 }
 
 fn reload(pins: &Pins, format: Format, log_level: &str) -> anyhow::Result<()> {
-    bpf::object::set_log_level(bpf::object::parse_log_level(log_level).expect("clap checked the value"));
-    dataplane_user::control::background::wait_all(pins);
-    let report = bpf::reload::upgrade(pins)?;
+    programs::set_log_level(programs::parse_log_level(log_level).expect("clap checked the value"));
+    let report = programs::reload(pins)?;
     let migrated = report
         .migrated
         .iter()
@@ -228,8 +228,7 @@ fn reload(pins: &Pins, format: Format, log_level: &str) -> anyhow::Result<()> {
 }
 
 fn status(pins: &Pins, format: Format) -> anyhow::Result<()> {
-    dataplane_user::control::background::wait_all(pins);
-    let st = bpf::list_attachments(pins);
+    let st = programs::status(pins);
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
@@ -262,7 +261,7 @@ struct AdmitRow {
 }
 
 fn admit_ls(pins: &Pins, format: Format) -> anyhow::Result<()> {
-    let rows: Vec<AdmitRow> = bpf::admit::list(pins)?
+    let rows: Vec<AdmitRow> = programs::admitted(pins)?
         .iter()
         .map(|(k, v)| AdmitRow {
             iface: netns::ifname(k.ifindex).unwrap_or_else(|| format!("#{}", k.ifindex)),
@@ -295,13 +294,13 @@ struct CounterRow {
 }
 
 fn counters(pins: &Pins, format: Format) -> anyhow::Result<()> {
-    let rows: Vec<CounterRow> = bpf::counters::read(pins)?
-        .iter()
-        .map(|((ifindex, reason), c)| CounterRow {
-            iface: netns::ifname(*ifindex).unwrap_or_else(|| format!("#{ifindex}")),
-            ifindex: *ifindex,
-            reason: reason.name(),
-            verdict: if reason.is_drop() { "drop" } else { "pass" },
+    let rows: Vec<CounterRow> = observe::parent_counters(pins)?
+        .into_iter()
+        .map(|c| CounterRow {
+            iface: c.iface,
+            ifindex: c.ifindex,
+            reason: c.reason.name(),
+            verdict: if c.reason.is_drop() { "drop" } else { "pass" },
             packets: c.packets,
             bytes: c.bytes,
         })
@@ -333,7 +332,7 @@ impl log::Log for PrintLogger {
 }
 
 fn log_events(pins: &Pins, seconds: Option<u64>) -> anyhow::Result<i32> {
-    let links = bpf::list_attachments(pins);
+    let links = programs::attachments(pins);
     let mut seen = std::collections::BTreeSet::new();
     let mut loggers = Vec::new();
     for l in &links {

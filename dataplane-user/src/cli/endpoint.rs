@@ -388,7 +388,7 @@ impl PsRow {
 /// Conflicts the parents' XDP programs saw: a warning per endpoint (on stderr, so the
 /// table and the JSON stay as they are).
 fn conflict_warnings(engine: &Engine, eps: &[(Endpoint, Vec<Attachment>)]) {
-    let conflicts = dataplane_user::bpf::admit::conflicts(&engine.pins);
+    let conflicts = engine.conflicts();
     for (e, atts) in eps {
         let Some(k) = conflicts.get(&dataplane_user::control::endpoint_number(&e.id)) else { continue };
         let a = atts.first();

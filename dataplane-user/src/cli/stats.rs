@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
-use dataplane_user::{bpf, control::Engine, netns};
+use dataplane_user::control::Engine;
 use serde_json::{json, Value};
 
 use super::Format;
@@ -15,8 +15,8 @@ fn snapshot(engine: &mut Engine, names: &[String]) -> Result<Value> {
             anyhow::bail!("endpoint {n} not found (list them with dataplane ps)");
         }
     }
-    let ep_counters = bpf::endpoints::counters(&engine.pins)?;
-    let conflicts = bpf::admit::conflicts(&engine.pins);
+    let ep_counters = engine.endpoint_counters()?;
+    let conflicts = engine.conflicts();
     let mut endpoints = Vec::new();
     for (e, atts) in &eps {
         if !names.is_empty() && !names.contains(&e.name) {
@@ -37,11 +37,8 @@ fn snapshot(engine: &mut Engine, names: &[String]) -> Result<Value> {
         }));
     }
     let mut parents: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
-    if engine.pins.counters_map().exists() {
-        for ((ifindex, reason), c) in bpf::counters::read(&engine.pins)? {
-            let iface = netns::ifname(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
-            *parents.entry(iface).or_default().entry(reason.name()).or_default() += c.packets;
-        }
+    for c in engine.parent_counters()? {
+        *parents.entry(c.iface).or_default().entry(c.reason.name()).or_default() += c.packets;
     }
     let parents: Vec<Value> =
         parents.into_iter().map(|(iface, reasons)| json!({"iface": iface, "packets": reasons})).collect();

@@ -12,6 +12,8 @@ pub mod cni;
 pub mod docker;
 mod endpoint;
 mod network;
+pub mod observe;
+pub mod programs;
 mod reconcile;
 mod vlan;
 

@@ -17,9 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    bpf,
     control::{endpoint_number, ControlError, Engine},
-    netns,
     store::Owner,
 };
 
@@ -54,17 +52,14 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
 
     let pkts = counter_family(&mut reg, "parent_packets", "Frames the parent programs decided on, by reason");
     let bytes = counter_family(&mut reg, "parent_bytes", "Bytes the parent programs decided on, by reason");
-    if engine.pins.counters_map().exists() {
-        for ((ifindex, reason), c) in bpf::counters::read(&engine.pins)? {
-            let iface = netns::ifname(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
-            let verdict = if reason.is_drop() { "drop" } else { "pass" };
-            let l = labels(&[("iface", &iface), ("reason", reason.name()), ("verdict", verdict)]);
-            pkts.get_or_create(&l).inc_by(c.packets);
-            bytes.get_or_create(&l).inc_by(c.bytes);
-        }
+    for c in engine.parent_counters()? {
+        let verdict = if c.reason.is_drop() { "drop" } else { "pass" };
+        let l = labels(&[("iface", &c.iface), ("reason", c.reason.name()), ("verdict", verdict)]);
+        pkts.get_or_create(&l).inc_by(c.packets);
+        bytes.get_or_create(&l).inc_by(c.bytes);
     }
 
-    let per_ep = bpf::endpoints::counters(&engine.pins)?;
+    let per_ep = engine.endpoint_counters()?;
     let eps = engine.endpoints()?;
     let ep_counters: Vec<(Family<Labels, Counter>, fn(&dataplane_common::EndpointCounters) -> u64)> = vec![
         (counter_family(&mut reg, "endpoint_rx_packets", "Frames delivered to the endpoint"), |c| c.rx_packets),
@@ -98,7 +93,7 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
     }
 
     let attached = gauge_family(&mut reg, "program_attached", "Programs attached, by interface and mechanism");
-    for a in bpf::list_attachments(&engine.pins) {
+    for a in engine.program_attachments() {
         attached
             .get_or_create(&labels(&[("netns", &a.netns), ("iface", &a.iface), ("mechanism", &a.mechanism)]))
             .set(1);
