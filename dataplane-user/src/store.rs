@@ -218,8 +218,7 @@ pub struct Endpoint {
     pub netns: String,
     /// Whether dataplane made the namespace (and so deletes it).
     pub netns_owned: bool,
-    /// "host", "none" or a network name.
-    pub network_mode: String,
+    pub network_mode: NetworkMode,
     pub created: String,
     pub state: EndpointState,
     /// Process that is creating/removing it (to detect a crashed half-way command).
@@ -235,6 +234,48 @@ pub struct Endpoint {
     /// killing the group ends the command too, even before its pid is recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor: Option<ProcRef>,
+}
+
+/// The network an endpoint was made on: the predefined `host` or `none`, or a network
+/// by name. Stored as that name, as it always was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum NetworkMode {
+    Host,
+    None,
+    Network(String),
+}
+
+impl NetworkMode {
+    pub fn name(&self) -> &str {
+        match self {
+            NetworkMode::Host => "host",
+            NetworkMode::None => "none",
+            NetworkMode::Network(n) => n,
+        }
+    }
+}
+
+impl From<String> for NetworkMode {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "host" => NetworkMode::Host,
+            "none" | "" => NetworkMode::None,
+            _ => NetworkMode::Network(s),
+        }
+    }
+}
+
+impl From<NetworkMode> for String {
+    fn from(m: NetworkMode) -> String {
+        m.name().to_string()
+    }
+}
+
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A process, unambiguously: its pid and its start time (clock ticks after boot, from

@@ -366,7 +366,7 @@ impl PsRow {
         PsRow {
             id: e.id[..12.min(e.id.len())].to_string(),
             name: e.name.clone(),
-            network_mode: e.network_mode.clone(),
+            network_mode: e.network_mode.to_string(),
             netns: e.netns.clone(),
             command: e.command.join(" "),
             status,

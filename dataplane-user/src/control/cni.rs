@@ -97,7 +97,7 @@ impl Engine {
             name: endpoint_name(&req.container_id, &req.ifname),
             netns: req.netns.clone(),
             netns_owned: false,
-            network_mode: n.name.clone(),
+            network_mode: crate::store::NetworkMode::from(n.name.clone()),
             created: crate::store::now_rfc3339(),
             state: EndpointState::Creating,
             owner_pid: std::process::id(),
@@ -141,7 +141,7 @@ impl Engine {
     ) -> Result<Option<(Endpoint, Attachment)>> {
         let owner = owner_of(container_id, ifname);
         let (eps, atts) = self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
-        Ok(eps.into_iter().find(|e| e.owner == owner && e.network_mode == network).and_then(|e| {
+        Ok(eps.into_iter().find(|e| e.owner == owner && e.network_mode.name() == network).and_then(|e| {
             let a = atts.into_iter().find(|a| a.endpoint == e.name)?;
             Some((e, a))
         }))
@@ -152,7 +152,7 @@ impl Engine {
         let eps = self.store.read(|tx| tx.endpoints())?;
         Ok(eps
             .into_iter()
-            .filter(|e| e.network_mode == network)
+            .filter(|e| e.network_mode.name() == network)
             .filter_map(|e| match e.owner {
                 Owner::Cni { container_id, ifname } => Some((container_id, ifname)),
                 _ => None,
@@ -294,20 +294,7 @@ impl Engine {
                     ))
                 }
                 None => {
-                    let others = tx.networks()?;
-                    let existing: Vec<(String, crate::ipam::Cidr)> =
-                        others.iter().flat_map(|o| o.pools.iter().map(|p| (o.name.clone(), p.subnet))).collect();
-                    let pools = crate::ipam::build_pools(
-                        &crate::ipam::PoolRequest {
-                            subnets: req.subnets.clone(),
-                            gateways: req.gateways.clone(),
-                            ip_ranges: req.ip_ranges.clone(),
-                            aux: req.aux.clone(),
-                            ipv6: req.ipv6,
-                        },
-                        &existing,
-                        |_| None,
-                    )?;
+                    let pools = super::network::pools_for(&req, &tx.networks()?, |_| None)?;
                     let n = Network {
                         id: crate::store::new_id(),
                         name: req.name.clone(),
@@ -328,7 +315,7 @@ impl Engine {
                     n
                 }
             };
-            if let Some(e) = tx.endpoints()?.into_iter().find(|e| e.owner == owner && e.network_mode == n.name) {
+            if let Some(e) = tx.endpoints()?.into_iter().find(|e| e.owner == owner && e.network_mode.name() == n.name) {
                 return invalid(format!(
                     "container {} already has an address for {} on {} (endpoint {}); DEL it first",
                     a.container_id, a.ifname, n.name, e.name
@@ -339,7 +326,7 @@ impl Engine {
                 name: format!("{}-ipam-{}", endpoint_name(&a.container_id, &a.ifname), &n.id[..6]),
                 netns: a.netns.clone(),
                 netns_owned: false,
-                network_mode: n.name.clone(),
+                network_mode: crate::store::NetworkMode::from(n.name.clone()),
                 created: crate::store::now_rfc3339(),
                 state: EndpointState::Ready,
                 owner_pid: 0,
@@ -360,7 +347,7 @@ impl Engine {
     pub fn cni_ipam_del(&mut self, network: &str, container_id: &str, ifname: &str) -> Result<()> {
         let owner = owner_of(container_id, ifname);
         self.store.write(|tx| -> Result<()> {
-            for e in tx.endpoints()?.into_iter().filter(|e| e.owner == owner && e.network_mode == network) {
+            for e in tx.endpoints()?.into_iter().filter(|e| e.owner == owner && e.network_mode.name() == network) {
                 tx.delete_endpoint(&e.name)?;
             }
             // The network's host-access interface does not keep it.

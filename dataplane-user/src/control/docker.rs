@@ -123,7 +123,7 @@ impl Engine {
             name: endpoint_name(endpoint_id),
             netns: String::new(),
             netns_owned: false,
-            network_mode: n.name.clone(),
+            network_mode: crate::store::NetworkMode::from(n.name.clone()),
             created: crate::store::now_rfc3339(),
             state: EndpointState::Creating,
             owner_pid: std::process::id(),

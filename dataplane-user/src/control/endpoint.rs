@@ -536,7 +536,7 @@ fn record_run(
         name: req.name.clone(),
         netns: plan.place.path(),
         netns_owned: matches!(plan.place, Place::Owned(_)),
-        network_mode: plan.network.clone(),
+        network_mode: crate::store::NetworkMode::from(plan.network.clone()),
         created: crate::store::now_rfc3339(),
         state: EndpointState::Creating,
         owner_pid: std::process::id(),
@@ -729,7 +729,7 @@ impl Engine {
             let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
                 ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
             })?;
-            if ep.network_mode == "host" || is_host_shim(&ep) {
+            if ep.network_mode == crate::store::NetworkMode::Host || is_host_shim(&ep) {
                 return invalid(format!(
                     "endpoint {} uses the host's network namespace; it cannot be connected to other networks",
                     ep.name

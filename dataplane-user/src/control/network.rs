@@ -229,19 +229,7 @@ fn record_creating(
             o.name
         ));
     }
-    let existing: Vec<(String, ipam::Cidr)> =
-        others.iter().flat_map(|o| o.pools.iter().map(|p| (o.name.clone(), p.subnet))).collect();
-    let pools = ipam::build_pools(
-        &PoolRequest {
-            subnets: req.subnets.clone(),
-            gateways: req.gateways.clone(),
-            ip_ranges: req.ip_ranges.clone(),
-            aux: req.aux.clone(),
-            ipv6: req.ipv6,
-        },
-        &existing,
-        ipam::default_v4_pool,
-    )?;
+    let pools = pools_for(req, &others, ipam::default_v4_pool)?;
     // A VLAN device another network of ours made for the same parent is shared.
     let shared = others.iter().find_map(|o| o.vlan.clone().filter(|_| o.parent.as_ref() == Some(parent)));
     let vlan = match trunk {
@@ -275,6 +263,25 @@ fn record_creating(
     };
     tx.put_network(&n)?;
     Ok(n)
+}
+
+/// The address pools request `req` asks for, checked against the `others` networks'
+/// subnets; `default_v4` picks a subnet when none is given.
+pub(crate) fn pools_for(
+    req: &NetworkCreate,
+    others: &[Network],
+    default_v4: impl Fn(&[(String, ipam::Cidr)]) -> Option<ipam::Cidr>,
+) -> Result<Vec<ipam::Pool>> {
+    let existing: Vec<(String, ipam::Cidr)> =
+        others.iter().flat_map(|o| o.pools.iter().map(|p| (o.name.clone(), p.subnet))).collect();
+    let req = PoolRequest {
+        subnets: req.subnets.clone(),
+        gateways: req.gateways.clone(),
+        ip_ranges: req.ip_ranges.clone(),
+        aux: req.aux.clone(),
+        ipv6: req.ipv6,
+    };
+    Ok(ipam::build_pools(&req, &existing, default_v4)?)
 }
 
 /// The parent's programs: the trunk tc ingress on every parent (tagged frames reach only
@@ -505,7 +512,7 @@ impl Engine {
         let mut containers = serde_json::Map::new();
         for e in &eps {
             let att = atts.iter().find(|a| a.endpoint == e.name && a.network == n.name);
-            let on_predefined = att.is_none() && e.network_mode == n.name;
+            let on_predefined = att.is_none() && e.network_mode.name() == n.name;
             if att.is_none() && !on_predefined {
                 continue;
             }

@@ -91,7 +91,8 @@ impl Rows {
     fn read(tx: &Tx, nets: Vec<Network>) -> Result<Rows> {
         let ipam_nets: Vec<String> =
             tx.networks()?.into_iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name).collect();
-        let eps: Vec<_> = tx.endpoints()?.into_iter().filter(|e| !ipam_nets.contains(&e.network_mode)).collect();
+        let eps: Vec<_> =
+            tx.endpoints()?.into_iter().filter(|e| !ipam_nets.iter().any(|n| e.network_mode.name() == n)).collect();
         let atts = tx.attachments()?;
         let busy = eps
             .iter()

@@ -79,7 +79,7 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
         let (owner, container) = owner_labels(&e.owner);
         endpoints.get_or_create(&labels(&[("owner", owner)])).inc();
         let Some(c) = per_ep.get(&endpoint_number(&e.id)) else { continue };
-        let network = atts.first().map_or(e.network_mode.clone(), |a| a.network.clone());
+        let network = atts.first().map_or(e.network_mode.to_string(), |a| a.network.clone());
         let l = labels(&[("endpoint", &e.name), ("network", &network), ("owner", owner), ("container", &container)]);
         for (family, get) in &ep_counters {
             family.get_or_create(&l).inc_by(get(c));

@@ -618,7 +618,7 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
                 name: format!("synthetic{i}"),
                 netns: netns_path.clone(),
                 netns_owned: false,
-                network_mode: "none".into(),
+                network_mode: dataplane_user::store::NetworkMode::None,
                 created: dataplane_user::store::now_rfc3339(),
                 state: dataplane_user::store::EndpointState::Ready,
                 owner_pid: 0,
