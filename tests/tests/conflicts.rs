@@ -236,3 +236,42 @@ fn two_hosts_with_one_ipv6_subnet_hand_out_disjoint_addresses() {
     let (v4_a, v4_b) = (addresses(&a, "IPv4Address"), addresses(&b, "IPv4Address"));
     assert!(v4_a.iter().all(|ip| !v4_b.contains(ip)), "and IPv4 stays disjoint: {v4_a:?} {v4_b:?}");
 }
+
+/// The address maps conflict detection reads are repaired like the admission map: a claim
+/// removed by hand is restored (and conflicts on that address are seen again), a claim
+/// for no endpoint goes.
+#[test]
+fn reconcile_restores_the_address_claims() {
+    use dataplane_user::bpf::{admit, Pins};
+    let a = Host::new("dpCr").unwrap();
+    let b = Host::new("dpCs").unwrap();
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
+    for h in [&a, &b] {
+        h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=trunk0", "lan"]);
+    }
+    let (ea, eb) = (unique("rca"), unique("rcb"));
+    a.ok(&["run", "-d", "--name", &ea, "--network", "lan", "--ip", "10.91.0.10"]);
+    let pins = Pins::new(&a.bpffs.dir);
+    let claims = admit::claimed_ips(&pins);
+    let (key, ours) = *claims.iter().find(|(k, _)| k.ip == [10, 91, 0, 10]).expect("10.91.0.10 is claimed");
+    admit::unclaim_ip(&pins, &key);
+    // A claim for an endpoint that does not exist.
+    let stray = dataplane_common::IpKey { ip: [10, 91, 0, 77], ..key };
+    admit::claim_ips(&pins, &[stray], dataplane_common::OurIp { endpoint: 4242, ..ours }).unwrap();
+
+    let dry = a.ok(&["reconcile", "--dry-run"]);
+    assert!(dry.contains("IPv4 address map: missing entry 10.91.0.10"), "{dry}");
+    assert!(dry.contains("IPv4 address map: unexpected entry 10.91.0.77"), "{dry}");
+    let fixed = a.ok(&["reconcile"]);
+    assert!(fixed.contains("repaired: IPv4 address map: missing entry 10.91.0.10"), "{fixed}");
+    let after = admit::claimed_ips(&pins);
+    assert!(after.contains(&(key, ours)), "not restored: {after:?}");
+    assert!(!after.iter().any(|(k, _)| k.ip == [10, 91, 0, 77]), "stray claim kept: {after:?}");
+    assert!(a.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+
+    // And the restored claim works: B's endpoint with the same address is noticed.
+    b.ok(&["run", "-d", "--name", &eb, "--network", "lan", "--ip", "10.91.0.10", "--mac-address", "02:00:00:00:0c:0a"]);
+    let _ = b.dp(&["exec", &eb, "ping", "-c", "2", "-W", "1", "10.91.0.99"]);
+    let s = a.endpoint_stats(&ea);
+    assert!(s["conflict_ip"].as_u64().unwrap() >= 1, "{s:#}");
+}

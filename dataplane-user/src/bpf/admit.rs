@@ -122,6 +122,35 @@ pub fn release_ip6s(pins: &Pins, keys: &[Ip6Key], endpoint: u32) {
     release(pins, OUR_IP6S_MAP, keys, endpoint)
 }
 
+/// Every address claim in map `map` (none if the map is not there).
+fn claims<K: aya::Pod>(pins: &Pins, map: &str) -> Vec<(K, OurIp)> {
+    let Some(m) = open_pinned::<K, OurIp>(pins, map) else { return Vec::new() };
+    m.iter().filter_map(Result::ok).collect()
+}
+
+/// Drop the claim on `key` in map `map`.
+fn unclaim<K: aya::Pod>(pins: &Pins, map: &str, key: &K) {
+    if let Some(mut m) = open_pinned::<K, OurIp>(pins, map) {
+        let _ = m.remove(key);
+    }
+}
+
+pub fn claimed_ips(pins: &Pins) -> Vec<(IpKey, OurIp)> {
+    claims(pins, OUR_IPS_MAP)
+}
+
+pub fn claimed_ip6s(pins: &Pins) -> Vec<(Ip6Key, OurIp)> {
+    claims(pins, OUR_IP6S_MAP)
+}
+
+pub fn unclaim_ip(pins: &Pins, key: &IpKey) {
+    unclaim(pins, OUR_IPS_MAP, key)
+}
+
+pub fn unclaim_ip6(pins: &Pins, key: &Ip6Key) {
+    unclaim(pins, OUR_IP6S_MAP, key)
+}
+
 /// Conflicts the parents' XDP programs noticed, by endpoint number.
 pub fn conflicts(pins: &Pins) -> std::collections::BTreeMap<u32, Conflict> {
     let Some(m) = open_pinned::<u32, Conflict>(pins, CONFLICTS_MAP) else { return Default::default() };

@@ -161,12 +161,12 @@ pub(crate) fn pull_admission(pins: &Pins, n: &Network, a: &Attachment, endpoint_
 }
 
 /// [`ip_keys`] for an IPv6 address.
-fn ip6_keys(keys: &[AdmitKey], ip: [u8; 16]) -> Vec<Ip6Key> {
+pub(crate) fn ip6_keys(keys: &[AdmitKey], ip: [u8; 16]) -> Vec<Ip6Key> {
     keys.iter().map(|k| Ip6Key { ifindex: k.ifindex, vlan: k.vlan, pad: 0, ip }).collect()
 }
 
 /// The address-map keys matching admission keys `keys` (same parent and VLAN keys).
-fn ip_keys(keys: &[AdmitKey], ip: [u8; 4]) -> Vec<IpKey> {
+pub(crate) fn ip_keys(keys: &[AdmitKey], ip: [u8; 4]) -> Vec<IpKey> {
     keys.iter().map(|k| IpKey { ifindex: k.ifindex, vlan: k.vlan, pad: 0, ip }).collect()
 }
 

@@ -2,13 +2,14 @@
 //! endpoints whose namespace is gone (e.g. after a reboot), re-attach programs and
 //! re-create VLAN devices that vanished, and make the admission map equal to the store.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
-use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue};
+use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue, Ip6Key, IpKey, OurIp};
 
 use super::{
-    endpoint::{admit_keys, endpoint_info, endpoint_number, pid_alive, pull_admission, realise, teardown},
+    endpoint::{
+        admit_keys, endpoint_info, endpoint_number, ip6_keys, ip_keys, pid_alive, pull_admission, realise, teardown,
+    },
     network::{physical_parent, teardown_network},
     vlan, Engine, Result,
 };
@@ -56,6 +57,7 @@ impl Engine {
             let parents = p.network_programs(&rows.nets)?;
             vlan_entries(&pins, &rows.nets, &all, dry_run, &mut p.r)?;
             p.admission(&rows, &parents)?;
+            p.address_claims(&rows);
             if thorough {
                 p.endpoint_links(&rows);
             }
@@ -352,6 +354,49 @@ impl Pass<'_> {
         Ok(())
     }
 
+    /// The address maps (conflict detection) hold exactly the addresses of the endpoints,
+    /// keyed like their admission entries; entries of endpoints in flight are theirs.
+    fn address_claims(&mut self, rows: &Rows) {
+        let (mut want4, mut want6) = (Vec::new(), Vec::new());
+        for a in &rows.atts {
+            let Some(n) = rows.network(&a.network) else { continue };
+            let number = rows.eps.iter().find(|e| e.name == a.endpoint).map_or(0, |e| endpoint_number(&e.id));
+            if rows.busy.contains(&number) {
+                continue;
+            }
+            let keys = admit_keys(n, a.mac.0).unwrap_or_default();
+            let ours = OurIp { endpoint: number, mac: a.mac.0, pad: [0; 2] };
+            if let Some(IpAddr::V4(ip)) = a.ipv4 {
+                want4.extend(ip_keys(&keys, ip.octets()).into_iter().map(|k| (k, ours)));
+            }
+            if let Some(IpAddr::V6(ip)) = a.ipv6 {
+                want6.extend(ip6_keys(&keys, ip.octets()).into_iter().map(|k| (k, ours)));
+            }
+        }
+        self.sync_claims(&want4, &rows.busy);
+        self.sync_claims(&want6, &rows.busy);
+    }
+
+    /// Make one address map equal `want`, leaving the entries of endpoints in `busy`.
+    fn sync_claims<K: Claim>(&mut self, want: &[(K, OurIp)], busy: &BTreeSet<u32>) {
+        let have = K::have(self.pins);
+        for (k, v) in &have {
+            if !busy.contains(&v.endpoint) && !want.contains(&(*k, *v)) {
+                self.drift(format!("{}: unexpected entry {}", K::MAP, k.show()));
+                if !self.dry_run {
+                    k.remove(self.pins);
+                }
+            }
+        }
+        for (k, v) in want {
+            if !have.contains(&(*k, *v)) {
+                self.drift(format!("{}: missing entry {}", K::MAP, k.show()));
+                let pins = self.pins;
+                self.repair(|| format!("{}: restoring {}", K::MAP, k.show()), || k.insert(pins, *v));
+            }
+        }
+    }
+
     /// Endpoint links deleted by hand are made again as allocated; interfaces dataplane
     /// made (ifindex from EP_IFINDEX_BASE) that the store no longer knows (left by a
     /// crashed disconnect, or added by hand) go; configuration changed by hand is restored.
@@ -492,6 +537,55 @@ impl Pass<'_> {
                 }
             }
         }
+    }
+}
+
+/// A key of an address map (IPv4 or IPv6), for [`Pass::sync_claims`].
+trait Claim: Copy + PartialEq {
+    const MAP: &'static str;
+    fn show(&self) -> String;
+    fn have(pins: &Pins) -> Vec<(Self, OurIp)>;
+    fn insert(&self, pins: &Pins, v: OurIp) -> std::result::Result<(), bpf::BpfError>;
+    fn remove(&self, pins: &Pins);
+}
+
+impl Claim for IpKey {
+    const MAP: &'static str = "IPv4 address map";
+
+    fn show(&self) -> String {
+        format!("{} on ifindex {} vlan {}", std::net::Ipv4Addr::from(self.ip), self.ifindex, self.vlan)
+    }
+
+    fn have(pins: &Pins) -> Vec<(Self, OurIp)> {
+        bpf::admit::claimed_ips(pins)
+    }
+
+    fn insert(&self, pins: &Pins, v: OurIp) -> std::result::Result<(), bpf::BpfError> {
+        bpf::admit::claim_ips(pins, &[*self], v)
+    }
+
+    fn remove(&self, pins: &Pins) {
+        bpf::admit::unclaim_ip(pins, self)
+    }
+}
+
+impl Claim for Ip6Key {
+    const MAP: &'static str = "IPv6 address map";
+
+    fn show(&self) -> String {
+        format!("{} on ifindex {} vlan {}", std::net::Ipv6Addr::from(self.ip), self.ifindex, self.vlan)
+    }
+
+    fn have(pins: &Pins) -> Vec<(Self, OurIp)> {
+        bpf::admit::claimed_ip6s(pins)
+    }
+
+    fn insert(&self, pins: &Pins, v: OurIp) -> std::result::Result<(), bpf::BpfError> {
+        bpf::admit::claim_ip6s(pins, &[*self], v)
+    }
+
+    fn remove(&self, pins: &Pins) {
+        bpf::admit::unclaim_ip6(pins, self)
     }
 }
 
