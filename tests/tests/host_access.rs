@@ -137,6 +137,13 @@ fn the_host_reaches_its_endpoints_only_with_host_access() {
     // Removed with the network, leaving the host's interfaces as they were.
     let active = h.dp(&["network", "rm", "ha"]);
     assert!(!active.status.success(), "a network with an endpoint was removed");
+    assert!(
+        String::from_utf8_lossy(&active.stderr).contains(&format!("network ha has active endpoints ({ep})")),
+        "{active:?}"
+    );
+    // A refused removal leaves the host's way in as it was.
+    assert!(link_names(&h).contains(&ifname), "a refused network rm removed {ifname}");
+    assert!(host_pings(&h, &ep_ip), "no host access after a refused network rm");
     h.ok(&["rm", "-f", &ep]);
     h.ok(&["network", "rm", "ha"]);
     assert_eq!(link_names(&h), before);

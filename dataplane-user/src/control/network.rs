@@ -440,22 +440,11 @@ impl Engine {
         if PREDEFINED.contains(&name) {
             return invalid(format!("{name} is a predefined network and cannot be removed"));
         }
-        // Its host-access interface goes first, unless other endpoints keep the network.
-        let shim = self.store.read(|tx| -> Result<Option<String>> {
-            let Some(n) = tx.network(name)? else { return Ok(None) };
-            super::check_owner("network", &n.name, &n.owner, by)?;
-            let users: Vec<String> =
-                tx.attachments()?.into_iter().filter(|a| a.network == n.name).map(|a| a.endpoint).collect();
-            let [only] = users.as_slice() else { return Ok(None) };
-            Ok(tx.endpoint(only)?.filter(super::endpoint::is_host_shim).map(|e| e.name))
-        })?;
-        if let Some(s) = shim {
-            self.remove_endpoint(&s, false, |_| Ok(()))?;
-        }
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
-        // 1. Check and mark it `removing` (runs refuse it from now on).
-        let (n, others) = self.store.write(|tx| -> Result<(Network, Vec<Network>)> {
+        // 1. Check and mark it `removing` (runs refuse it from now on, so nothing attaches
+        // between this check and the removal of its host-access interface).
+        let (n, others, shim) = self.store.write(|tx| -> Result<(Network, Vec<Network>, Option<String>)> {
             let Some(mut n) = tx.network(name)? else {
                 return Err(super::state_err(
                     super::StateKind::NotFound,
@@ -463,8 +452,15 @@ impl Engine {
                 ));
             };
             super::check_owner("network", &n.name, &n.owner, by)?;
-            let users: Vec<String> =
-                tx.attachments()?.into_iter().filter(|a| a.network == n.name).map(|a| a.endpoint).collect();
+            // The network's own host-access interface goes with it; any other user keeps it.
+            let mut users = Vec::new();
+            let mut shim = None;
+            for a in tx.attachments()?.into_iter().filter(|a| a.network == n.name) {
+                match tx.endpoint(&a.endpoint)?.filter(super::endpoint::is_host_shim) {
+                    Some(e) => shim = Some(e.name),
+                    None => users.push(a.endpoint),
+                }
+            }
             if !users.is_empty() {
                 return Err(super::state_err(
                     super::StateKind::HasEndpoints,
@@ -480,8 +476,17 @@ impl Engine {
             n.state = EndpointState::Removing;
             n.owner_pid = std::process::id();
             tx.put_network(&n)?;
-            Ok((n, others))
+            Ok((n, others, shim))
         })?;
+        if let Some(s) = shim {
+            if let Err(e) = self.remove_endpoint(&s, false, |_| Ok(())) {
+                // The network stays as it was (its interface is reconciled if half gone).
+                let mut back = n.clone();
+                back.state = EndpointState::Ready;
+                let _ = self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&back)?) });
+                return Err(e);
+            }
+        }
         super::fault("network-rm:marked");
         // 2. Kernel side; a crash from here on is finished by reconcile.
         let warnings = teardown_network(&pins, &n, &others);
