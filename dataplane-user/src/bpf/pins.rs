@@ -102,6 +102,56 @@ impl Pins {
     }
 }
 
+/// Which hook a pinned link or program sits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+/// A pin under `links/`, read back from its path (the inverse of the builders above).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPin {
+    /// The namespace tag (`host`, `docker`, `ns-...`).
+    pub tag: String,
+    pub hook: Hook,
+    /// The interface name (decoded), or for `docker` pins the interface's ifindex.
+    pub iface: String,
+}
+
+impl LinkPin {
+    pub fn parse(tag: &str, pin: &Path) -> Option<LinkPin> {
+        let file = pin.file_name()?.to_string_lossy().into_owned();
+        let (hook, rest) = if let Some(r) = file.strip_prefix("xdp-") {
+            (Hook::Xdp, r)
+        } else if let Some(r) = file.strip_prefix("tcin-") {
+            (Hook::TcIngress, r)
+        } else {
+            (Hook::TcEgress, file.strip_prefix("tceg-")?)
+        };
+        Some(LinkPin { tag: tag.to_string(), hook, iface: decode(rest) })
+    }
+
+    /// In the namespace dataplane runs in.
+    pub fn is_host(&self) -> bool {
+        self.tag == "host"
+    }
+
+    /// A Docker endpoint's (keyed by ifindex).
+    pub fn is_docker(&self) -> bool {
+        self.tag == "docker"
+    }
+}
+
+impl Pins {
+    /// The XDP link pin beside tc ingress pin `tc_pin` of the same interface.
+    pub fn xdp_beside(&self, tc_pin: &Path) -> Option<PathBuf> {
+        let file = tc_pin.file_name()?.to_string_lossy().into_owned();
+        Some(tc_pin.with_file_name(format!("xdp-{}", file.strip_prefix("tcin-")?)))
+    }
+}
+
 /// Every endpoint's pair of program pins ([egress, ingress]) kept for a namespace path,
 /// with that namespace's tag (as [`netns_tag`] makes it).
 pub fn endpoint_pin_pairs(pins: &Pins) -> Vec<(String, [PathBuf; 2])> {
@@ -166,6 +216,24 @@ mod tests {
             Path::new("/sys/fs/bpf/dataplane/links/ns-proc_42_ns_net/xdp-eth0")
         );
         assert_eq!(p.xdp_link(Some("lab"), "b0"), Path::new("/sys/fs/bpf/dataplane/links/ns-lab/xdp-b0"));
+    }
+
+    #[test]
+    fn link_pins_read_back_as_built() {
+        let p = Pins::new("/sys/fs/bpf/dataplane");
+        let tc = p.tc_link(None, "trunk0.73");
+        assert_eq!(
+            LinkPin::parse("host", &tc),
+            Some(LinkPin { tag: "host".into(), hook: Hook::TcIngress, iface: "trunk0.73".into() })
+        );
+        assert_eq!(p.xdp_beside(&tc), Some(p.xdp_link(None, "trunk0.73")));
+        let [eg, ing] = p.endpoint_links("/run/netns/a.b", "eth0");
+        assert_eq!(LinkPin::parse("ns-x", &eg).map(|l| l.hook), Some(Hook::TcEgress));
+        assert_eq!(LinkPin::parse("ns-x", &ing).map(|l| l.hook), Some(Hook::TcIngress));
+        let [deg, _] = p.docker_endpoint_links(1073741825);
+        let d = LinkPin::parse("docker", &deg).unwrap();
+        assert!(d.is_docker() && d.iface == "1073741825");
+        assert_eq!(LinkPin::parse("host", Path::new("/x/owner-abc")), None);
     }
 
     #[test]

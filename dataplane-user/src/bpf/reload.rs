@@ -134,17 +134,14 @@ fn update_link(
 /// namespaces (Docker sandboxes, /proc paths) cannot be found from the pin and are left
 /// with their program (re-attached by reconcile when needed).
 fn filter_target(tag: &str, pin: &std::path::Path) -> Option<(Option<String>, String, TcAttachType)> {
-    let file = pin.file_name()?.to_string_lossy().into_owned();
-    let (kind, iface) = if let Some(i) = file.strip_prefix("tcin-") {
-        (TcAttachType::Ingress, i)
-    } else {
-        (TcAttachType::Egress, file.strip_prefix("tceg-")?)
+    let lp = super::pins::LinkPin::parse(tag, pin)?;
+    let kind = match lp.hook {
+        super::pins::Hook::TcIngress => TcAttachType::Ingress,
+        super::pins::Hook::TcEgress => TcAttachType::Egress,
+        super::pins::Hook::Xdp => return None,
     };
-    let netns = match tag {
-        "host" => None,
-        t => Some(netns_of_tag(t)?),
-    };
-    Some((netns, super::pins::decode(iface), kind))
+    let netns = if lp.is_host() { None } else { Some(netns_of_tag(tag)?) };
+    Some((netns, lp.iface, kind))
 }
 
 /// The namespace path whose pin tag is `tag`: a tag flattens the path (`/` -> `_`), so it is

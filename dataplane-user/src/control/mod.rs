@@ -215,9 +215,9 @@ impl Engine {
                 self.state_dir.display()
             ));
         }
-        let network_pins = crate::bpf::parent::list_link_pins(&self.pins)
-            .iter()
-            .any(|(_, p)| p.file_name().is_some_and(|f| !f.to_string_lossy().starts_with("xdp-")));
+        let network_pins = crate::bpf::parent::list_link_pins(&self.pins).iter().any(|(t, p)| {
+            crate::bpf::pins::LinkPin::parse(t, p).is_some_and(|l| l.hook != crate::bpf::pins::Hook::Xdp)
+        });
         if network_pins && !known {
             return invalid(format!(
                 "bpffs dir {} holds networks' programs and endpoints that the store in {} does not know (was the database replaced or emptied?); refusing to tear them down; {take_over}",

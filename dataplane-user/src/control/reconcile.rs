@@ -14,7 +14,12 @@ use super::{
     vlan, Engine, Result,
 };
 use crate::{
-    bpf::{self, parent::HOST_ENDPOINT, AttachMode, Pins},
+    bpf::{
+        self,
+        parent::HOST_ENDPOINT,
+        pins::{Hook, LinkPin},
+        AttachMode, Pins,
+    },
     mac::Mac,
     netns,
     nl::Nl,
@@ -612,12 +617,9 @@ fn stale_network_pins(
         .map(|a| a.ifindex.to_string())
         .collect();
     for (tag, pin) in bpf::parent::list_link_pins(pins) {
-        let file = pin.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let stale = match tag.as_str() {
-            "host" => file.strip_prefix("tcin-").is_some_and(|i| !known.contains(&crate::bpf::pins::decode(i))),
-            "docker" => file.split_once('-').is_some_and(|(_, i)| !docker.contains(i)),
-            _ => false,
-        };
+        let Some(lp) = LinkPin::parse(&tag, &pin) else { continue };
+        let stale = (lp.is_host() && lp.hook == Hook::TcIngress && !known.contains(&lp.iface))
+            || (lp.is_docker() && !docker.contains(&lp.iface));
         if !stale {
             continue;
         }
@@ -625,10 +627,11 @@ fn stale_network_pins(
         if dry_run {
             continue;
         }
-        if tag == "host" {
-            let iface = crate::bpf::pins::decode(file.trim_start_matches("tcin-"));
-            let _ = bpf::tc::detach_pinned(&iface, aya::programs::tc::TcAttachType::Ingress, &pin);
-            let _ = std::fs::remove_file(pin.with_file_name(file.replacen("tcin-", "xdp-", 1)));
+        if lp.is_host() {
+            let _ = bpf::tc::detach_pinned(&lp.iface, aya::programs::tc::TcAttachType::Ingress, &pin);
+            if let Some(xdp) = pins.xdp_beside(&pin) {
+                let _ = std::fs::remove_file(xdp);
+            }
         } else {
             let _ = std::fs::remove_file(&pin);
         }
