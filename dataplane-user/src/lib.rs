@@ -11,6 +11,7 @@ pub mod netns;
 pub mod nl;
 pub mod probe;
 pub mod store;
+pub mod sys;
 pub mod timing;
 
 /// Default bpffs directory for pins (maps, links); one per host network namespace.

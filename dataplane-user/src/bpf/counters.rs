@@ -25,7 +25,8 @@ pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
     // Interfaces share a slot when their ifindexes are equal modulo the slot count; read
     // each slot once (dedup_by_key would only drop adjacent duplicates).
     let mut seen = std::collections::BTreeSet::new();
-    let ifindexes: Vec<u32> = interfaces().into_iter().filter(|i| seen.insert(*i % COUNTER_IFINDEX_SLOTS)).collect();
+    let ifindexes: Vec<u32> =
+        crate::sys::interfaces().into_iter().filter(|i| seen.insert(*i % COUNTER_IFINDEX_SLOTS)).collect();
     for ifindex in ifindexes {
         for reason in Reason::ALL {
             let per_cpu = m.get(&counter_slot(ifindex, reason), 0).map_err(err)?;
@@ -40,24 +41,4 @@ pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
         }
     }
     Ok(out)
-}
-
-/// ifindexes of the calling thread's namespace.
-fn interfaces() -> Vec<u32> {
-    let mut out = Vec::new();
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return out;
-        }
-        let mut p = list;
-        while (*p).if_index != 0 {
-            out.push((*p).if_index);
-            p = p.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    out.sort_unstable();
-    out
 }

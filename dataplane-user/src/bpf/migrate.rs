@@ -66,11 +66,11 @@ struct ElemAttr {
 
 fn bpf_elem(cmd: libc::c_long, fd: RawFd, key: *const u8, value: *mut u8, flags: u64) -> std::io::Result<()> {
     let attr = ElemAttr { map_fd: fd as u32, _pad: 0, key: key as u64, value: value as u64, flags };
+    let mut attr = attr;
     // SAFETY: attr is a valid bpf_attr prefix for the map element commands; the buffers
     // are sized by the caller to the map's key and value sizes.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr as *const ElemAttr, std::mem::size_of::<ElemAttr>()) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+    unsafe {
+        crate::sys::bpf(cmd, (&mut attr as *mut ElemAttr).cast(), std::mem::size_of::<ElemAttr>())?;
     }
     Ok(())
 }

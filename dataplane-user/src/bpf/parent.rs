@@ -189,30 +189,12 @@ fn replace_in_link(prog: &mut Xdp, pin: &Path) -> Result<Option<(u32, u32)>, Bpf
 /// was deleted (the kernel detaches the link but the pin keeps it), `None` when the pin
 /// cannot be read.
 pub fn pinned_link_ifindex(pin: &Path) -> Option<u32> {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).ok()?;
-    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: the bpf syscall reads `attr` (128 bytes, zero-padded) and the C string it points at.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), attr.len() as u32) };
-    if fd < 0 {
-        return None;
-    }
+    let fd = crate::sys::bpf_obj_get(pin).ok()?;
     // struct bpf_link_info: type, id, prog_id (u32 each), then an 8-aligned union whose
     // xdp and tcx members both start with the ifindex (offset 16).
     let mut info = [0u8; 64];
-    let mut attr = [0u8; 128];
-    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: the kernel writes at most info_len (64) bytes into `info`.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), attr.len() as u32) };
-    // SAFETY: closing the fd BPF_OBJ_GET gave us.
-    unsafe { libc::close(fd as i32) };
-    (rc == 0).then(|| u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")))
+    crate::sys::bpf_obj_info(&fd, &mut info).ok()?;
+    Some(u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")))
 }
 
 /// Detach the program from `iface` by removing its link pin. When no link is left under

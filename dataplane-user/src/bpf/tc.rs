@@ -52,19 +52,10 @@ pub fn mechanism() -> &'static str {
 /// Whether the object pinned at `pin` is a program (a cls_bpf attachment, pinned so it is
 /// found again) rather than a BPF link (tcx, XDP).
 pub fn pin_is_program(pin: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(pin.as_os_str().as_bytes()) else { return false };
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: BPF_OBJ_GET (7) reads `attr` and the C string it points at.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7 as libc::c_long, attr.as_mut_ptr(), attr.len() as u32) };
-    if fd < 0 {
-        return false;
-    }
-    let kind = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|l| l.to_string_lossy().into_owned());
-    // SAFETY: closing the fd we just got.
-    unsafe { libc::close(fd as i32) };
-    kind.is_ok_and(|k| k.contains("bpf-prog"))
+    use std::os::fd::AsRawFd;
+    let Ok(fd) = crate::sys::bpf_obj_get(pin) else { return false };
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|l| l.to_string_lossy().contains("bpf-prog"))
 }
 
 /// Attach the loaded `p` at `kind` of `iface` (in the current namespace) and pin what

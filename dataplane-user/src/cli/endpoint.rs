@@ -261,14 +261,13 @@ pub fn stop(engine: &mut Engine, names: &[String], timeout: u64) -> Result<i32> 
             }
         };
         if let Some(pid) = ep.pid {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            dataplane_user::sys::kill(pid as i32, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(timeout);
             while alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if alive(pid) {
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                dataplane_user::sys::kill(pid as i32, libc::SIGKILL);
             }
             // The supervisor clears the pid, or removes the endpoint for --rm.
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -32,11 +32,6 @@ fn lock_file(pins: &Pins, ifindex: u32) -> PathBuf {
     lock_dir(pins).join(format!("{ifindex}.lock"))
 }
 
-fn flock(f: &File, op: libc::c_int) -> bool {
-    // SAFETY: flock on an fd we own.
-    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
-}
-
 /// Start upgrading the cls_bpf filters of endpoint interface `ifname` (`ifindex`) in the
 /// namespace at `netns` to tcx links, in a detached child. The lock is taken here, before
 /// this returns, and handed to the child. Failing to start is not an error for the
@@ -52,7 +47,7 @@ fn try_spawn(pins: &Pins, netns: &str, ifname: &str, ifindex: u32) -> std::io::R
     let path = lock_file(pins, ifindex);
     std::fs::create_dir_all(path.parent().expect("lock has a dir"))?;
     let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-    if !flock(&lock, libc::LOCK_SH) {
+    if !crate::sys::flock(&lock, libc::LOCK_SH) {
         return Err(std::io::Error::last_os_error());
     }
     let fd = lock.as_raw_fd();
@@ -113,7 +108,7 @@ pub fn wait_all(pins: &Pins) {
 fn wait_path(path: &Path) {
     let Ok(f) = File::open(path) else { return };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+    while !crate::sys::flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
         if Instant::now() > deadline {
             return;
         }

@@ -71,10 +71,8 @@ fn owner_name(o: &Owner) -> &'static str {
 }
 
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence/permission.
-    pid > 0
-        && (unsafe { libc::kill(pid as i32, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    // Signal 0 only checks for existence (EPERM: it exists, someone else's).
+    pid > 0 && (crate::sys::kill(pid as i32, 0) || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 fn parse_opt_ip(s: &Option<String>) -> Result<Option<IpAddr>> {
@@ -242,9 +240,7 @@ fn generate_mac(ipv4: Option<IpAddr>, taken: &[Mac]) -> Mac {
         }
     }
     loop {
-        let mut b = [0u8; 6];
-        // SAFETY: getrandom writes at most 6 bytes into b.
-        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 6, 0) };
+        let mut b: [u8; 6] = crate::sys::random_bytes();
         b[0] = (b[0] & 0xfc) | 0x02;
         let m = Mac(b);
         if !taken.contains(&m) {
@@ -998,12 +994,11 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
         // The supervisor's whole process group (it and the command it started), then the
         // command by pid in case it left the group.
         if let Some(s) = ep.supervisor.filter(|s| s.alive() && s.pid != std::process::id()) {
-            // SAFETY: plain kill(2) on a process group we made (setsid in run -d).
-            unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
+            // A process group we made (setsid in run -d).
+            crate::sys::kill(-(s.pid as i32), libc::SIGKILL);
         }
         if let Some(pid) = ep.pid.filter(|p| pid_alive(*p) && *p != std::process::id()) {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            crate::sys::kill(pid as i32, libc::SIGKILL);
         }
     }
     if ep.netns.is_empty() {

@@ -259,7 +259,6 @@ impl Engine {
     /// Exclusive lock for network create/rm (their kernel work must not interleave on a
     /// parent); released when the returned file closes, also if the process dies.
     pub(crate) fn network_lock(&self) -> Result<std::fs::File> {
-        use std::os::fd::AsRawFd;
         let path = self.state_dir.join("network.lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -268,7 +267,7 @@ impl Engine {
             .open(&path)
             .map_err(|source| ControlError::Io { what: format!("opening {}", path.display()), source })?;
         // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        if !crate::sys::flock(&f, libc::LOCK_EX) {
             return Err(ControlError::Io {
                 what: format!("locking {}", path.display()),
                 source: std::io::Error::last_os_error(),

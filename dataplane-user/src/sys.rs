@@ -1,0 +1,94 @@
+//! The system calls the standard library and our crates (aya, rtnetlink) do not wrap, each
+//! written once: the raw bpf(2) commands we need beyond aya, flock, kill, randomness and
+//! the interface index of this namespace. (setns, being async-signal-safe and needed
+//! before exec, lives with the namespaces: `netns::set`.)
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// bpf(2) with a `union bpf_attr` of `attr.len()` bytes.
+///
+/// # Safety
+/// `attr` must be a valid `bpf_attr` for `cmd`; every pointer in it must be valid for what
+/// the kernel reads or writes through it.
+pub unsafe fn bpf(cmd: libc::c_long, attr: *mut u8, len: usize) -> io::Result<i64> {
+    // SAFETY: upheld by the caller.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, len as u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// The BPF object (map, program or link) pinned at `pin`.
+pub fn bpf_obj_get(pin: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(pin.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: the kernel reads `attr` (zero-padded) and the C string it points at.
+    let fd = unsafe { bpf(BPF_OBJ_GET, attr.as_mut_ptr(), attr.len())? };
+    // SAFETY: a new descriptor the kernel just gave us, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD into `info` (the kernel writes at most `info.len()` bytes).
+pub fn bpf_obj_info(fd: &OwnedFd, info: &mut [u8]) -> io::Result<()> {
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: the kernel writes at most info_len bytes into `info`.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), attr.len()) }.map(drop)
+}
+
+/// flock(2) on `f`; false if it failed (with LOCK_NB: someone else holds it).
+pub fn flock(f: &File, op: libc::c_int) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+/// Send `sig` to `pid` (a negative pid: to its process group); false if it failed.
+pub fn kill(pid: i32, sig: libc::c_int) -> bool {
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Random bytes from the kernel (getrandom(2)).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // SAFETY: getrandom writes at most N bytes into b.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), N, 0) };
+    b
+}
+
+/// ifindexes of the calling thread's namespace, sorted.
+pub fn interfaces() -> Vec<u32> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 {
+            out.push((*p).if_index);
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out.sort_unstable();
+    out
+}
