@@ -63,8 +63,26 @@ fn networks_demo() -> Result<()> {
         a.ns.name, sw.name, b.ns.name
     );
 
+    seed_networks(&a)?;
+    vlan_trunk(&a, &b)?;
+    spoofing(&a)?;
+    none_and_host(&a)?;
+    for (h, label) in [(&a, "A"), (&b, "B")] {
+        let names = h.endpoint_names();
+        let mut args = vec!["rm", "-f"];
+        args.extend(names.iter().map(String::as_str));
+        on(h, label, &args)?;
+    }
+    on(&a, "A", &["network", "rm", "pub_net", "macnet32", "macvlan50"])?;
+    on(&b, "B", &["network", "rm", "macvlan50"])?;
+    println!("\ncleaning up the lab namespaces");
+    Ok(())
+}
+
+/// The seed document's two networks on eth0, with endpoints.
+fn seed_networks(a: &Host) -> Result<()> {
     on(
-        &a,
+        a,
         "A",
         &[
             "network",
@@ -79,7 +97,7 @@ fn networks_demo() -> Result<()> {
         ],
     )?;
     on(
-        &a,
+        a,
         "A",
         &[
             "network",
@@ -95,17 +113,21 @@ fn networks_demo() -> Result<()> {
             "macnet32",
         ],
     )?;
-    on(&a, "A", &["network", "ls"])?;
-    on(&a, "A", &["run", "-d", "--name", "demo-web", "--network", "pub_net"])?;
-    on(&a, "A", &["run", "-d", "--name", "demo-db", "--network", "pub_net"])?;
-    on(&a, "A", &["exec", "demo-web", "ping", "-c", "1", "-W", "1", "172.16.86.3"])?;
-    on(&a, "A", &["exec", "demo-web", "ping", "-c", "1", "-W", "1", "172.16.86.1"])?;
-    on(&a, "A", &["run", "-d", "--name", "demo-r1", "--network", "macnet32"])?;
-    on(&a, "A", &["run", "-d", "--name", "demo-r2", "--network", "macnet32"])?;
+    on(a, "A", &["network", "ls"])?;
+    on(a, "A", &["run", "-d", "--name", "demo-web", "--network", "pub_net"])?;
+    on(a, "A", &["run", "-d", "--name", "demo-db", "--network", "pub_net"])?;
+    on(a, "A", &["exec", "demo-web", "ping", "-c", "1", "-W", "1", "172.16.86.3"])?;
+    on(a, "A", &["exec", "demo-web", "ping", "-c", "1", "-W", "1", "172.16.86.1"])?;
+    on(a, "A", &["run", "-d", "--name", "demo-r1", "--network", "macnet32"])?;
+    on(a, "A", &["run", "-d", "--name", "demo-r2", "--network", "macnet32"])?;
     println!("    (192.168.32.129 is the aux address my-router: skipped)");
-    on(&a, "A", &["ps"])?;
+    on(a, "A", &["ps"])?;
+    Ok(())
+}
 
-    for (h, label, ip) in [(&a, "A", "192.168.50.10"), (&b, "B", "192.168.50.20")] {
+/// VLAN 50 on the trunk between hosts A and B.
+fn vlan_trunk(a: &Host, b: &Host) -> Result<()> {
+    for (h, label, ip) in [(a, "A", "192.168.50.10"), (&b, "B", "192.168.50.20")] {
         on(
             h,
             label,
@@ -137,41 +159,39 @@ fn networks_demo() -> Result<()> {
         )?;
     }
     println!("    (this kernel has no 8021q module: trunk0.50 is dataplane's eBPF VLAN device)");
-    on(&a, "A", &["exec", "demo-v50a", "ping", "-c", "2", "-W", "1", "192.168.50.20"])?;
+    on(a, "A", &["exec", "demo-v50a", "ping", "-c", "2", "-W", "1", "192.168.50.20"])?;
+    Ok(())
+}
 
+/// demo-web sends as an address and a MAC it was not given: dropped.
+fn spoofing(a: &Host) -> Result<()> {
     println!("\n-- a spoofing attempt: demo-web sends as 172.16.86.99 and as another MAC --");
-    on(&a, "A", &["exec", "demo-web", "ip", "addr", "add", "172.16.86.99/24", "dev", "eth0"])?;
+    on(a, "A", &["exec", "demo-web", "ip", "addr", "add", "172.16.86.99/24", "dev", "eth0"])?;
     let spoof = a.dp(&["exec", "demo-web", "ping", "-c", "2", "-W", "1", "-I", "172.16.86.99", "172.16.86.1"]);
     println!(
         "    ping from the unallocated address: {}",
         if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped on demo-web's egress" }
     );
-    on(&a, "A", &["exec", "demo-web", "ip", "addr", "del", "172.16.86.99/24", "dev", "eth0"])?;
-    on(&a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:99"])?;
+    on(a, "A", &["exec", "demo-web", "ip", "addr", "del", "172.16.86.99/24", "dev", "eth0"])?;
+    on(a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:99"])?;
     let spoof = a.dp(&["exec", "demo-web", "ping", "-c", "2", "-W", "1", "172.16.86.3"]);
     println!(
         "    ping to demo-db with a changed MAC: {}",
         if spoof.status.success() { "ANSWERED (unexpected)" } else { "no answer: dropped before reaching the sibling" }
     );
-    on(&a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:02"])?;
-    on(&a, "A", &["stats"])?;
+    on(a, "A", &["exec", "demo-web", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:02"])?;
+    on(a, "A", &["stats"])?;
+    Ok(())
+}
 
-    on(&a, "A", &["run", "--rm", "-dit", "--network", "none", "--name", "no-net-alpine", "alpine:latest", "ash"])?;
-    on(&a, "A", &["exec", "no-net-alpine", "ip", "link", "show"])?;
-    on(&a, "A", &["exec", "no-net-alpine", "ip", "route"])?;
-    on(&a, "A", &["stop", "no-net-alpine"])?;
-    on(&a, "A", &["run", "--rm", "--network", "host", "-p", "80:80", "--name", "demo-host", "--", "true"])?;
-    on(&a, "A", &["bpf", "counters"])?;
-
-    for (h, label) in [(&a, "A"), (&b, "B")] {
-        let names = h.endpoint_names();
-        let mut args = vec!["rm", "-f"];
-        args.extend(names.iter().map(String::as_str));
-        on(h, label, &args)?;
-    }
-    on(&a, "A", &["network", "rm", "pub_net", "macnet32", "macvlan50"])?;
-    on(&b, "B", &["network", "rm", "macvlan50"])?;
-    println!("\ncleaning up the lab namespaces");
+/// The predefined none and host networks, and the parent counters.
+fn none_and_host(a: &Host) -> Result<()> {
+    on(a, "A", &["run", "--rm", "-dit", "--network", "none", "--name", "no-net-alpine", "alpine:latest", "ash"])?;
+    on(a, "A", &["exec", "no-net-alpine", "ip", "link", "show"])?;
+    on(a, "A", &["exec", "no-net-alpine", "ip", "route"])?;
+    on(a, "A", &["stop", "no-net-alpine"])?;
+    on(a, "A", &["run", "--rm", "--network", "host", "-p", "80:80", "--name", "demo-host", "--", "true"])?;
+    on(a, "A", &["bpf", "counters"])?;
     Ok(())
 }
 
