@@ -277,11 +277,12 @@ pub fn dp_vlan_out(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn endpoint_of(ctx: &TcContext) -> Option<EndpointInfo> {
+fn endpoint_of(ctx: &TcContext) -> Option<&EndpointInfo> {
     // SAFETY: the context pointer is valid for the program's duration.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: map value pointer from a successful lookup, copied out at once.
-    DP_ENDPOINTS.get_ptr(ifindex).map(|p| unsafe { *p })
+    // SAFETY: a map value stays valid while the program runs (RCU); read in place rather
+    // than copied (48 bytes per packet).
+    DP_ENDPOINTS.get_ptr(ifindex).map(|p| unsafe { &*p })
 }
 
 #[inline(always)]
@@ -327,7 +328,7 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
     }
     // Headers may sit in paged data; make the first bytes directly readable.
     let pkt = tc_bounds(&ctx, len, 64);
-    let d = egress_check(&pkt, &ep);
+    let d = egress_check(&pkt, ep);
     match d.verdict {
         Verdict::Pass => {
             count_endpoint(ep.endpoint, 0, 1, 0, u64::from(len));

@@ -77,6 +77,10 @@ enum Cmd {
         /// Smoke run: fewer packets and endpoints (under 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Only the per-packet costs (BPF_PROG_TEST_RUN, a few seconds), printed and not
+        /// written to docs/BENCHMARKS.md: for iterating on a program's cost.
+        #[arg(long, value_parser = ["per-packet"])]
+        only: Option<String>,
     },
     /// Fuzz the frame classification (cargo fuzz, libFuzzer) for a bounded time; frames
     /// that break an invariant are copied to tests/corpus/, which every test run replays.
@@ -121,7 +125,7 @@ fn run() -> Result<()> {
         Cmd::Test { filter, kernel } => test(filter, kernel),
         Cmd::VmRun { kernel, argv } => vm_run(&kernel, &argv),
         Cmd::Fuzz { seconds } => fuzz(seconds),
-        Cmd::Bench { quick } => bench(quick),
+        Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
         Cmd::Demo => {
             require_root("the demo creates network namespaces and loads BPF programs")?;
             packages::ensure(&[packages::DEMO])?;
@@ -195,7 +199,7 @@ fn vm_run(kernel: &str, argv: &[String]) -> Result<()> {
     std::process::exit(rc);
 }
 
-fn bench(quick: bool) -> Result<()> {
+fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     require_root("benchmarks create network namespaces and load BPF programs")?;
     packages::ensure(&[packages::DEMO, packages::TEST, packages::BENCH])?;
     eprintln!("[build] release build of the dataplane binary and the bench");
@@ -207,6 +211,9 @@ fn bench(quick: bool) -> Result<()> {
     cmd.env("DATAPLANE_BIN", bin_path(true, "dataplane"));
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(stage) = only {
+        cmd.args(["--only", stage]);
     }
     run_cmd(&mut cmd)
 }
