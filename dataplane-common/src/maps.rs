@@ -32,6 +32,24 @@ pub const EP_COUNTERS_MAP: &str = "DP_EP_COUNTERS";
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 1 << 17;
 /// First ifindex dataplane asks the kernel for when it creates an endpoint interface.
 pub const EP_IFINDEX_BASE: u32 = 0x4000_0000;
+/// Per-CPU rx/tx/spoofed counters of endpoint interfaces, one slot per interface: the
+/// interface's ifindex minus [`EP_IFINDEX_BASE`]. An array lookup is inlined by the
+/// verifier (no helper call, no hashing), which is most of what counting cost per packet.
+/// Interfaces made before slots existed (ifindexes past the slots) count in
+/// [`EP_COUNTERS_MAP`] by endpoint, as before.
+pub const EP_SLOTS_MAP: &str = "DP_EP_SLOTS";
+pub const EP_SLOTS: u32 = 1 << 16;
+
+/// The counter slot of endpoint interface `ifindex`, if it has one.
+#[inline(always)]
+pub const fn ep_slot(ifindex: u32) -> Option<u32> {
+    let slot = ifindex.wrapping_sub(EP_IFINDEX_BASE);
+    if slot < EP_SLOTS {
+        Some(slot)
+    } else {
+        None
+    }
+}
 
 /// (parent ifindex, VLAN, IPv4 address) -> the endpoint given that address and its MAC:
 /// the parent's XDP program notices ARP from outside that claims one of our addresses.

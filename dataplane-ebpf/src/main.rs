@@ -20,7 +20,10 @@ use dataplane_common::{
     admission_qinq, egress_check,
     frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ_9100, VID_MASK},
     group_claims,
-    maps::{counter_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, VLAN_MAX_ENTRIES},
+    maps::{
+        counter_slot, ep_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EP_SLOTS,
+        VLAN_MAX_ENTRIES,
+    },
     AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Packet, Reason,
     Verdict, VlanKey, VlanTrunk,
 };
@@ -50,7 +53,11 @@ static DP_VLAN_PEERS: HashMap<u32, VlanTrunk> = HashMap::pinned(VLAN_MAX_ENTRIES
 #[map(name = "DP_ENDPOINTS")]
 static DP_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
 
-/// Per-endpoint rx/tx/spoofed counters, per CPU.
+/// Per-interface rx/tx/spoofed counters, per CPU, by slot (see `ep_slot`).
+#[map(name = "DP_EP_SLOTS")]
+static DP_EP_SLOTS: PerCpuArray<EndpointCounters> = PerCpuArray::pinned(EP_SLOTS, 0);
+
+/// Per-endpoint rx/tx/spoofed counters, per CPU: interfaces without a slot.
 #[map(name = "DP_EP_COUNTERS")]
 static DP_EP_COUNTERS: PerCpuHashMap<u32, EndpointCounters> = PerCpuHashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
 
@@ -286,7 +293,21 @@ fn endpoint_of(ctx: &TcContext) -> Option<&EndpointInfo> {
 }
 
 #[inline(always)]
-fn count_endpoint(endpoint: u32, rx: u64, tx: u64, spoofed: u64, bytes: u64) {
+fn count_endpoint(ctx: &TcContext, endpoint: u32, rx: u64, tx: u64, spoofed: u64, bytes: u64) {
+    // SAFETY: the context pointer is valid for the program's duration.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(c) = ep_slot(ifindex).and_then(|s| DP_EP_SLOTS.get_ptr_mut(s)) {
+        // SAFETY: per-CPU value, only this CPU writes it while this program runs.
+        unsafe {
+            (*c).rx_packets += rx;
+            (*c).rx_bytes += rx * bytes;
+            (*c).tx_packets += tx;
+            (*c).tx_bytes += tx * bytes;
+            (*c).spoofed_packets += spoofed;
+            (*c).spoofed_bytes += spoofed * bytes;
+        }
+        return;
+    }
     match DP_EP_COUNTERS.get_ptr_mut(endpoint) {
         // SAFETY: per-CPU value, only this CPU writes it while this program runs.
         Some(c) => unsafe {
@@ -323,7 +344,7 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's duration.
     let (present, len) = unsafe { ((*skb).vlan_present, (*skb).len) };
     if present != 0 {
-        count_endpoint(ep.endpoint, 0, 0, 1, u64::from(len));
+        count_endpoint(&ctx, ep.endpoint, 0, 0, 1, u64::from(len));
         return TC_ACT_SHOT;
     }
     // Headers may sit in paged data; make the first bytes directly readable.
@@ -331,11 +352,11 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
     let d = egress_check(&pkt, ep);
     match d.verdict {
         Verdict::Pass => {
-            count_endpoint(ep.endpoint, 0, 1, 0, u64::from(len));
+            count_endpoint(&ctx, ep.endpoint, 0, 1, 0, u64::from(len));
             TC_ACT_OK
         }
         Verdict::Drop => {
-            count_endpoint(ep.endpoint, 0, 0, 1, u64::from(len));
+            count_endpoint(&ctx, ep.endpoint, 0, 0, 1, u64::from(len));
             debug!(&ctx, "dp_ep_out: drop endpoint={} reason={}", ep.endpoint, d.reason as u32);
             TC_ACT_SHOT
         }
@@ -348,7 +369,7 @@ pub fn dp_ep_in(ctx: TcContext) -> i32 {
     if let Some(ep) = endpoint_of(&ctx) {
         // SAFETY: the context pointer is valid for the program's duration.
         let len = unsafe { (*ctx.skb.skb).len };
-        count_endpoint(ep.endpoint, 1, 0, 0, u64::from(len));
+        count_endpoint(&ctx, ep.endpoint, 1, 0, 0, u64::from(len));
     }
     TC_ACT_OK
 }

@@ -42,8 +42,34 @@ impl TestRunner {
 
     /// Run program `name` on `frame`; Err where the kernel refuses the frame's shape.
     pub fn try_run(&self, name: &str, frame: &[u8]) -> Result<RunResult, aya::programs::ProgramError> {
+        self.try_run_on(name, frame, None)
+    }
+
+    /// [`TestRunner::run`] for a tc program as if on interface `ifindex` of the calling
+    /// thread's namespace (named in the test run's `__sk_buff` context).
+    pub fn run_on(&self, name: &str, frame: &[u8], ifindex: u32) -> RunResult {
+        self.try_run_on(name, frame, Some(ifindex))
+            .unwrap_or_else(|e| panic!("test run of {name} on ifindex {ifindex}: {e}"))
+    }
+
+    fn try_run_on(
+        &self,
+        name: &str,
+        frame: &[u8],
+        ifindex: Option<u32>,
+    ) -> Result<RunResult, aya::programs::ProgramError> {
         let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+        // struct __sk_buff: ifindex at offset 40; every other field zero.
+        let mut ctx = [0u8; 192];
+        if let Some(i) = ifindex {
+            ctx[40..44].copy_from_slice(&i.to_ne_bytes());
+        }
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ifindex.map(|_| &ctx[..]),
+            ..Default::default()
+        };
         let r = match self.ebpf.program(name).unwrap_or_else(|| panic!("no program {name} in the object")) {
             Program::Xdp(p) => p.test_run(opts)?,
             Program::SchedClassifier(p) => p.test_run(opts)?,

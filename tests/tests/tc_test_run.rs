@@ -83,6 +83,49 @@ fn an_interface_without_an_identity_sends_nothing() {
     assert_eq!(egress(&h, &udp([2, 0, 0, 0, 0, 9], 1, 64)), TC_ACT_SHOT);
 }
 
+/// Interfaces dataplane makes have an ifindex with a counter slot: their counts land in
+/// the slot (an inlined array lookup), add up per endpoint with what it counted before,
+/// move to the endpoint's totals when the interface goes, and a new interface on the same
+/// slot starts from zero.
+#[test]
+fn endpoint_interfaces_count_in_their_slot() {
+    use dataplane_common::maps::{EP_IFINDEX_BASE, TC_EP_IN_PROG};
+    let h = TestRunner::new(&[TC_EP_OUT_PROG, TC_EP_IN_PROG]);
+    let ns = dataplane_tests::Netns::new("dpSlot").unwrap();
+    let ifindex = EP_IFINDEX_BASE + 11;
+    ns.exec(&["ip", "link", "add", "ep0", "index", &ifindex.to_string(), "type", "veth", "peer", "name", "ep0p"])
+        .unwrap();
+    bpf::endpoints::insert(&h.pins, ifindex, info()).unwrap();
+    let mut spoofed = udp(LAB_SRC, 1, 64);
+    spoofed[26..30].copy_from_slice(&[10, 99, 0, 77]);
+    let verdicts = dataplane_user::nl::with_netns(&ns.path(), || {
+        let good = h.run_on(TC_EP_OUT_PROG, &udp(LAB_SRC, 1, 64), ifindex).verdict;
+        let bad = h.run_on(TC_EP_OUT_PROG, &spoofed, ifindex).verdict;
+        let rx = h.run_on(TC_EP_IN_PROG, &udp(LAB_SRC, 1, 64), ifindex).verdict;
+        (good, bad, rx)
+    })
+    .unwrap();
+    assert_eq!(verdicts, (TC_ACT_OK, TC_ACT_SHOT, TC_ACT_OK));
+    let c = bpf::endpoints::counters(&h.pins).unwrap()[&info().endpoint];
+    assert_eq!((c.tx_packets, c.spoofed_packets, c.rx_packets), (1, 1, 1), "{c:?}");
+    // The interface goes: its counts stay the endpoint's; its slot is clear for the next.
+    bpf::endpoints::forget_at(
+        &h.pins,
+        ifindex,
+        info().endpoint,
+        [std::path::PathBuf::new(), std::path::PathBuf::new()],
+    );
+    let c = bpf::endpoints::counters(&h.pins).unwrap()[&info().endpoint];
+    assert_eq!((c.tx_packets, c.spoofed_packets, c.rx_packets), (1, 1, 1), "{c:?}");
+    let next = EndpointInfo { endpoint: 8, ..info() };
+    bpf::endpoints::reset_slot(&h.pins, ifindex);
+    bpf::endpoints::insert(&h.pins, ifindex, next).unwrap();
+    dataplane_user::nl::with_netns(&ns.path(), || h.run_on(TC_EP_OUT_PROG, &udp(LAB_SRC, 1, 64), ifindex)).unwrap();
+    let all = bpf::endpoints::counters(&h.pins).unwrap();
+    assert_eq!((all[&8].tx_packets, all[&8].spoofed_packets), (1, 0), "{all:?}");
+    assert_eq!(all[&info().endpoint].tx_packets, 1, "{all:?}");
+}
+
 mod vlan {
     use super::*;
     use dataplane_common::{

@@ -8,11 +8,11 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuHashMap},
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{tc::TcAttachType, SchedClassifier},
 };
 use dataplane_common::{
-    maps::{ENDPOINTS_MAP, EP_COUNTERS_MAP, TC_EP_IN_PROG, TC_EP_OUT_PROG},
+    maps::{ep_slot, ENDPOINTS_MAP, EP_COUNTERS_MAP, EP_SLOTS_MAP, TC_EP_IN_PROG, TC_EP_OUT_PROG},
     EndpointCounters, EndpointInfo,
 };
 
@@ -46,31 +46,84 @@ pub fn list(pins: &Pins) -> Result<Vec<(u32, EndpointInfo)>, BpfError> {
     Ok(open_endpoints(pins)?.iter().flatten().collect())
 }
 
-/// Summed per-endpoint counters by endpoint number.
-pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError> {
+fn add(into: &mut EndpointCounters, c: &EndpointCounters) {
+    into.rx_packets += c.rx_packets;
+    into.rx_bytes += c.rx_bytes;
+    into.tx_packets += c.tx_packets;
+    into.tx_bytes += c.tx_bytes;
+    into.spoofed_packets += c.spoofed_packets;
+    into.spoofed_bytes += c.spoofed_bytes;
+}
+
+fn open_by_endpoint(pins: &Pins) -> Result<PerCpuHashMap<MapData, u32, EndpointCounters>, BpfError> {
     let path = pins.map(EP_COUNTERS_MAP);
-    if !path.exists() {
-        return Ok(BTreeMap::new());
-    }
     let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
-    let m: PerCpuHashMap<MapData, u32, EndpointCounters> =
-        PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?)
-            .map_err(|e| map_err(&path, e))?;
-    let mut out = BTreeMap::new();
-    for item in m.iter() {
-        let (k, per_cpu) = item.map_err(|e| map_err(&path, e))?;
-        let mut s = EndpointCounters::default();
-        for c in per_cpu.iter() {
-            s.rx_packets += c.rx_packets;
-            s.rx_bytes += c.rx_bytes;
-            s.tx_packets += c.tx_packets;
-            s.tx_bytes += c.tx_bytes;
-            s.spoofed_packets += c.spoofed_packets;
-            s.spoofed_bytes += c.spoofed_bytes;
+    PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))
+}
+
+fn open_slots(pins: &Pins) -> Result<PerCpuArray<MapData, EndpointCounters>, BpfError> {
+    let path = pins.map(EP_SLOTS_MAP);
+    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
+    PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))
+}
+
+/// Summed per-endpoint counters by endpoint number: the slots of its interfaces, plus
+/// what it counted by endpoint (interfaces without a slot, interfaces gone).
+pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError> {
+    let mut out: BTreeMap<u32, EndpointCounters> = BTreeMap::new();
+    if pins.map(EP_COUNTERS_MAP).exists() {
+        let m = open_by_endpoint(pins)?;
+        for item in m.iter() {
+            let (k, per_cpu) = item.map_err(|e| map_err(&pins.map(EP_COUNTERS_MAP), e))?;
+            per_cpu.iter().for_each(|c| add(out.entry(k).or_default(), c));
         }
-        out.insert(k, s);
+    }
+    if pins.map(EP_SLOTS_MAP).exists() {
+        let slots = open_slots(pins)?;
+        for (ifindex, info) in list(pins)? {
+            let Some(slot) = ep_slot(ifindex) else { continue };
+            let per_cpu = slots.get(&slot, 0).map_err(|e| map_err(&pins.map(EP_SLOTS_MAP), e))?;
+            per_cpu.iter().for_each(|c| add(out.entry(info.endpoint).or_default(), c));
+        }
     }
     Ok(out)
+}
+
+/// Zeroes per CPU, as the map wants them.
+fn zeroes() -> Option<PerCpuValues<EndpointCounters>> {
+    let n = aya::util::nr_cpus().ok()?;
+    PerCpuValues::try_from(vec![EndpointCounters::default(); n]).ok()
+}
+
+/// Move interface `ifindex`'s slot counts to its endpoint's by-endpoint counters (so the
+/// endpoint's totals survive the interface) and zero the slot for its next interface.
+pub fn retire(pins: &Pins, ifindex: u32, endpoint: u32) {
+    let (Some(slot), Ok(mut slots)) = (ep_slot(ifindex), open_slots(pins)) else { return };
+    let Ok(counts) = slots.get(&slot, 0) else { return };
+    if counts.iter().any(|c| *c != EndpointCounters::default()) {
+        if let Ok(mut by_ep) = open_by_endpoint(pins) {
+            let mut sum: Vec<EndpointCounters> = by_ep
+                .get(&endpoint, 0)
+                .map(|v| v.iter().copied().collect())
+                .unwrap_or_else(|_| counts.iter().map(|_| EndpointCounters::default()).collect());
+            for (into, c) in sum.iter_mut().zip(counts.iter()) {
+                add(into, c);
+            }
+            if let Ok(v) = PerCpuValues::try_from(sum) {
+                let _ = by_ep.insert(endpoint, v, 0);
+            }
+        }
+    }
+    if let Some(z) = zeroes() {
+        let _ = slots.set(slot, z, 0);
+    }
+}
+
+/// Start a new interface `ifindex` with a zero slot (one left by a crash is not its).
+pub fn reset_slot(pins: &Pins, ifindex: u32) {
+    if let (Some(slot), Ok(mut slots), Some(z)) = (ep_slot(ifindex), open_slots(pins), zeroes()) {
+        let _ = slots.set(slot, z, 0);
+    }
 }
 
 pub fn remove_counters(pins: &Pins, endpoint: u32) {
@@ -229,10 +282,20 @@ pub fn forget(pins: &Pins, ifindex: u32, number: u32, netns_path: &str, ifname: 
 
 /// [`forget`] for links pinned at `paths`.
 pub fn forget_at(pins: &Pins, ifindex: u32, number: u32, paths: [PathBuf; 2]) {
+    // Whose the interface's slot is: ours, unless another endpoint's identity sits there.
+    let mut ours = true;
     if let Ok(mut m) = open_endpoints(pins) {
-        if m.get(&ifindex, 0).is_ok_and(|v| v.endpoint == number) {
-            let _ = m.remove(&ifindex);
+        match m.get(&ifindex, 0) {
+            Ok(v) if v.endpoint == number => {
+                let _ = m.remove(&ifindex);
+            }
+            Ok(_) => ours = false,
+            Err(_) => {}
         }
+    }
+    // After the identity is gone the programs count nothing more on this interface.
+    if ours {
+        retire(pins, ifindex, number);
     }
     detach_at(paths);
 }

@@ -38,13 +38,14 @@ pub fn ensure_maps(pins: &Pins) -> Result<(), BpfError> {
 }
 
 /// Every map the programs share, by pin name.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     dataplane_common::maps::ADMIT_MAP,
     dataplane_common::maps::COUNTERS_MAP,
     dataplane_common::maps::VLAN_DEVS_MAP,
     dataplane_common::maps::VLAN_PEERS_MAP,
     dataplane_common::maps::ENDPOINTS_MAP,
     dataplane_common::maps::EP_COUNTERS_MAP,
+    dataplane_common::maps::EP_SLOTS_MAP,
     dataplane_common::maps::OUR_IPS_MAP,
     dataplane_common::maps::OUR_IP6S_MAP,
     dataplane_common::maps::CONFLICTS_MAP,

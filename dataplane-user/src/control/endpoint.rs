@@ -12,7 +12,7 @@ use std::{
 };
 
 use dataplane_common::{
-    maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, VLAN_UNTAGGED},
+    maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, EP_SLOTS, VLAN_UNTAGGED},
     AdmitKey, AdmitValue, EndpointInfo, Ip6Key, IpKey, OurIp,
 };
 
@@ -213,7 +213,8 @@ pub(crate) fn allocate(
     };
     let used_idx: Vec<u32> = atts.iter().map(|a| a.ifindex).collect();
     let ifindex = (0u32..)
-        .map(|i| EP_IFINDEX_BASE + ((endpoint_number(&ep.id).wrapping_add(i)) & 0x0fff_ffff))
+        // Within the counter slots (ep_slot): one per interface of this instance.
+        .map(|i| EP_IFINDEX_BASE + ((endpoint_number(&ep.id).wrapping_add(i)) & (EP_SLOTS - 1)))
         .find(|i| !used_idx.contains(i))
         .expect("an unbounded search finds a free index");
     Ok(Attachment {
@@ -327,6 +328,7 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
     if link.index != a.ifindex {
         return Err(ControlError::Invalid(format!("{} got ifindex {} instead of {}", a.ifname, link.index, a.ifindex)));
     }
+    bpf::endpoints::reset_slot(pins, a.ifindex);
     bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
     // cls_bpf now (no grace period to wait for), tcx links from a child once we are done.
     let harden = bpf::endpoints::attach_fast(pins, &ep.netns, &a.ifname)?;

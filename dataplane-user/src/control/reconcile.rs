@@ -433,6 +433,8 @@ impl Pass<'_> {
                     || format!("re-creating {} of {}", a.ifname, ep.name),
                     || {
                         bpf::endpoints::detach(pins, &ep.netns, &a.ifname);
+                        // The counts of the interface that went stay the endpoint's.
+                        bpf::endpoints::retire(pins, a.ifindex, endpoint_number(&ep.id));
                         realise(pins, n, ep, a)
                     },
                 );

@@ -79,7 +79,19 @@ enum Prog<'a> {
 }
 
 fn ns_per_packet(p: &Prog, frame: &[u8], repeat: u32) -> Result<f64> {
-    let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+    ns_per_packet_on(p, frame, repeat, None)
+}
+
+/// [`ns_per_packet`] for a tc program, as if on interface `ifindex` of the calling
+/// thread's namespace (the test run's `__sk_buff` context names the device).
+fn ns_per_packet_on(p: &Prog, frame: &[u8], repeat: u32, ifindex: Option<u32>) -> Result<f64> {
+    // struct __sk_buff: ifindex at offset 40; every other field zero.
+    let mut ctx = [0u8; 192];
+    if let Some(i) = ifindex {
+        ctx[40..44].copy_from_slice(&i.to_ne_bytes());
+    }
+    let ctx_in = ifindex.map(|_| &ctx[..]);
+    let opts = TestRunOptions { data_in: Some(frame), ctx_in, repeat, ..Default::default() };
     let r = match p {
         Prog::Xdp(x) => x.test_run(opts)?,
         Prog::Tc(t) => t.test_run(opts)?,
@@ -112,14 +124,30 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
     let tc = |n: &str| -> Result<&SchedClassifier> { Ok(ebpf.program(n).context(n.to_string())?.try_into()?) };
     let mut spoofed = udp([2, 0, 0, 0, 0, 9], 1, 64);
     spoofed[26..30].copy_from_slice(&[10, 99, 0, 77]);
+    // An endpoint interface as dataplane makes them: an ifindex with a counter slot.
+    let ep_ns = Netns::new("bP")?;
+    let slot_if = dataplane_common::maps::EP_IFINDEX_BASE + 7;
+    ep_ns.exec(&["ip", "link", "add", "ep0", "index", &slot_if.to_string(), "type", "veth", "peer", "name", "ep0p"])?;
+    ep_ns.exec(&["ip", "link", "set", "ep0", "up"])?;
+    bpf::endpoints::insert(
+        &pins,
+        slot_if,
+        EndpointInfo { endpoint: 1, flags: EP_HAS_IPV4, mac: LAB_SRC, ipv4: [10, 99, 0, 1], ..Default::default() },
+    )?;
     let cases: Vec<(&str, Prog, Vec<u8>, &str)> = vec![
         ("XDP admit (known MAC)", Prog::Xdp(xdp(XDP_PARENT_PROG)?), udp(ADMITTED, 1, 64), "xdp"),
         ("XDP drop unknown MAC", Prog::Xdp(xdp(XDP_PARENT_PROG)?), udp(UNKNOWN, 1, 64), "xdp"),
         ("TC drop unknown VLAN", Prog::Tc(tc(TC_TRUNK_PROG)?), tagged(udp(ADMITTED, 1, 60), ETH_P_8021Q, 99), "tc"),
         ("TC VLAN pop + steer", Prog::Tc(tc(TC_TRUNK_PROG)?), tagged(udp(ADMITTED, 1, 60), ETH_P_8021Q, 50), "tc"),
         ("TC VLAN push", Prog::Tc(tc(TC_VLAN_OUT_PROG)?), udp(ADMITTED, 1, 64), "tc"),
-        ("TC anti-spoof pass", Prog::Tc(tc(TC_EP_OUT_PROG)?), udp(ADMITTED, 1, 64), "tc"),
-        ("TC anti-spoof drop", Prog::Tc(tc(TC_EP_OUT_PROG)?), spoofed, "tc"),
+        ("TC anti-spoof pass", Prog::Tc(tc(TC_EP_OUT_PROG)?), udp(ADMITTED, 1, 64), "tc-ep"),
+        ("TC anti-spoof drop", Prog::Tc(tc(TC_EP_OUT_PROG)?), spoofed.clone(), "tc-ep"),
+        (
+            "TC anti-spoof pass, interface made before counter slots",
+            Prog::Tc(tc(TC_EP_OUT_PROG)?),
+            udp(ADMITTED, 1, 64),
+            "tc",
+        ),
     ];
     let base_xdp = Prog::Xdp(xdp("dp_bench_pass")?);
     let base_tc = Prog::Tc(tc("dp_bench_pass_tc")?);
@@ -127,12 +155,17 @@ fn per_packet(o: &Opts) -> Result<(Vec<Value>, Vec<Value>)> {
     let mut rows = Vec::new();
     for (name, prog, frame, kind) in &cases {
         let base = if *kind == "xdp" { &base_xdp } else { &base_tc };
+        let on = (*kind == "tc-ep").then_some(slot_if);
+        let kind = if *kind == "xdp" { "xdp" } else { "tc" };
         let (mut ours, mut bases) = (Vec::new(), Vec::new());
-        for _ in 0..o.runs {
-            // Interleaved, so drift on the machine hits both alike.
-            ours.push(ns_per_packet(prog, frame, o.repeat)?);
-            bases.push(ns_per_packet(base, &frame64, o.repeat)?);
-        }
+        dataplane_user::nl::with_netns(&ep_ns.path(), || -> Result<()> {
+            for _ in 0..o.runs {
+                // Interleaved, so drift on the machine hits both alike.
+                ours.push(ns_per_packet_on(prog, frame, o.repeat, on)?);
+                bases.push(ns_per_packet_on(base, &frame64, o.repeat, on)?);
+            }
+            Ok(())
+        })??;
         let (s, b) = (stat(ours), stat(bases));
         eprintln!("  {name}: {:.1} ns/packet (pass-all {kind}: {:.1})", s.median, b.median);
         rows.push(json!({"case": name, "ns_per_packet": s, "baseline": format!("pass-all {kind}"), "baseline_ns": b, "ratio": s.median / b.median}));
