@@ -100,6 +100,19 @@ fn crashed_network_rm_is_finished_by_the_next_command() {
         assert_eq!(link_names(&h), BTreeSet::from(["lo".into(), "eth0".into()]), "{point}: links left");
         assert!(!h.bpffs.dir.exists(), "{point}: pins left");
     }
+    // With host access: the host's interface goes with the network, also after a crash.
+    for point in ["network-rm:marked", "network-rm:torn-down"] {
+        let (h, _sw) = host();
+        h.ok(&["network", "create", "--subnet=10.55.0.0/24", "-o", "parent=eth0", "-o", "host_access=true", "n55"]);
+        assert!(link_names(&h).iter().any(|l| l.starts_with("dph")), "no host-access interface");
+        aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &["network", "rm", "n55"]), point);
+        let report = h.ok(&["reconcile"]);
+        assert!(report.contains("network n55 was left Removing by process"), "{point}: {report}");
+        assert!(h.endpoint_names().is_empty(), "{point}: host-access endpoint row left");
+        assert_eq!(link_names(&h), BTreeSet::from(["lo".into(), "eth0".into()]), "{point}: links left");
+        assert!(!h.bpffs.dir.exists(), "{point}: pins left");
+        assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "{point}: still drifting");
+    }
 }
 
 #[test]

@@ -478,6 +478,7 @@ impl Engine {
             tx.put_network(&n)?;
             Ok((n, others, shim))
         })?;
+        super::fault("network-rm:marked");
         if let Some(s) = shim {
             if let Err(e) = self.remove_endpoint(&s, false, |_| Ok(())) {
                 // The network stays as it was (its interface is reconciled if half gone).
@@ -487,7 +488,6 @@ impl Engine {
                 return Err(e);
             }
         }
-        super::fault("network-rm:marked");
         // 2. Kernel side; a crash from here on is finished by reconcile.
         let warnings = teardown_network(&pins, &n, &others);
         super::fault("network-rm:torn-down");

@@ -153,8 +153,24 @@ impl Pass<'_> {
             if self.dry_run {
                 continue;
             }
+            // Its host-access interface, which a crashed `network rm` had not removed yet.
+            let mut errors = Vec::new();
+            let atts = tx.attachments()?;
+            for ep in tx.endpoints()?.iter().filter(|e| super::endpoint::is_host_shim(e)) {
+                let mine: Vec<_> =
+                    atts.iter().filter(|a| a.endpoint == ep.name && a.network == n.name).cloned().collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                mine.iter().for_each(|a| pull_admission(self.pins, n, a, &ep.id));
+                let failed = teardown(self.pins, ep, &mine, false);
+                if failed.is_empty() {
+                    tx.delete_endpoint(&ep.name)?;
+                }
+                errors.extend(failed);
+            }
             let others: Vec<_> = all.iter().filter(|o| o.name != n.name).cloned().collect();
-            let errors = teardown_network(self.pins, n, &others);
+            errors.extend(teardown_network(self.pins, n, &others));
             if errors.is_empty() {
                 tx.delete_network(&n.name)?;
             } else {
