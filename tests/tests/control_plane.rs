@@ -31,19 +31,35 @@ fn ping(h: &Host, from: &str, to: &str) -> bool {
     }
 }
 
-/// tcpdump on `iface` in `h`'s namespace for 4 s (link-level headers, numbers only).
+/// tcpdump on `iface` in `h`'s namespace (link-level headers, numbers only), returned once
+/// it listens (slow machines take seconds to start it).
 fn capture(h: &Host, iface: &str, filter: &str) -> std::process::Child {
-    std::process::Command::new("nsenter")
+    use std::io::BufRead;
+    let mut c = std::process::Command::new("nsenter")
         .arg(format!("--net={}", h.ns.path().display()))
-        .args(["timeout", "4", "tcpdump", "-i", iface, "-e", "-n", "-l", filter])
+        .args(["timeout", "60", "tcpdump", "-i", iface, "-e", "-n", "-l", filter])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("spawn tcpdump")
+        .expect("spawn tcpdump");
+    let mut said = String::new();
+    let mut err = std::io::BufReader::new(c.stderr.take().expect("piped"));
+    while err.read_line(&mut said).unwrap_or(0) > 0 {
+        if said.contains("listening on") {
+            // Its later output (statistics at exit) goes nowhere we read.
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+            return c;
+        }
+    }
+    panic!("tcpdump on {iface} did not start: {said}");
 }
 
-/// What a [`capture`] printed once it ended.
+/// What a [`capture`] printed, after stopping it (SIGINT: it flushes and exits).
 fn finish(c: std::process::Child) -> String {
+    // Frames already captured may still be on their way through the stack.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: plain kill(2) on our child (nsenter execs timeout, which passes it on).
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
     String::from_utf8_lossy(&c.wait_with_output().expect("tcpdump").stdout).into_owned()
 }
 
@@ -302,7 +318,6 @@ fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
     // nothing: anti-spoofing drops its replies from an address it was not given.)
     let trunk_cap = capture(&b, "trunk0", "arp");
     let vlan60_cap = capture(&b, "trunk0.60", "arp");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(!ping(&a, &a50, "192.168.50.30"), "192.168.50.30 answered VLAN 50 from VLAN 60");
     // VLAN 60's own traffic shows in that capture (so an empty one means something).
     assert!(!ping(&b, &b60, "10.60.0.1"), "nothing is at 10.60.0.1");
