@@ -209,6 +209,31 @@ pub struct EndpointCounters {
     pub spoofed_bytes: u64,
 }
 
+impl EndpointCounters {
+    /// `rx`, `tx` and `spoofed` frames (0 or 1 each) of `bytes` bytes.
+    #[inline(always)]
+    pub const fn frame(rx: u64, tx: u64, spoofed: u64, bytes: u64) -> Self {
+        EndpointCounters {
+            rx_packets: rx,
+            rx_bytes: rx * bytes,
+            tx_packets: tx,
+            tx_bytes: tx * bytes,
+            spoofed_packets: spoofed,
+            spoofed_bytes: spoofed * bytes,
+        }
+    }
+
+    #[inline(always)]
+    pub fn add(&mut self, o: &Self) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.spoofed_packets += o.spoofed_packets;
+        self.spoofed_bytes += o.spoofed_bytes;
+    }
+}
+
 /// Why a frame was passed or dropped. The numbers are part of the pinned-map ABI:
 /// append, never renumber.
 #[repr(u32)]

@@ -294,42 +294,21 @@ fn endpoint_of(ctx: &TcContext) -> Option<&EndpointInfo> {
 
 #[inline(always)]
 fn count_endpoint(ctx: &TcContext, endpoint: u32, rx: u64, tx: u64, spoofed: u64, bytes: u64) {
+    let d = EndpointCounters::frame(rx, tx, spoofed, bytes);
     // SAFETY: the context pointer is valid for the program's duration.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if let Some(c) = ep_slot(ifindex).and_then(|s| DP_EP_SLOTS.get_ptr_mut(s)) {
-        // SAFETY: per-CPU value, only this CPU writes it while this program runs.
-        unsafe {
-            (*c).rx_packets += rx;
-            (*c).rx_bytes += rx * bytes;
-            (*c).tx_packets += tx;
-            (*c).tx_bytes += tx * bytes;
-            (*c).spoofed_packets += spoofed;
-            (*c).spoofed_bytes += spoofed * bytes;
-        }
-        return;
-    }
-    match DP_EP_COUNTERS.get_ptr_mut(endpoint) {
-        // SAFETY: per-CPU value, only this CPU writes it while this program runs.
-        Some(c) => unsafe {
-            (*c).rx_packets += rx;
-            (*c).rx_bytes += rx * bytes;
-            (*c).tx_packets += tx;
-            (*c).tx_bytes += tx * bytes;
-            (*c).spoofed_packets += spoofed;
-            (*c).spoofed_bytes += spoofed * bytes;
+    let c = match ep_slot(ifindex).and_then(|s| DP_EP_SLOTS.get_ptr_mut(s)) {
+        Some(c) => c,
+        None => match DP_EP_COUNTERS.get_ptr_mut(endpoint) {
+            Some(c) => c,
+            None => {
+                let _ = DP_EP_COUNTERS.insert(endpoint, d, BPF_NOEXIST as u64);
+                return;
+            }
         },
-        None => {
-            let c = EndpointCounters {
-                rx_packets: rx,
-                rx_bytes: rx * bytes,
-                tx_packets: tx,
-                tx_bytes: tx * bytes,
-                spoofed_packets: spoofed,
-                spoofed_bytes: spoofed * bytes,
-            };
-            let _ = DP_EP_COUNTERS.insert(endpoint, c, BPF_NOEXIST as u64);
-        }
-    }
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while this program runs.
+    unsafe { (*c).add(&d) };
 }
 
 /// Egress (tcx) of an endpoint's interface: it may only send as itself. Sits on the

@@ -46,15 +46,6 @@ pub fn list(pins: &Pins) -> Result<Vec<(u32, EndpointInfo)>, BpfError> {
     Ok(open_endpoints(pins)?.iter().flatten().collect())
 }
 
-fn add(into: &mut EndpointCounters, c: &EndpointCounters) {
-    into.rx_packets += c.rx_packets;
-    into.rx_bytes += c.rx_bytes;
-    into.tx_packets += c.tx_packets;
-    into.tx_bytes += c.tx_bytes;
-    into.spoofed_packets += c.spoofed_packets;
-    into.spoofed_bytes += c.spoofed_bytes;
-}
-
 fn open_by_endpoint(pins: &Pins) -> Result<PerCpuHashMap<MapData, u32, EndpointCounters>, BpfError> {
     let path = pins.map(EP_COUNTERS_MAP);
     let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
@@ -75,7 +66,7 @@ pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError
         let m = open_by_endpoint(pins)?;
         for item in m.iter() {
             let (k, per_cpu) = item.map_err(|e| map_err(&pins.map(EP_COUNTERS_MAP), e))?;
-            per_cpu.iter().for_each(|c| add(out.entry(k).or_default(), c));
+            per_cpu.iter().for_each(|c| out.entry(k).or_default().add(c));
         }
     }
     if pins.map(EP_SLOTS_MAP).exists() {
@@ -83,7 +74,7 @@ pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError
         for (ifindex, info) in list(pins)? {
             let Some(slot) = ep_slot(ifindex) else { continue };
             let per_cpu = slots.get(&slot, 0).map_err(|e| map_err(&pins.map(EP_SLOTS_MAP), e))?;
-            per_cpu.iter().for_each(|c| add(out.entry(info.endpoint).or_default(), c));
+            per_cpu.iter().for_each(|c| out.entry(info.endpoint).or_default().add(c));
         }
     }
     Ok(out)
@@ -107,7 +98,7 @@ pub fn retire(pins: &Pins, ifindex: u32, endpoint: u32) {
                 .map(|v| v.iter().copied().collect())
                 .unwrap_or_else(|_| counts.iter().map(|_| EndpointCounters::default()).collect());
             for (into, c) in sum.iter_mut().zip(counts.iter()) {
-                add(into, c);
+                into.add(c);
             }
             if let Ok(v) = PerCpuValues::try_from(sum) {
                 let _ = by_ep.insert(endpoint, v, 0);
