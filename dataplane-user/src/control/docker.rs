@@ -219,7 +219,10 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
     wait_for_mac(|| host.add_macvlan(&a.ifname, p.index, mode, mac.0, None, Some(a.ifindex), network_mtu(n))).map_err(
         |e| {
             if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
-                ControlError::Invalid(format!("cannot create {} on {parent}: {e} (MAC {} is taken)", a.ifname, a.mac))
+                ControlError::Invalid(format!(
+                    "cannot create {} on {parent}: {e} (its MAC {} or its requested ifindex {} is taken)",
+                    a.ifname, a.mac, a.ifindex
+                ))
             } else {
                 e.into()
             }

@@ -212,11 +212,17 @@ pub(crate) fn allocate(
         None => generate_mac(ipv4, &taken),
     };
     let used_idx: Vec<u32> = atts.iter().map(|a| a.ifindex).collect();
-    let ifindex = (0u32..)
-        // Within the counter slots (ep_slot): one per interface of this instance.
+    // Within the counter slots (ep_slot): one per interface of this instance. An index
+    // taken here by someone else (another instance's Docker endpoint) is skipped: Docker's
+    // interfaces are made in this namespace.
+    let ifindex = (0..EP_SLOTS)
         .map(|i| EP_IFINDEX_BASE + ((endpoint_number(&ep.id).wrapping_add(i)) & (EP_SLOTS - 1)))
-        .find(|i| !used_idx.contains(i))
-        .expect("an unbounded search finds a free index");
+        .find(|i| !used_idx.contains(i) && crate::netns::ifname(*i).is_none())
+        .ok_or_else(|| {
+            ControlError::Invalid(format!(
+                "no free endpoint interface slot: this instance already has {EP_SLOTS} endpoint interfaces; remove some first"
+            ))
+        })?;
     Ok(Attachment {
         endpoint: ep.name.clone(),
         network: n.name.clone(),
@@ -313,8 +319,8 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
             ))
         } else if e.is(libc::EADDRINUSE) || e.is(libc::EEXIST) {
             ControlError::Invalid(format!(
-                "cannot create {} on {parent}: {e} (MAC {} or the name is taken)",
-                a.ifname, a.mac
+                "cannot create {} on {parent}: {e} (its MAC {}, its name or its requested ifindex {} is taken)",
+                a.ifname, a.mac, a.ifindex
             ))
         } else {
             e.into()
