@@ -125,6 +125,8 @@ impl Engine {
         let (pins2, path, a2, number) = (pins.clone(), ep.netns.clone(), a.clone(), endpoint_number(&ep.id));
         undo.push(format!("removing the programs of {}", a.ifname), move || {
             bpf::endpoints::forget(&pins2, a2.ifindex, number, &path, &a2.ifname);
+            // A new endpoint: whatever it counted goes with it.
+            bpf::endpoints::remove_counters(&pins2, number);
             Ok(())
         });
         let (ep2, a2) = (ep.clone(), a.clone());

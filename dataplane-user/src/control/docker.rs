@@ -144,6 +144,8 @@ impl Engine {
         let (pins2, a2, number) = (pins.clone(), a.clone(), endpoint_number(&ep.id));
         undo.push(format!("removing {} and its programs", a.ifname), move || {
             bpf::endpoints::forget_at(&pins2, a2.ifindex, number, pins2.docker_endpoint_links(a2.ifindex));
+            // A new endpoint: whatever it counted goes with it.
+            bpf::endpoints::remove_counters(&pins2, number);
             delete_host_link(a2.ifindex, None)
         });
         let (ep2, a2) = (ep.clone(), a.clone());

@@ -616,6 +616,8 @@ fn make_run(
         (pins.clone(), path, a.ifname.clone(), endpoint_number(&ep.id), a.ifindex);
     undo.push(format!("removing the programs of {ifname}"), move || {
         bpf::endpoints::forget(&pins2, ifindex, number, &path2, &ifname);
+        // A new endpoint: whatever it counted goes with it.
+        bpf::endpoints::remove_counters(&pins2, number);
         Ok(())
     });
     realise(pins, n, ep, a)
