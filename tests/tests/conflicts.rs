@@ -259,7 +259,19 @@ fn reconcile_restores_the_address_claims() {
     let stray = dataplane_common::IpKey { ip: [10, 91, 0, 77], ..key };
     admit::claim_ips(&pins, &[stray], dataplane_common::OurIp { endpoint: 4242, ..ours }).unwrap();
 
+    // And counters of an endpoint that does not exist (older versions left such entries
+    // behind when a creation failed).
+    {
+        use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+        let path = pins.map(dataplane_common::maps::EP_COUNTERS_MAP);
+        let map = Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap();
+        let mut m: PerCpuHashMap<MapData, u32, dataplane_common::EndpointCounters> = map.try_into().unwrap();
+        let n = aya::util::nr_cpus().unwrap();
+        let one = dataplane_common::EndpointCounters::frame(0, 1, 0, 64);
+        m.insert(4242, PerCpuValues::try_from(vec![one; n]).unwrap(), 0).unwrap();
+    }
     let dry = a.ok(&["reconcile", "--dry-run"]);
+    assert!(dry.contains("endpoint counters: entry for endpoint 4242, which no longer exists"), "{dry}");
     assert!(dry.contains("IPv4 address map: missing entry 10.91.0.10"), "{dry}");
     assert!(dry.contains("IPv4 address map: unexpected entry 10.91.0.77"), "{dry}");
     let fixed = a.ok(&["reconcile"]);

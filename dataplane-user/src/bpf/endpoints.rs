@@ -117,6 +117,15 @@ pub fn reset_slot(pins: &Pins, ifindex: u32) {
     }
 }
 
+/// Endpoint numbers with by-endpoint counters or a conflict record.
+pub fn counted_endpoints(pins: &Pins) -> std::collections::BTreeSet<u32> {
+    let mut out: std::collections::BTreeSet<u32> = super::admit::conflicts(pins).into_keys().collect();
+    if let Ok(m) = open_by_endpoint(pins) {
+        out.extend(m.keys().flatten());
+    }
+    out
+}
+
 pub fn remove_counters(pins: &Pins, endpoint: u32) {
     super::admit::clear_conflicts(pins, endpoint);
     let path = pins.map(EP_COUNTERS_MAP);

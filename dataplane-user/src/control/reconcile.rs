@@ -68,6 +68,7 @@ impl Engine {
             }
             let live_tags = p.endpoint_programs(&rows)?;
             p.stale_endpoint_pins(&live_tags);
+            p.stale_counters(&rows);
             stale_network_pins(&pins, &all, &rows.eps, &rows.atts, dry_run, &mut p.r);
             Ok(p.r)
         })
@@ -542,6 +543,18 @@ impl Pass<'_> {
                 bpf::endpoints::attach(pins, &ep.netns, &a.ifname)
             },
         );
+    }
+
+    /// Counters and conflict records of endpoints that no longer exist (left by versions
+    /// that did not drop them when a creation failed).
+    fn stale_counters(&mut self, rows: &Rows) {
+        let known: BTreeSet<u32> = rows.eps.iter().map(|e| endpoint_number(&e.id)).collect();
+        for n in bpf::endpoints::counted_endpoints(self.pins).into_iter().filter(|n| !known.contains(n)) {
+            self.drift(format!("endpoint counters: entry for endpoint {n}, which no longer exists"));
+            if !self.dry_run {
+                bpf::endpoints::remove_counters(self.pins, n);
+            }
+        }
     }
 
     /// Pins of endpoint programs whose endpoint is gone.
