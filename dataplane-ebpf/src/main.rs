@@ -283,32 +283,40 @@ pub fn dp_vlan_out(ctx: TcContext) -> i32 {
     }
 }
 
-#[inline(always)]
-fn endpoint_of(ctx: &TcContext) -> Option<&EndpointInfo> {
-    // SAFETY: the context pointer is valid for the program's duration.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a map value stays valid while the program runs (RCU); read in place rather
-    // than copied (48 bytes per packet).
-    DP_ENDPOINTS.get_ptr(ifindex).map(|p| unsafe { &*p })
+/// The endpoint interface a tc program runs on: its ifindex (read once per packet) and
+/// its identity, read in place (a map value stays valid while the program runs).
+struct Ep<'a> {
+    ifindex: u32,
+    info: &'a EndpointInfo,
 }
 
 #[inline(always)]
-fn count_endpoint(ctx: &TcContext, endpoint: u32, rx: u64, tx: u64, spoofed: u64, bytes: u64) {
-    let d = EndpointCounters::frame(rx, tx, spoofed, bytes);
+fn endpoint_of(ctx: &TcContext) -> Option<Ep<'static>> {
     // SAFETY: the context pointer is valid for the program's duration.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let c = match ep_slot(ifindex).and_then(|s| DP_EP_SLOTS.get_ptr_mut(s)) {
-        Some(c) => c,
-        None => match DP_EP_COUNTERS.get_ptr_mut(endpoint) {
+    // SAFETY: map value pointer from a successful lookup, valid under RCU for this run.
+    DP_ENDPOINTS.get_ptr(ifindex).map(|p| Ep { ifindex, info: unsafe { &*p } })
+}
+
+impl Ep<'_> {
+    /// Count a frame in the interface's slot, or by endpoint for an interface without one.
+    #[inline(always)]
+    fn count(&self, rx: u64, tx: u64, spoofed: u64, bytes: u64) {
+        let d = EndpointCounters::frame(rx, tx, spoofed, bytes);
+        let endpoint = self.info.endpoint;
+        let c = match ep_slot(self.ifindex).and_then(|s| DP_EP_SLOTS.get_ptr_mut(s)) {
             Some(c) => c,
-            None => {
-                let _ = DP_EP_COUNTERS.insert(endpoint, d, BPF_NOEXIST as u64);
-                return;
-            }
-        },
-    };
-    // SAFETY: per-CPU value, only this CPU writes it while this program runs.
-    unsafe { (*c).add(&d) };
+            None => match DP_EP_COUNTERS.get_ptr_mut(endpoint) {
+                Some(c) => c,
+                None => {
+                    let _ = DP_EP_COUNTERS.insert(endpoint, d, BPF_NOEXIST as u64);
+                    return;
+                }
+            },
+        };
+        // SAFETY: per-CPU value, only this CPU writes it while this program runs.
+        unsafe { (*c).add(&d) };
+    }
 }
 
 /// Egress (tcx) of an endpoint's interface: it may only send as itself. Sits on the
@@ -323,20 +331,20 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's duration.
     let (present, len) = unsafe { ((*skb).vlan_present, (*skb).len) };
     if present != 0 {
-        count_endpoint(&ctx, ep.endpoint, 0, 0, 1, u64::from(len));
+        ep.count(0, 0, 1, u64::from(len));
         return TC_ACT_SHOT;
     }
     // Headers may sit in paged data; make the first bytes directly readable.
     let pkt = tc_bounds(&ctx, len, 64);
-    let d = egress_check(&pkt, ep);
+    let d = egress_check(&pkt, ep.info);
     match d.verdict {
         Verdict::Pass => {
-            count_endpoint(&ctx, ep.endpoint, 0, 1, 0, u64::from(len));
+            ep.count(0, 1, 0, u64::from(len));
             TC_ACT_OK
         }
         Verdict::Drop => {
-            count_endpoint(&ctx, ep.endpoint, 0, 0, 1, u64::from(len));
-            debug!(&ctx, "dp_ep_out: drop endpoint={} reason={}", ep.endpoint, d.reason as u32);
+            ep.count(0, 0, 1, u64::from(len));
+            debug!(&ctx, "dp_ep_out: drop endpoint={} reason={}", ep.info.endpoint, d.reason as u32);
             TC_ACT_SHOT
         }
     }
@@ -348,7 +356,7 @@ pub fn dp_ep_in(ctx: TcContext) -> i32 {
     if let Some(ep) = endpoint_of(&ctx) {
         // SAFETY: the context pointer is valid for the program's duration.
         let len = unsafe { (*ctx.skb.skb).len };
-        count_endpoint(&ctx, ep.endpoint, 1, 0, 0, u64::from(len));
+        ep.count(1, 0, 0, u64::from(len));
     }
     TC_ACT_OK
 }
