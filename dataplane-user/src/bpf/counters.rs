@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use dataplane_common::{
     maps::{counter_slot, COUNTER_IFINDEX_SLOTS},
     Counter, Reason,
@@ -13,14 +13,8 @@ use super::{object::BpfError, pins::Pins};
 /// Sum over CPUs of every non-zero (ifindex, reason) counter of the interfaces of the
 /// calling thread's namespace (slots are ifindex modulo 1024; parents have small ones).
 pub fn read(pins: &Pins) -> Result<BTreeMap<(u32, Reason), Counter>, BpfError> {
-    let path = pins.counters_map();
-    if !path.exists() {
-        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
-    }
-    let err = |e: aya::maps::MapError| BpfError::Map { path: path.clone(), source: e.into() };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    let map = Map::from_map_data(data).map_err(err)?;
-    let m: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(err)?;
+    let m: PerCpuArray<MapData, Counter> = super::open_map(pins, dataplane_common::maps::COUNTERS_MAP)?;
+    let err = |e: aya::maps::MapError| BpfError::Map { path: pins.counters_map(), source: e.into() };
     let mut out = BTreeMap::new();
     // Interfaces share a slot when their ifindexes are equal modulo the slot count; read
     // each slot once (dedup_by_key would only drop adjacent duplicates).

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{tc::TcAttachType, SchedClassifier},
 };
 use dataplane_common::{
@@ -47,15 +47,11 @@ pub fn list(pins: &Pins) -> Result<Vec<(u32, EndpointInfo)>, BpfError> {
 }
 
 fn open_by_endpoint(pins: &Pins) -> Result<PerCpuHashMap<MapData, u32, EndpointCounters>, BpfError> {
-    let path = pins.map(EP_COUNTERS_MAP);
-    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
-    PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))
+    super::open_map(pins, EP_COUNTERS_MAP)
 }
 
 fn open_slots(pins: &Pins) -> Result<PerCpuArray<MapData, EndpointCounters>, BpfError> {
-    let path = pins.map(EP_SLOTS_MAP);
-    let data = MapData::from_pin(&path).map_err(|e| map_err(&path, e))?;
-    PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| map_err(&path, e))?).map_err(|e| map_err(&path, e))
+    super::open_map(pins, EP_SLOTS_MAP)
 }
 
 /// Summed per-endpoint counters by endpoint number: the slots of its interfaces, plus
@@ -128,13 +124,8 @@ pub fn counted_endpoints(pins: &Pins) -> std::collections::BTreeSet<u32> {
 
 pub fn remove_counters(pins: &Pins, endpoint: u32) {
     super::admit::clear_conflicts(pins, endpoint);
-    let path = pins.map(EP_COUNTERS_MAP);
-    if let Ok(data) = MapData::from_pin(&path) {
-        if let Ok(map) = Map::from_map_data(data) {
-            if let Ok(mut m) = PerCpuHashMap::<MapData, u32, EndpointCounters>::try_from(map) {
-                let _ = m.remove(&endpoint);
-            }
-        }
+    if let Ok(mut m) = open_by_endpoint(pins) {
+        let _ = m.remove(&endpoint);
     }
 }
 

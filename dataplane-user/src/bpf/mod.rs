@@ -21,15 +21,23 @@ pub(crate) fn open_hash<K: aya::Pod, V: aya::Pod>(
     pins: &Pins,
     name: &str,
 ) -> Result<aya::maps::HashMap<aya::maps::MapData, K, V>, BpfError> {
-    use aya::maps::{HashMap, Map, MapData};
+    open_map(pins, name)
+}
+
+/// The pinned map `name` of this instance as map type `M` (hash, per-CPU hash, per-CPU
+/// array, ...); NoMaps if no program made it yet.
+pub(crate) fn open_map<M>(pins: &Pins, name: &str) -> Result<M, BpfError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    use aya::maps::{Map, MapData};
     let path = pins.map(name);
-    let err = |d: String| BpfError::Map { path: path.clone(), source: d.into() };
     if !path.exists() {
         return Err(BpfError::NoMaps { dir: pins.maps_dir() });
     }
-    let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
-    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
-    HashMap::try_from(map).map_err(|e| err(e.to_string()))
+    let err = |e: aya::maps::MapError| BpfError::Map { path: path.clone(), source: e.into() };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    M::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
 }
 
 /// Create (or reuse) every pinned map without attaching anything.

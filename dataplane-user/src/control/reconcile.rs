@@ -55,10 +55,13 @@ impl Engine {
             // stay theirs until their rows are gone).
             let all = tx.networks()?;
             p.crashed_networks(tx, &all)?;
-            let nets: Vec<_> = tx.networks()?.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
+            let left = tx.networks()?;
+            let ipam_nets: Vec<String> =
+                left.iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name.clone()).collect();
+            let nets: Vec<_> = left.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
             p.crashed_endpoints(tx, &nets)?;
             p.crashed_attachments(tx, &nets)?;
-            let rows = Rows::read(tx, nets)?;
+            let rows = Rows::read(tx, nets, &ipam_nets)?;
             let parents = p.network_programs(&rows.nets)?;
             vlan_entries(&pins, &rows.nets, &all, dry_run, &mut p.r)?;
             p.admission(&rows, &parents)?;
@@ -96,9 +99,8 @@ struct Rows {
 }
 
 impl Rows {
-    fn read(tx: &Tx, nets: Vec<Network>) -> Result<Rows> {
-        let ipam_nets: Vec<String> =
-            tx.networks()?.into_iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name).collect();
+    /// `ipam_nets`: the address-only networks, whose endpoints have no interface.
+    fn read(tx: &Tx, nets: Vec<Network>, ipam_nets: &[String]) -> Result<Rows> {
         let eps: Vec<_> =
             tx.endpoints()?.into_iter().filter(|e| !ipam_nets.iter().any(|n| e.network_mode.name() == n)).collect();
         let atts = tx.attachments()?;
