@@ -453,14 +453,15 @@ impl Engine {
             };
             super::check_owner("network", &n.name, &n.owner, by)?;
             // The network's own host-access interface goes with it; any other user keeps it.
-            let mut users = Vec::new();
-            let mut shim = None;
-            for a in tx.attachments()?.into_iter().filter(|a| a.network == n.name) {
-                match tx.endpoint(&a.endpoint)?.filter(super::endpoint::is_host_shim) {
-                    Some(e) => shim = Some(e.name),
-                    None => users.push(a.endpoint),
-                }
-            }
+            let shims: Vec<String> =
+                tx.endpoints()?.into_iter().filter(super::endpoint::is_host_shim).map(|e| e.name).collect();
+            let (shim, users): (Vec<String>, Vec<String>) = tx
+                .attachments()?
+                .into_iter()
+                .filter(|a| a.network == n.name)
+                .map(|a| a.endpoint)
+                .partition(|e| shims.contains(e));
+            let shim = shim.into_iter().next();
             if !users.is_empty() {
                 return Err(super::state_err(
                     super::StateKind::HasEndpoints,

@@ -43,7 +43,7 @@ impl Engine {
 
     /// Every program attachment of this instance, as the kernel reports it.
     pub fn program_attachments(&self) -> Vec<LinkStatus> {
-        bpf::list_attachments(&self.pins)
+        super::programs::attachments(&self.pins)
     }
 }
 
