@@ -177,8 +177,7 @@ impl Engine {
     pub fn cni_release_network(&mut self, network: &str) -> Result<Vec<String>> {
         let (net, used) = self.store.read(|tx| -> Result<_> {
             // The network's host-access interface does not keep it.
-            let shims: Vec<String> =
-                tx.endpoints()?.into_iter().filter(super::endpoint::is_host_shim).map(|e| e.name).collect();
+            let shims = super::endpoint::host_shims(tx)?;
             let used = tx.attachments()?.iter().any(|a| a.network == network && !shims.contains(&a.endpoint));
             Ok((tx.network(network)?.filter(|n| n.name == network), used))
         })?;
@@ -353,8 +352,7 @@ impl Engine {
                 tx.delete_endpoint(&e.name)?;
             }
             // The network's host-access interface does not keep it.
-            let shims: Vec<String> =
-                tx.endpoints()?.into_iter().filter(super::endpoint::is_host_shim).map(|e| e.name).collect();
+            let shims = super::endpoint::host_shims(tx)?;
             let used = tx.attachments()?.iter().any(|a| a.network == network && !shims.contains(&a.endpoint));
             if !used
                 && tx.network(network)?.is_some_and(|n| n.name == network && n.driver == crate::store::Driver::Ipam)

@@ -50,6 +50,11 @@ pub fn is_host_shim(ep: &Endpoint) -> bool {
     ep.netns == HOST_NS && !ep.netns_owned
 }
 
+/// The names of the host-access endpoints (one per network with host access).
+pub(crate) fn host_shims(tx: &Tx) -> Result<Vec<String>> {
+    Ok(tx.endpoints()?.into_iter().filter(is_host_shim).map(|e| e.name).collect())
+}
+
 /// The name of network `n`'s host-access interface in the host's namespace.
 pub fn host_shim_ifname(n: &Network) -> String {
     format!("dph{}", &n.id[..8.min(n.id.len())])

@@ -453,8 +453,7 @@ impl Engine {
             };
             super::check_owner("network", &n.name, &n.owner, by)?;
             // The network's own host-access interface goes with it; any other user keeps it.
-            let shims: Vec<String> =
-                tx.endpoints()?.into_iter().filter(super::endpoint::is_host_shim).map(|e| e.name).collect();
+            let shims = super::endpoint::host_shims(tx)?;
             let (shim, users): (Vec<String>, Vec<String>) = tx
                 .attachments()?
                 .into_iter()
