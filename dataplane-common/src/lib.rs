@@ -15,6 +15,6 @@ pub use frame::{
     Verdict,
 };
 pub use maps::{
-    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Reason, VlanKey,
-    VlanTrunk,
+    AdmitKey, AdmitSlot, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Reason,
+    VlanKey, VlanTrunk,
 };

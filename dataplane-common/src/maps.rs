@@ -2,8 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Map of admitted destinations: a unicast frame passes only if its key is here.
-/// (BPF object names are limited to 15 characters.)
+/// Table of admitted destinations: a unicast frame passes only if its key is here.
+/// (BPF object names are limited to 15 characters.) See [`AdmitSlot`] for the layout.
 pub const ADMIT_MAP: &str = "DP_ADMIT";
 /// Per-CPU packet/byte counters, an array indexed by [`counter_slot`].
 pub const COUNTERS_MAP: &str = "DP_COUNTERS";
@@ -60,8 +60,59 @@ pub const OUR_IP6S_MAP: &str = "DP_OUR_IP6S";
 /// endpoint number -> frames from outside that used its MAC or claimed its address.
 pub const CONFLICTS_MAP: &str = "DP_CONFLICTS";
 
-/// Enough for the 65 536-endpoint scale target with room to spare.
+/// Enough for the 65 536-endpoint scale target with room to spare (the address maps).
 pub const ADMIT_MAX_ENTRIES: u32 = 1 << 17;
+
+// The admission table is an open-addressing hash table in a memory-mappable BPF array,
+// not a BPF hash map: the program finds a key with its own hash and inlined array
+// lookups (no helper call, no jhash), which halved the admission path's cost. User space
+// maps the array into its memory and is the only writer (under a lock file), so an insert
+// costs no system call either. Linear probing, at most ADMIT_PROBES slots from a key's
+// home slot; a slot whose ifindex is ADMIT_EMPTY ends every search, ADMIT_TOMBSTONE marks a
+// removed entry that searches step over. The ifindex word is written last (after the
+// rest of the slot) and alone, so a reader sees either no entry or a whole one.
+/// Slots of the admission table: four times the entries it may hold.
+pub const ADMIT_SLOTS: u32 = 1 << 19;
+/// A key is in one of the ADMIT_PROBES slots from its home slot on, or nowhere.
+pub const ADMIT_PROBES: u32 = 16;
+/// Slot ifindex of a slot never used (or freed with nothing behind it).
+pub const ADMIT_EMPTY: u32 = 0;
+/// Slot ifindex of a removed entry.
+pub const ADMIT_TOMBSTONE: u32 = u32::MAX;
+/// Entries after the slots: user space's occupancy bitmap (one bit per slot), so listing
+/// the table reads 64 KiB instead of every slot. Programs never index past the slots.
+pub const ADMIT_BITMAP_ENTRIES: u32 = ADMIT_SLOTS / 8 / core::mem::size_of::<AdmitSlot>() as u32;
+/// Entries of the admission map: the slots, then the bitmap.
+pub const ADMIT_MAP_ENTRIES: u32 = ADMIT_SLOTS + ADMIT_BITMAP_ENTRIES;
+
+/// One slot of [`ADMIT_MAP`]: a key and the endpoint it belongs to.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AdmitSlot {
+    pub key: AdmitKey,
+    pub endpoint: u32,
+}
+
+impl AdmitKey {
+    /// The key as the two words a slot is compared by: its first eight bytes and the last
+    /// four (little-endian, as the slot lies in memory).
+    #[inline(always)]
+    pub fn words(&self) -> (u64, u32) {
+        let m = self.mac;
+        let a = self.ifindex as u64 | (self.vlan as u64) << 32 | (m[0] as u64) << 48 | (m[1] as u64) << 56;
+        (a, u32::from_le_bytes([m[2], m[3], m[4], m[5]]))
+    }
+
+    /// The key's home slot (multiply-xorshift of its words: a few instructions).
+    #[inline(always)]
+    pub fn home_slot(&self) -> u32 {
+        let (a, b) = self.words();
+        let mut x = a ^ (b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (x >> (64 - ADMIT_SLOTS.trailing_zeros())) as u32
+    }
+}
 /// Interfaces with counters are told apart by the low bits of their ifindex: parents live
 /// in the host namespace, where ifindexes are small. An array (not a hash) keeps the
 /// per-packet cost of counting to a few nanoseconds.
@@ -351,6 +402,7 @@ mod user {
     unsafe impl aya::Pod for super::Ip6Key {}
     unsafe impl aya::Pod for super::OurIp {}
     unsafe impl aya::Pod for super::Conflict {}
+    unsafe impl aya::Pod for super::AdmitSlot {}
 }
 
 #[cfg(test)]
@@ -372,6 +424,31 @@ mod tests {
         let b = bytemuck::bytes_of(&k);
         assert_eq!(&b[4..6], &50u16.to_ne_bytes());
         assert_eq!(&b[6..12], &[2, 0, 0, 0, 0, 9]);
+    }
+
+    #[test]
+    fn admission_slots_compare_as_the_words_of_their_key() {
+        assert_eq!(core::mem::size_of::<AdmitSlot>(), 16);
+        assert_eq!(ADMIT_BITMAP_ENTRIES as usize * core::mem::size_of::<AdmitSlot>() * 8, ADMIT_SLOTS as usize);
+        let k = AdmitKey { ifindex: 0x0102_0304, vlan: 50, mac: [2, 0x42, 0xac, 0x10, 0, 9] };
+        let slot = AdmitSlot { key: k, endpoint: 7 };
+        let b = bytemuck::bytes_of(&slot);
+        let (w0, w1) = k.words();
+        assert_eq!(&b[0..8], &w0.to_le_bytes());
+        assert_eq!(&b[8..12], &w1.to_le_bytes());
+        // Home slots fall inside the table and spread: 4096 consecutive MACs on one
+        // parent land in far more than a few slots.
+        let mut seen = [0u64; (ADMIT_SLOTS / 64) as usize];
+        let mut distinct = 0;
+        for i in 0..4096u32 {
+            let [_, _, c, d] = i.to_be_bytes();
+            let h = AdmitKey { ifindex: 3, vlan: 0, mac: [2, 0x42, 0xac, 0x10, c, d] }.home_slot();
+            assert!(h < ADMIT_SLOTS);
+            let (word, bit) = ((h / 64) as usize, 1u64 << (h % 64));
+            distinct += usize::from(seen[word] & bit == 0);
+            seen[word] |= bit;
+        }
+        assert!(distinct > 4000, "{distinct} distinct home slots for 4096 keys");
     }
 
     #[test]

@@ -10,10 +10,10 @@ mod packet;
 mod bench;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
@@ -21,10 +21,10 @@ use dataplane_common::{
     frame::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ_9100, VID_MASK},
     group_claims,
     maps::{
-        counter_slot, ep_slot, ADMIT_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EP_SLOTS,
-        VLAN_MAX_ENTRIES,
+        counter_slot, ep_slot, ADMIT_EMPTY, ADMIT_MAP_ENTRIES, ADMIT_MAX_ENTRIES, ADMIT_PROBES, ADMIT_SLOTS,
+        COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EP_SLOTS, VLAN_MAX_ENTRIES,
     },
-    AdmitKey, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Packet, Reason,
+    AdmitKey, AdmitSlot, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Packet, Reason,
     Verdict, VlanKey, VlanTrunk,
 };
 
@@ -32,10 +32,32 @@ use aya_log_ebpf::debug;
 
 use crate::packet::{tc_bounds, PacketBounds};
 
-/// Admitted (parent ifindex, VLAN, destination MAC). Pinned by name, so every program
-/// instance and every `dataplane` process shares the one map under the bpffs dir.
+/// Admitted (parent ifindex, VLAN, destination MAC): an open-addressing table that user
+/// space writes through a memory mapping (see `dataplane_common::maps::AdmitSlot`).
+/// Pinned by name, so every program instance and every `dataplane` process shares it.
 #[map(name = "DP_ADMIT")]
-static DP_ADMIT: HashMap<AdmitKey, AdmitValue> = HashMap::pinned(ADMIT_MAX_ENTRIES, 0);
+static DP_ADMIT: Array<AdmitSlot> = Array::pinned(ADMIT_MAP_ENTRIES, BPF_F_MMAPABLE);
+
+/// The endpoint number `key` is admitted for, if it is: the slots from the key's home
+/// on, compared as two words, until an empty slot or ADMIT_PROBES of them.
+#[inline(always)]
+fn admitted(key: &AdmitKey) -> Option<u32> {
+    let (a, b) = key.words();
+    let home = key.home_slot();
+    for i in 0..ADMIT_PROBES {
+        let slot = DP_ADMIT.get((home + i) & (ADMIT_SLOTS - 1))?;
+        let w = slot as *const AdmitSlot as *const u64;
+        // SAFETY: a slot is 16 bytes, 8-aligned (map values are): two u64 reads.
+        let (w0, w1) = unsafe { (*w, *w.add(1)) };
+        if w0 == a && w1 as u32 == b {
+            return Some((w1 >> 32) as u32);
+        }
+        if w0 as u32 == ADMIT_EMPTY {
+            return None;
+        }
+    }
+    None
+}
 
 /// Packets and bytes per (ifindex, reason), per CPU.
 #[map(name = "DP_COUNTERS")]
@@ -109,9 +131,7 @@ fn note_claims(pkt: &PacketBounds, ifindex: u32) {
     let len = pkt.len() as u64;
     let claims = group_claims(pkt, ifindex);
     if let Some(k) = claims.src {
-        if let Some(v) = DP_ADMIT.get_ptr(&k) {
-            // SAFETY: map value pointer from a successful lookup.
-            let ep = unsafe { (*v).endpoint };
+        if let Some(ep) = admitted(&k) {
             if ep != HOST_ENDPOINT {
                 note_conflict(ep, false, k.mac);
                 count(ifindex, Reason::ConflictMac, len);
@@ -145,7 +165,7 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
     let decision = admission_qinq(
         &pkt,
         ifindex,
-        |key| DP_ADMIT.get_ptr(key).is_some(),
+        |key| admitted(key).is_some(),
         |outer, vid| DP_VLAN_DEVS.get_ptr(&VlanKey { trunk_ifindex: ifindex, vid, outer }).is_some(),
     );
     count(ifindex, decision.reason, pkt.len() as u64);

@@ -247,62 +247,72 @@ fn drop_events_are_off_by_default_and_logged_at_debug() {
     assert!(!quiet.contains("dp_parent: drop"), "{quiet}");
 }
 
-/// A pinned map left by an older build with another layout is re-created with this
-/// build's layout on reload, and its entries are carried over.
+/// A map made by hand as an older build made it: a BPF map of `map_type` with one entry
+/// (`key`, `value`), pinned at `pin` in place of this build's.
+fn pin_old_map(pin: &std::path::Path, map_type: u32, max_entries: u32, key: &[u8], value: &[u8]) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let bpf = |cmd: libc::c_long, attr: &[u64]| {
+        // SAFETY: bpf(2) with a zero-padded attr of the command's layout; fds owned below.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), std::mem::size_of_val(attr)) }
+    };
+    // BPF_MAP_CREATE (0): map_type, key_size, value_size, max_entries, flags (u32 each).
+    let create =
+        [u64::from(map_type) | (key.len() as u64) << 32, value.len() as u64 | u64::from(max_entries) << 32, 0, 0];
+    let fd = bpf(0, &create);
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh map fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // BPF_MAP_UPDATE_ELEM (2): map_fd, pad, key, value, flags.
+    let update = [fd.as_raw_fd() as u64, key.as_ptr() as u64, value.as_ptr() as u64, 0];
+    assert_eq!(bpf(2, &update), 0, "BPF_MAP_UPDATE_ELEM: {}", std::io::Error::last_os_error());
+    std::fs::remove_file(pin).unwrap();
+    let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
+    // BPF_OBJ_PIN (6): pathname, bpf_fd, file_flags.
+    let attr = [path.as_ptr() as u64, fd.as_raw_fd() as u64, 0];
+    assert_eq!(bpf(6, &attr), 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+}
+
+/// Pinned maps left by an older build with another layout are re-created with this
+/// build's layout on reload, and their entries are carried over: byte-wise where only
+/// the capacity changed, converted for the admission map (a BPF hash in earlier versions,
+/// an open-addressing table now).
 #[test]
 fn reload_migrates_a_map_whose_layout_changed() {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let lab = Lab::new().unwrap();
     let bpffs = Bpffs::new().unwrap();
     load(&bpffs, &lab, "auto");
-    let pin = bpffs.dir.join("maps/DP_ADMIT");
+    let maps = bpffs.dir.join("maps");
+    let ifindex = lab.b.ifindex(&lab.b_if).unwrap();
 
-    // An "old" DP_ADMIT: same key and value, a tenth of the capacity.
-    #[repr(C)]
-    struct Create {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    let attr = Create {
-        map_type: 1, /* BPF_MAP_TYPE_HASH */
-        key_size: 12,
-        value_size: 8,
-        max_entries: 1024,
-        map_flags: 0,
-    };
-    // SAFETY: BPF_MAP_CREATE (0) with a valid attr prefix; the fd is owned below.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, 0 as libc::c_long, &attr as *const Create, std::mem::size_of::<Create>())
-    };
-    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a fresh map fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    std::fs::remove_file(&pin).unwrap();
-    #[repr(C)]
-    struct Pin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
-    let attr = Pin { pathname: path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
-    // SAFETY: BPF_OBJ_PIN (6) with a valid attr.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_bpf, 6 as libc::c_long, &attr as *const Pin, std::mem::size_of::<Pin>()) };
-    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // The earlier admission map, holding the allocation an earlier binary made: the
+    // running program (which has this build's table) does not see it.
+    let mut key = ifindex.to_ne_bytes().to_vec();
+    key.extend_from_slice(&0u16.to_ne_bytes());
+    key.extend_from_slice(&ADMITTED);
+    let value = [7u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
+    pin_old_map(&maps.join("DP_ADMIT"), 1 /* hash */, 1024, &key, &value);
+    assert!(exchange(&lab, &[(ADMITTED, 1..4)]).is_empty(), "the running program should not know the old entry");
+    // A conflict record in a map a tenth of this build's size.
+    let conflict = [5u64.to_ne_bytes().to_vec(), 0u64.to_ne_bytes().to_vec(), vec![0; 8]].concat();
+    pin_old_map(&maps.join("DP_CONFLICTS"), 1, 1024, &9u32.to_ne_bytes(), &conflict);
+    // Commands refuse the old admission map with advice instead of misreading it.
+    let out = dataplane(&bpffs, &["bpf", "admit", "ls", "--netns", &lab.b.name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("run `dataplane bpf reload`"), "{err}");
 
-    // The allocation goes into the old-layout map; the running program does not see it.
-    admit(&bpffs, &lab, ADMITTED);
-    assert!(exchange(&lab, &[(ADMITTED, 1..4)]).is_empty(), "the running program should not know the new entry yet");
-
-    let out = dataplane(&bpffs, &["bpf", "reload"]);
-    let text = ok(out);
-    assert!(text.contains("migrated map DP_ADMIT (type 1 key 12 value 8 entries 1024 -> type 1 key 12 value 8 entries 131072): 1 entries carried over"), "{text}");
-    let info = aya::maps::MapInfo::from_pin(&pin).unwrap();
-    assert_eq!(info.max_entries(), 131_072);
+    let text = ok(dataplane(&bpffs, &["bpf", "reload"]));
+    assert!(
+        text.contains("migrated map DP_ADMIT (type 1 key 12 value 8 entries 1024 -> type 2 key 4 value 16 entries 528384): 1 entries carried over"),
+        "{text}"
+    );
+    assert!(
+        text.contains("migrated map DP_CONFLICTS (type 1 key 4 value 24 entries 1024 -> type 1 key 4 value 24 entries 131072): 1 entries carried over"),
+        "{text}"
+    );
     assert_eq!(exchange(&lab, &[(ADMITTED, 10..14)]), (10..14).collect(), "the migrated entry must admit frames");
-    assert!(!bpffs.dir.join("maps/DP_ADMIT_migrating").exists());
+    let listed = ok(dataplane(&bpffs, &["bpf", "admit", "ls", "--netns", &lab.b.name, "--format", "json"]));
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rows[0]["mac"], mac_str(&ADMITTED), "{listed}");
+    assert_eq!(rows[0]["endpoint"], 7, "{listed}");
+    assert!(!maps.join("DP_ADMIT_migrating").exists() && !maps.join("DP_CONFLICTS_migrating").exists());
 }

@@ -90,3 +90,49 @@ fn no_truncated_frame_is_admitted() {
     let r = h.try_run(XDP_PARENT_PROG, &udp(ADMITTED, 1, 64)[..13]);
     assert!(r.is_err(), "the kernel accepted a 13-byte XDP test frame: update `shortest`");
 }
+
+/// MACs whose admission keys (on `LO`, untagged) share one home slot of the table.
+fn colliding_macs(n: usize) -> Vec<[u8; 6]> {
+    let key = |i: u32| {
+        let [a, b, c, d] = i.to_be_bytes();
+        AdmitKey { ifindex: LO, vlan: 0, mac: [0x02, 0xcc, a, b, c, d] }
+    };
+    let home = key(0).home_slot();
+    (0u32..).map(key).filter(|k| k.home_slot() == home).take(n).map(|k| k.mac).collect()
+}
+
+/// Keys that collide share a run of slots: each is found past the others, a removed one
+/// in the middle is stepped over (not the end of the search), its slot is reused, and
+/// removing the last ones frees the run so unknown MACs stop at once again.
+#[test]
+fn colliding_keys_are_found_past_each_other_and_removals() {
+    let h = TestRunner::new(&[XDP_PARENT_PROG]);
+    let macs = colliding_macs(4);
+    let key = |mac: [u8; 6]| AdmitKey { ifindex: LO, vlan: 0, mac };
+    let verdicts = |h: &TestRunner| macs.iter().map(|m| xdp(h, &udp(*m, 1, 64)).0).collect::<Vec<_>>();
+    for (i, m) in macs[..3].iter().enumerate() {
+        bpf::admit::insert(&h.pins, key(*m), AdmitValue { endpoint: i as u32 + 1, flags: 0 }).unwrap();
+    }
+    assert_eq!(verdicts(&h), [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP]);
+    // Taking out the middle one leaves the third reachable.
+    assert!(bpf::admit::remove(&h.pins, &key(macs[1])).unwrap());
+    assert!(!bpf::admit::remove(&h.pins, &key(macs[1])).unwrap(), "removed twice");
+    assert_eq!(verdicts(&h), [XDP_PASS, XDP_DROP, XDP_PASS, XDP_DROP]);
+    // A new key takes the freed slot and every other stays; values are kept per key.
+    bpf::admit::insert(&h.pins, key(macs[3]), AdmitValue { endpoint: 4, flags: 0 }).unwrap();
+    assert_eq!(verdicts(&h), [XDP_PASS, XDP_DROP, XDP_PASS, XDP_PASS]);
+    let listed: Vec<(AdmitKey, u32)> =
+        bpf::admit::list(&h.pins).unwrap().into_iter().map(|(k, v)| (k, v.endpoint)).collect();
+    let mut want = vec![(key(macs[0]), 1), (key(macs[2]), 3), (key(macs[3]), 4)];
+    want.sort_by_key(|(k, _)| k.mac);
+    assert_eq!(listed, want);
+    assert_eq!(
+        bpf::admit::insert_new(&h.pins, key(macs[2]), AdmitValue { endpoint: 9, flags: 0 }).unwrap(),
+        Some(AdmitValue { endpoint: 3, flags: 0 }),
+        "insert_new keeps what is there"
+    );
+    // Everything removed: the table is empty again, as listed and as the program sees it.
+    bpf::admit::remove_where(&h.pins, |k| k.ifindex == LO).unwrap();
+    assert!(bpf::admit::list(&h.pins).unwrap().is_empty());
+    assert_eq!(verdicts(&h), [XDP_DROP; 4]);
+}

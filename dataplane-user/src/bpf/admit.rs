@@ -1,11 +1,19 @@
 //! The admission map: which (parent, VLAN, MAC) may receive unicast frames.
 
-use std::path::Path;
+use std::{
+    fs::File,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
+};
 
 use aya::maps::{HashMap, MapData};
 use dataplane_common::{
-    maps::{ADMIT_MAP, CONFLICTS_MAP, OUR_IP6S_MAP, OUR_IPS_MAP},
-    AdmitKey, AdmitValue, Conflict, Ip6Key, IpKey, OurIp,
+    maps::{
+        ADMIT_EMPTY, ADMIT_MAP_ENTRIES, ADMIT_PROBES, ADMIT_SLOTS, ADMIT_TOMBSTONE, CONFLICTS_MAP, OUR_IP6S_MAP,
+        OUR_IPS_MAP,
+    },
+    AdmitKey, AdmitSlot, AdmitValue, Conflict, Ip6Key, IpKey, OurIp,
 };
 
 use super::{object::BpfError, pins::Pins};
@@ -14,70 +22,265 @@ fn map_err(path: &Path, source: impl Into<super::object::Cause>) -> BpfError {
     BpfError::Map { path: path.to_path_buf(), source: source.into() }
 }
 
-pub fn open(pins: &Pins) -> Result<HashMap<MapData, AdmitKey, AdmitValue>, BpfError> {
-    super::open_hash(pins, ADMIT_MAP)
+const MASK: u32 = ADMIT_SLOTS - 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+/// The pinned admission table, mapped into this process (see `AdmitSlot` in
+/// dataplane-common for the layout and the publication rule). Reads need no lock;
+/// changes hold the instance's table lock, so writers never interleave.
+pub struct Table {
+    base: *mut AdmitSlot,
+    len: usize,
+    _map: MapData,
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // SAFETY: base/len are the mapping made in `open_pin`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// Held while the table is being changed.
+pub struct Locked<'t> {
+    table: &'t Table,
+    _lock: File,
+}
+
+impl Table {
+    /// Map the table pinned at `pin`; refuses a map of another layout (an earlier
+    /// version's hash map, until `dataplane bpf reload` converts it).
+    pub fn open_pin(pin: &Path) -> Result<Table, BpfError> {
+        let map = MapData::from_pin(pin).map_err(|e| map_err(pin, e))?;
+        let info = map.info().map_err(|e| map_err(pin, e))?;
+        let (kind, value, entries) =
+            (info.map_type().map(|t| t as u32).unwrap_or(u32::MAX), info.value_size(), info.max_entries());
+        if kind != BPF_MAP_TYPE_ARRAY
+            || value as usize != std::mem::size_of::<AdmitSlot>()
+            || entries != ADMIT_MAP_ENTRIES
+        {
+            return Err(map_err(
+                pin,
+                format!(
+                    "it has an earlier version's layout (map type {kind}, value {value} bytes, {entries} entries); \
+                     run `dataplane bpf reload` to swap in this version's programs and carry its entries over"
+                ),
+            ));
+        }
+        let len = ADMIT_MAP_ENTRIES as usize * std::mem::size_of::<AdmitSlot>();
+        // SAFETY: a shared mapping of the map's memory (made BPF_F_MMAPABLE), as long as
+        // the map; the kernel checks the length and the flags.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(map_err(pin, format!("mapping it into memory: {}", std::io::Error::last_os_error())));
+        }
+        Ok(Table { base: base.cast(), len, _map: map })
+    }
+
+    fn word(&self, slot: u32) -> &AtomicU32 {
+        // SAFETY: slot < ADMIT_MAP_ENTRIES; the first word of a slot is its ifindex, 8-aligned.
+        unsafe { AtomicU32::from_ptr(self.base.add(slot as usize).cast()) }
+    }
+
+    fn endpoint_word(&self, slot: u32) -> &AtomicU32 {
+        // SAFETY: as `word`; the endpoint is the slot's last four bytes.
+        unsafe { AtomicU32::from_ptr(self.base.add(slot as usize).cast::<u32>().add(3)) }
+    }
+
+    /// Bitmap word `i` (after the slots).
+    fn bitmap(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: i < ADMIT_SLOTS / 64: inside the entries after the slots, 8-aligned.
+        unsafe { AtomicU64::from_ptr(self.base.add(ADMIT_SLOTS as usize).cast::<u64>().add(i)) }
+    }
+
+    /// Slot `slot`'s key if it holds an entry (acquire: the rest was written before).
+    fn entry(&self, slot: u32) -> Option<(AdmitKey, u32)> {
+        let ifindex = self.word(slot).load(Ordering::Acquire);
+        if ifindex == ADMIT_EMPTY || ifindex == ADMIT_TOMBSTONE {
+            return None;
+        }
+        // SAFETY: inside the mapping; a plain copy of the slot.
+        let s = unsafe { std::ptr::read_volatile(self.base.add(slot as usize)) };
+        Some((AdmitKey { ifindex, ..s.key }, s.endpoint))
+    }
+
+    /// Where `key` is, else the first free slot on its path (None if it has none).
+    fn find(&self, key: &AdmitKey) -> Result<u32, Option<u32>> {
+        let home = key.home_slot();
+        let mut free = None;
+        for i in 0..ADMIT_PROBES {
+            let slot = (home + i) & MASK;
+            match self.word(slot).load(Ordering::Acquire) {
+                ADMIT_EMPTY => return Err(free.or(Some(slot))),
+                ADMIT_TOMBSTONE => free = free.or(Some(slot)),
+                _ if self.entry(slot).is_some_and(|(k, _)| k == *key) => return Ok(slot),
+                _ => {}
+            }
+        }
+        Err(free)
+    }
+
+    pub fn get(&self, key: &AdmitKey) -> Option<AdmitValue> {
+        let slot = self.find(key).ok()?;
+        Some(AdmitValue { endpoint: self.endpoint_word(slot).load(Ordering::Acquire), flags: 0 })
+    }
+
+    /// Every entry, sorted, through the bitmap (a few dozen KiB read, not the slots).
+    pub fn entries(&self) -> Vec<(AdmitKey, AdmitValue)> {
+        let mut out = Vec::new();
+        for i in 0..(ADMIT_SLOTS / 64) as usize {
+            let mut bits = self.bitmap(i).load(Ordering::Acquire);
+            while bits != 0 {
+                let slot = (i * 64) as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                if let Some((k, endpoint)) = self.entry(slot) {
+                    out.push((k, AdmitValue { endpoint, flags: 0 }));
+                }
+            }
+        }
+        out.sort_by_key(|(k, _)| (k.ifindex, k.vlan, k.mac));
+        out
+    }
+
+    /// Take the instance's table lock (a file under /run/dataplane).
+    pub fn lock(&self, pins: &Pins) -> Result<Locked<'_>, BpfError> {
+        let path = pins.run_path("admit");
+        let err =
+            |e: std::io::Error| map_err(&pins.admit_map(), format!("locking the table ({}): {e}", path.display()));
+        std::fs::create_dir_all(path.parent().expect("under /run")).map_err(err)?;
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(err)?;
+        if !crate::sys::flock(&f, libc::LOCK_EX) {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(Locked { table: self, _lock: f })
+    }
+}
+
+impl Locked<'_> {
+    /// Put `key` in with `endpoint`; `replace` says what to do if it is there. Returns the
+    /// value that was there.
+    pub(super) fn put(&self, key: AdmitKey, endpoint: u32, replace: bool) -> Result<Option<AdmitValue>, String> {
+        let t = self.table;
+        match t.find(&key) {
+            Ok(slot) => {
+                let old = t.endpoint_word(slot).load(Ordering::Acquire);
+                if replace {
+                    t.endpoint_word(slot).store(endpoint, Ordering::Release);
+                }
+                Ok(Some(AdmitValue { endpoint: old, flags: 0 }))
+            }
+            Err(None) => Err(format!(
+                "no free slot within {ADMIT_PROBES} of this key's home (the table holds {} entries)",
+                t.entries().len()
+            )),
+            Err(Some(slot)) => {
+                t.bitmap(slot as usize / 64).fetch_or(1 << (slot % 64), Ordering::AcqRel);
+                // SAFETY: the slot is free (empty or removed): no reader matches it while
+                // its ifindex is not the key's, so the rest may be written plainly first.
+                unsafe {
+                    let p = t.base.add(slot as usize);
+                    std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).key.vlan), key.vlan);
+                    std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).key.mac), key.mac);
+                }
+                t.endpoint_word(slot).store(endpoint, Ordering::Relaxed);
+                fence(Ordering::Release);
+                t.word(slot).store(key.ifindex, Ordering::Release);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Remove the entry in `slot`: a tombstone, or empty slots where nothing lies behind.
+    fn take(&self, slot: u32) {
+        let t = self.table;
+        t.word(slot).store(ADMIT_TOMBSTONE, Ordering::Release);
+        t.bitmap(slot as usize / 64).fetch_and(!(1 << (slot % 64)), Ordering::AcqRel);
+        // A tombstone followed by an empty slot ends no search early: every key that lies
+        // past it would have needed the empty slot to be taken. Empty such runs backwards.
+        if t.word((slot + 1) & MASK).load(Ordering::Acquire) != ADMIT_EMPTY {
+            return;
+        }
+        let mut s = slot;
+        while t.word(s).load(Ordering::Acquire) == ADMIT_TOMBSTONE {
+            t.word(s).store(ADMIT_EMPTY, Ordering::Release);
+            s = s.wrapping_sub(1) & MASK;
+        }
+    }
+}
+
+pub fn open(pins: &Pins) -> Result<Table, BpfError> {
+    if !pins.admit_map().exists() {
+        return Err(BpfError::NoMaps { dir: pins.maps_dir() });
+    }
+    Table::open_pin(&pins.admit_map())
+}
+
+fn full(pins: &Pins, key: &AdmitKey, why: String) -> BpfError {
+    map_err(
+        &pins.admit_map(),
+        format!("admitting ifindex {} vlan {} {}: {why}", key.ifindex, key.vlan, crate::mac::Mac(key.mac)),
+    )
 }
 
 pub fn insert(pins: &Pins, key: AdmitKey, value: AdmitValue) -> Result<(), BpfError> {
-    let mut m = open(pins)?;
-    m.insert(key, value, 0).map_err(|e| map_err(&pins.admit_map(), e))
+    let t = open(pins)?;
+    let l = t.lock(pins)?;
+    l.put(key, value.endpoint, true).map(|_| ()).map_err(|why| full(pins, &key, why))
 }
 
 /// Insert `key` unless it is present; returns the value already there, if any.
 pub fn insert_new(pins: &Pins, key: AdmitKey, value: AdmitValue) -> Result<Option<AdmitValue>, BpfError> {
-    let mut m = open(pins)?;
-    const BPF_NOEXIST: u64 = 1;
-    match m.insert(key, value, BPF_NOEXIST) {
-        Ok(()) => Ok(None),
-        Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::EEXIST) => {
-            Ok(Some(m.get(&key, 0).map_err(|e| map_err(&pins.admit_map(), e))?))
-        }
-        Err(e) => Err(map_err(&pins.admit_map(), e)),
-    }
+    let t = open(pins)?;
+    let l = t.lock(pins)?;
+    l.put(key, value.endpoint, false).map_err(|why| full(pins, &key, why))
 }
 
 /// Remove `key` if its value satisfies `pred`; returns whether it was removed.
 pub fn remove_if(pins: &Pins, key: &AdmitKey, pred: impl Fn(&AdmitValue) -> bool) -> Result<bool, BpfError> {
-    let m = open(pins)?;
-    match m.get(key, 0) {
-        Ok(v) if pred(&v) => remove(pins, key),
+    let t = open(pins)?;
+    if !t.get(key).is_some_and(|v| pred(&v)) {
+        return Ok(false);
+    }
+    let l = t.lock(pins)?;
+    match t.find(key) {
+        Ok(slot) if pred(&AdmitValue { endpoint: t.endpoint_word(slot).load(Ordering::Acquire), flags: 0 }) => {
+            l.take(slot);
+            Ok(true)
+        }
         _ => Ok(false),
     }
 }
 
 /// Returns whether the key was present.
 pub fn remove(pins: &Pins, key: &AdmitKey) -> Result<bool, BpfError> {
-    let mut m = open(pins)?;
-    match m.remove(key) {
-        Ok(()) => Ok(true),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-        Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(map_err(&pins.admit_map(), e)),
-    }
+    remove_if(pins, key, |_| true)
 }
 
 /// Remove every entry whose key matches `pred`, through one open map.
 pub fn remove_where(pins: &Pins, pred: impl Fn(&AdmitKey) -> bool) -> Result<(), BpfError> {
-    let mut m = open(pins)?;
-    let keys: Vec<AdmitKey> = m.keys().filter_map(Result::ok).filter(|k| pred(k)).collect();
-    for k in keys {
-        match m.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(map_err(&pins.admit_map(), e)),
+    let t = open(pins)?;
+    let l = t.lock(pins)?;
+    for (k, _) in t.entries() {
+        if pred(&k) {
+            if let Ok(slot) = t.find(&k) {
+                l.take(slot);
+            }
         }
     }
     Ok(())
 }
 
 pub fn list(pins: &Pins) -> Result<Vec<(AdmitKey, AdmitValue)>, BpfError> {
-    let m = open(pins)?;
-    let mut out = Vec::new();
-    for item in m.iter() {
-        out.push(item.map_err(|e| map_err(&pins.admit_map(), e))?);
-    }
-    out.sort_by_key(|(k, _)| (k.ifindex, k.vlan, k.mac));
-    Ok(out)
+    Ok(open(pins)?.entries())
 }
 
 /// A pinned hash map of this instance, if its programs have it (the address and conflict

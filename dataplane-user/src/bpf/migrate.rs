@@ -12,6 +12,7 @@ use std::{
 };
 
 use aya::maps::{MapData, MapInfo};
+use dataplane_common::{maps::ADMIT_MAP, AdmitKey};
 
 use super::{
     object::{load_object, BpfError},
@@ -83,6 +84,36 @@ fn ncpus() -> usize {
     aya::util::nr_cpus().unwrap_or(1)
 }
 
+/// Call `f` with every (key, value) of `old` (per-CPU values: one slot per CPU, `slot`
+/// bytes each); returns how many there were.
+fn each_entry(
+    old: RawFd,
+    lo: Layout,
+    value_bytes: usize,
+    mut f: impl FnMut(&[u8], &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<usize> {
+    let mut key = vec![0u8; lo.key_size as usize];
+    let mut next = vec![0u8; lo.key_size as usize];
+    let mut value = vec![0u8; value_bytes];
+    let mut seen = 0;
+    let mut first = true;
+    loop {
+        let prev = if first { std::ptr::null() } else { key.as_ptr() };
+        match bpf_elem(BPF_MAP_GET_NEXT_KEY, old, prev, next.as_mut_ptr(), 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(seen),
+            Err(e) => return Err(e),
+        }
+        first = false;
+        key.copy_from_slice(&next);
+        if bpf_elem(BPF_MAP_LOOKUP_ELEM, old, key.as_ptr(), value.as_mut_ptr(), 0).is_err() {
+            continue; // removed meanwhile
+        }
+        f(&key, &value)?;
+        seen += 1;
+    }
+}
+
 /// Copy every entry of `old` into `new` (byte-wise, values resized).
 fn copy_entries(old: RawFd, lo: Layout, new: RawFd, ln: Layout) -> std::io::Result<usize> {
     let per_cpu = is_percpu(lo.map_type) && is_percpu(ln.map_type);
@@ -90,23 +121,8 @@ fn copy_entries(old: RawFd, lo: Layout, new: RawFd, ln: Layout) -> std::io::Resu
     // Per-CPU values come as one 8-byte aligned slot per possible CPU.
     let slot = |v: u32| if per_cpu { (v as usize).div_ceil(8) * 8 } else { v as usize };
     let (so, sn) = (slot(lo.value_size), slot(ln.value_size));
-    let mut key = vec![0u8; lo.key_size as usize];
-    let mut next = vec![0u8; lo.key_size as usize];
-    let mut vo = vec![0u8; so * cpus];
     let mut copied = 0;
-    let mut first = true;
-    loop {
-        let prev = if first { std::ptr::null() } else { key.as_ptr() };
-        match bpf_elem(BPF_MAP_GET_NEXT_KEY, old, prev, next.as_mut_ptr(), 0) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(copied),
-            Err(e) => return Err(e),
-        }
-        first = false;
-        key.copy_from_slice(&next);
-        if bpf_elem(BPF_MAP_LOOKUP_ELEM, old, key.as_ptr(), vo.as_mut_ptr(), 0).is_err() {
-            continue; // removed meanwhile
-        }
+    each_entry(old, lo, so * cpus, |key, vo| {
         let mut vn = vec![0u8; sn * cpus];
         for c in 0..cpus {
             let n = so.min(sn).min(lo.value_size as usize).min(ln.value_size as usize);
@@ -114,11 +130,35 @@ fn copy_entries(old: RawFd, lo: Layout, new: RawFd, ln: Layout) -> std::io::Resu
         }
         // Arrays hold every index; skip all-zero values so nothing is written needlessly.
         if vn.iter().all(|b| *b == 0) && lo.map_type == aya::maps::MapType::PerCpuArray as u32 {
-            continue;
+            return Ok(());
         }
         bpf_elem(BPF_MAP_UPDATE_ELEM, new, key.as_ptr(), vn.as_mut_ptr(), 0)?;
         copied += 1;
+        Ok(())
+    })?;
+    Ok(copied)
+}
+
+/// An earlier version's admission map (a BPF hash of 12-byte keys) into this version's
+/// table at `pin`.
+fn convert_admission(old: RawFd, lo: Layout, pins: &Pins) -> Result<usize, String> {
+    if lo.key_size as usize != std::mem::size_of::<AdmitKey>() || lo.value_size < 4 {
+        return Err(format!("an admission map with layout {lo} cannot be converted"));
     }
+    let table = super::admit::open(pins).map_err(|e| e.to_string())?;
+    let locked = table.lock(pins).map_err(|e| e.to_string())?;
+    each_entry(old, lo, lo.value_size as usize, |key, value| {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&key[6..12]);
+        let key = AdmitKey {
+            ifindex: u32::from_ne_bytes([key[0], key[1], key[2], key[3]]),
+            vlan: u16::from_ne_bytes([key[4], key[5]]),
+            mac,
+        };
+        let endpoint = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
+        locked.put(key, endpoint, true).map(|_| ()).map_err(std::io::Error::other)
+    })
+    .map_err(|e| format!("carrying entries over: {e}"))
 }
 
 /// Layouts of the maps this binary's object defines (made in a scratch pin dir).
@@ -166,7 +206,9 @@ pub fn migrate_maps(pins: &Pins) -> Result<Vec<Migrated>, BpfError> {
         if old_layout == new_layout {
             continue;
         }
-        if old_layout.key_size != new_layout.key_size {
+        // This version's admission table replaced the hash map of earlier ones.
+        let admission = name == ADMIT_MAP && old_layout.map_type == aya::maps::MapType::Hash as u32;
+        if old_layout.key_size != new_layout.key_size && !admission {
             return Err(err(format!(
                 "its key changed size ({old_layout} -> {new_layout}): entries cannot be carried over; \
                  remove the networks using it and create them again"
@@ -179,6 +221,9 @@ pub fn migrate_maps(pins: &Pins) -> Result<Vec<Migrated>, BpfError> {
         let result = (|| -> Result<usize, BpfError> {
             let ebpf = load_object(&pins.maps_dir())?;
             drop(ebpf);
+            if admission {
+                return convert_admission(old_data.fd().as_fd().as_raw_fd(), old_layout, pins).map_err(err);
+            }
             let new_data = MapData::from_pin(&pin).map_err(|e| err(e.to_string()))?;
             copy_entries(old_data.fd().as_fd().as_raw_fd(), old_layout, new_data.fd().as_fd().as_raw_fd(), new_layout)
                 .map_err(|e| err(format!("copying entries: {e}")))

@@ -27,6 +27,16 @@ impl Pins {
         &self.root
     }
 
+    /// `/run/dataplane/<what>-<hash of the bpffs dir>`: lock files of this instance (the
+    /// bpffs dir is unique per instance; /run is cleared at boot, as the locks should be).
+    pub fn run_path(&self, what: &str) -> PathBuf {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.root.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        PathBuf::from(format!("/run/dataplane/{what}-{h:016x}"))
+    }
+
     pub fn maps_dir(&self) -> PathBuf {
         self.root.join("maps")
     }

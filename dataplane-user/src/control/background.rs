@@ -21,11 +21,7 @@ pub const HARDEN_ARG: &str = "__harden";
 
 /// The directory of one instance's lock files (by its bpffs dir, which is unique).
 fn lock_dir(pins: &Pins) -> PathBuf {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in pins.root().as_os_str().as_encoded_bytes() {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    PathBuf::from(format!("/run/dataplane/harden-{h:016x}"))
+    pins.run_path("harden")
 }
 
 fn lock_file(pins: &Pins, ifindex: u32) -> PathBuf {
