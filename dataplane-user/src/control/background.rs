@@ -6,6 +6,13 @@
 //! endpoint interface from before the command returns until it is done; whatever must see
 //! the final state (rm of that endpoint, `bpf status`, `bpf reload`, a thorough reconcile)
 //! waits for it with [`wait`] or [`wait_all`].
+//!
+//! Removing a CNI attachment ends the same way: its entries and rows go at once, and a
+//! detached child (`__unlink`) deletes the interface, which costs the kernel an
+//! unregister (RCU barriers, and two grace periods more per tcx link) that the runtime
+//! has no reason to wait for. The child holds the namespace open through an inherited
+//! descriptor (so a runtime that deletes the namespace at once does not race it) and a
+//! lock file per (namespace, interface name) that an ADD of the same name waits for.
 
 use std::{
     fs::File,
@@ -86,6 +93,110 @@ pub fn main(args: &[String]) -> i32 {
     // The instance's lock dir goes with its last upgrade (fails while others run).
     let _ = std::fs::remove_dir(lock_dir(&pins));
     code
+}
+
+/// The hidden first argument that makes either binary run [`unlink_main`].
+pub const UNLINK_ARG: &str = "__unlink";
+
+/// Where deletions in flight keep their locks: one dir for every instance, so that no
+/// instance hands out the ifindex of an interface still being deleted.
+const UNLINK_DIR: &str = "/run/dataplane/unlink";
+
+/// The lock of deleting interface `ifname` (`ifindex`) of the namespace file `netns` (by
+/// its inode: runtimes name one namespace by several paths).
+fn unlink_lock(netns: &File, ifname: &str, ifindex: u32) -> std::io::Result<PathBuf> {
+    Ok(Path::new(UNLINK_DIR).join(format!("{ifindex}-{}-{ifname}.lock", netns_tag(netns)?)))
+}
+
+fn netns_tag(netns: &File) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = netns.metadata()?;
+    Ok(format!("{:x}-{:x}", m.dev(), m.ino()))
+}
+
+/// ifindexes of interfaces being deleted (not to be handed out again until they are gone:
+/// their programs would find the new owner's identity under the same ifindex).
+pub fn pending_unlinks() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(UNLINK_DIR) else { return Vec::new() };
+    dir.flatten().filter_map(|e| e.file_name().to_str()?.split('-').next()?.parse().ok()).collect()
+}
+
+/// Delete interfaces `links` (name, ifindex) of the namespace at `netns` in a detached
+/// child. Returns once the child holds the namespace and the locks.
+pub fn spawn_unlink(netns: &str, links: &[(String, u32)]) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let ns = File::open(netns)?;
+    let mut locks = Vec::new();
+    for (ifname, ifindex) in links {
+        let path = unlink_lock(&ns, ifname, *ifindex)?;
+        std::fs::create_dir_all(path.parent().expect("lock has a dir"))?;
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        if !crate::sys::flock(&lock, libc::LOCK_SH) {
+            return Err(std::io::Error::last_os_error());
+        }
+        locks.push((lock, path));
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg(UNLINK_ARG).arg(ns.as_raw_fd().to_string());
+    for (_, path) in &locks {
+        cmd.arg(path);
+    }
+    cmd.args(links.iter().map(|(ifname, _)| ifname))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let fds: Vec<i32> = std::iter::once(ns.as_raw_fd()).chain(locks.iter().map(|(l, _)| l.as_raw_fd())).collect();
+    // SAFETY: pre_exec only calls async-signal-safe fcntl: the namespace and the locks are
+    // inherited by the child and outlive this process.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()?;
+    Ok(())
+}
+
+/// The child: `__unlink NETNS_FD LOCK... IFNAME...` (as many locks as names).
+pub fn unlink_main(args: &[String]) -> i32 {
+    let Some((fd, rest)) = args.split_first() else { return 2 };
+    let Ok(fd) = fd.parse::<i32>() else { return 2 };
+    let (locks, ifnames) = rest.split_at(rest.len() / 2);
+    let mut code = 0;
+    if crate::netns::set(fd).is_err() {
+        code = 1;
+    } else if let Ok(nl) = crate::nl::Nl::here() {
+        for ifname in ifnames {
+            if let Ok(Some(l)) = nl.link(ifname) {
+                if nl.del_link(l.index).is_err() {
+                    code = 1;
+                }
+            }
+        }
+    }
+    for lock in locks {
+        let _ = std::fs::remove_file(lock);
+    }
+    code
+}
+
+/// Wait (at most 10 s) until interface `ifname` of the namespace at `netns` is no longer
+/// being deleted by a child.
+pub fn wait_unlink(netns: &str, ifname: &str) {
+    let Ok(dir) = std::fs::read_dir(UNLINK_DIR) else { return };
+    let Ok(tag) = File::open(netns).and_then(|ns| netns_tag(&ns)) else { return };
+    let suffix = format!("-{tag}-{ifname}.lock");
+    for e in dir.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.ends_with(&suffix)) {
+            wait_path(&e.path());
+        }
+    }
 }
 
 /// Wait (at most 10 s) until no upgrade of interface `ifindex` is in flight.

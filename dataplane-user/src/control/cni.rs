@@ -90,6 +90,8 @@ impl Engine {
         if !Path::new(&req.netns).exists() {
             return invalid(format!("network namespace {} does not exist", req.netns));
         }
+        // The same name in the same namespace may still be going (an earlier DEL).
+        super::background::wait_unlink(&req.netns, &req.ifname);
         let pins = self.pins.clone();
         let owner = owner_of(&req.container_id, &req.ifname);
         let ep = Endpoint {

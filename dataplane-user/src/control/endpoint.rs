@@ -216,7 +216,8 @@ pub(crate) fn allocate(
         }
         None => generate_mac(ipv4, &taken),
     };
-    let used_idx: Vec<u32> = atts.iter().map(|a| a.ifindex).collect();
+    let mut used_idx: Vec<u32> = atts.iter().map(|a| a.ifindex).collect();
+    used_idx.extend(super::background::pending_unlinks());
     // Within the counter slots (ep_slot): one per interface of this instance. An index
     // taken here by someone else (another instance's Docker endpoint) is skipped: Docker's
     // interfaces are made in this namespace.
@@ -1027,6 +1028,13 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
             warnings.push(format!("deleting network namespace {}: {e}", ep.netns));
         }
     } else if Path::new(&ep.netns).exists() {
+        // A CNI runtime's interfaces are deleted by a child (see background.rs): the
+        // endpoint can no longer send (no identity) or receive (no admission entry) now.
+        let links: Vec<(String, u32)> = atts.iter().map(|a| (a.ifname.clone(), a.ifindex)).collect();
+        if matches!(ep.owner, Owner::Cni { .. }) && super::background::spawn_unlink(&ep.netns, &links).is_ok() {
+            crate::timing::mark("link-deletion-started");
+            return warnings;
+        }
         for a in atts {
             if let Err(e) = delete_link_in(&ep.netns, &a.ifname) {
                 warnings.push(format!("deleting {} in {}: {e}", a.ifname, ep.netns));
