@@ -5,9 +5,6 @@ fn main() {
     if args.get(1).is_some_and(|a| a == dataplane_user::control::background::HARDEN_ARG) {
         std::process::exit(dataplane_user::control::background::main(&args[2..]));
     }
-    if args.get(1).is_some_and(|a| a == dataplane_user::control::background::UNLINK_ARG) {
-        std::process::exit(dataplane_user::control::background::unlink_main(&args[2..]));
-    }
     dataplane_user::timing::begin();
     let code = dataplane_user::frontend::cni::main();
     dataplane_user::timing::report();

@@ -8,11 +8,11 @@
 //! waits for it with [`wait`] or [`wait_all`].
 //!
 //! Removing a CNI attachment ends the same way: its entries and rows go at once, and a
-//! detached child (`__unlink`) deletes the interface, which costs the kernel an
-//! unregister (RCU barriers, and two grace periods more per tcx link) that the runtime
-//! has no reason to wait for. The child holds the namespace open through an inherited
-//! descriptor (so a runtime that deletes the namespace at once does not race it) and a
-//! lock file per (namespace, interface name) that an ADD of the same name waits for.
+//! forked child deletes the interface, which costs the kernel an unregister (RCU
+//! barriers, and two grace periods more per tcx link) that the runtime has no reason to
+//! wait for. The child holds the namespace open through its descriptor (so a runtime
+//! that deletes the namespace at once does not race it) and a lock file per interface
+//! that an ADD of the same name waits for and that keeps its ifindex from being reused.
 
 use std::{
     fs::File,
@@ -95,9 +95,6 @@ pub fn main(args: &[String]) -> i32 {
     code
 }
 
-/// The hidden first argument that makes either binary run [`unlink_main`].
-pub const UNLINK_ARG: &str = "__unlink";
-
 /// Where deletions in flight keep their locks: one dir for every instance, so that no
 /// instance hands out the ifindex of an interface still being deleted.
 const UNLINK_DIR: &str = "/run/dataplane/unlink";
@@ -122,10 +119,14 @@ pub fn pending_unlinks() -> Vec<u32> {
 }
 
 /// Delete interfaces `links` (name, ifindex) of the namespace at `netns` in a detached
-/// child. Returns once the child holds the namespace and the locks.
+/// child. Returns once the child exists; it holds the namespace and the locks.
+///
+/// The child is forked, not executed: everything it needs (the namespace and /dev/null
+/// descriptors, the netlink requests, the lock paths) is made before the fork, and it only
+/// makes system calls, so forking a process that has other threads is safe.
 pub fn spawn_unlink(netns: &str, links: &[(String, u32)]) -> std::io::Result<()> {
-    use std::os::unix::process::CommandExt;
     let ns = File::open(netns)?;
+    let devnull = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
     let mut locks = Vec::new();
     for (ifname, ifindex) in links {
         let path = unlink_lock(&ns, ifname, *ifindex)?;
@@ -134,56 +135,53 @@ pub fn spawn_unlink(netns: &str, links: &[(String, u32)]) -> std::io::Result<()>
         if !crate::sys::flock(&lock, libc::LOCK_SH) {
             return Err(std::io::Error::last_os_error());
         }
+        let path = std::ffi::CString::new(path.into_os_string().into_encoded_bytes())
+            .map_err(|_| std::io::ErrorKind::InvalidInput)?;
         locks.push((lock, path));
     }
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg(UNLINK_ARG).arg(ns.as_raw_fd().to_string());
-    for (_, path) in &locks {
-        cmd.arg(path);
-    }
-    cmd.args(links.iter().map(|(ifname, _)| ifname))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0);
-    let fds: Vec<i32> = std::iter::once(ns.as_raw_fd()).chain(locks.iter().map(|(l, _)| l.as_raw_fd())).collect();
-    // SAFETY: pre_exec only calls async-signal-safe fcntl: the namespace and the locks are
-    // inherited by the child and outlive this process.
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in &fds {
-                if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
+    let requests: Vec<[u8; 32]> = links.iter().map(|(_, ifindex)| dellink(*ifindex)).collect();
+    // SAFETY: fork(2); the child below only makes system calls on memory made before it,
+    // then _exit(2)s.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe {
+            // Out of the caller's session (a runtime that kills the plugin's group), no
+            // stdio (a runtime reading the plugin's output to its end must not wait for us).
+            libc::setsid();
+            for fd in 0..3 {
+                libc::dup2(devnull.as_raw_fd(), fd);
+            }
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                let sock = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+                if sock >= 0 {
+                    let mut answer = [0u8; 512];
+                    for r in &requests {
+                        if libc::send(sock, r.as_ptr().cast(), r.len(), 0) == r.len() as isize {
+                            libc::recv(sock, answer.as_mut_ptr().cast(), answer.len(), 0);
+                        }
+                    }
                 }
             }
-            Ok(())
-        });
+            for (_, path) in &locks {
+                libc::unlink(path.as_ptr());
+            }
+            libc::_exit(0)
+        },
+        _ => Ok(()),
     }
-    cmd.spawn()?;
-    Ok(())
 }
 
-/// The child: `__unlink NETNS_FD LOCK... IFNAME...` (as many locks as names).
-pub fn unlink_main(args: &[String]) -> i32 {
-    let Some((fd, rest)) = args.split_first() else { return 2 };
-    let Ok(fd) = fd.parse::<i32>() else { return 2 };
-    let (locks, ifnames) = rest.split_at(rest.len() / 2);
-    let mut code = 0;
-    if crate::netns::set(fd).is_err() {
-        code = 1;
-    } else if let Ok(nl) = crate::nl::Nl::here() {
-        for ifname in ifnames {
-            if let Ok(Some(l)) = nl.link(ifname) {
-                if nl.del_link(l.index).is_err() {
-                    code = 1;
-                }
-            }
-        }
-    }
-    for lock in locks {
-        let _ = std::fs::remove_file(lock);
-    }
-    code
+/// An RTM_DELLINK request for interface `ifindex`, asking for an answer (the child waits
+/// for it, so the lock is held until the interface is gone).
+fn dellink(ifindex: u32) -> [u8; 32] {
+    const RTM_DELLINK: u16 = 17;
+    const FLAGS: u16 = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    let mut m = [0u8; 32];
+    m[0..4].copy_from_slice(&32u32.to_ne_bytes()); // nlmsghdr: length
+    m[4..6].copy_from_slice(&RTM_DELLINK.to_ne_bytes()); // type
+    m[6..8].copy_from_slice(&FLAGS.to_ne_bytes()); // flags; seq, pid: 0
+    m[20..24].copy_from_slice(&ifindex.to_ne_bytes()); // ifinfomsg: family, type 0; index
+    m
 }
 
 /// Wait (at most 10 s) until interface `ifname` of the namespace at `netns` is no longer
