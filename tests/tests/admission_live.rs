@@ -315,4 +315,18 @@ fn reload_migrates_a_map_whose_layout_changed() {
     assert_eq!(rows[0]["mac"], mac_str(&ADMITTED), "{listed}");
     assert_eq!(rows[0]["endpoint"], 7, "{listed}");
     assert!(!maps.join("DP_ADMIT_migrating").exists() && !maps.join("DP_CONFLICTS_migrating").exists());
+
+    // A table of another size (1024 slots and their bitmap): keys are placed again by
+    // their hash, not copied slot by slot.
+    let slot = [key.clone(), 8u32.to_ne_bytes().to_vec()].concat();
+    pin_old_map(&maps.join("DP_ADMIT"), 2 /* array */, 1024 + 8, &5u32.to_ne_bytes(), &slot);
+    let text = ok(dataplane(&bpffs, &["bpf", "reload"]));
+    assert!(
+        text.contains("migrated map DP_ADMIT (type 2 key 4 value 16 entries 1032 -> type 2 key 4 value 16 entries 528384): 1 entries carried over"),
+        "{text}"
+    );
+    assert_eq!(exchange(&lab, &[(ADMITTED, 20..24)]), (20..24).collect(), "the re-placed entry must admit frames");
+    let listed = ok(dataplane(&bpffs, &["bpf", "admit", "ls", "--netns", &lab.b.name, "--format", "json"]));
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!((rows.as_array().unwrap().len(), &rows[0]["endpoint"]), (1, &serde_json::json!(8)), "{listed}");
 }

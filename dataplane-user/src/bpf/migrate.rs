@@ -12,7 +12,10 @@ use std::{
 };
 
 use aya::maps::{MapData, MapInfo};
-use dataplane_common::{maps::ADMIT_MAP, AdmitKey};
+use dataplane_common::{
+    maps::{ADMIT_EMPTY, ADMIT_MAP, ADMIT_TOMBSTONE},
+    AdmitKey,
+};
 
 use super::{
     object::{load_object, BpfError},
@@ -139,26 +142,51 @@ fn copy_entries(old: RawFd, lo: Layout, new: RawFd, ln: Layout) -> std::io::Resu
     Ok(copied)
 }
 
-/// An earlier version's admission map (a BPF hash of 12-byte keys) into this version's
-/// table at `pin`.
+/// An earlier version's admission map into this version's table, key by key: a BPF hash
+/// of 12-byte keys (up to this table's introduction), or a table of another size (whose
+/// slots a key's hash placed by that size, so they cannot be copied index by index).
 fn convert_admission(old: RawFd, lo: Layout, pins: &Pins) -> Result<usize, String> {
-    if lo.key_size as usize != std::mem::size_of::<AdmitKey>() || lo.value_size < 4 {
-        return Err(format!("an admission map with layout {lo} cannot be converted"));
-    }
-    let table = super::admit::open(pins).map_err(|e| e.to_string())?;
-    let locked = table.lock(pins).map_err(|e| e.to_string())?;
-    each_entry(old, lo, lo.value_size as usize, |key, value| {
+    let parse = |k: &[u8], endpoint: &[u8]| {
         let mut mac = [0u8; 6];
-        mac.copy_from_slice(&key[6..12]);
+        mac.copy_from_slice(&k[6..12]);
         let key = AdmitKey {
-            ifindex: u32::from_ne_bytes([key[0], key[1], key[2], key[3]]),
-            vlan: u16::from_ne_bytes([key[4], key[5]]),
+            ifindex: u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
+            vlan: u16::from_ne_bytes([k[4], k[5]]),
             mac,
         };
-        let endpoint = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
-        locked.put(key, endpoint, true).map(|_| ()).map_err(std::io::Error::other)
-    })
-    .map_err(|e| format!("carrying entries over: {e}"))
+        (key, u32::from_ne_bytes([endpoint[0], endpoint[1], endpoint[2], endpoint[3]]))
+    };
+    let slot_size = std::mem::size_of::<dataplane_common::AdmitSlot>();
+    let table = super::admit::open(pins).map_err(|e| e.to_string())?;
+    let locked = table.lock(pins).map_err(|e| e.to_string())?;
+    let put = |key: AdmitKey, endpoint: u32| locked.put(key, endpoint, true).map(|_| ()).map_err(std::io::Error::other);
+    let mut carried = 0;
+    let walked = if lo.map_type == aya::maps::MapType::Hash as u32
+        && lo.key_size as usize == std::mem::size_of::<AdmitKey>()
+        && lo.value_size >= 4
+    {
+        each_entry(old, lo, lo.value_size as usize, |k, v| {
+            let (key, endpoint) = parse(k, v);
+            carried += 1;
+            put(key, endpoint)
+        })
+    } else if lo.map_type == aya::maps::MapType::Array as u32 && lo.value_size as usize == slot_size {
+        // Slots first, then the occupancy bitmap (1 bit per slot): slots = entries * 128 / 129.
+        let slots = (u64::from(lo.max_entries) * 128 / 129) as u32;
+        each_entry(old, lo, slot_size, |k, v| {
+            let index = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+            let (key, endpoint) = parse(&v[..12], &v[12..16]);
+            if index >= slots || key.ifindex == ADMIT_EMPTY || key.ifindex == ADMIT_TOMBSTONE {
+                return Ok(());
+            }
+            carried += 1;
+            put(key, endpoint)
+        })
+    } else {
+        return Err(format!("an admission map with layout {lo} cannot be converted"));
+    };
+    walked.map_err(|e| format!("carrying entries over: {e}"))?;
+    Ok(carried)
 }
 
 /// Layouts of the maps this binary's object defines (made in a scratch pin dir).
@@ -206,8 +234,9 @@ pub fn migrate_maps(pins: &Pins) -> Result<Vec<Migrated>, BpfError> {
         if old_layout == new_layout {
             continue;
         }
-        // This version's admission table replaced the hash map of earlier ones.
-        let admission = name == ADMIT_MAP && old_layout.map_type == aya::maps::MapType::Hash as u32;
+        // The admission table is re-filled key by key (it replaced the hash map of earlier
+        // versions; a table of another size hashes keys to other slots).
+        let admission = name == ADMIT_MAP;
         if old_layout.key_size != new_layout.key_size && !admission {
             return Err(err(format!(
                 "its key changed size ({old_layout} -> {new_layout}): entries cannot be carried over; \
