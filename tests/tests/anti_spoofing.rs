@@ -122,15 +122,24 @@ fn a_net_admin_endpoint_cannot_remove_the_check() {
     // Now spoof: another address on the interface, used as the source.
     assert!(limited(&["ip", "addr", "add", "10.67.0.99/24", "dev", "eth0"]).status.success());
     let status = h.ok(&["bpf", "status", "--format", "json"]);
-    let cls_bpf =
-        serde_json::from_str::<Value>(&status).unwrap().as_array().unwrap().iter().any(|l| l["mechanism"] == "cls_bpf");
-    if cls_bpf {
-        // Without tcx the check is a tc filter, which CAP_NET_ADMIN inside the endpoint can
-        // delete (the kernel's limit, documented): reconcile finds that and puts it back.
-        let dry = h.ok(&["reconcile", "--dry-run"]);
-        assert!(dry.contains("its anti-spoofing filters on eth0 were removed"), "{dry}");
-        h.ok(&["reconcile"]);
-    }
+    let egress_cls_bpf = serde_json::from_str::<Value>(&status)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["mechanism"] == "cls_bpf" && l["pin"].as_str().is_some_and(|p| p.contains("/tceg-")));
+    // Without tcx the check is a tc filter, which CAP_NET_ADMIN inside the endpoint can
+    // delete (the kernel's limit, documented); with tcx only the rx-counting filter could
+    // go. Either way reconcile finds that and puts it back.
+    let dry = h.ok(&["reconcile", "--dry-run"]);
+    let said = if egress_cls_bpf {
+        "its anti-spoofing filters on eth0 were removed"
+    } else {
+        "its rx counting filter on eth0 was removed"
+    };
+    assert!(dry.contains(said), "{dry}");
+    h.ok(&["reconcile"]);
+    assert!(!h.ok(&["reconcile", "--dry-run"]).contains("was removed"), "reconcile did not put the filter back");
     let spoof = limited(&["ping", "-c", "2", "-W", "1", "-I", "10.67.0.99", "10.67.0.1"]);
     assert!(!spoof.status.success(), "a spoofed source got through after tampering");
     let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &a])).unwrap();
@@ -255,7 +264,10 @@ fn endpoint_hooks_are_tcx_links_by_default_or_cls_bpf_filters_on_request() {
             rows.iter().filter(|r| r["netns"].as_str().is_some_and(|n| n.contains(a.as_str()))).collect();
         assert_eq!(ep_rows.len(), 2, "{status:#}");
         for r in &ep_rows {
-            assert_eq!(r["mechanism"], want, "{hooks:?}: {status:#}");
+            // The anti-spoofing program (egress) ends as asked; the rx-counting one
+            // (ingress) stays a cls_bpf filter either way.
+            let egress = r["pin"].as_str().is_some_and(|p| p.contains("/tceg-"));
+            assert_eq!(r["mechanism"], if egress { want } else { "cls_bpf" }, "{hooks:?}: {status:#}");
             assert!(r["error"].is_null(), "{status:#}");
         }
         let ns = format!("/run/netns/{a}");

@@ -187,21 +187,34 @@ pub fn attach_fast(pins: &Pins, netns_path: &str, ifname: &str) -> Result<bool, 
     Ok(super::tc::tcx_supported())
 }
 
-/// Upgrade the cls_bpf filters [`attach_fast`] made on `ifname` (in the namespace at
-/// `netns_path`) to tcx links, unless the interface is gone or is not `ifindex` any more.
-/// The two links' grace periods overlap.
+/// Upgrade the anti-spoofing filter [`attach_fast`] made on `ifname` (in the namespace at
+/// `netns_path`) to a tcx link, unless the interface is gone or is not `ifindex` any more.
+/// The ingress program (rx counting) stays a cls_bpf filter: creating a tcx link holds
+/// RTNL across an RCU grace period, which every other netlink user on the host waits
+/// for, and deleting the ingress filter would only stop the endpoint's own rx counters
+/// (a thorough reconcile finds and restores it).
 pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Result<bool, BpfError> {
-    let at = link_pins(pins, netns_path, ifname);
-    let (eg, ing) = per_direction(pins, &at, |prog, mut p, kind, pin| {
-        crate::nl::with_netns(Path::new(netns_path), || {
-            if crate::netns::ifindex(ifname) != Some(ifindex) {
-                return Ok(false);
-            }
-            super::tc::upgrade_to_tcx(&mut p, prog, ifname, kind, pin)
-        })
-        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: format!("entering {netns_path}: {e}").into() })?
-    })?;
-    Ok(eg | ing)
+    let [eg, _] = link_pins(pins, netns_path, ifname);
+    let [mut out_prog, _] = endpoint_programs(pins)?;
+    crate::nl::with_netns(Path::new(netns_path), || {
+        if crate::netns::ifindex(ifname) != Some(ifindex) {
+            return Ok(false);
+        }
+        super::tc::upgrade_to_tcx(&mut out_prog, TC_EP_OUT_PROG, ifname, TcAttachType::Egress, &eg)
+    })
+    .map_err(|e| BpfError::Link { path: eg.clone(), source: format!("entering {netns_path}: {e}").into() })?
+}
+
+/// Put the rx-counting program back on `ifname` as a cls_bpf filter (its filter was
+/// deleted from inside the endpoint); the egress program is left as it is.
+pub fn reattach_ingress(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
+    let [_, ing] = link_pins(pins, netns_path, ifname);
+    let [_, mut in_prog] = endpoint_programs(pins)?;
+    let _ = std::fs::remove_file(&ing);
+    crate::nl::with_netns(Path::new(netns_path), || {
+        super::tc::attach_pinned(&mut in_prog, TC_EP_IN_PROG, ifname, TcAttachType::Ingress, &ing, true, true)
+    })
+    .map_err(|e| BpfError::Link { path: ing.clone(), source: format!("entering {netns_path}: {e}").into() })?
 }
 
 /// Run `f` for an endpoint's egress and ingress programs (pinned at `at`: egress,

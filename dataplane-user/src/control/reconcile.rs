@@ -518,21 +518,38 @@ impl Pass<'_> {
     fn endpoint_filters(&mut self, ep: &Endpoint, a: &Attachment) {
         let pins = self.pins;
         let [eg, ing] = bpf::endpoints::link_pins(pins, &ep.netns, &a.ifname);
-        // cls_bpf (kernels without tcx): whoever holds CAP_NET_ADMIN inside the endpoint
-        // can delete the filters; the thorough pass looks for them.
-        let filters_gone = self.thorough && eg.exists() && bpf::tc::pin_is_program(&eg) && {
+        // A program attached as a cls_bpf filter (kernels without tcx, endpoint_hooks=
+        // cls_bpf, and the rx-counting ingress program everywhere): whoever holds
+        // CAP_NET_ADMIN inside the endpoint can delete it; the thorough pass looks.
+        let filters = [&eg, &ing].map(|p| p.exists() && bpf::tc::pin_is_program(p));
+        let [eg_gone, ing_gone] = if self.thorough && filters.contains(&true) {
             let (ifname, eg, ing) = (a.ifname.clone(), eg.clone(), ing.clone());
-            !crate::nl::with_netns(Path::new(&ep.netns), move || {
+            crate::nl::with_netns(Path::new(&ep.netns), move || {
                 use aya::programs::tc::TcAttachType::{Egress, Ingress};
-                bpf::tc::filter_present(&ifname, Egress, &eg) && bpf::tc::filter_present(&ifname, Ingress, &ing)
+                [
+                    filters[0] && !bpf::tc::filter_present(&ifname, Egress, &eg),
+                    filters[1] && !bpf::tc::filter_present(&ifname, Ingress, &ing),
+                ]
             })
-            .unwrap_or(true)
+            .unwrap_or(filters)
+        } else {
+            [false, false]
         };
-        if filters_gone {
+        if eg_gone {
             self.drift(format!(
-                "endpoint {}: its anti-spoofing filters on {} were removed or replaced (tc cls_bpf: on kernels without tcx a holder of CAP_NET_ADMIN in the endpoint can do that)",
+                "endpoint {}: its anti-spoofing filters on {} were removed or replaced (tc cls_bpf: a holder of CAP_NET_ADMIN in the endpoint can do that; tcx links, the default where the kernel has tcx, it cannot remove)",
                 ep.name, a.ifname
             ));
+        } else if ing_gone {
+            self.drift(format!(
+                "endpoint {}: its rx counting filter on {} was removed or replaced (a holder of CAP_NET_ADMIN in the endpoint can do that; it only stops the endpoint's own rx counters)",
+                ep.name, a.ifname
+            ));
+            self.repair(
+                || format!("attaching the rx counting filter to {} of {}", a.ifname, ep.name),
+                || bpf::endpoints::reattach_ingress(pins, &ep.netns, &a.ifname),
+            );
+            return;
         } else if !eg.exists() {
             self.drift(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
         } else {
