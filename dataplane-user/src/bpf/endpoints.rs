@@ -286,6 +286,13 @@ pub fn forget(pins: &Pins, ifindex: u32, number: u32, netns_path: &str, ifname: 
 
 /// [`forget`] for links pinned at `paths`.
 pub fn forget_at(pins: &Pins, ifindex: u32, number: u32, paths: [PathBuf; 2]) {
+    forget_identity(pins, ifindex, number);
+    detach_at(paths);
+}
+
+/// [`forget_at`] but for the link pins: the interface's programs stay attached (and, with
+/// no identity, drop whatever it sends) until whoever deletes the interface unpins them.
+pub fn forget_identity(pins: &Pins, ifindex: u32, number: u32) {
     // Whose the interface's slot is: ours, unless another endpoint's identity sits there.
     let mut ours = true;
     if let Ok(mut m) = open_endpoints(pins) {
@@ -301,5 +308,4 @@ pub fn forget_at(pins: &Pins, ifindex: u32, number: u32, paths: [PathBuf; 2]) {
     if ours {
         retire(pins, ifindex, number);
     }
-    detach_at(paths);
 }

@@ -217,6 +217,8 @@ pub fn detach_parent(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<()
 
 /// Remove map pins and directories once no link pin remains.
 pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
+    // Interfaces still being deleted by a child keep their link pins until they are gone.
+    crate::control::background::wait_unlinks();
     if !list_link_pins(pins).is_empty() {
         return Ok(());
     }

@@ -119,12 +119,20 @@ pub fn pending_unlinks() -> Vec<u32> {
 }
 
 /// Delete interfaces `links` (name, ifindex) of the namespace at `netns` in a detached
-/// child. Returns once the child exists; it holds the namespace and the locks.
+/// child, then remove the pins `unpin` (the interfaces' links: their programs stay on
+/// until the interfaces are gone) and their directory if it is left empty. Returns once
+/// the child exists; it holds the namespace and the locks.
 ///
 /// The child is forked, not executed: everything it needs (the namespace and /dev/null
-/// descriptors, the netlink requests, the lock paths) is made before the fork, and it only
-/// makes system calls, so forking a process that has other threads is safe.
-pub fn spawn_unlink(netns: &str, links: &[(String, u32)]) -> std::io::Result<()> {
+/// descriptors, the netlink requests, the paths) is made before the fork, and it only
+/// makes system calls, so forking a process that has other threads is safe. It forks
+/// once more and the middle process exits at once, so a long-running caller has no child
+/// to reap.
+pub fn spawn_unlink(netns: &str, links: &[(String, u32)], unpin: &[PathBuf]) -> std::io::Result<()> {
+    let cstr = |p: PathBuf| -> std::io::Result<std::ffi::CString> {
+        std::ffi::CString::new(p.into_os_string().into_encoded_bytes())
+            .map_err(|_| std::io::ErrorKind::InvalidInput.into())
+    };
     let ns = File::open(netns)?;
     let devnull = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
     let mut locks = Vec::new();
@@ -135,16 +143,21 @@ pub fn spawn_unlink(netns: &str, links: &[(String, u32)]) -> std::io::Result<()>
         if !crate::sys::flock(&lock, libc::LOCK_SH) {
             return Err(std::io::Error::last_os_error());
         }
-        let path = std::ffi::CString::new(path.into_os_string().into_encoded_bytes())
-            .map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        locks.push((lock, path));
+        locks.push((lock, cstr(path)?));
     }
     let requests: Vec<[u8; 32]> = links.iter().map(|(_, ifindex)| dellink(*ifindex)).collect();
-    // SAFETY: fork(2); the child below only makes system calls on memory made before it,
-    // then _exit(2)s.
+    let pins = unpin.iter().cloned().map(cstr).collect::<std::io::Result<Vec<_>>>()?;
+    let mut dirs: Vec<PathBuf> = unpin.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+    dirs.dedup();
+    let dirs = dirs.into_iter().map(cstr).collect::<std::io::Result<Vec<_>>>()?;
+    // SAFETY: fork(2); the children below only make system calls on memory made before
+    // the fork, then _exit(2).
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
         0 => unsafe {
+            if libc::fork() != 0 {
+                libc::_exit(0);
+            }
             // Out of the caller's session (a runtime that kills the plugin's group), no
             // stdio (a runtime reading the plugin's output to its end must not wait for us).
             libc::setsid();
@@ -162,12 +175,22 @@ pub fn spawn_unlink(netns: &str, links: &[(String, u32)]) -> std::io::Result<()>
                     }
                 }
             }
+            for p in &pins {
+                libc::unlink(p.as_ptr());
+            }
+            for d in &dirs {
+                libc::rmdir(d.as_ptr());
+            }
             for (_, path) in &locks {
                 libc::unlink(path.as_ptr());
             }
             libc::_exit(0)
         },
-        _ => Ok(()),
+        middle => {
+            // SAFETY: waiting for the middle child, which exits at once.
+            unsafe { libc::waitpid(middle, std::ptr::null_mut(), 0) };
+            Ok(())
+        }
     }
 }
 
@@ -182,6 +205,14 @@ fn dellink(ifindex: u32) -> [u8; 32] {
     m[6..8].copy_from_slice(&FLAGS.to_ne_bytes()); // flags; seq, pid: 0
     m[20..24].copy_from_slice(&ifindex.to_ne_bytes()); // ifinfomsg: family, type 0; index
     m
+}
+
+/// Wait (at most 10 s each) until no interface is being deleted by a child.
+pub fn wait_unlinks() {
+    let Ok(dir) = std::fs::read_dir(UNLINK_DIR) else { return };
+    for e in dir.flatten() {
+        wait_path(&e.path());
+    }
 }
 
 /// Wait (at most 10 s) until interface `ifname` of the namespace at `netns` is no longer

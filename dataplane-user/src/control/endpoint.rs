@@ -997,10 +997,20 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
         bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));
         return warnings;
     }
+    // A CNI runtime's interfaces are deleted by a child (see background.rs), which unpins
+    // their links once they are gone: until then the programs stay on them and, with no
+    // identity, drop whatever they send (a tcx link goes with its pin).
+    let by_child = matches!(ep.owner, Owner::Cni { .. }) && !ep.netns_owned && Path::new(&ep.netns).exists();
+    let mut link_pins = Vec::new();
     for a in atts {
         // An upgrade to tcx still in flight would pin a link after we unpinned.
         super::background::wait(pins, a.ifindex);
-        bpf::endpoints::forget(pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
+        if by_child {
+            bpf::endpoints::forget_identity(pins, a.ifindex, endpoint_number(&ep.id));
+            link_pins.push(bpf::endpoints::link_pins(pins, &ep.netns, &a.ifname));
+        } else {
+            bpf::endpoints::forget(pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
+        }
     }
     if !ep.netns.is_empty() {
         bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));
@@ -1028,10 +1038,10 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
             warnings.push(format!("deleting network namespace {}: {e}", ep.netns));
         }
     } else if Path::new(&ep.netns).exists() {
-        // A CNI runtime's interfaces are deleted by a child (see background.rs): the
-        // endpoint can no longer send (no identity) or receive (no admission entry) now.
+        // The endpoint can no longer send (no identity) or receive (no admission entry).
         let links: Vec<(String, u32)> = atts.iter().map(|a| (a.ifname.clone(), a.ifindex)).collect();
-        if matches!(ep.owner, Owner::Cni { .. }) && super::background::spawn_unlink(&ep.netns, &links).is_ok() {
+        let unpin: Vec<PathBuf> = link_pins.iter().flatten().cloned().collect();
+        if by_child && super::background::spawn_unlink(&ep.netns, &links, &unpin).is_ok() {
             crate::timing::mark("link-deletion-started");
             return warnings;
         }
@@ -1040,6 +1050,7 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
                 warnings.push(format!("deleting {} in {}: {e}", a.ifname, ep.netns));
             }
         }
+        link_pins.into_iter().for_each(bpf::endpoints::detach_at);
         crate::timing::mark("link-deleted");
     }
     warnings
