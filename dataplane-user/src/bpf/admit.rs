@@ -28,16 +28,23 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 /// The pinned admission table, mapped into this process (see `AdmitSlot` in
 /// dataplane-common for the layout and the publication rule). Reads need no lock;
 /// changes hold the instance's table lock, so writers never interleave.
+///
+/// Mapped a page at a time, when first touched: mapping the whole 8 MiB table makes the
+/// kernel fill in every page table entry at once (~0.3 ms to map and unmap here), while a
+/// command touches a few pages (a key's run of slots, a bitmap word).
 pub struct Table {
-    base: *mut AdmitSlot,
-    len: usize,
-    _map: MapData,
+    map: MapData,
+    pages: std::cell::RefCell<std::collections::BTreeMap<usize, usize>>,
 }
+
+const PAGE: usize = 4096;
 
 impl Drop for Table {
     fn drop(&mut self) {
-        // SAFETY: base/len are the mapping made in `open_pin`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        for (_, addr) in self.pages.borrow().iter() {
+            // SAFETY: a page this table mapped in `at`, unmapped once.
+            unsafe { libc::munmap(*addr as *mut libc::c_void, PAGE) };
+        }
     }
 }
 
@@ -48,7 +55,7 @@ pub struct Locked<'t> {
 }
 
 impl Table {
-    /// Map the table pinned at `pin`; refuses a map of another layout (an earlier
+    /// Open the table pinned at `pin`; refuses a map of another layout (an earlier
     /// version's hash map, until `dataplane bpf reload` converts it).
     pub fn open_pin(pin: &Path) -> Result<Table, BpfError> {
         let map = MapData::from_pin(pin).map_err(|e| map_err(pin, e))?;
@@ -67,39 +74,67 @@ impl Table {
                 ),
             ));
         }
-        let len = ADMIT_MAP_ENTRIES as usize * std::mem::size_of::<AdmitSlot>();
-        // SAFETY: a shared mapping of the map's memory (made BPF_F_MMAPABLE), as long as
-        // the map; the kernel checks the length and the flags.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
+        let t = Table { map, pages: Default::default() };
+        // Map one page now, so that a map that cannot be mapped fails here, clearly.
+        t.try_at(0).map_err(|e| map_err(pin, format!("mapping it into memory: {e}")))?;
+        Ok(t)
+    }
+
+    fn try_at(&self, offset: usize) -> std::io::Result<*mut u8> {
+        let page = offset / PAGE;
+        let mut pages = self.pages.borrow_mut();
+        let addr = match pages.get(&page) {
+            Some(a) => *a,
+            None => {
+                // SAFETY: a shared mapping of one page of the map's memory (made
+                // BPF_F_MMAPABLE); the kernel checks the offset and the flags.
+                let a = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        PAGE,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        self.map.fd().as_fd().as_raw_fd(),
+                        (page * PAGE) as libc::off_t,
+                    )
+                };
+                if a == libc::MAP_FAILED {
+                    return Err(std::io::Error::last_os_error());
+                }
+                pages.insert(page, a as usize);
+                a as usize
+            }
         };
-        if base == libc::MAP_FAILED {
-            return Err(map_err(pin, format!("mapping it into memory: {}", std::io::Error::last_os_error())));
-        }
-        Ok(Table { base: base.cast(), len, _map: map })
+        Ok((addr + offset % PAGE) as *mut u8)
+    }
+
+    /// The byte at `offset` of the table's memory, mapped. Slots (16 bytes) and bitmap
+    /// words (8) never straddle a page.
+    fn at(&self, offset: usize) -> *mut u8 {
+        // The first page mapped at open shows mapping works; a later failure is out of
+        // address space or memory, which nothing here can go on from.
+        self.try_at(offset).expect("mapping a page of the admission table")
+    }
+
+    fn slot_ptr(&self, slot: u32) -> *mut AdmitSlot {
+        self.at(slot as usize * std::mem::size_of::<AdmitSlot>()).cast()
     }
 
     fn word(&self, slot: u32) -> &AtomicU32 {
-        // SAFETY: slot < ADMIT_MAP_ENTRIES; the first word of a slot is its ifindex, 8-aligned.
-        unsafe { AtomicU32::from_ptr(self.base.add(slot as usize).cast()) }
+        // SAFETY: a mapped slot; its first word is its ifindex, 8-aligned.
+        unsafe { AtomicU32::from_ptr(self.slot_ptr(slot).cast()) }
     }
 
     fn endpoint_word(&self, slot: u32) -> &AtomicU32 {
         // SAFETY: as `word`; the endpoint is the slot's last four bytes.
-        unsafe { AtomicU32::from_ptr(self.base.add(slot as usize).cast::<u32>().add(3)) }
+        unsafe { AtomicU32::from_ptr(self.slot_ptr(slot).cast::<u32>().add(3)) }
     }
 
     /// Bitmap word `i` (after the slots).
     fn bitmap(&self, i: usize) -> &AtomicU64 {
+        let offset = ADMIT_SLOTS as usize * std::mem::size_of::<AdmitSlot>() + i * 8;
         // SAFETY: i < ADMIT_SLOTS / 64: inside the entries after the slots, 8-aligned.
-        unsafe { AtomicU64::from_ptr(self.base.add(ADMIT_SLOTS as usize).cast::<u64>().add(i)) }
+        unsafe { AtomicU64::from_ptr(self.at(offset).cast()) }
     }
 
     /// Slot `slot`'s key if it holds an entry (acquire: the rest was written before).
@@ -108,8 +143,8 @@ impl Table {
         if ifindex == ADMIT_EMPTY || ifindex == ADMIT_TOMBSTONE {
             return None;
         }
-        // SAFETY: inside the mapping; a plain copy of the slot.
-        let s = unsafe { std::ptr::read_volatile(self.base.add(slot as usize)) };
+        // SAFETY: a mapped slot; a plain copy of it.
+        let s = unsafe { std::ptr::read_volatile(self.slot_ptr(slot)) };
         Some((AdmitKey { ifindex, ..s.key }, s.endpoint))
     }
 
@@ -187,7 +222,7 @@ impl Locked<'_> {
                 // SAFETY: the slot is free (empty or removed): no reader matches it while
                 // its ifindex is not the key's, so the rest may be written plainly first.
                 unsafe {
-                    let p = t.base.add(slot as usize);
+                    let p = t.slot_ptr(slot);
                     std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).key.vlan), key.vlan);
                     std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).key.mac), key.mac);
                 }

@@ -117,6 +117,10 @@ impl Engine {
                 format!("network {} is still being set up or removed; retry in a moment", n.name),
             ));
         }
+        // An endpoint deleted just before may still hold the MAC this one gets (Docker's
+        // IPAM hands out the freed address again, and MACs follow addresses): Docker
+        // brings the interface up itself and would fail on it.
+        super::background::wait_unlinks();
         let pins = self.pins.clone();
         let ep = Endpoint {
             id: crate::store::new_id(),
@@ -240,19 +244,36 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
 /// Delete the interface with `ifindex` from this namespace, or from `sandbox` if Docker
 /// left it there; absent everywhere is fine.
 pub(crate) fn delete_host_link(ifindex: u32, sandbox: Option<&str>) -> std::result::Result<(), String> {
-    let here = Nl::here().map_err(|e| e.to_string())?;
-    let mut nls = vec![here];
-    if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
-        if let Ok(nl) = Nl::in_netns(std::path::Path::new(s)) {
-            nls.push(nl);
-        }
-    }
-    for nl in nls {
+    for (nl, _) in host_link_namespaces(sandbox)? {
         if let Some(l) = nl.links().map_err(|e| e.to_string())?.into_iter().find(|l| l.index == ifindex) {
             return nl.del_link(l.index).map_err(|e| format!("deleting {}: {e}", l.name));
         }
     }
     Ok(())
+}
+
+/// Where a Docker endpoint's interface can be: this namespace, or the container's.
+fn host_link_namespaces(sandbox: Option<&str>) -> std::result::Result<Vec<(Nl, String)>, String> {
+    let mut nls = vec![(Nl::here().map_err(|e| e.to_string())?, "/proc/thread-self/ns/net".to_string())];
+    if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
+        if let Ok(nl) = Nl::in_netns(std::path::Path::new(s)) {
+            nls.push((nl, s.to_string()));
+        }
+    }
+    Ok(nls)
+}
+
+/// Hand the deletion of a Docker endpoint's interface to a child (as CNI DEL does; see
+/// background.rs), which then removes `unpin`. False if the interface is not found or
+/// no child could be made: the caller deletes it itself.
+pub(crate) fn delete_host_link_later(ifindex: u32, sandbox: Option<&str>, unpin: &[std::path::PathBuf]) -> bool {
+    let Ok(nls) = host_link_namespaces(sandbox) else { return false };
+    for (nl, path) in nls {
+        if let Some(l) = nl.links().ok().and_then(|ls| ls.into_iter().find(|l| l.index == ifindex)) {
+            return super::background::spawn_unlink(&path, &[(l.name, ifindex)], unpin).is_ok();
+        }
+    }
+    false
 }
 
 /// Re-attach the programs of a Docker endpoint's interface, wherever it is now (this

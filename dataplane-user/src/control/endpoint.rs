@@ -988,11 +988,17 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
     if let Owner::Docker { sandbox, .. } = &ep.owner {
         // The interface is in this namespace (or still in the container's, if Docker never
         // moved it back); its pins are keyed by ifindex.
+        // Deleted by a child, as CNI's (below), which unpins the links afterwards.
         for a in atts {
-            bpf::endpoints::forget_at(pins, a.ifindex, endpoint_number(&ep.id), pins.docker_endpoint_links(a.ifindex));
+            let links = pins.docker_endpoint_links(a.ifindex);
+            bpf::endpoints::forget_identity(pins, a.ifindex, endpoint_number(&ep.id));
+            if super::docker::delete_host_link_later(a.ifindex, sandbox.as_deref(), &links) {
+                continue;
+            }
             if let Err(e) = super::docker::delete_host_link(a.ifindex, sandbox.as_deref()) {
                 warnings.push(format!("deleting {}: {e}", a.ifname));
             }
+            bpf::endpoints::detach_at(links);
         }
         bpf::endpoints::remove_counters(pins, endpoint_number(&ep.id));
         return warnings;
