@@ -894,6 +894,7 @@ impl Engine {
         ep.state = EndpointState::Ready;
         let e2 = ep.clone();
         self.store.write(|tx| -> Result<()> { Ok(tx.put_endpoint(&e2)?) })?;
+        crate::timing::mark("committed");
         Ok(ep)
     }
 
