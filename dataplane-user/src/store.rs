@@ -609,6 +609,44 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Commits live in the log between commands (no checkpoint at close): a reopened
+    /// store sees them; a database deleted by hand, its log left behind, starts empty.
+    #[test]
+    fn commits_survive_closing_and_a_deleted_database_starts_empty() {
+        let dir = tmpdir();
+        let put = |s: &mut Store, name: &str| {
+            let n = Network {
+                id: new_id(),
+                name: name.into(),
+                driver: Driver::None,
+                created: now_rfc3339(),
+                internal: false,
+                ipv6: false,
+                options: BTreeMap::new(),
+                pools: vec![],
+                parent: None,
+                macvlan_mode: None,
+                vlan: None,
+                state: EndpointState::Ready,
+                owner_pid: 0,
+                owner: Owner::Cli,
+            };
+            s.write(|t| t.put_network(&n)).unwrap();
+        };
+        let mut s = Store::open(&dir).unwrap();
+        put(&mut s, "kept");
+        drop(s);
+        assert!(dir.join("state.db-wal").exists(), "the log should stay between commands");
+        let mut s = Store::open(&dir).unwrap();
+        assert!(s.read(|t| t.network("kept")).unwrap().is_some());
+        put(&mut s, "kept-too");
+        drop(s);
+        std::fs::remove_file(dir.join("state.db")).unwrap();
+        let mut s = Store::open(&dir).unwrap();
+        assert!(s.read(|t| t.networks()).unwrap().is_empty(), "the old log was replayed into a new database");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn timestamps_look_like_docker() {
         let t = now_rfc3339();
