@@ -1214,8 +1214,8 @@ impl Results {
             targets.push_str(&format!(
                 "- CNI ADD and DEL >= 1.5x the reference macvlan + host-local rate, {} at a time: default (tcx) ADD {a:.2}x ({}), DEL {d:.2}x ({}); \
                  endpoint_hooks=cls_bpf ADD {ca:.2}x ({}), DEL {cd:.2}x ({}). What limits the default ADD: it attaches cls_bpf filters (no grace period) \
-                 and a background child upgrades them to tcx links, but the kernel holds RTNL across each tcx link's RCU grace period, so the \
-                 next ADD's netlink work waits behind it (a pool of prepared interfaces does not help: moving one into a namespace costs an \
+                 and a background child upgrades the anti-spoofing one to a tcx link, but the kernel holds RTNL across the link's RCU grace \
+                 period, so the next ADD's netlink work waits behind it (a pool of prepared interfaces does not help: moving one into a namespace costs an \
                  rcu_barrier under RTNL, ~20 ms here). DEL returns once the attachment can neither send nor receive; a forked child \
                  unregisters the interface, so what is left is process start, the store and, 16 at a time, CPU (two vCPUs for the \
                  plugins, the children's unregisters and the upgrades still in flight).\n",
@@ -1236,9 +1236,9 @@ impl Results {
         if let Some(r) = self.cp[0]["create_ratio"].as_f64() {
             targets.push_str(&format!(
                 "- Control plane (`run -d`) >= 2x the `ip`-command baseline: {r:.2}x ({}). What limits it: each endpoint ends \
-                 with two tcx links (anti-spoofing egress, rx accounting ingress); `run` attaches cls_bpf filters and a \
-                 background child upgrades them, but the kernel holds RTNL across each tcx link's RCU grace period \
-                 (10-15 ms here), so the next `run`'s netlink work waits behind it; the rest is process start, \
+                 with a tcx link (anti-spoofing egress); `run` attaches cls_bpf filters and a background child upgrades \
+                 the anti-spoofing one, but the kernel holds RTNL across the link's RCU grace period (10-15 ms here), so \
+                 the next `run`'s netlink work waits behind it; the rest is process start, \
                  netlink, the reconcile pass every mutating command starts with, and three small SQLite commits.\n",
                 verdict(r >= 2.0)
             ));
