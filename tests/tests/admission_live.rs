@@ -128,8 +128,11 @@ fn unload_leaves_no_program_and_no_pins() {
     let bpffs = Bpffs::new().unwrap();
     load(&bpffs, &lab, "auto");
     admit(&bpffs, &lab, ADMITTED);
+    let table_lock = dataplane_user::bpf::pins::Pins::new(&bpffs.dir).run_path("admit");
+    assert!(table_lock.exists(), "admitting should have taken the table's lock at {}", table_lock.display());
     let prog = lab.b.xdp_prog_id(&lab.b_if).unwrap().expect("attached");
     ok(dataplane(&bpffs, &["bpf", "unload", "--iface", &lab.b_if, "--netns", &lab.b.name]));
+    assert!(!table_lock.exists(), "the table's lock file outlived the table");
     assert_eq!(lab.b.xdp_prog_id(&lab.b_if).unwrap(), None, "XDP still attached after unload");
     assert!(
         !bpffs.dir.exists(),

@@ -250,6 +250,10 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
     for dir in [pins.links_dir(), pins.maps_dir(), pins.progs_dir(), pins.root().to_path_buf()] {
         let _ = std::fs::remove_dir(dir);
     }
+    if !pins.root().exists() {
+        // The admission table went with the pins; so does the lock its writers take.
+        let _ = std::fs::remove_file(pins.run_path("admit"));
+    }
     first_err.map_or(Ok(()), Err)
 }
 
