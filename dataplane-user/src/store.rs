@@ -558,25 +558,33 @@ mod tests {
         std::env::temp_dir().join(format!("dp-store-{}", new_id()))
     }
 
-    #[test]
-    fn networks_round_trip_and_uniqueness_is_enforced() {
-        let dir = tmpdir();
-        let mut s = Store::open(&dir).unwrap();
-        let n = Network {
+    fn network(name: &str, driver: Driver) -> Network {
+        Network {
             id: new_id(),
-            name: "pub_net".into(),
-            driver: Driver::Macvlan,
+            name: name.into(),
+            driver,
             created: now_rfc3339(),
             internal: false,
             ipv6: false,
             options: BTreeMap::new(),
             pools: vec![],
-            parent: Some("eth1".into()),
-            macvlan_mode: Some(MacvlanMode::Bridge),
+            parent: None,
+            macvlan_mode: None,
             vlan: None,
             state: EndpointState::Ready,
             owner_pid: 0,
             owner: Owner::Cli,
+        }
+    }
+
+    #[test]
+    fn networks_round_trip_and_uniqueness_is_enforced() {
+        let dir = tmpdir();
+        let mut s = Store::open(&dir).unwrap();
+        let n = Network {
+            parent: Some("eth1".into()),
+            macvlan_mode: Some(MacvlanMode::Bridge),
+            ..network("pub_net", Driver::Macvlan)
         };
         s.write(|t| t.put_network(&n)).unwrap();
         let got = s.read(|t| t.network("pub_net")).unwrap().unwrap();
@@ -614,25 +622,7 @@ mod tests {
     #[test]
     fn commits_survive_closing_and_a_deleted_database_starts_empty() {
         let dir = tmpdir();
-        let put = |s: &mut Store, name: &str| {
-            let n = Network {
-                id: new_id(),
-                name: name.into(),
-                driver: Driver::None,
-                created: now_rfc3339(),
-                internal: false,
-                ipv6: false,
-                options: BTreeMap::new(),
-                pools: vec![],
-                parent: None,
-                macvlan_mode: None,
-                vlan: None,
-                state: EndpointState::Ready,
-                owner_pid: 0,
-                owner: Owner::Cli,
-            };
-            s.write(|t| t.put_network(&n)).unwrap();
-        };
+        let put = |s: &mut Store, name: &str| s.write(|t| t.put_network(&network(name, Driver::None))).unwrap();
         let mut s = Store::open(&dir).unwrap();
         put(&mut s, "kept");
         drop(s);
