@@ -128,7 +128,7 @@ fn unload_leaves_no_program_and_no_pins() {
     let bpffs = Bpffs::new().unwrap();
     load(&bpffs, &lab, "auto");
     admit(&bpffs, &lab, ADMITTED);
-    let table_lock = dataplane_user::bpf::pins::Pins::new(&bpffs.dir).run_path("admit");
+    let table_lock = dataplane_user::bpf::admit::lock_path(&dataplane_user::bpf::pins::Pins::new(&bpffs.dir));
     assert!(table_lock.exists(), "admitting should have taken the table's lock at {}", table_lock.display());
     let prog = lab.b.xdp_prog_id(&lab.b_if).unwrap().expect("attached");
     ok(dataplane(&bpffs, &["bpf", "unload", "--iface", &lab.b_if, "--netns", &lab.b.name]));

@@ -23,7 +23,6 @@ fn map_err(path: &Path, source: impl Into<super::object::Cause>) -> BpfError {
 }
 
 const MASK: u32 = ADMIT_SLOTS - 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
 /// The pinned admission table, mapped into this process (see `AdmitSlot` in
 /// dataplane-common for the layout and the publication rule). Reads need no lock;
@@ -62,7 +61,7 @@ impl Table {
         let info = map.info().map_err(|e| map_err(pin, e))?;
         let (kind, value, entries) =
             (info.map_type().map(|t| t as u32).unwrap_or(u32::MAX), info.value_size(), info.max_entries());
-        if kind != BPF_MAP_TYPE_ARRAY
+        if kind != aya::maps::MapType::Array as u32
             || value as usize != std::mem::size_of::<AdmitSlot>()
             || entries != ADMIT_MAP_ENTRIES
         {
@@ -169,8 +168,9 @@ impl Table {
         Some(AdmitValue { endpoint: self.endpoint_word(slot).load(Ordering::Acquire), flags: 0 })
     }
 
-    /// Every entry, sorted, through the bitmap (a few dozen KiB read, not the slots).
-    pub fn entries(&self) -> Vec<(AdmitKey, AdmitValue)> {
+    /// Every entry with its slot, found through the bitmap (a few dozen KiB read, not
+    /// the slots).
+    fn occupied(&self) -> Vec<(u32, AdmitKey, u32)> {
         let mut out = Vec::new();
         for i in 0..(ADMIT_SLOTS / 64) as usize {
             let mut bits = self.bitmap(i).load(Ordering::Acquire);
@@ -178,17 +178,24 @@ impl Table {
                 let slot = (i * 64) as u32 + bits.trailing_zeros();
                 bits &= bits - 1;
                 if let Some((k, endpoint)) = self.entry(slot) {
-                    out.push((k, AdmitValue { endpoint, flags: 0 }));
+                    out.push((slot, k, endpoint));
                 }
             }
         }
+        out
+    }
+
+    /// Every entry, sorted.
+    pub fn entries(&self) -> Vec<(AdmitKey, AdmitValue)> {
+        let mut out: Vec<_> =
+            self.occupied().into_iter().map(|(_, k, endpoint)| (k, AdmitValue { endpoint, flags: 0 })).collect();
         out.sort_by_key(|(k, _)| (k.ifindex, k.vlan, k.mac));
         out
     }
 
     /// Take the instance's table lock (a file under /run/dataplane).
     pub fn lock(&self, pins: &Pins) -> Result<Locked<'_>, BpfError> {
-        let path = pins.run_path("admit");
+        let path = lock_path(pins);
         let err =
             |e: std::io::Error| map_err(&pins.admit_map(), format!("locking the table ({}): {e}", path.display()));
         std::fs::create_dir_all(path.parent().expect("under /run")).map_err(err)?;
@@ -214,8 +221,10 @@ impl Locked<'_> {
                 Ok(Some(AdmitValue { endpoint: old, flags: 0 }))
             }
             Err(None) => Err(format!(
-                "no free slot within {ADMIT_PROBES} of this key's home (the table holds {} entries)",
-                t.entries().len()
+                "the admission table has no free slot where this key can go (its {ADMIT_PROBES} places are taken; \
+                 the table holds {} entries of at most {}): remove endpoints that are no longer used",
+                t.occupied().len(),
+                dataplane_common::maps::ADMIT_MAX_ENTRIES
             )),
             Err(Some(slot)) => {
                 t.bitmap(slot as usize / 64).fetch_or(1 << (slot % 64), Ordering::AcqRel);
@@ -250,6 +259,11 @@ impl Locked<'_> {
             s = s.wrapping_sub(1) & MASK;
         }
     }
+}
+
+/// The lock file writers of this instance's table take (removed with the instance's pins).
+pub fn lock_path(pins: &Pins) -> std::path::PathBuf {
+    pins.run_path("admit")
 }
 
 pub fn open(pins: &Pins) -> Result<Table, BpfError> {
@@ -304,12 +318,8 @@ pub fn remove(pins: &Pins, key: &AdmitKey) -> Result<bool, BpfError> {
 pub fn remove_where(pins: &Pins, pred: impl Fn(&AdmitKey) -> bool) -> Result<(), BpfError> {
     let t = open(pins)?;
     let l = t.lock(pins)?;
-    for (k, _) in t.entries() {
-        if pred(&k) {
-            if let Ok(slot) = t.find(&k) {
-                l.take(slot);
-            }
-        }
+    for (slot, _, _) in t.occupied().into_iter().filter(|(_, k, _)| pred(k)) {
+        l.take(slot);
     }
     Ok(())
 }

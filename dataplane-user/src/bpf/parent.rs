@@ -252,7 +252,7 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
     }
     if !pins.root().exists() {
         // The admission table went with the pins; so does the lock its writers take.
-        let _ = std::fs::remove_file(pins.run_path("admit"));
+        let _ = std::fs::remove_file(admit::lock_path(pins));
     }
     first_err.map_or(Ok(()), Err)
 }

@@ -148,6 +148,7 @@ pub fn spawn_unlink(netns: &str, links: &[(String, u32)], unpin: &[PathBuf]) -> 
     let requests: Vec<[u8; 32]> = links.iter().map(|(_, ifindex)| dellink(*ifindex)).collect();
     let pins = unpin.iter().cloned().map(cstr).collect::<std::io::Result<Vec<_>>>()?;
     let mut dirs: Vec<PathBuf> = unpin.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+    dirs.sort();
     dirs.dedup();
     let dirs = dirs.into_iter().map(cstr).collect::<std::io::Result<Vec<_>>>()?;
     // SAFETY: fork(2); the children below only make system calls on memory made before

@@ -244,36 +244,43 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
 /// Delete the interface with `ifindex` from this namespace, or from `sandbox` if Docker
 /// left it there; absent everywhere is fine.
 pub(crate) fn delete_host_link(ifindex: u32, sandbox: Option<&str>) -> std::result::Result<(), String> {
-    for (nl, _) in host_link_namespaces(sandbox)? {
-        if let Some(l) = nl.links().map_err(|e| e.to_string())?.into_iter().find(|l| l.index == ifindex) {
-            return nl.del_link(l.index).map_err(|e| format!("deleting {}: {e}", l.name));
-        }
+    match locate_host_link(ifindex, sandbox)? {
+        Some((nl, _, name)) => nl.del_link(ifindex).map_err(|e| format!("deleting {name}: {e}")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// Where a Docker endpoint's interface can be: this namespace, or the container's.
-fn host_link_namespaces(sandbox: Option<&str>) -> std::result::Result<Vec<(Nl, String)>, String> {
+/// As [`delete_host_link`], by a forked child (as CNI DEL does; see background.rs) that
+/// then removes `unpin`; here if no child could be made. Returns whether a child took it
+/// (and `unpin` with it).
+pub(crate) fn delete_host_link_later(
+    ifindex: u32,
+    sandbox: Option<&str>,
+    unpin: &[std::path::PathBuf],
+) -> std::result::Result<bool, String> {
+    let Some((nl, path, name)) = locate_host_link(ifindex, sandbox)? else { return Ok(false) };
+    if super::background::spawn_unlink(&path, &[(name.clone(), ifindex)], unpin).is_ok() {
+        return Ok(true);
+    }
+    nl.del_link(ifindex).map_err(|e| format!("deleting {name}: {e}"))?;
+    Ok(false)
+}
+
+/// Where the interface with `ifindex` is: this namespace, or the container's if Docker
+/// left it there. Its namespace's netlink handle and path, and its name.
+fn locate_host_link(ifindex: u32, sandbox: Option<&str>) -> std::result::Result<Option<(Nl, String, String)>, String> {
     let mut nls = vec![(Nl::here().map_err(|e| e.to_string())?, "/proc/thread-self/ns/net".to_string())];
     if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
         if let Ok(nl) = Nl::in_netns(std::path::Path::new(s)) {
             nls.push((nl, s.to_string()));
         }
     }
-    Ok(nls)
-}
-
-/// Hand the deletion of a Docker endpoint's interface to a child (as CNI DEL does; see
-/// background.rs), which then removes `unpin`. False if the interface is not found or
-/// no child could be made: the caller deletes it itself.
-pub(crate) fn delete_host_link_later(ifindex: u32, sandbox: Option<&str>, unpin: &[std::path::PathBuf]) -> bool {
-    let Ok(nls) = host_link_namespaces(sandbox) else { return false };
     for (nl, path) in nls {
-        if let Some(l) = nl.links().ok().and_then(|ls| ls.into_iter().find(|l| l.index == ifindex)) {
-            return super::background::spawn_unlink(&path, &[(l.name, ifindex)], unpin).is_ok();
+        if let Some(l) = nl.links().map_err(|e| e.to_string())?.into_iter().find(|l| l.index == ifindex) {
+            return Ok(Some((nl, path, l.name)));
         }
     }
-    false
+    Ok(None)
 }
 
 /// Re-attach the programs of a Docker endpoint's interface, wherever it is now (this

@@ -993,11 +993,10 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
         for a in atts {
             let links = pins.docker_endpoint_links(a.ifindex);
             bpf::endpoints::forget_identity(pins, a.ifindex, endpoint_number(&ep.id));
-            if super::docker::delete_host_link_later(a.ifindex, sandbox.as_deref(), &links) {
-                continue;
-            }
-            if let Err(e) = super::docker::delete_host_link(a.ifindex, sandbox.as_deref()) {
-                warnings.push(format!("deleting {}: {e}", a.ifname));
+            match super::docker::delete_host_link_later(a.ifindex, sandbox.as_deref(), &links) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => warnings.push(format!("deleting {}: {e}", a.ifname)),
             }
             bpf::endpoints::detach_at(links);
         }
