@@ -171,6 +171,10 @@ fn is_bpffs(p: &Path) -> bool {
 impl Drop for Bpffs {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The instance's lock files under /run/dataplane go with it (dataplane removes
+        // them itself when it removes its pins; a test may leave its pins to this guard).
+        let pins = dataplane_user::bpf::pins::Pins::new(&self.dir);
+        let _ = std::fs::remove_file(dataplane_user::bpf::admit::lock_path(&pins));
     }
 }
 
