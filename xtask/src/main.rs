@@ -77,9 +77,10 @@ enum Cmd {
         /// Smoke run: fewer packets and endpoints (under 3 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only the per-packet costs (BPF_PROG_TEST_RUN, a few seconds), printed and not
-        /// written to docs/BENCHMARKS.md: for iterating on a program's cost.
-        #[arg(long, value_parser = ["per-packet"])]
+        /// One stage alone, printed and not written to docs/BENCHMARKS.md: `per-packet`
+        /// (BPF_PROG_TEST_RUN, a few seconds) for iterating on a program's cost, `vlan`
+        /// (live VLAN-tagged delivery and its baseline, about a minute).
+        #[arg(long, value_parser = ["per-packet", "vlan"])]
         only: Option<String>,
     },
     /// Fuzz the frame classification (cargo fuzz, libFuzzer) for a bounded time; frames
