@@ -14,8 +14,17 @@ pub const TC_TRUNK_PROG: &str = "dp_trunk_in";
 /// TC (tcx ingress) program on the hidden end of an eBPF VLAN device: tags and sends
 /// frames out of the trunk.
 pub const TC_VLAN_OUT_PROG: &str = "dp_vlan_out";
-/// (trunk ifindex, VID) -> hidden veth end of the VLAN device.
+/// XDP program on the visible end of an eBPF VLAN device: passes every frame. Its being
+/// there keeps the veth's NAPI on, which frames that `dp_parent` redirects into the device
+/// need (a veth whose peer has no NAPI drops redirected XDP frames).
+pub const XDP_VLAN_RX_PROG: &str = "dp_vlan_rx";
+/// (trunk ifindex, VID) -> hidden veth end of the VLAN device, with [`VLAN_DEV_XDP`] set
+/// once its visible end has [`XDP_VLAN_RX_PROG`]; 0 for a kernel VLAN device.
 pub const VLAN_DEVS_MAP: &str = "DP_VLAN_DEVS";
+/// Flag in a [`VLAN_DEVS_MAP`] value (ifindexes are below 2^31): the device can take
+/// frames redirected from XDP, so `dp_parent` pops and steers its tags itself; without
+/// it the trunk's tc program does.
+pub const VLAN_DEV_XDP: u32 = 1 << 31;
 /// hidden veth end ifindex -> (trunk ifindex, VID).
 pub const VLAN_PEERS_MAP: &str = "DP_VLAN_PEERS";
 pub const VLAN_MAX_ENTRIES: u32 = 4096;

@@ -11,7 +11,7 @@ mod bench;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{TcContext, XdpContext},
@@ -22,7 +22,7 @@ use dataplane_common::{
     group_claims,
     maps::{
         counter_slot, ep_slot, ADMIT_EMPTY, ADMIT_MAP_ENTRIES, ADMIT_MAX_ENTRIES, ADMIT_PROBES, ADMIT_SLOTS,
-        COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EP_SLOTS, VLAN_MAX_ENTRIES,
+        COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EP_SLOTS, VLAN_DEV_XDP, VLAN_MAX_ENTRIES,
     },
     AdmitKey, AdmitSlot, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Packet, Reason,
     Verdict, VlanKey, VlanTrunk,
@@ -179,9 +179,62 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
         debug!(&ctx, "dp_parent: drop ifindex={} reason={} dst={:mac}", ifindex, decision.reason as u32, dst);
     }
     match decision.verdict {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Pass => steer_vlan(&ctx, &pkt, ifindex),
         Verdict::Drop => xdp_action::XDP_DROP,
     }
+}
+
+/// An admitted frame with one in-band 802.1Q tag of an eBPF VLAN device: popped here and
+/// redirected out of the device's hidden end, so it arrives on `IFACE.VID` without a skb
+/// being built for the trunk and queued again (the trunk's tc program steers tags that
+/// XDP does not see, e.g. ones a NIC moved into the descriptor, and every other shape).
+/// Anything else passes on to the stack.
+#[inline(always)]
+fn steer_vlan(ctx: &XdpContext, pkt: &PacketBounds, ifindex: u32) -> u32 {
+    let Some(h) = pkt.read::<6>(12) else { return xdp_action::XDP_PASS };
+    let next = u16::from_be_bytes([h[4], h[5]]);
+    if u16::from_be_bytes([h[0], h[1]]) != ETH_P_8021Q
+        || next == ETH_P_8021Q
+        || next == ETH_P_8021AD
+        || next == ETH_P_QINQ_9100
+    {
+        return xdp_action::XDP_PASS;
+    }
+    let vid = u16::from_be_bytes([h[2], h[3]]) & VID_MASK;
+    // SAFETY: map value pointer from a successful lookup, copied at once.
+    let dev = match DP_VLAN_DEVS.get_ptr(&VlanKey { trunk_ifindex: ifindex, vid, outer: 0 }) {
+        Some(d) if vid != 0 => unsafe { *d },
+        _ => return xdp_action::XDP_PASS,
+    };
+    if dev & VLAN_DEV_XDP == 0 {
+        // A kernel VLAN device (the kernel's demux delivers it), or an eBPF one whose
+        // visible end cannot take XDP frames yet (the trunk's tc program steers it).
+        return xdp_action::XDP_PASS;
+    }
+    let len = pkt.len() as u64;
+    let Some(macs) = pkt.read::<12>(0) else { return xdp_action::XDP_PASS };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 16 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: [start + 4, start + 16) was just checked to lie inside the frame; the
+    // addresses move over the tag, which adjust_head then drops.
+    unsafe { core::ptr::write_unaligned((start + 4) as *mut [u8; 12], macs) };
+    // SAFETY: helper call on our own context; no packet pointer is used after it.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
+        count(ifindex, Reason::DropMalformed, len);
+        return xdp_action::XDP_DROP;
+    }
+    count(ifindex, Reason::VlanSteered, len);
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(dev & !VLAN_DEV_XDP, 0) as u32 }
+}
+
+/// Visible end of an eBPF VLAN device: everything passes. Attached only so that the
+/// veth keeps NAPI on for the frames `dp_parent` redirects into the device.
+#[xdp]
+pub fn dp_vlan_rx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 /// Trunk ingress (tcx): a tagged frame goes to its VLAN's eBPF device with the tag popped,
@@ -251,7 +304,7 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     // SAFETY: map value pointer from a successful lookup.
-    let dev = unsafe { *dev };
+    let dev = unsafe { *dev } & !VLAN_DEV_XDP;
     if dev == 0 {
         // A kernel VLAN device of ours: the kernel's demux delivers it (tags and all).
         count(ifindex, Reason::VlanSteered, u64::from(len));
@@ -370,9 +423,19 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
     }
 }
 
-/// Ingress (tcx) of an endpoint's interface: rx accounting only.
+/// Ingress (tcx) of an endpoint's interface: rx accounting only. An interface with a
+/// slot counts there without looking its endpoint up (the slot is zeroed for each new
+/// interface, and only interfaces in DP_ENDPOINTS are read back), so no hash lookup runs
+/// per received frame.
 #[classifier]
 pub fn dp_ep_in(ctx: TcContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's duration.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    if let Some(c) = ep_slot(ifindex).and_then(|s| DP_EP_SLOTS.get_ptr_mut(s)) {
+        // SAFETY: per-CPU value, only this CPU writes it while this program runs.
+        unsafe { (*c).add(&EndpointCounters::frame(1, 0, 0, u64::from(len))) };
+        return TC_ACT_OK;
+    }
     if let Some(ep) = endpoint_of(&ctx) {
         // SAFETY: the context pointer is valid for the program's duration.
         let len = unsafe { (*ctx.skb.skb).len };

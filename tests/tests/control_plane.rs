@@ -364,6 +364,94 @@ fn vlan_trunk_between_two_hosts_keeps_vlans_apart() {
     assert!(link_names(&b.ns).contains("trunk0.50"), "trunk0.50 removed while in use");
 }
 
+/// Frames an XDP program sent through `iface` (a veth): `tx_queue_N_xdp_xmit` in
+/// `ethtool -S`, summed over queues.
+fn xdp_xmit(ns: &Netns, iface: &str) -> u64 {
+    let out = ns.exec(&["ethtool", "-S", iface]).unwrap();
+    let n: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tx_queue_"))
+        .filter_map(|l| l.split_once("_xdp_xmit: "))
+        .filter_map(|(_, v)| v.trim().parse().ok())
+        .collect();
+    assert!(!n.is_empty(), "no xdp_xmit statistic for {iface}: {out}");
+    n.iter().sum()
+}
+
+#[test]
+fn an_ebpf_vlan_device_takes_in_band_tags_from_xdp_and_falls_back_to_tc() {
+    use dataplane_tests::frames::{lab_seq, tagged, udp};
+    use dataplane_user::bpf::{vlan_maps, Pins};
+    let h = Host::new("dpXv").unwrap();
+    let far = Netns::new("dpXf").unwrap();
+    veth_between(&far, "t0", &h.ns, "trunk0").unwrap();
+    h.ok(&["network", "create", "--subnet=192.168.57.0/24", "-o", "parent=trunk0.57", "v57"]);
+    let ep = unique("x57");
+    let mac = [0x02, 0x42, 0xc0, 0xa8, 0x39, 0x0a];
+    h.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ep,
+        "--network",
+        "v57",
+        "--ip",
+        "192.168.57.10",
+        "--mac-address",
+        "02:42:c0:a8:39:0a",
+    ]);
+    let trunk = h.ns.ifindex("trunk0").unwrap();
+    let hidden = format!("dpv57-{trunk}");
+    assert!(
+        h.ns.xdp_prog_id("trunk0.57").unwrap().is_some(),
+        "the VLAN device's visible end has no XDP program: {}",
+        h.ns.link_json("trunk0.57").unwrap()
+    );
+    let tx = dataplane_tests::raw::RawSocket::open(&far, "t0").unwrap();
+    // (sequence numbers that reached the endpoint, frames XDP redirected into the device)
+    let deliver = |seqs: std::ops::Range<u32>| -> (BTreeSet<u32>, u64) {
+        let rx = dataplane_tests::raw::RawSocket::open_at(Path::new(&format!("/run/netns/{ep}")), "eth0").unwrap();
+        let before = xdp_xmit(&h.ns, &hidden);
+        for s in seqs {
+            let mut f = udp(mac, s, 64);
+            f[30..34].copy_from_slice(&[192, 168, 57, 10]);
+            tx.send(&tagged(f, 0x8100, 57)).unwrap();
+        }
+        let got =
+            rx.recv_for(std::time::Duration::from_millis(400)).unwrap().iter().filter_map(|f| lab_seq(f)).collect();
+        (got, xdp_xmit(&h.ns, &hidden) - before)
+    };
+    let (got, via_xdp) = deliver(0..20);
+    assert_eq!(got, (0..20).collect::<BTreeSet<u32>>(), "tagged frames did not all reach the endpoint");
+    assert_eq!(via_xdp, 20, "the tagged frames did not take the XDP path into {hidden}");
+
+    // An entry without the XDP flag (as a version before the fast path wrote it): the
+    // trunk's tc program steers, nothing is lost, and reconcile turns the fast path on.
+    let pins = Pins::new(&h.bpffs.dir);
+    let hidden_index = h.ns.ifindex(&hidden).unwrap();
+    vlan_maps::insert(&pins, trunk, 0, 57, hidden_index).unwrap();
+    let (got, via_xdp) = deliver(100..120);
+    assert_eq!(got, (100..120).collect::<BTreeSet<u32>>(), "the tc path lost frames");
+    assert_eq!(via_xdp, 0, "frames took the XDP path without the flag");
+    let report = h.ok(&["reconcile"]);
+    assert!(report.contains("steered in tc"), "reconcile did not report the entry: {report}");
+    assert_eq!(deliver(200..220).1, 20, "reconcile did not turn the XDP path on again");
+
+    // The visible end's program gone (its pin removed): reconcile puts it back.
+    std::fs::remove_file(pins.xdp_link(None, "trunk0.57")).unwrap();
+    assert!(h.ns.xdp_prog_id("trunk0.57").unwrap().is_none(), "removing the pin did not detach the program");
+    let report = h.ok(&["reconcile"]);
+    assert!(report.contains("has no XDP program"), "reconcile did not see the missing program: {report}");
+    let (got, via_xdp) = deliver(300..320);
+    assert_eq!(got, (300..320).collect::<BTreeSet<u32>>(), "frames lost after the repair");
+    assert_eq!(via_xdp, 20);
+
+    // The network's removal takes the program's pin with the device.
+    h.ok(&["rm", "-f", &ep]);
+    h.ok(&["network", "rm", "v57"]);
+    assert!(!pins.xdp_link(None, "trunk0.57").exists(), "the visible end's XDP pin was left behind");
+}
+
 #[test]
 fn bad_input_is_refused_with_a_clear_error_and_no_trace() {
     let (h, _sw) = host_and_switch();

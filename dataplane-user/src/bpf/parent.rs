@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode};
 use dataplane_common::{
-    maps::{VLAN_UNTAGGED, XDP_PARENT_PROG},
+    maps::{VLAN_UNTAGGED, XDP_PARENT_PROG, XDP_VLAN_RX_PROG},
     AdmitKey, AdmitValue,
 };
 
@@ -87,7 +87,7 @@ pub fn attach_parent(pins: &Pins, netns: Option<&str>, iface: &str, mode: Attach
     if let Some(key) = host_key {
         admit::insert(pins, key, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 })?;
     }
-    let result = attach_new_or_replace(prog, iface, ifindex, mode, &pin);
+    let result = attach_new_or_replace(prog, XDP_PARENT_PROG, iface, ifindex, mode, &pin);
     if result.is_err() {
         if let Some(key) = host_key {
             let _ = admit::remove_if(pins, &key, |v| v.endpoint == HOST_ENDPOINT);
@@ -96,8 +96,28 @@ pub fn attach_parent(pins: &Pins, netns: Option<&str>, iface: &str, mode: Attach
     result
 }
 
+/// Attach the pass-all XDP program to the visible end `iface` of an eBPF VLAN device (or
+/// put this binary's version into its pinned link), so the veth keeps NAPI on for the
+/// frames the trunk's XDP program redirects into the device.
+pub fn attach_vlan_rx(pins: &Pins, iface: &str) -> Result<Attachment, BpfError> {
+    let ifindex = netns::ifindex(iface)
+        .ok_or_else(|| BpfError::NoSuchInterface { iface: iface.to_string(), netns: netns_label(None) })?;
+    let mut ebpf = load_object(&pins.maps_dir())?;
+    let name = XDP_VLAN_RX_PROG;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| BpfError::Verify { name, source: Box::new(source) })?;
+    prog.load().map_err(|source| BpfError::Verify { name, source: Box::new(source) })?;
+    let pin = pins.xdp_link(None, iface);
+    crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
+    attach_new_or_replace(prog, name, iface, ifindex, AttachMode::Native, &pin)
+}
+
 fn attach_new_or_replace(
     prog: &mut Xdp,
+    name: &'static str,
     iface: &str,
     ifindex: u32,
     mode: AttachMode,
@@ -158,12 +178,7 @@ fn attach_new_or_replace(
         }
     }
     let (m, source) = last.expect("at least one mode was tried");
-    Err(BpfError::Attach {
-        name: XDP_PARENT_PROG,
-        iface: iface.to_string(),
-        mode: mode_name(m),
-        source: Box::new(source),
-    })
+    Err(BpfError::Attach { name, iface: iface.to_string(), mode: mode_name(m), source: Box::new(source) })
 }
 
 /// Swap `prog` into the pinned link at `pin`. `Ok(None)` when the link is defunct (its

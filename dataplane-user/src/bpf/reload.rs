@@ -107,7 +107,7 @@ fn update_link(
     let new_id = match prog {
         aya::programs::Program::Xdp(p) => {
             if first {
-                p.load().map_err(|e| BpfError::Verify { name: "dp_parent", source: Box::new(e) })?;
+                p.load().map_err(|e| err(format!("loading {name}: {e}")))?;
             }
             let l = XdpLink::try_from(fd).map_err(|e| err(e.to_string()))?;
             let id = p.attach_to_link(l).map_err(|e| err(format!("in-place update failed: {e}")))?;

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
-use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue, Ip6Key, IpKey, OurIp};
+use dataplane_common::{
+    maps::{VLAN_DEV_XDP, VLAN_UNTAGGED},
+    AdmitKey, AdmitValue, Ip6Key, IpKey, OurIp,
+};
 
 use super::{
     endpoint::{
@@ -267,6 +270,13 @@ impl Pass<'_> {
         let missing_tc = v.kind == crate::store::VlanKind::Ebpf
             && v.peer.as_ref().is_some_and(|p| !self.pins.tc_link(None, p).exists());
         if !missing_dev && !missing_tc {
+            // Made before the XDP fast path (or its pin removed): attach its program; the
+            // VLAN map pass below then lets XDP steer the device.
+            if v.kind == crate::store::VlanKind::Ebpf && !self.pins.xdp_link(None, parent).exists() {
+                self.drift(format!("network {}: VLAN device {parent} has no XDP program (dp_vlan_rx)", n.name));
+                let pins = self.pins;
+                self.repair(|| format!("attaching XDP to {parent}"), || bpf::parent::attach_vlan_rx(pins, parent));
+            }
             return Ok(());
         }
         self.drift(format!(
@@ -738,8 +748,18 @@ fn repair_config(
     }
 }
 
+/// A DP_VLAN_DEVS value for messages.
+fn vlan_dev(d: u32) -> String {
+    match (d & !VLAN_DEV_XDP, d & VLAN_DEV_XDP != 0) {
+        (0, _) => "0 (kernel device)".into(),
+        (i, true) => format!("{i} (steered in XDP)"),
+        (i, false) => format!("{i} (steered in tc)"),
+    }
+}
+
 /// DP_VLAN_DEVS/DP_VLAN_PEERS hold one entry per VLAN network's (trunk ifindex, VID): the
-/// hidden end of an eBPF VLAN device, or 0 where the kernel's device demuxes. Entries of
+/// hidden end of an eBPF VLAN device (flagged VLAN_DEV_XDP while its visible end has its
+/// XDP program), or 0 where the kernel's device demuxes. Entries of
 /// networks another process is creating or removing are left to it.
 fn vlan_entries(
     pins: &crate::bpf::Pins,
@@ -759,10 +779,15 @@ fn vlan_entries(
     let busy_index: Vec<(u32, u16, u16)> =
         busy.iter().filter_map(|(t, o, vid)| netns::ifindex(t).map(|i| (i, *o, *vid))).collect();
     let mut want = Vec::new();
-    for v in nets.iter().filter_map(|n| n.vlan.as_ref()) {
+    for (v, parent) in nets.iter().filter_map(|n| Some((n.vlan.as_ref()?, n.parent.as_deref()))) {
         let Some(trunk) = netns::ifindex(&v.trunk) else { continue };
-        let dev = match v.kind {
-            crate::store::VlanKind::Ebpf => v.peer.as_deref().and_then(netns::ifindex).unwrap_or(0),
+        let dev = match (v.kind, parent) {
+            (crate::store::VlanKind::Ebpf, Some(parent)) => v.peer.as_deref().and_then(netns::ifindex).map_or(0, |i| {
+                // XDP steers it only while its visible end has its program.
+                let xdp = bpf::parent::pinned_link_ifindex(&pins.xdp_link(None, parent))
+                    .is_some_and(|l| Some(l) == netns::ifindex(parent));
+                i | if xdp { VLAN_DEV_XDP } else { 0 }
+            }),
             _ => 0,
         };
         want.push((trunk, v.outer.unwrap_or(0), v.vid, dev));
@@ -772,12 +797,19 @@ fn vlan_entries(
         if busy_index.contains(&(k.trunk_ifindex, k.outer, k.vid)) {
             continue;
         }
-        if !want.iter().any(|(t, o, vid, d)| *t == k.trunk_ifindex && *o == k.outer && *vid == k.vid && d == dev) {
+        let same_key = |(t, o, vid, _): &&(u32, u16, u16, u32)| *t == k.trunk_ifindex && *o == k.outer && *vid == k.vid;
+        let wanted = want.iter().find(same_key).map(|w| w.3);
+        // Only the flag differs: the insert below overwrites it with no gap in steering.
+        if wanted.is_some_and(|d| d & !VLAN_DEV_XDP == *dev & !VLAN_DEV_XDP) {
+            continue;
+        }
+        if wanted != Some(*dev) {
             r.drift.push(format!(
-                "VLAN map: stale entry trunk ifindex {} VID {}{} -> {dev}",
+                "VLAN map: stale entry trunk ifindex {} VID {}{} -> {}",
                 k.trunk_ifindex,
                 k.vid,
-                if k.outer != 0 { format!(" (outer {})", k.outer) } else { String::new() }
+                if k.outer != 0 { format!(" (outer {})", k.outer) } else { String::new() },
+                vlan_dev(*dev)
             ));
             if !dry_run {
                 bpf::vlan_maps::remove(pins, k.trunk_ifindex, k.outer, k.vid, Some(*dev))?;
@@ -786,7 +818,13 @@ fn vlan_entries(
     }
     for (t, o, vid, dev) in &want {
         if !have.iter().any(|(k, d)| k.trunk_ifindex == *t && k.outer == *o && k.vid == *vid && d == dev) {
-            r.drift.push(format!("VLAN map: missing entry trunk ifindex {t} VID {vid} -> {dev}"));
+            let what = match have.iter().find(|(k, _)| k.trunk_ifindex == *t && k.outer == *o && k.vid == *vid) {
+                Some((_, old)) => {
+                    format!("entry trunk ifindex {t} VID {vid} -> {} instead of {}", vlan_dev(*old), vlan_dev(*dev))
+                }
+                None => format!("missing entry trunk ifindex {t} VID {vid} -> {}", vlan_dev(*dev)),
+            };
+            r.drift.push(format!("VLAN map: {what}"));
             if !dry_run {
                 bpf::vlan_maps::insert(pins, *t, *o, *vid, *dev)?;
             }

@@ -7,8 +7,15 @@
 //! whatever is sent out of `IFACE.VID` arrives at the hidden end, whose tcx ingress
 //! (`dp_vlan_out`) pushes the tag and redirects out of the trunk. Macvlans use `IFACE.VID`
 //! as their parent, so each VLAN stays its own bridge domain, as with a kernel device.
+//!
+//! Fast path: the trunk's XDP program (`dp_parent`) pops an in-band 802.1Q tag of an
+//! admitted frame itself and redirects the frame out of the hidden end, before any skb is
+//! built for the trunk; the veth hands it to `IFACE.VID`'s NAPI, which exists because
+//! `IFACE.VID` carries a pass-all XDP program (`dp_vlan_rx`). The map value's
+//! `VLAN_DEV_XDP` flag says that program is there. Tags XDP cannot see (a NIC's VLAN
+//! offload) and QinQ stacks take the tc path above.
 
-use dataplane_common::maps::TC_VLAN_OUT_PROG;
+use dataplane_common::maps::{TC_VLAN_OUT_PROG, VLAN_DEV_XDP};
 
 use super::{network::TrunkParent, ControlError, Result, Undo};
 use crate::{
@@ -170,6 +177,17 @@ fn ebpf_device(
         });
     }
     bpf::tc::attach_ingress(pins, None, &peer, TC_VLAN_OUT_PROG)?;
+    {
+        let (pins, name) = (pins.clone(), name.to_string());
+        undo.push(format!("detaching XDP from {name}"), move || {
+            let _ = std::fs::remove_file(pins.xdp_link(None, &name));
+            Ok(())
+        });
+    }
+    // Only once the visible end takes redirected XDP frames may the trunk's XDP program
+    // steer this VLAN itself (until then its tc program does).
+    bpf::parent::attach_vlan_rx(pins, name)?;
+    bpf::vlan_maps::insert(pins, t.index, outer, vid, hidden.index | VLAN_DEV_XDP)?;
     Ok(VlanParent {
         trunk: tp.trunk.clone(),
         vid,
@@ -220,6 +238,12 @@ pub fn remove(nl: &Nl, pins: &Pins, name: &str, v: &VlanParent) -> Vec<String> {
     // only with its last network; other QinQ networks of the same S-tag keep theirs:
     // `remove_outer_if_unused`).
     if v.kind == VlanKind::Ebpf {
+        // Its XDP link went with the device; the pin would keep it (defunct) otherwise.
+        if let Err(e) = std::fs::remove_file(pins.xdp_link(None, name)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errs.push(format!("removing {}: {e}", pins.xdp_link(None, name).display()));
+            }
+        }
         if let Some(peer) = &v.peer {
             if let Err(e) = bpf::tc::detach_ingress(pins, None, peer) {
                 errs.push(e.to_string());
