@@ -204,7 +204,7 @@ fn reload_under_traffic_loses_nothing() {
     let ebpf_vlan = a.ns.link_json("trunk0.70").unwrap()["linkinfo"]["info_kind"] == "veth";
     let mut want = vec!["dp_parent", "dp_trunk_in", "dp_ep_out", "dp_ep_in"];
     if ebpf_vlan {
-        want.push("dp_vlan_out");
+        want.extend(["dp_vlan_out", "dp_vlan_rx"]);
     }
     for p in want {
         assert!(programs.contains(&p), "{p} was not reloaded: {programs:?}");
