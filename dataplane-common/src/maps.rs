@@ -18,13 +18,20 @@ pub const TC_VLAN_OUT_PROG: &str = "dp_vlan_out";
 /// there keeps the veth's NAPI on, which frames that `dp_parent` redirects into the device
 /// need (a veth whose peer has no NAPI drops redirected XDP frames).
 pub const XDP_VLAN_RX_PROG: &str = "dp_vlan_rx";
-/// (trunk ifindex, VID) -> hidden veth end of the VLAN device, with [`VLAN_DEV_XDP`] set
-/// once its visible end has [`XDP_VLAN_RX_PROG`]; 0 for a kernel VLAN device.
+/// (trunk ifindex, VID) -> hidden veth end of the VLAN device; 0 for a kernel VLAN device.
 pub const VLAN_DEVS_MAP: &str = "DP_VLAN_DEVS";
-/// Flag in a [`VLAN_DEVS_MAP`] value (ifindexes are below 2^31): the device can take
-/// frames redirected from XDP, so `dp_parent` pops and steers its tags itself; without
-/// it the trunk's tc program does.
-pub const VLAN_DEV_XDP: u32 = 1 << 31;
+/// The eBPF VLAN devices `dp_parent` steers itself: an array by VID of
+/// [`vlan_xdp_entry`]`(trunk ifindex, hidden end ifindex)`, 0 where none. Written only once
+/// the device's visible end has [`XDP_VLAN_RX_PROG`]; one trunk per VID (a second trunk's
+/// device of the same VID is steered by the trunk's tc program). An array, so the lookup
+/// is inlined: no hashing per frame.
+pub const VLAN_XDP_MAP: &str = "DP_VLAN_XDP";
+pub const VLAN_XDP_ENTRIES: u32 = 4096;
+
+/// A [`VLAN_XDP_MAP`] value.
+pub const fn vlan_xdp_entry(trunk_ifindex: u32, dev_ifindex: u32) -> u64 {
+    ((trunk_ifindex as u64) << 32) | dev_ifindex as u64
+}
 /// hidden veth end ifindex -> (trunk ifindex, VID).
 pub const VLAN_PEERS_MAP: &str = "DP_VLAN_PEERS";
 pub const VLAN_MAX_ENTRIES: u32 = 4096;

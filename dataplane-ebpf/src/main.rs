@@ -22,7 +22,7 @@ use dataplane_common::{
     group_claims,
     maps::{
         counter_slot, ep_slot, ADMIT_EMPTY, ADMIT_MAP_ENTRIES, ADMIT_MAX_ENTRIES, ADMIT_PROBES, ADMIT_SLOTS,
-        COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EP_SLOTS, VLAN_DEV_XDP, VLAN_MAX_ENTRIES,
+        COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EP_SLOTS, VLAN_MAX_ENTRIES, VLAN_XDP_ENTRIES,
     },
     AdmitKey, AdmitSlot, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Packet, Reason,
     Verdict, VlanKey, VlanTrunk,
@@ -68,6 +68,10 @@ static DP_COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTERS_MAX_ENTR
 static DP_VLAN_DEVS: HashMap<VlanKey, u32> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);
 
 /// Hidden end ifindex -> the trunk and VID its frames leave with.
+/// VID -> (trunk ifindex << 32 | hidden end ifindex): the eBPF VLAN devices XDP steers.
+#[map(name = "DP_VLAN_XDP")]
+static DP_VLAN_XDP: Array<u64> = Array::pinned(VLAN_XDP_ENTRIES, 0);
+
 #[map(name = "DP_VLAN_PEERS")]
 static DP_VLAN_PEERS: HashMap<u32, VlanTrunk> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);
 
@@ -201,16 +205,13 @@ fn steer_vlan(ctx: &XdpContext, pkt: &PacketBounds, ifindex: u32) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let vid = u16::from_be_bytes([h[2], h[3]]) & VID_MASK;
-    // SAFETY: map value pointer from a successful lookup, copied at once.
-    let dev = match DP_VLAN_DEVS.get_ptr(&VlanKey { trunk_ifindex: ifindex, vid, outer: 0 }) {
-        Some(d) if vid != 0 => unsafe { *d },
+    // Not here: a kernel VLAN device (the kernel's demux delivers it), an unknown VLAN
+    // (admission dropped it already unless it is a group frame, which tc then drops), or
+    // an eBPF device the trunk's tc program steers.
+    let dev = match DP_VLAN_XDP.get(u32::from(vid)) {
+        Some(e) if vid != 0 && (*e >> 32) as u32 == ifindex => *e as u32,
         _ => return xdp_action::XDP_PASS,
     };
-    if dev & VLAN_DEV_XDP == 0 {
-        // A kernel VLAN device (the kernel's demux delivers it), or an eBPF one whose
-        // visible end cannot take XDP frames yet (the trunk's tc program steers it).
-        return xdp_action::XDP_PASS;
-    }
     let len = pkt.len() as u64;
     let Some(macs) = pkt.read::<12>(0) else { return xdp_action::XDP_PASS };
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -227,7 +228,7 @@ fn steer_vlan(ctx: &XdpContext, pkt: &PacketBounds, ifindex: u32) -> u32 {
     }
     count(ifindex, Reason::VlanSteered, len);
     // SAFETY: plain helper call.
-    unsafe { bpf_redirect(dev & !VLAN_DEV_XDP, 0) as u32 }
+    unsafe { bpf_redirect(dev, 0) as u32 }
 }
 
 /// Visible end of an eBPF VLAN device: everything passes. Attached only so that the
@@ -304,7 +305,7 @@ pub fn dp_trunk_in(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     // SAFETY: map value pointer from a successful lookup.
-    let dev = unsafe { *dev } & !VLAN_DEV_XDP;
+    let dev = unsafe { *dev };
     if dev == 0 {
         // A kernel VLAN device of ours: the kernel's demux delivers it (tags and all).
         count(ifindex, Reason::VlanSteered, u64::from(len));

@@ -46,11 +46,12 @@ pub fn ensure_maps(pins: &Pins) -> Result<(), BpfError> {
 }
 
 /// Every map the programs share, by pin name.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     dataplane_common::maps::ADMIT_MAP,
     dataplane_common::maps::COUNTERS_MAP,
     dataplane_common::maps::VLAN_DEVS_MAP,
     dataplane_common::maps::VLAN_PEERS_MAP,
+    dataplane_common::maps::VLAN_XDP_MAP,
     dataplane_common::maps::ENDPOINTS_MAP,
     dataplane_common::maps::EP_COUNTERS_MAP,
     dataplane_common::maps::EP_SLOTS_MAP,

@@ -4,10 +4,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
-use dataplane_common::{
-    maps::{VLAN_DEV_XDP, VLAN_UNTAGGED},
-    AdmitKey, AdmitValue, Ip6Key, IpKey, OurIp,
-};
+use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue, Ip6Key, IpKey, OurIp};
 
 use super::{
     endpoint::{
@@ -748,18 +745,8 @@ fn repair_config(
     }
 }
 
-/// A DP_VLAN_DEVS value for messages.
-fn vlan_dev(d: u32) -> String {
-    match (d & !VLAN_DEV_XDP, d & VLAN_DEV_XDP != 0) {
-        (0, _) => "0 (kernel device)".into(),
-        (i, true) => format!("{i} (steered in XDP)"),
-        (i, false) => format!("{i} (steered in tc)"),
-    }
-}
-
 /// DP_VLAN_DEVS/DP_VLAN_PEERS hold one entry per VLAN network's (trunk ifindex, VID): the
-/// hidden end of an eBPF VLAN device (flagged VLAN_DEV_XDP while its visible end has its
-/// XDP program), or 0 where the kernel's device demuxes. Entries of
+/// hidden end of an eBPF VLAN device, or 0 where the kernel's device demuxes. Entries of
 /// networks another process is creating or removing are left to it.
 fn vlan_entries(
     pins: &crate::bpf::Pins,
@@ -779,15 +766,10 @@ fn vlan_entries(
     let busy_index: Vec<(u32, u16, u16)> =
         busy.iter().filter_map(|(t, o, vid)| netns::ifindex(t).map(|i| (i, *o, *vid))).collect();
     let mut want = Vec::new();
-    for (v, parent) in nets.iter().filter_map(|n| Some((n.vlan.as_ref()?, n.parent.as_deref()))) {
+    for v in nets.iter().filter_map(|n| n.vlan.as_ref()) {
         let Some(trunk) = netns::ifindex(&v.trunk) else { continue };
-        let dev = match (v.kind, parent) {
-            (crate::store::VlanKind::Ebpf, Some(parent)) => v.peer.as_deref().and_then(netns::ifindex).map_or(0, |i| {
-                // XDP steers it only while its visible end has its program.
-                let xdp = bpf::parent::pinned_link_ifindex(&pins.xdp_link(None, parent))
-                    .is_some_and(|l| Some(l) == netns::ifindex(parent));
-                i | if xdp { VLAN_DEV_XDP } else { 0 }
-            }),
+        let dev = match v.kind {
+            crate::store::VlanKind::Ebpf => v.peer.as_deref().and_then(netns::ifindex).unwrap_or(0),
             _ => 0,
         };
         want.push((trunk, v.outer.unwrap_or(0), v.vid, dev));
@@ -797,19 +779,12 @@ fn vlan_entries(
         if busy_index.contains(&(k.trunk_ifindex, k.outer, k.vid)) {
             continue;
         }
-        let same_key = |(t, o, vid, _): &&(u32, u16, u16, u32)| *t == k.trunk_ifindex && *o == k.outer && *vid == k.vid;
-        let wanted = want.iter().find(same_key).map(|w| w.3);
-        // Only the flag differs: the insert below overwrites it with no gap in steering.
-        if wanted.is_some_and(|d| d & !VLAN_DEV_XDP == *dev & !VLAN_DEV_XDP) {
-            continue;
-        }
-        if wanted != Some(*dev) {
+        if !want.iter().any(|(t, o, vid, d)| *t == k.trunk_ifindex && *o == k.outer && *vid == k.vid && d == dev) {
             r.drift.push(format!(
-                "VLAN map: stale entry trunk ifindex {} VID {}{} -> {}",
+                "VLAN map: stale entry trunk ifindex {} VID {}{} -> {dev}",
                 k.trunk_ifindex,
                 k.vid,
-                if k.outer != 0 { format!(" (outer {})", k.outer) } else { String::new() },
-                vlan_dev(*dev)
+                if k.outer != 0 { format!(" (outer {})", k.outer) } else { String::new() }
             ));
             if !dry_run {
                 bpf::vlan_maps::remove(pins, k.trunk_ifindex, k.outer, k.vid, Some(*dev))?;
@@ -818,16 +793,64 @@ fn vlan_entries(
     }
     for (t, o, vid, dev) in &want {
         if !have.iter().any(|(k, d)| k.trunk_ifindex == *t && k.outer == *o && k.vid == *vid && d == dev) {
-            let what = match have.iter().find(|(k, _)| k.trunk_ifindex == *t && k.outer == *o && k.vid == *vid) {
-                Some((_, old)) => {
-                    format!("entry trunk ifindex {t} VID {vid} -> {} instead of {}", vlan_dev(*old), vlan_dev(*dev))
-                }
-                None => format!("missing entry trunk ifindex {t} VID {vid} -> {}", vlan_dev(*dev)),
-            };
-            r.drift.push(format!("VLAN map: {what}"));
+            r.drift.push(format!("VLAN map: missing entry trunk ifindex {t} VID {vid} -> {dev}"));
             if !dry_run {
                 bpf::vlan_maps::insert(pins, *t, *o, *vid, *dev)?;
             }
+        }
+    }
+    vlan_xdp_entries(pins, nets, &busy_index, dry_run, r)
+}
+
+/// DP_VLAN_XDP holds, per VID, the eBPF VLAN device (not QinQ) that the trunk's XDP
+/// program steers: one whose visible end carries `dp_vlan_rx`. Where two trunks' devices
+/// have the same VID, the one in the map keeps it (the other is steered by tc).
+fn vlan_xdp_entries(
+    pins: &crate::bpf::Pins,
+    nets: &[crate::store::Network],
+    busy: &[(u32, u16, u16)],
+    dry_run: bool,
+    r: &mut ReconcileReport,
+) -> Result<()> {
+    if !pins.map(dataplane_common::maps::VLAN_XDP_MAP).exists() {
+        return Ok(());
+    }
+    let mut want: Vec<(u16, u32, u32)> = Vec::new();
+    for n in nets {
+        let (Some(v), Some(parent)) = (n.vlan.as_ref(), n.parent.as_deref()) else { continue };
+        if v.kind != crate::store::VlanKind::Ebpf || v.outer.is_some() {
+            continue;
+        }
+        let (Some(trunk), Some(dev)) = (netns::ifindex(&v.trunk), v.peer.as_deref().and_then(netns::ifindex)) else {
+            continue;
+        };
+        let has_program = bpf::parent::pinned_link_ifindex(&pins.xdp_link(None, parent))
+            .is_some_and(|l| Some(l) == netns::ifindex(parent));
+        if has_program && !want.contains(&(v.vid, trunk, dev)) {
+            want.push((v.vid, trunk, dev));
+        }
+    }
+    let mut have = bpf::vlan_maps::xdp_entries(pins)?;
+    for (vid, t, d) in have.clone() {
+        if busy.contains(&(t, 0, vid)) || want.contains(&(vid, t, d)) {
+            continue;
+        }
+        r.drift
+            .push(format!("VLAN XDP map: stale entry VID {vid} -> trunk ifindex {t}, device {d}: steered by tc now"));
+        if !dry_run {
+            bpf::vlan_maps::clear_xdp(pins, t, vid)?;
+            have.retain(|h| *h != (vid, t, d));
+        }
+    }
+    for (vid, t, d) in want {
+        // Held by another trunk's device of the same VID: that one keeps the fast path.
+        if have.iter().any(|h| h.0 == vid) {
+            continue;
+        }
+        r.drift.push(format!("VLAN XDP map: VID {vid} of trunk ifindex {t} is not steered in XDP"));
+        if !dry_run {
+            bpf::vlan_maps::set_xdp(pins, t, vid, d)?;
+            have.push((vid, t, d));
         }
     }
     Ok(())

@@ -11,11 +11,12 @@
 //! Fast path: the trunk's XDP program (`dp_parent`) pops an in-band 802.1Q tag of an
 //! admitted frame itself and redirects the frame out of the hidden end, before any skb is
 //! built for the trunk; the veth hands it to `IFACE.VID`'s NAPI, which exists because
-//! `IFACE.VID` carries a pass-all XDP program (`dp_vlan_rx`). The map value's
-//! `VLAN_DEV_XDP` flag says that program is there. Tags XDP cannot see (a NIC's VLAN
-//! offload) and QinQ stacks take the tc path above.
+//! `IFACE.VID` carries a pass-all XDP program (`dp_vlan_rx`). An entry in DP_VLAN_XDP
+//! (by VID, written once that program is there) is what lets XDP steer the VLAN. Tags XDP
+//! cannot see (a NIC's VLAN offload), QinQ stacks and a second trunk's device of the same
+//! VID take the tc path above.
 
-use dataplane_common::maps::{TC_VLAN_OUT_PROG, VLAN_DEV_XDP};
+use dataplane_common::maps::TC_VLAN_OUT_PROG;
 
 use super::{network::TrunkParent, ControlError, Result, Undo};
 use crate::{
@@ -187,7 +188,11 @@ fn ebpf_device(
     // Only once the visible end takes redirected XDP frames may the trunk's XDP program
     // steer this VLAN itself (until then its tc program does).
     bpf::parent::attach_vlan_rx(pins, name)?;
-    bpf::vlan_maps::insert(pins, t.index, outer, vid, hidden.index | VLAN_DEV_XDP)?;
+    if tp.outer.is_none() {
+        // (The VLAN map entry's undo above clears this too.) False: another trunk's device
+        // has the VID's fast path; this one stays with tc.
+        bpf::vlan_maps::set_xdp(pins, t.index, vid, hidden.index)?;
+    }
     Ok(VlanParent {
         trunk: tp.trunk.clone(),
         vid,
