@@ -1372,10 +1372,11 @@ impl Results {
                 ) {
                     (Some(o), Some(b)) => format!(
                         "\n- VLAN-tagged delivery through the eBPF VLAN device >= 0.9x untagged delivery to a plain macvlan with \
-                         no program: {:.2}x ({}). What limits it: the redirect into the eBPF VLAN device's veth is a second \
-                         trip through the stack (queued on the per-CPU backlog, which overflows under this generator); \
-                         bpf_redirect_peer would skip it but needs the device's visible end in another namespace than the \
-                         trunk (its endpoints' macvlans would then be made from there), which is the next step.",
+                         no program, configured alike: {:.2}x ({}). The trunk's XDP program pops the tag and redirects \
+                         the frame into the device's veth, whose NAPI builds the only skb (no backlog). What limits it: \
+                         that second NAPI hop (the veth's ring, the device's pass-all XDP program that keeps its NAPI \
+                         on) and the programs the plain macvlan does not run (admission on the trunk, the endpoint's rx \
+                         counting).",
                         o / b,
                         verdict(o / b >= 0.9)
                     ),
