@@ -450,6 +450,15 @@ fn an_ebpf_vlan_device_takes_in_band_tags_from_xdp_and_falls_back_to_tc() {
     assert!(report.contains("VID 57 of trunk ifindex"), "reconcile did not report the missing entry: {report}");
     assert_eq!(deliver(200..220).1, 20, "reconcile did not turn the XDP path on again");
 
+    // `bpf unload` of the visible end's program hands the VLAN back to tc first: nothing
+    // is lost while the program is off; reconcile puts it back.
+    h.ok(&["bpf", "unload", "--iface", "trunk0.57"]);
+    let (got, via_xdp) = deliver(250..270);
+    assert_eq!(got, (250..270).collect::<BTreeSet<u32>>(), "frames lost after the program was unloaded");
+    assert_eq!(via_xdp, 0);
+    h.ok(&["reconcile"]);
+    assert_eq!(deliver(270..290).1, 20, "reconcile did not turn the XDP path on again after the unload");
+
     // The visible end's program gone (its pin removed): reconcile puts it back.
     std::fs::remove_file(pins.xdp_link(None, "trunk0.57")).unwrap();
     assert!(h.ns.xdp_prog_id("trunk0.57").unwrap().is_none(), "removing the pin did not detach the program");

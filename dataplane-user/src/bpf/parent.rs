@@ -219,6 +219,16 @@ pub fn detach_parent(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<()
     if !pin.exists() {
         return Err(BpfError::NotAttached { iface: iface.to_string(), netns: netns_label(netns), path: pin });
     }
+    // The visible end of an eBPF VLAN device loses its NAPI with the program: XDP must
+    // stop redirecting into the device first (the trunk's tc program steers it then).
+    if netns.is_none() {
+        let peer = crate::nl::Nl::here().ok().and_then(|nl| nl.link(iface).ok().flatten()).and_then(|l| l.link);
+        for (vid, trunk, dev) in super::vlan_maps::xdp_entries(pins)? {
+            if Some(dev) == peer {
+                super::vlan_maps::clear_xdp(pins, trunk, vid)?;
+            }
+        }
+    }
     std::fs::remove_file(&pin).map_err(|source| BpfError::Unpin { path: pin.clone(), source })?;
     let _ = std::fs::remove_dir(pins.netns_dir(netns));
     // Entries of this parent mean nothing without its program.
