@@ -71,12 +71,7 @@ pub fn attach_parent(pins: &Pins, netns: Option<&str>, iface: &str, mode: Attach
     let ifindex = netns::ifindex(iface)
         .ok_or_else(|| BpfError::NoSuchInterface { iface: iface.to_string(), netns: netns_label(netns) })?;
     let mut ebpf = load_object(&pins.maps_dir())?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(XDP_PARENT_PROG)
-        .ok_or(BpfError::MissingProgram { name: XDP_PARENT_PROG })?
-        .try_into()
-        .map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source: Box::new(source) })?;
-    prog.load().map_err(|source| BpfError::Verify { name: XDP_PARENT_PROG, source: Box::new(source) })?;
+    let prog = load_xdp(&mut ebpf, XDP_PARENT_PROG)?;
 
     let pin = pins.xdp_link(netns, iface);
     crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
@@ -103,16 +98,21 @@ pub fn attach_vlan_rx(pins: &Pins, iface: &str) -> Result<Attachment, BpfError> 
     let ifindex = netns::ifindex(iface)
         .ok_or_else(|| BpfError::NoSuchInterface { iface: iface.to_string(), netns: netns_label(None) })?;
     let mut ebpf = load_object(&pins.maps_dir())?;
-    let name = XDP_VLAN_RX_PROG;
+    let prog = load_xdp(&mut ebpf, XDP_VLAN_RX_PROG)?;
+    let pin = pins.xdp_link(None, iface);
+    crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
+    attach_new_or_replace(prog, XDP_VLAN_RX_PROG, iface, ifindex, AttachMode::Native, &pin)
+}
+
+/// XDP program `name` of the loaded object, verified by the kernel.
+fn load_xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut Xdp, BpfError> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or(BpfError::MissingProgram { name })?
         .try_into()
         .map_err(|source| BpfError::Verify { name, source: Box::new(source) })?;
     prog.load().map_err(|source| BpfError::Verify { name, source: Box::new(source) })?;
-    let pin = pins.xdp_link(None, iface);
-    crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
-    attach_new_or_replace(prog, name, iface, ifindex, AttachMode::Native, &pin)
+    Ok(prog)
 }
 
 fn attach_new_or_replace(
