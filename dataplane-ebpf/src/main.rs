@@ -70,7 +70,7 @@ static DP_VLAN_DEVS: HashMap<VlanKey, u32> = HashMap::pinned(VLAN_MAX_ENTRIES, 0
 /// Hidden end ifindex -> the trunk and VID its frames leave with.
 /// VID -> (trunk ifindex << 32 | hidden end ifindex): the eBPF VLAN devices XDP steers.
 #[map(name = "DP_VLAN_XDP")]
-static DP_VLAN_XDP: Array<u64> = Array::pinned(VLAN_XDP_ENTRIES, 0);
+static DP_VLAN_XDP: Array<u64> = Array::pinned(VLAN_XDP_ENTRIES, BPF_F_MMAPABLE);
 
 #[map(name = "DP_VLAN_PEERS")]
 static DP_VLAN_PEERS: HashMap<u32, VlanTrunk> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);

@@ -51,15 +51,39 @@ pub fn clear_xdp(pins: &Pins, trunk_ifindex: u32, vid: u16) -> Result<(), BpfErr
     Ok(())
 }
 
-/// Every VLAN steered in XDP: (VID, trunk ifindex, hidden end ifindex).
+/// Every VLAN steered in XDP: (VID, trunk ifindex, hidden end ifindex). Read through a
+/// memory mapping of the array (BPF_F_MMAPABLE): every reconcile pass lists it, and 4096
+/// lookups by system call would cost milliseconds per command.
 pub fn xdp_entries(pins: &Pins) -> Result<Vec<(u16, u32, u32)>, BpfError> {
-    if !pins.map(VLAN_XDP_MAP).exists() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let path = pins.map(VLAN_XDP_MAP);
+    if !path.exists() {
         return Ok(Vec::new());
     }
-    let a = open_xdp(pins)?;
-    Ok((0..VLAN_XDP_ENTRIES)
-        .filter_map(|vid| a.get(&vid, 0).ok().filter(|v| *v != 0).map(|v| (vid as u16, (v >> 32) as u32, v as u32)))
-        .collect())
+    let e = |d: String| BpfError::Map { path: path.clone(), source: d.into() };
+    let map = MapData::from_pin(&path).map_err(|x| e(x.to_string()))?;
+    let len = VLAN_XDP_ENTRIES as usize * 8;
+    // SAFETY: a read-only shared mapping of the whole array, unmapped below; the kernel
+    // checks the length against the map's memory and refuses a map that is not mmapable.
+    let addr = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, map.fd().as_fd().as_raw_fd(), 0)
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(e(format!("mapping it into memory: {}", std::io::Error::last_os_error())));
+    }
+    let mut out = Vec::new();
+    for vid in 0..VLAN_XDP_ENTRIES as usize {
+        // SAFETY: inside the mapping, 8-aligned (page-aligned start, 8-byte values); the
+        // programs only read it and user space writes whole values, so a volatile read
+        // sees one value or the other.
+        let v = unsafe { std::ptr::read_volatile((addr as *const u64).add(vid)) };
+        if v != 0 {
+            out.push((vid as u16, (v >> 32) as u32, v as u32));
+        }
+    }
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(addr, len) };
+    Ok(out)
 }
 
 pub fn remove(pins: &Pins, trunk_ifindex: u32, outer: u16, vid: u16, dev_ifindex: Option<u32>) -> Result<(), BpfError> {
