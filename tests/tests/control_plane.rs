@@ -378,100 +378,149 @@ fn xdp_xmit(ns: &Netns, iface: &str) -> u64 {
     n.iter().sum()
 }
 
+/// A trunk of host `h` wired to a namespace of its own, a network on VLAN `vid` of it and
+/// one endpoint (10.`vid`.`net`.10): in-band tagged frames sent to the endpoint from the far
+/// side.
+struct VlanLane<'h> {
+    h: &'h Host,
+    _far: Netns,
+    tx: dataplane_tests::raw::RawSocket,
+    trunk: String,
+    vid: u16,
+    ip: [u8; 4],
+    mac: [u8; 6],
+    ep: String,
+    network: String,
+}
+
+impl<'h> VlanLane<'h> {
+    fn new(h: &'h Host, trunk: &str, vid: u16, net: u8) -> VlanLane<'h> {
+        let far = Netns::new("dpXf").unwrap();
+        veth_between(&far, "t0", &h.ns, trunk).unwrap();
+        let network = format!("v{vid}-{net}");
+        let subnet = format!("--subnet=10.{vid}.{net}.0/24");
+        h.ok(&["network", "create", &subnet, "-o", &format!("parent={trunk}.{vid}"), &network]);
+        let (ep, ip, mac) = (unique("xv"), [10, vid as u8, net, 10], [0x02, 0x42, 10, vid as u8, net, 10]);
+        let ip_s = format!("10.{vid}.{net}.10");
+        let mac_s = dataplane_tests::frames::mac_str(&mac);
+        h.ok(&["run", "-d", "--name", &ep, "--network", &network, "--ip", &ip_s, "--mac-address", &mac_s]);
+        let tx = dataplane_tests::raw::RawSocket::open(&far, "t0").unwrap();
+        VlanLane { h, _far: far, tx, trunk: trunk.into(), vid, ip, mac, ep, network }
+    }
+
+    fn visible(&self) -> String {
+        format!("{}.{}", self.trunk, self.vid)
+    }
+
+    /// The eBPF VLAN device's hidden end; None where the kernel's 8021q made the device.
+    fn hidden(&self) -> Option<String> {
+        let kind = self.h.ns.link_json(&self.visible()).unwrap()["linkinfo"]["info_kind"].clone();
+        (kind != "vlan").then(|| format!("dpv{}-{}", self.vid, self.h.ns.ifindex(&self.trunk).unwrap()))
+    }
+
+    /// The sequence numbers of `seqs` that reached the endpoint, and how many frames XDP
+    /// redirected into the eBPF device meanwhile (0 for a kernel device).
+    fn deliver(&self, seqs: std::ops::Range<u32>) -> (BTreeSet<u32>, u64) {
+        use dataplane_tests::frames::{lab_seq, tagged, udp};
+        let rx =
+            dataplane_tests::raw::RawSocket::open_at(Path::new(&format!("/run/netns/{}", self.ep)), "eth0").unwrap();
+        let hidden = self.hidden();
+        let xmit = || hidden.as_ref().map_or(0, |d| xdp_xmit(&self.h.ns, d));
+        let before = xmit();
+        for s in seqs {
+            let mut f = udp(self.mac, s, 64);
+            f[30..34].copy_from_slice(&self.ip);
+            self.tx.send(&tagged(f, 0x8100, self.vid)).unwrap();
+        }
+        let got =
+            rx.recv_for(std::time::Duration::from_millis(400)).unwrap().iter().filter_map(|f| lab_seq(f)).collect();
+        (got, xmit() - before)
+    }
+}
+
 #[test]
 fn an_ebpf_vlan_device_takes_in_band_tags_from_xdp_and_falls_back_to_tc() {
-    use dataplane_tests::frames::{lab_seq, tagged, udp};
     use dataplane_user::bpf::{vlan_maps, Pins};
     let h = Host::new("dpXv").unwrap();
-    let far = Netns::new("dpXf").unwrap();
-    veth_between(&far, "t0", &h.ns, "trunk0").unwrap();
-    h.ok(&["network", "create", "--subnet=192.168.57.0/24", "-o", "parent=trunk0.57", "v57"]);
-    let ep = unique("x57");
-    let mac = [0x02, 0x42, 0xc0, 0xa8, 0x39, 0x0a];
-    h.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &ep,
-        "--network",
-        "v57",
-        "--ip",
-        "192.168.57.10",
-        "--mac-address",
-        "02:42:c0:a8:39:0a",
-    ]);
-    let trunk = h.ns.ifindex("trunk0").unwrap();
-    let hidden = format!("dpv57-{trunk}");
-    let tx = dataplane_tests::raw::RawSocket::open(&far, "t0").unwrap();
-    let send = |seqs: std::ops::Range<u32>| {
-        for s in seqs {
-            let mut f = udp(mac, s, 64);
-            f[30..34].copy_from_slice(&[192, 168, 57, 10]);
-            tx.send(&tagged(f, 0x8100, 57)).unwrap();
-        }
-    };
-    let endpoint_rx =
-        || dataplane_tests::raw::RawSocket::open_at(Path::new(&format!("/run/netns/{ep}")), "eth0").unwrap();
-    let seqs_of = |frames: Vec<Vec<u8>>| frames.iter().filter_map(|f| lab_seq(f)).collect::<BTreeSet<u32>>();
-    if h.ns.link_json("trunk0.57").unwrap()["linkinfo"]["info_kind"] == "vlan" {
+    let lane = VlanLane::new(&h, "trunk0", 57, 1);
+    let all = |r: std::ops::Range<u32>| r.collect::<BTreeSet<u32>>();
+    let Some(hidden) = lane.hidden() else {
         // A kernel with 8021q gets the kernel's device (no eBPF device, no program on it),
         // and the same frames reach the endpoint through it.
         assert!(h.ns.xdp_prog_id("trunk0.57").unwrap().is_none(), "an XDP program on the kernel's VLAN device");
-        let rx = endpoint_rx();
-        send(0..20);
-        assert_eq!(seqs_of(rx.recv_for(std::time::Duration::from_millis(400)).unwrap()), (0..20).collect());
+        assert_eq!(lane.deliver(0..20).0, all(0..20));
         return;
-    }
+    };
     assert!(
         h.ns.xdp_prog_id("trunk0.57").unwrap().is_some(),
         "the VLAN device's visible end has no XDP program: {}",
         h.ns.link_json("trunk0.57").unwrap()
     );
-    // (sequence numbers that reached the endpoint, frames XDP redirected into the device)
-    let deliver = |seqs: std::ops::Range<u32>| -> (BTreeSet<u32>, u64) {
-        let rx = endpoint_rx();
-        let before = xdp_xmit(&h.ns, &hidden);
-        send(seqs);
-        let got = seqs_of(rx.recv_for(std::time::Duration::from_millis(400)).unwrap());
-        (got, xdp_xmit(&h.ns, &hidden) - before)
-    };
-    let (got, via_xdp) = deliver(0..20);
-    assert_eq!(got, (0..20).collect::<BTreeSet<u32>>(), "tagged frames did not all reach the endpoint");
+    let (got, via_xdp) = lane.deliver(0..20);
+    assert_eq!(got, all(0..20), "tagged frames did not all reach the endpoint");
     assert_eq!(via_xdp, 20, "the tagged frames did not take the XDP path into {hidden}");
 
     // No XDP entry for the VLAN (as a version before the fast path left it): the trunk's
     // tc program steers, nothing is lost, and reconcile turns the fast path on.
     let pins = Pins::new(&h.bpffs.dir);
+    let trunk = h.ns.ifindex("trunk0").unwrap();
     vlan_maps::clear_xdp(&pins, trunk, 57).unwrap();
-    let (got, via_xdp) = deliver(100..120);
-    assert_eq!(got, (100..120).collect::<BTreeSet<u32>>(), "the tc path lost frames");
+    let (got, via_xdp) = lane.deliver(100..120);
+    assert_eq!(got, all(100..120), "the tc path lost frames");
     assert_eq!(via_xdp, 0, "frames took the XDP path without an entry");
     let report = h.ok(&["reconcile"]);
     assert!(report.contains("VID 57 of trunk ifindex"), "reconcile did not report the missing entry: {report}");
-    assert_eq!(deliver(200..220).1, 20, "reconcile did not turn the XDP path on again");
+    assert_eq!(lane.deliver(200..220).1, 20, "reconcile did not turn the XDP path on again");
 
     // `bpf unload` of the visible end's program hands the VLAN back to tc first: nothing
     // is lost while the program is off; reconcile puts it back.
     h.ok(&["bpf", "unload", "--iface", "trunk0.57"]);
-    let (got, via_xdp) = deliver(250..270);
-    assert_eq!(got, (250..270).collect::<BTreeSet<u32>>(), "frames lost after the program was unloaded");
+    let (got, via_xdp) = lane.deliver(250..270);
+    assert_eq!(got, all(250..270), "frames lost after the program was unloaded");
     assert_eq!(via_xdp, 0);
     h.ok(&["reconcile"]);
-    assert_eq!(deliver(270..290).1, 20, "reconcile did not turn the XDP path on again after the unload");
+    assert_eq!(lane.deliver(270..290).1, 20, "reconcile did not turn the XDP path on again after the unload");
 
     // The visible end's program gone (its pin removed): reconcile puts it back.
     std::fs::remove_file(pins.xdp_link(None, "trunk0.57")).unwrap();
     assert!(h.ns.xdp_prog_id("trunk0.57").unwrap().is_none(), "removing the pin did not detach the program");
     let report = h.ok(&["reconcile"]);
     assert!(report.contains("has no XDP program"), "reconcile did not see the missing program: {report}");
-    let (got, via_xdp) = deliver(300..320);
-    assert_eq!(got, (300..320).collect::<BTreeSet<u32>>(), "frames lost after the repair");
+    let (got, via_xdp) = lane.deliver(300..320);
+    assert_eq!(got, all(300..320), "frames lost after the repair");
     assert_eq!(via_xdp, 20);
 
     // The network's removal takes the program's pin with the device.
-    h.ok(&["rm", "-f", &ep]);
-    h.ok(&["network", "rm", "v57"]);
+    h.ok(&["rm", "-f", &lane.ep]);
+    h.ok(&["network", "rm", &lane.network]);
     assert!(!pins.xdp_link(None, "trunk0.57").exists(), "the visible end's XDP pin was left behind");
+}
+
+#[test]
+fn two_trunks_with_one_vid_take_the_xdp_path_one_at_a_time() {
+    let h = Host::new("dpX2").unwrap();
+    let a = VlanLane::new(&h, "trunk0", 58, 1);
+    let b = VlanLane::new(&h, "trunk1", 58, 2);
+    let all = |r: std::ops::Range<u32>| r.collect::<BTreeSet<u32>>();
+    if a.hidden().is_none() {
+        // Kernel 8021q devices: no fast path to share; both deliver.
+        assert_eq!(a.deliver(0..10).0, all(0..10));
+        assert_eq!(b.deliver(0..10).0, all(0..10));
+        return;
+    }
+    // The first device made has VID 58's fast path; the second is steered by tc; both
+    // deliver everything, and reconcile sees nothing to change.
+    assert_eq!(a.deliver(0..20), (all(0..20), 20));
+    assert_eq!(b.deliver(0..20), (all(0..20), 0));
+    let report = h.ok(&["reconcile", "--dry-run"]);
+    assert!(report.contains("no drift"), "{report}");
+    // With the first network gone, reconcile gives the fast path to the second.
+    h.ok(&["rm", "-f", &a.ep]);
+    h.ok(&["network", "rm", &a.network]);
+    assert_eq!(b.deliver(100..120), (all(100..120), 0));
+    let report = h.ok(&["reconcile"]);
+    assert!(report.contains("VID 58 of trunk ifindex"), "{report}");
+    assert_eq!(b.deliver(200..220), (all(200..220), 20));
 }
 
 #[test]
