@@ -252,24 +252,32 @@ fn endpoint_hooks_are_tcx_links_by_default_or_cls_bpf_filters_on_request() {
         h.ok(&create);
         let a = unique("hooks");
         h.ok(&["run", "-d", "--name", &a, "--network", "nk"]);
-        let status: Value = serde_json::from_str(&h.ok(&["bpf", "status", "--format", "json"])).unwrap();
-        let rows = status.as_array().unwrap();
-        let host_tcx = rows.iter().any(|r| r["netns"] == "host" && r["mechanism"] == "tcx");
-        let want = match hooks {
-            Some(v) => v,
-            None if host_tcx => "tcx",
-            None => "cls_bpf",
+        // The endpoint's two rows in `bpf status`, and what its egress should be.
+        let ep_rows = || -> (Vec<Value>, &str, String) {
+            let status: Value = serde_json::from_str(&h.ok(&["bpf", "status", "--format", "json"])).unwrap();
+            let rows = status.as_array().unwrap();
+            let host_tcx = rows.iter().any(|r| r["netns"] == "host" && r["mechanism"] == "tcx");
+            let want = match hooks {
+                Some(v) => v,
+                None if host_tcx => "tcx",
+                None => "cls_bpf",
+            };
+            let mine = rows.iter().filter(|r| r["netns"].as_str().is_some_and(|n| n.contains(a.as_str())));
+            (mine.cloned().collect(), want, format!("{status:#}"))
         };
-        let ep_rows: Vec<&Value> =
-            rows.iter().filter(|r| r["netns"].as_str().is_some_and(|n| n.contains(a.as_str()))).collect();
-        assert_eq!(ep_rows.len(), 2, "{status:#}");
-        for r in &ep_rows {
-            // The anti-spoofing program (egress) ends as asked; the rx-counting one
-            // (ingress) stays a cls_bpf filter either way.
-            let egress = r["pin"].as_str().is_some_and(|p| p.contains("/tceg-"));
-            assert_eq!(r["mechanism"], if egress { want } else { "cls_bpf" }, "{hooks:?}: {status:#}");
-            assert!(r["error"].is_null(), "{status:#}");
-        }
+        let check = |when: &str| {
+            let (rows, want, status) = ep_rows();
+            assert_eq!(rows.len(), 2, "{when}: {status}");
+            for r in &rows {
+                // The anti-spoofing program (egress) ends as asked; the rx-counting one
+                // (ingress) stays a cls_bpf filter either way.
+                let egress = r["pin"].as_str().is_some_and(|p| p.contains("/tceg-"));
+                assert_eq!(r["mechanism"], if egress { want } else { "cls_bpf" }, "{when}, {hooks:?}: {status}");
+                assert!(r["error"].is_null(), "{when}: {status}");
+            }
+        };
+        check("made");
+        let want = ep_rows().1;
         let ns = format!("/run/netns/{a}");
         let inside =
             |cmd: &[&str]| std::process::Command::new("nsenter").arg(format!("--net={ns}")).args(cmd).output().unwrap();
@@ -286,6 +294,15 @@ fn endpoint_hooks_are_tcx_links_by_default_or_cls_bpf_filters_on_request() {
         assert!(!spoof.status.success(), "{hooks:?}: a spoofed source got through");
         let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &a])).unwrap();
         assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 1, "{stats:#}");
+        // The anti-spoofing pin removed by hand: reconcile attaches both programs again,
+        // as a new endpoint's are.
+        let eg = ep_rows().0.iter().find_map(|r| r["pin"].as_str().filter(|p| p.contains("/tceg-")).map(String::from));
+        std::fs::remove_file(eg.unwrap()).unwrap();
+        let report = h.ok(&["reconcile"]);
+        assert!(report.contains("no anti-spoofing program on eth0"), "{report}");
+        check("repaired");
+        let spoof = inside(&["ping", "-c", "2", "-W", "1", "-I", "10.68.0.99", "10.68.0.1"]);
+        assert!(!spoof.status.success(), "{hooks:?}: a spoofed source got through after the repair");
         h.ok(&["rm", "-f", &a]);
         h.ok(&["network", "rm", "nk"]);
     }

@@ -172,16 +172,12 @@ fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
     Ok([from(&paths[0], TC_EP_OUT_PROG)?, from(&paths[1], TC_EP_IN_PROG)?])
 }
 
-/// Attach the endpoint programs to `ifname` inside the namespace at `netns_path`.
-pub fn attach(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
-    attach_at(pins, Some(netns_path), ifname, link_pins(pins, netns_path, ifname), false)
-}
-
-/// Like [`attach`], as cls_bpf filters even where the kernel has tcx: made without
-/// waiting for RCU grace periods, so an attach is not held up by them. Returns whether
-/// the filters should be upgraded to tcx links ([`harden`], done in the background):
-/// whoever holds CAP_NET_ADMIN in the endpoint's namespace can delete a cls_bpf filter,
-/// not a tcx link.
+/// Attach the endpoint programs to `ifname` inside the namespace at `netns_path`, as
+/// cls_bpf filters even where the kernel has tcx: made without waiting for RCU grace
+/// periods, so an attach is not held up by them. Returns whether the anti-spoofing filter
+/// should be upgraded to a tcx link ([`harden`], done in the background for a new
+/// endpoint): whoever holds CAP_NET_ADMIN in the endpoint's namespace can delete a cls_bpf
+/// filter, not a tcx link.
 pub fn attach_fast(pins: &Pins, netns_path: &str, ifname: &str) -> Result<bool, BpfError> {
     attach_at(pins, Some(netns_path), ifname, link_pins(pins, netns_path, ifname), true)?;
     Ok(super::tc::tcx_supported())

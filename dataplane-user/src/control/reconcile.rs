@@ -498,7 +498,11 @@ impl Pass<'_> {
             live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
             for a in rows.atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
                 want.push((a.ifindex, endpoint_info(ep, a)?));
-                self.endpoint_filters(ep, a);
+                let cls_only = rows
+                    .nets
+                    .iter()
+                    .any(|n| n.name == a.network && n.options.get("endpoint_hooks").is_some_and(|h| h == "cls_bpf"));
+                self.endpoint_filters(ep, a, cls_only);
             }
         }
         let have = bpf::endpoints::list(self.pins)?;
@@ -521,8 +525,9 @@ impl Pass<'_> {
         Ok(live_tags)
     }
 
-    /// One endpoint interface's anti-spoofing programs are attached (re-attached if not).
-    fn endpoint_filters(&mut self, ep: &Endpoint, a: &Attachment) {
+    /// One endpoint interface's anti-spoofing programs are attached (re-attached if not,
+    /// as a new endpoint's are: `cls_only` for a network with endpoint_hooks=cls_bpf).
+    fn endpoint_filters(&mut self, ep: &Endpoint, a: &Attachment, cls_only: bool) {
         let pins = self.pins;
         let [eg, ing] = bpf::endpoints::link_pins(pins, &ep.netns, &a.ifname);
         // A program attached as a cls_bpf filter (kernels without tcx, endpoint_hooks=
@@ -566,7 +571,12 @@ impl Pass<'_> {
             || format!("attaching to {} of {}", a.ifname, ep.name),
             || {
                 bpf::endpoints::detach(pins, &ep.netns, &a.ifname);
-                bpf::endpoints::attach(pins, &ep.netns, &a.ifname)
+                // cls_bpf filters, then the anti-spoofing one a tcx link where the kernel
+                // has tcx, unless the network keeps filters.
+                if bpf::endpoints::attach_fast(pins, &ep.netns, &a.ifname)? && !cls_only {
+                    bpf::endpoints::harden(pins, &ep.netns, &a.ifname, a.ifindex)?;
+                }
+                Ok::<(), bpf::BpfError>(())
             },
         );
     }
