@@ -335,6 +335,9 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// `PRAGMA user_version` of a database that has [`SCHEMA`] and its instance id.
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS endpoints (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
@@ -380,9 +383,20 @@ impl Store {
         // SQLite does when the last connection goes) would cost every command a write-back
         // and an fsync; the log is checkpointed as it grows instead.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)", params![new_id()])
-            .map_err(db)?;
+        // The schema and the instance id, once per database: a database that says it has
+        // them (user_version, read from its header) is not written to at open; one made by
+        // an earlier version (0) gets them now, its rows and instance kept.
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db)?;
+        if version != SCHEMA_VERSION {
+            // Immediate: two first opens at once take turns (the busy timeout) instead of
+            // one failing on a snapshot the other's commit made stale.
+            let tx = rusqlite::Transaction::new_unchecked(&conn, TransactionBehavior::Immediate).map_err(db)?;
+            tx.execute_batch(SCHEMA).map_err(db)?;
+            tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)", params![new_id()])
+                .map_err(db)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
         Ok(Store { conn, path })
     }
 
@@ -575,6 +589,38 @@ mod tests {
             owner_pid: 0,
             owner: Owner::Cli,
         }
+    }
+
+    /// A database an earlier version made (no user_version) keeps its rows and instance
+    /// id and is marked; a marked one is opened without a write (its log does not grow).
+    #[test]
+    fn the_schema_is_written_once_per_database() {
+        let dir = tmpdir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute("INSERT INTO meta (key, value) VALUES ('instance', 'old-instance')", []).unwrap();
+            c.execute("INSERT INTO networks (name, id, doc) VALUES ('kept', 'id-kept', '{}')", []).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.instance().unwrap(), "old-instance");
+        let version: i64 = s.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let kept: i64 =
+            s.conn.query_row("SELECT COUNT(*) FROM networks WHERE name = 'kept'", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, 1);
+        let log = dir.join("state.db-wal");
+        let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        for _ in 0..3 {
+            let again = Store::open(&dir).unwrap();
+            assert_eq!(again.instance().unwrap(), "old-instance");
+        }
+        assert_eq!(std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0), before, "opening wrote to the log");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
