@@ -67,11 +67,11 @@ static DP_COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTERS_MAX_ENTR
 #[map(name = "DP_VLAN_DEVS")]
 static DP_VLAN_DEVS: HashMap<VlanKey, u32> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);
 
-/// Hidden end ifindex -> the trunk and VID its frames leave with.
 /// VID -> (trunk ifindex << 32 | hidden end ifindex): the eBPF VLAN devices XDP steers.
 #[map(name = "DP_VLAN_XDP")]
 static DP_VLAN_XDP: Array<u64> = Array::pinned(VLAN_XDP_ENTRIES, BPF_F_MMAPABLE);
 
+/// Hidden end ifindex -> the trunk and VID its frames leave with.
 #[map(name = "DP_VLAN_PEERS")]
 static DP_VLAN_PEERS: HashMap<u32, VlanTrunk> = HashMap::pinned(VLAN_MAX_ENTRIES, 0);
 
@@ -437,9 +437,8 @@ pub fn dp_ep_in(ctx: TcContext) -> i32 {
         unsafe { (*c).add(&EndpointCounters::frame(1, 0, 0, u64::from(len))) };
         return TC_ACT_OK;
     }
+    // Interfaces made before slots existed count by endpoint.
     if let Some(ep) = endpoint_of(&ctx) {
-        // SAFETY: the context pointer is valid for the program's duration.
-        let len = unsafe { (*ctx.skb.skb).len };
         ep.count(1, 0, 0, u64::from(len));
     }
     TC_ACT_OK

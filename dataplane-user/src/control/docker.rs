@@ -236,7 +236,7 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
     )?;
     bpf::endpoints::reset_slot(pins, a.ifindex);
     bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
-    let cls_only = n.options.get("endpoint_hooks").is_some_and(|h| h == "cls_bpf");
+    let cls_only = super::network::keeps_filters(n);
     bpf::endpoints::attach_at(pins, None, &a.ifname, pins.docker_endpoint_links(a.ifindex), cls_only)?;
     Ok(())
 }

@@ -375,7 +375,7 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
             }
         }
     }
-    if harden && n.options.get("endpoint_hooks").is_none_or(|h| h == "tcx") {
+    if harden && !super::network::keeps_filters(n) {
         super::background::spawn_harden(pins, &ep.netns, &a.ifname, a.ifindex);
     }
     Ok(())

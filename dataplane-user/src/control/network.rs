@@ -305,6 +305,12 @@ fn attach_parent_programs(pins: &bpf::Pins, phys: &str, undo: &mut Undo) -> Resu
     Ok(())
 }
 
+/// Whether network `n`'s endpoints keep their programs as cls_bpf filters
+/// (`-o endpoint_hooks=cls_bpf`) instead of the anti-spoofing one becoming a tcx link.
+pub(crate) fn keeps_filters(n: &Network) -> bool {
+    n.options.get("endpoint_hooks").is_some_and(|h| h == "cls_bpf")
+}
+
 /// The interface XDP sits on and admission keys refer to: the trunk of a VLAN parent,
 /// else the parent itself.
 pub fn physical_parent(n: &Network) -> Option<&str> {

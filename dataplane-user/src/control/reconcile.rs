@@ -498,10 +498,7 @@ impl Pass<'_> {
             live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
             for a in rows.atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
                 want.push((a.ifindex, endpoint_info(ep, a)?));
-                let cls_only = rows
-                    .nets
-                    .iter()
-                    .any(|n| n.name == a.network && n.options.get("endpoint_hooks").is_some_and(|h| h == "cls_bpf"));
+                let cls_only = rows.nets.iter().any(|n| n.name == a.network && super::network::keeps_filters(n));
                 self.endpoint_filters(ep, a, cls_only);
             }
         }

@@ -244,9 +244,10 @@ pub fn remove(nl: &Nl, pins: &Pins, name: &str, v: &VlanParent) -> Vec<String> {
     // `remove_outer_if_unused`).
     if v.kind == VlanKind::Ebpf {
         // Its XDP link went with the device; the pin would keep it (defunct) otherwise.
-        if let Err(e) = std::fs::remove_file(pins.xdp_link(None, name)) {
+        let pin = pins.xdp_link(None, name);
+        if let Err(e) = std::fs::remove_file(&pin) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                errs.push(format!("removing {}: {e}", pins.xdp_link(None, name).display()));
+                errs.push(format!("removing {}: {e}", pin.display()));
             }
         }
         if let Some(peer) = &v.peer {

@@ -525,6 +525,32 @@ struct Lane {
 }
 
 impl Lane {
+    /// A baseline lane of the kernel's own: `middle` forwards to `ifname` in `ep`; the
+    /// generator's maps live in a scratch bpffs dir of their own.
+    fn kernel(
+        case: &'static str,
+        gen: Netns,
+        frame: Vec<u8>,
+        middle: Netns,
+        ep: Netns,
+        ifname: &'static str,
+    ) -> Result<Lane> {
+        let bpffs = Bpffs::new()?;
+        let pins = Pins::new(&bpffs.dir);
+        bpf::ensure_maps(&pins)?;
+        Ok(Lane {
+            case,
+            gen,
+            frame,
+            maps: pins.maps_dir(),
+            ep_ns: ep.path().display().to_string(),
+            ifname,
+            host: None,
+            _keep: vec![middle, ep],
+            _bpffs: Some(bpffs),
+        })
+    }
+
     fn rate(&self, frames: u32, cpu: usize) -> Result<f64> {
         delivered_rate(&self.gen, &self.frame, frames, &self.maps, cpu, &self.ep_ns, self.ifname)
     }
@@ -589,20 +615,7 @@ fn vlan_bridge(frame: &[u8]) -> Result<Option<Lane>> {
     ep.exec(&["ip", "link", "set", "eth0", "address", "02:42:c0:a8:32:0a"])?;
     ep.exec(&["ip", "addr", "add", "192.168.50.10/24", "dev", "eth0"])?;
     ep.exec(&["ip", "route", "add", "default", "via", "192.168.50.1", "dev", "eth0"])?;
-    let bpffs = Bpffs::new()?;
-    let pins = Pins::new(&bpffs.dir);
-    bpf::ensure_maps(&pins)?;
-    Ok(Some(Lane {
-        case: BRIDGE_VLAN,
-        gen,
-        frame: frame.to_vec(),
-        maps: pins.maps_dir(),
-        ep_ns: ep.path().display().to_string(),
-        ifname: "eth0",
-        host: None,
-        _keep: vec![br, ep],
-        _bpffs: Some(bpffs),
-    }))
+    Lane::kernel(BRIDGE_VLAN, gen, frame.to_vec(), br, ep, "eth0").map(Some)
 }
 
 /// A reference where no kernel VLAN path exists: the same delivery without VLANs, to a
@@ -621,20 +634,8 @@ fn plain_macvlan(frame: &[u8]) -> Result<Lane> {
     // routable on both sides, so both answer with the same (rate-limited) ICMP work.
     ep.exec(&["ip", "route", "add", "default", "via", "192.168.50.1", "dev", "mv0"])?;
     host.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-    let bpffs = Bpffs::new()?;
-    let pins = Pins::new(&bpffs.dir);
-    bpf::ensure_maps(&pins)?;
-    Ok(Lane {
-        case: PLAIN_MACVLAN,
-        gen,
-        frame: frame[..12].iter().chain(&frame[16..]).copied().collect(),
-        maps: pins.maps_dir(),
-        ep_ns: ep.path().display().to_string(),
-        ifname: "mv0",
-        host: None,
-        _keep: vec![host, ep],
-        _bpffs: Some(bpffs),
-    })
+    let untagged = frame[..12].iter().chain(&frame[16..]).copied().collect();
+    Lane::kernel(PLAIN_MACVLAN, gen, untagged, host, ep, "mv0")
 }
 
 /// 4. Control plane: endpoints per second vs the same work done with `ip` commands.
