@@ -307,3 +307,92 @@ fn endpoint_hooks_are_tcx_links_by_default_or_cls_bpf_filters_on_request() {
         h.ok(&["network", "rm", "nk"]);
     }
 }
+
+/// The tcx upgrade waits for a pause in endpoint churn. With a pause of a minute,
+/// endpoints attached one after another keep their cls_bpf anti-spoofing filter (listed
+/// by `tc filter show` inside) and stay queued; `rm` of one cancels its upgrade; `bpf
+/// status` has the rest upgraded at once (filters gone, tcx rows). With a short pause an
+/// endpoint is upgraded on its own, with no command asking, and still drops a spoofed
+/// source. Where the kernel has no tcx, nothing is queued and the filters stay.
+#[test]
+fn tcx_upgrades_wait_for_a_pause_in_endpoint_churn() {
+    use dataplane_user::{bpf::pins::Pins, control::background::PAUSE_ENV};
+    let (h, sw) = host_with_switch("dpU").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.69.0.1/24", "dev", "up0"]).unwrap();
+    h.ok(&["network", "create", "--subnet=10.69.0.0/24", "--gateway=10.69.0.1", "-o", "parent=eth0", "n69"]);
+    let queue_dir = Pins::new(&h.bpffs.dir).run_path("harden");
+    let queued = || -> Vec<String> {
+        let Ok(d) = std::fs::read_dir(&queue_dir) else { return Vec::new() };
+        d.flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|n| n.ends_with(".pending") || n.ends_with(".active"))
+            .collect()
+    };
+    let inside = |name: &str, cmd: &[&str]| {
+        std::process::Command::new("nsenter").arg(format!("--net=/run/netns/{name}")).args(cmd).output().unwrap()
+    };
+    let egress = |name: &str| {
+        String::from_utf8_lossy(&inside(name, &["tc", "filter", "show", "dev", "eth0", "egress"]).stdout).into_owned()
+    };
+    let filtered = |name: &str| egress(name).contains("pref 219");
+    let run = |env: &[(&str, &str)], name: &str| {
+        let out = h.dp_env(env, &["run", "-d", "--name", name, "--network", "n69"]);
+        assert!(out.status.success(), "run {name}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let long = [(PAUSE_ENV, "60000")];
+    let names: Vec<String> = (0..3).map(|i| unique(&format!("churn{i}"))).collect();
+    for n in &names {
+        run(&long, n);
+    }
+    for n in &names {
+        assert!(filtered(n), "{n} has no cls_bpf anti-spoofing filter: {}", egress(n));
+    }
+    if !dataplane_user::bpf::tc::tcx_supported() {
+        assert!(queued().is_empty(), "an upgrade was queued on a kernel without tcx: {:?}", queued());
+        return;
+    }
+    assert_eq!(queued().len(), 3, "the three upgrades should wait for the pause: {:?}", queued());
+    h.ok(&["rm", "-f", &names[2]]);
+    assert_eq!(queued().len(), 2, "rm did not cancel its endpoint's upgrade: {:?}", queued());
+    let status: Value = serde_json::from_str(&h.ok(&["bpf", "status", "--format", "json"])).unwrap();
+    assert!(queued().is_empty(), "bpf status left upgrades queued: {:?}", queued());
+    for n in &names[..2] {
+        assert!(!filtered(n), "{n} still has its filter after bpf status: {}", egress(n));
+        let tcx = status.as_array().unwrap().iter().any(|r| {
+            r["netns"].as_str().is_some_and(|s| s.contains(n.as_str()))
+                && r["pin"].as_str().is_some_and(|p| p.contains("/tceg-"))
+                && r["mechanism"] == "tcx"
+        });
+        assert!(tcx, "{n}: no tcx anti-spoofing link: {status:#}");
+    }
+    // The upgrader of the long pause exits with its queue empty; the next attach starts
+    // one with a short pause.
+    let lock = std::fs::File::open(queue_dir.join("upgrader.flock")).unwrap();
+    let free = || {
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    };
+    let until = |what: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !what() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        what()
+    };
+    assert!(until(&free), "the upgrader did not exit with its queue empty");
+    // SAFETY: as above.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_UN) };
+    let d = unique("churn-d");
+    run(&[(PAUSE_ENV, "50")], &d);
+    assert!(
+        until(&|| !filtered(&d) && queued().is_empty()),
+        "{d} was not upgraded on its own: {} (queue {:?})",
+        egress(&d),
+        queued()
+    );
+    assert!(inside(&d, &["ip", "addr", "add", "10.69.0.99/24", "dev", "eth0"]).status.success());
+    let spoof = inside(&d, &["ping", "-c", "2", "-W", "1", "-I", "10.69.0.99", "10.69.0.1"]);
+    assert!(!spoof.status.success(), "a spoofed source got through after the upgrade");
+    let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &d])).unwrap();
+    assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 1, "{stats:#}");
+}

@@ -1010,7 +1010,7 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
     let mut link_pins = Vec::new();
     for a in atts {
         // An upgrade to tcx still in flight would pin a link after we unpinned.
-        super::background::wait(pins, a.ifindex);
+        super::background::cancel_or_wait(pins, a.ifindex);
         if by_child {
             bpf::endpoints::forget_identity(pins, a.ifindex, endpoint_number(&ep.id));
             link_pins.push(bpf::endpoints::link_pins(pins, &ep.netns, &a.ifname));
