@@ -79,8 +79,9 @@ enum Cmd {
         quick: bool,
         /// One stage alone, printed and not written to docs/BENCHMARKS.md: `per-packet`
         /// (BPF_PROG_TEST_RUN, a few seconds) for iterating on a program's cost, `vlan`
-        /// (live VLAN-tagged delivery and its baseline, about a minute).
-        #[arg(long, value_parser = ["per-packet", "vlan"])]
+        /// (live VLAN-tagged delivery and its baseline, about a minute), `cni` (CNI ADD and
+        /// DEL against the reference plugins, about a minute).
+        #[arg(long, value_parser = ["per-packet", "vlan", "cni"])]
         only: Option<String>,
     },
     /// Fuzz the frame classification (cargo fuzz, libFuzzer) for a bounded time; frames

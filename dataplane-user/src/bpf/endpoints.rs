@@ -134,13 +134,22 @@ pub fn link_pins(pins: &Pins, netns_path: &str, ifname: &str) -> [std::path::Pat
     pins.endpoint_links(netns_path, ifname)
 }
 
+/// The tc program pinned at `pin`, named `name`. Not `SchedClassifier::from_pin`: that
+/// asks aya whether the kernel reports program names, and aya answers by probing every
+/// feature it knows at once (nine BTF loads, five program loads, three maps: a few
+/// hundred microseconds of every attach).
+fn classifier_from_pin(pin: &Path, name: &'static str) -> Result<SchedClassifier, aya::programs::ProgramError> {
+    let info = aya::programs::ProgramInfo::from_pin(pin)?;
+    SchedClassifier::from_program_info(info, std::borrow::Cow::Borrowed(name))
+}
+
 /// The endpoint programs, loaded once and then reused from their pins: attaching an
 /// endpoint then needs neither the ELF object, nor kernel BTF, nor the verifier.
 fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
     let paths = [pins.prog(TC_EP_OUT_PROG), pins.prog(TC_EP_IN_PROG)];
     if paths.iter().all(|p| p.exists()) {
         let from = |p: &std::path::PathBuf, name: &'static str| {
-            SchedClassifier::from_pin(p).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
+            classifier_from_pin(p, name).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
         };
         if let (Ok(a), Ok(b)) = (from(&paths[0], TC_EP_OUT_PROG), from(&paths[1], TC_EP_IN_PROG)) {
             return Ok([a, b]);
@@ -167,7 +176,7 @@ fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
         }
     }
     let from = |p: &std::path::PathBuf, name: &'static str| {
-        SchedClassifier::from_pin(p).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
+        classifier_from_pin(p, name).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
     };
     Ok([from(&paths[0], TC_EP_OUT_PROG)?, from(&paths[1], TC_EP_IN_PROG)?])
 }
