@@ -354,6 +354,24 @@ fn tcx_upgrades_wait_for_a_pause_in_endpoint_churn() {
     assert_eq!(queued().len(), 3, "the three upgrades should wait for the pause: {:?}", queued());
     h.ok(&["rm", "-f", &names[2]]);
     assert_eq!(queued().len(), 2, "rm did not cancel its endpoint's upgrade: {:?}", queued());
+    // The upgrader dies with an entry taken (renamed `.active`): bpf status still ends
+    // with both upgraded.
+    let bpffs = h.bpffs.dir.display().to_string();
+    let upgraders: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            (args.get(1) == Some(&&b"__harden"[..]) && args.get(2) == Some(&bpffs.as_bytes())).then_some(pid)
+        })
+        .collect();
+    assert_eq!(upgraders.len(), 1, "one upgrader per instance: {upgraders:?}");
+    // SAFETY: kill(2) of the upgrader this test's commands started.
+    unsafe { libc::kill(upgraders[0], libc::SIGKILL) };
+    let taken = queue_dir.join(&queued()[0]);
+    std::fs::rename(&taken, taken.with_extension("active")).unwrap();
     let status: Value = serde_json::from_str(&h.ok(&["bpf", "status", "--format", "json"])).unwrap();
     assert!(queued().is_empty(), "bpf status left upgrades queued: {:?}", queued());
     for n in &names[..2] {

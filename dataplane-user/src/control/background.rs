@@ -222,6 +222,9 @@ pub fn main(args: &[String]) -> i32 {
 fn upgrader(pins: &Pins, lock: File, pause: Duration) -> i32 {
     let max = pause * MAX_FACTOR;
     let wake = Inotify::watch(&now_dir(pins));
+    for e in entries(pins, ".active", None) {
+        requeue(&e.path);
+    }
     let mut failed = 0;
     let mut locked = true;
     loop {
@@ -256,6 +259,14 @@ fn upgrader(pins: &Pins, lock: File, pause: Duration) -> i32 {
             failed = 1;
         }
     }
+}
+
+/// Put entry `active`, left by an upgrader that died, back in the queue (if it is still
+/// there and nobody holds its lock). Whether it did.
+fn requeue(active: &Path) -> bool {
+    let Ok(f) = File::open(active) else { return false };
+    crate::sys::flock(&f, libc::LOCK_EX | libc::LOCK_NB)
+        && std::fs::rename(active, active.with_extension("pending")).is_ok()
 }
 
 /// Take one entry (lock it, rename it to `.active`) and upgrade its interface. An entry
@@ -375,7 +386,15 @@ pub fn wait_all(pins: &Pins) {
             deadline = Instant::now() + Duration::from_secs(10);
         }
         match active.first() {
-            Some(a) => wait_path(&a.path),
+            Some(a) => {
+                wait_path(&a.path);
+                // Its lock is free and the entry still there: the upgrader that took it
+                // died (an `.active` entry is locked before it is named so, and unlocked
+                // only after it is gone). Queue it again, for an upgrader of ours.
+                if requeue(&a.path) {
+                    let _ = ensure_upgrader(pins);
+                }
+            }
             None => std::thread::sleep(Duration::from_millis(2)),
         }
     }
