@@ -249,7 +249,8 @@ fn upgrader(pins: &Pins, lock: File, pause: Duration) -> i32 {
             let churn =
                 std::fs::metadata(activity_stamp(pins)).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
             if let Ok(wait) = due(oldest.queued, churn, pause, max).duration_since(SystemTime::now()) {
-                if !wait.is_zero() {
+                // Never more than `max` ahead unless the clock went back: then now.
+                if !wait.is_zero() && wait <= max {
                     wake.wait(wait);
                     continue;
                 }
@@ -543,5 +544,20 @@ fn wait_path(path: &Path) {
             return;
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_is_due_after_the_pause_in_churn_and_never_later_than_max_after_its_attach() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let (pause, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        // Queued at t0, churn ended at t0 + 50 ms: due 100 ms after that.
+        assert_eq!(due(t0, t0 + Duration::from_millis(50), pause, max), t0 + Duration::from_millis(150));
+        // Churn that goes on (last at t0 + 1.95 s) cannot hold it past t0 + 2 s.
+        assert_eq!(due(t0, t0 + Duration::from_millis(1_950), pause, max), t0 + max);
     }
 }
