@@ -244,7 +244,7 @@ pub fn detach_parent(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<()
 pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
     // Interfaces still being deleted by a child keep their link pins until they are gone.
     crate::control::background::wait_unlinks();
-    if !list_link_pins(pins).is_empty() {
+    if any_link_pin(pins) {
         return Ok(());
     }
     let mut first_err = None;
@@ -282,12 +282,30 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Whether any link pin is left (stops at the first).
+pub fn any_link_pin(pins: &Pins) -> bool {
+    let Ok(rd) = std::fs::read_dir(pins.links_dir()) else { return false };
+    rd.flatten().any(|ns| {
+        std::fs::read_dir(ns.path())
+            .is_ok_and(|mut links| links.any(|l| l.is_ok_and(|l| l.file_type().is_ok_and(|t| !t.is_dir()))))
+    })
+}
+
 /// Every link pin as (netns tag, pin path).
 pub fn list_link_pins(pins: &Pins) -> Vec<(String, PathBuf)> {
+    list_link_pins_of(pins, |_| true)
+}
+
+/// The link pins of the netns tags `wanted` says yes to (the others' dirs are not read:
+/// every endpoint has one).
+pub fn list_link_pins_of(pins: &Pins, wanted: impl Fn(&str) -> bool) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(pins.links_dir()) else { return out };
     for ns in rd.flatten() {
         let tag = ns.file_name().to_string_lossy().into_owned();
+        if !wanted(&tag) {
+            continue;
+        }
         if let Ok(links) = std::fs::read_dir(ns.path()) {
             // Directories beside the pins are markers (a clsact qdisc we added).
             for l in links.flatten().filter(|l| l.file_type().is_ok_and(|t| !t.is_dir())) {

@@ -86,8 +86,16 @@ fn parse_opt_ip(s: &Option<String>) -> Result<Option<IpAddr>> {
 
 /// Admission keys of an attachment on its physical parent (by ifindex in this namespace).
 pub(crate) fn admit_keys(n: &Network, mac: [u8; 6]) -> Option<Vec<AdmitKey>> {
-    let phys = physical_parent(n)?;
-    let ifindex = netns::ifindex(phys)?;
+    Some(admit_keys_at(n, parent_ifindex(n)?, mac))
+}
+
+/// The ifindex of network `n`'s physical parent in this namespace.
+pub(crate) fn parent_ifindex(n: &Network) -> Option<u32> {
+    netns::ifindex(physical_parent(n)?)
+}
+
+/// [`admit_keys`] with the parent's ifindex known.
+pub(crate) fn admit_keys_at(n: &Network, ifindex: u32, mac: [u8; 6]) -> Vec<AdmitKey> {
     let mut keys = Vec::new();
     match &n.vlan {
         Some(v) => {
@@ -97,7 +105,7 @@ pub(crate) fn admit_keys(n: &Network, mac: [u8; 6]) -> Option<Vec<AdmitKey>> {
         }
         None => keys.push(AdmitKey { ifindex, vlan: 0, mac }),
     }
-    Some(keys)
+    keys
 }
 
 /// A stable small number per endpoint for the admission map's accounting field.

@@ -215,10 +215,12 @@ impl Engine {
                 self.state_dir.display()
             ));
         }
-        let network_pins = crate::bpf::parent::list_link_pins(&self.pins).iter().any(|(t, p)| {
-            crate::bpf::pins::LinkPin::parse(t, p).is_some_and(|l| l.hook != crate::bpf::pins::Hook::Xdp)
-        });
-        if network_pins && !known {
+        let network_pins = || {
+            crate::bpf::parent::list_link_pins(&self.pins).iter().any(|(t, p)| {
+                crate::bpf::pins::LinkPin::parse(t, p).is_some_and(|l| l.hook != crate::bpf::pins::Hook::Xdp)
+            })
+        };
+        if !known && network_pins() {
             return invalid(format!(
                 "bpffs dir {} holds networks' programs and endpoints that the store in {} does not know (was the database replaced or emptied?); refusing to tear them down; {take_over}",
                 self.pins.root().display(),

@@ -2,13 +2,17 @@
 //! endpoints whose namespace is gone (e.g. after a reboot), re-attach programs and
 //! re-create VLAN devices that vanished, and make the admission map equal to the store.
 
-use std::{collections::BTreeSet, net::IpAddr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
 
 use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue, Ip6Key, IpKey, OurIp};
 
 use super::{
     endpoint::{
-        admit_keys, endpoint_info, endpoint_number, ip6_keys, ip_keys, pid_alive, pull_admission, realise, teardown,
+        admit_keys_at, endpoint_info, endpoint_number, ip6_keys, ip_keys, pid_alive, pull_admission, realise, teardown,
     },
     network::{physical_parent, teardown_network},
     vlan, Engine, Result,
@@ -96,6 +100,8 @@ struct Rows {
     /// Endpoints another live process is working on (creating, removing, connecting):
     /// their map entries and programs are theirs to handle.
     busy: BTreeSet<u32>,
+    /// Each network's physical parent's ifindex, by network name.
+    parents: BTreeMap<String, Option<u32>>,
 }
 
 impl Rows {
@@ -112,7 +118,13 @@ impl Rows {
             })
             .map(|e| endpoint_number(&e.id))
             .collect();
-        Ok(Rows { nets, eps, atts, busy })
+        let parents = nets.iter().map(|n| (n.name.clone(), super::endpoint::parent_ifindex(n))).collect();
+        Ok(Rows { nets, eps, atts, busy, parents })
+    }
+
+    /// [`super::endpoint::admit_keys`], with each network's parent looked up once per pass.
+    fn admit_keys(&self, n: &Network, mac: [u8; 6]) -> Vec<AdmitKey> {
+        self.parents.get(&n.name).copied().flatten().map(|i| admit_keys_at(n, i, mac)).unwrap_or_default()
     }
 
     fn network(&self, name: &str) -> Option<&Network> {
@@ -360,7 +372,7 @@ impl Pass<'_> {
             if rows.busy.contains(&number) {
                 continue;
             }
-            for k in admit_keys(n, a.mac.0).unwrap_or_default() {
+            for k in rows.admit_keys(n, a.mac.0) {
                 want.push((k, AdmitValue { endpoint: number, flags: 0 }));
             }
         }
@@ -395,7 +407,7 @@ impl Pass<'_> {
             if rows.busy.contains(&number) {
                 continue;
             }
-            let keys = admit_keys(n, a.mac.0).unwrap_or_default();
+            let keys = rows.admit_keys(n, a.mac.0);
             let ours = OurIp { endpoint: number, mac: a.mac.0, pad: [0; 2] };
             if let Some(IpAddr::V4(ip)) = a.ipv4 {
                 want4.extend(ip_keys(&keys, ip.octets()).into_iter().map(|k| (k, ours)));
@@ -530,8 +542,10 @@ impl Pass<'_> {
         // A program attached as a cls_bpf filter (kernels without tcx, endpoint_hooks=
         // cls_bpf, and the rx-counting ingress program everywhere): whoever holds
         // CAP_NET_ADMIN inside the endpoint can delete it; the thorough pass looks.
-        let filters = [&eg, &ing].map(|p| p.exists() && bpf::tc::pin_is_program(p));
-        let [eg_gone, ing_gone] = if self.thorough && filters.contains(&true) {
+        // Only the thorough pass looks (two bpf(2) calls and two readlinks per endpoint).
+        let filters =
+            if self.thorough { [&eg, &ing].map(|p| p.exists() && bpf::tc::pin_is_program(p)) } else { [false, false] };
+        let [eg_gone, ing_gone] = if filters.contains(&true) {
             let (ifname, eg, ing) = (a.ifname.clone(), eg.clone(), ing.clone());
             crate::nl::with_netns(Path::new(&ep.netns), move || {
                 use aya::programs::tc::TcAttachType::{Egress, Ingress};
@@ -592,10 +606,9 @@ impl Pass<'_> {
 
     /// Pins of endpoint programs whose endpoint is gone.
     fn stale_endpoint_pins(&mut self, live_tags: &BTreeSet<String>) {
-        for (tag, pair) in bpf::pins::endpoint_pin_pairs(self.pins) {
-            if live_tags.contains(&tag) {
-                continue;
-            }
+        // The live endpoints' dirs are not even read: one directory listing per command,
+        // not one per endpoint.
+        for (_, pair) in bpf::pins::endpoint_pin_pairs(self.pins, live_tags) {
             self.drift(format!("stale endpoint program pin {}", pair[0].display()));
             if !self.dry_run {
                 for pin in &pair {
@@ -680,7 +693,8 @@ fn stale_network_pins(
         .filter(|a| eps.iter().any(|e| e.name == a.endpoint && e.owner.is_docker()))
         .map(|a| a.ifindex.to_string())
         .collect();
-    for (tag, pin) in bpf::parent::list_link_pins(pins) {
+    // Only the parents' and Docker endpoints' dirs can hold what this looks for.
+    for (tag, pin) in bpf::parent::list_link_pins_of(pins, |t| t == "host" || t == "docker") {
         let Some(lp) = LinkPin::parse(&tag, &pin) else { continue };
         let stale = (lp.is_host() && lp.hook == Hook::TcIngress && !known.contains(&lp.iface))
             || (lp.is_docker() && !docker.contains(&lp.iface));
@@ -868,7 +882,7 @@ fn vlan_xdp_entries(
 /// restored from the store by the passes below).
 fn map_pins(pins: &crate::bpf::Pins, dry_run: bool, r: &mut ReconcileReport) -> Result<()> {
     let missing: Vec<&str> = bpf::MAP_NAMES.iter().copied().filter(|m| !pins.map(m).exists()).collect();
-    if missing.is_empty() || bpf::parent::list_link_pins(pins).is_empty() {
+    if missing.is_empty() || !bpf::parent::any_link_pin(pins) {
         return Ok(());
     }
     r.drift.push(format!("map pins missing while programs are attached: {}", missing.join(", ")));
