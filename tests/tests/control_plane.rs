@@ -689,6 +689,23 @@ fn reconcile_reports_and_repairs_drift() {
     assert!(report.contains("unexpected entry") && report.contains("02:66:66:66:66:66"), "{report}");
     h.ok(&["reconcile"]);
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    // The endpoint map (read in one batch): the endpoint's entry gone, a stranger's there.
+    {
+        use aya::maps::{HashMap, Map, MapData};
+        use dataplane_common::maps::EndpointInfo;
+        let data = MapData::from_pin(h.bpffs.dir.join("maps/DP_ENDPOINTS")).unwrap();
+        let mut m: HashMap<_, u32, EndpointInfo> = HashMap::try_from(Map::HashMap(data)).unwrap();
+        let keys: Vec<u32> = m.keys().map(Result::unwrap).collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        m.remove(&keys[0]).unwrap();
+        let stranger = EndpointInfo { endpoint: 7, mac: [0x02, 0x66, 0x66, 0x66, 0x66, 0x67], ..Default::default() };
+        m.insert(0x4000_9999, stranger, 0).unwrap();
+    }
+    let report = h.ok(&["reconcile", "--dry-run"]);
+    assert!(report.contains(&format!("endpoint map: missing entry for {mac}")), "{report}");
+    assert!(report.contains("endpoint map: unexpected entry for 02:66:66:66:66:67 (ifindex 1073781145)"), "{report}");
+    h.ok(&["reconcile"]);
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
     // An endpoint's interface deleted by hand: reported, then re-created as allocated.
     let ns = format!("/run/netns/{e}");
     std::process::Command::new("ip").args(["-n", &e, "link", "del", "eth0"]).status().unwrap();

@@ -372,6 +372,9 @@ pub fn release_ip6s(pins: &Pins, keys: &[Ip6Key], endpoint: u32) {
 
 /// Every address claim in map `map` (none if the map is not there).
 fn claims<K: aya::Pod>(pins: &Pins, map: &str) -> Vec<(K, OurIp)> {
+    if let Some(all) = super::hash_entries(&pins.map(map)) {
+        return all;
+    }
     let Some(m) = open_pinned::<K, OurIp>(pins, map) else { return Vec::new() };
     m.iter().filter_map(Result::ok).collect()
 }

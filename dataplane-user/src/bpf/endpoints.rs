@@ -43,6 +43,9 @@ pub fn list(pins: &Pins) -> Result<Vec<(u32, EndpointInfo)>, BpfError> {
     if !pins.map(ENDPOINTS_MAP).exists() {
         return Ok(Vec::new());
     }
+    if let Some(all) = super::hash_entries(&pins.map(ENDPOINTS_MAP)) {
+        return Ok(all);
+    }
     Ok(open_endpoints(pins)?.iter().flatten().collect())
 }
 

@@ -40,6 +40,30 @@ where
     M::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
 }
 
+/// Every entry of the hash map pinned at `pin` in a few bpf(2) calls, or None (the
+/// caller iterates) where the kernel has no batch lookups or the pin is not a map.
+pub(crate) fn hash_entries<K: aya::Pod, V: aya::Pod>(pin: &std::path::Path) -> Option<Vec<(K, V)>> {
+    let fd = crate::sys::bpf_obj_get(pin).ok()?;
+    let (k, v) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+    // bpf_map_info: type, id, key_size, value_size (u32 each), ...: the kernel writes
+    // entries of its sizes, so they must be ours.
+    let mut info = [0u8; 80];
+    crate::sys::bpf_obj_info(&fd, &mut info).ok()?;
+    let size = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes")) as usize;
+    if (size(8), size(12)) != (k, v) {
+        return None;
+    }
+    let raw = crate::sys::bpf_hash_dump(&fd, k, v).ok()?;
+    // SAFETY: K and V are Pod (plain data, any bytes valid) and each slice has their size.
+    Some(
+        raw.iter()
+            .map(|(k, v)| unsafe {
+                (std::ptr::read_unaligned(k.as_ptr().cast::<K>()), std::ptr::read_unaligned(v.as_ptr().cast::<V>()))
+            })
+            .collect(),
+    )
+}
+
 /// Create (or reuse) every pinned map without attaching anything.
 pub fn ensure_maps(pins: &Pins) -> Result<(), BpfError> {
     load_object(&pins.maps_dir()).map(drop)
