@@ -175,6 +175,7 @@ impl Drop for Bpffs {
         // them itself when it removes its pins; a test may leave its pins to this guard).
         let pins = dataplane_user::bpf::pins::Pins::new(&self.dir);
         let _ = std::fs::remove_file(dataplane_user::bpf::admit::lock_path(&pins));
+        dataplane_user::control::background::forget_gone_instance(&pins);
     }
 }
 

@@ -413,4 +413,12 @@ fn tcx_upgrades_wait_for_a_pause_in_endpoint_churn() {
     assert!(!spoof.status.success(), "a spoofed source got through after the upgrade");
     let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &d])).unwrap();
     assert!(stats["endpoints"][0]["spoofed_packets"].as_u64().unwrap() >= 1, "{stats:#}");
+    // The instance torn down (its bpffs dir removed) with an upgrade queued: the upgrader
+    // makes no pins again, and the queue's directory goes with its last upgrader.
+    let e = unique("churn-e");
+    run(&[(PAUSE_ENV, "300")], &e);
+    assert_eq!(queued().len(), 1, "{:?}", queued());
+    std::fs::remove_dir_all(&h.bpffs.dir).unwrap();
+    assert!(until(&|| !queue_dir.exists()), "the queue outlived its instance: {:?}", std::fs::read_dir(&queue_dir));
+    assert!(!h.bpffs.dir.exists(), "an upgrade made the torn-down instance's pins again");
 }

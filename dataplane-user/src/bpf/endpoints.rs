@@ -203,7 +203,11 @@ pub fn attach_fast(pins: &Pins, netns_path: &str, ifname: &str) -> Result<bool, 
 /// (a thorough reconcile finds and restores it).
 pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Result<bool, BpfError> {
     let [eg, _] = link_pins(pins, netns_path, ifname);
-    let [mut out_prog, _] = endpoint_programs(pins)?;
+    // From its pin only: an upgrade that outlived its instance (torn down meanwhile) must
+    // not load the programs, and make their pins and maps, again.
+    let Ok(mut out_prog) = classifier_from_pin(&pins.prog(TC_EP_OUT_PROG), TC_EP_OUT_PROG) else {
+        return Ok(false);
+    };
     crate::nl::with_netns(Path::new(netns_path), || {
         if crate::netns::ifindex(ifname) != Some(ifindex) {
             return Ok(false);

@@ -276,8 +276,10 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
         let _ = std::fs::remove_dir(dir);
     }
     if !pins.root().exists() {
-        // The admission table went with the pins; so does the lock its writers take.
+        // The admission table went with the pins; so does the lock its writers take, and
+        // the tcx upgrade queue's directory.
         let _ = std::fs::remove_file(admit::lock_path(pins));
+        crate::control::background::forget_gone_instance(pins);
     }
     first_err.map_or(Ok(()), Err)
 }

@@ -231,6 +231,7 @@ fn upgrader(pins: &Pins, lock: File, pause: Duration) -> i32 {
         let queue = entries(pins, ".pending", None);
         let Some(oldest) = queue.first() else {
             if !locked {
+                forget_gone_instance(pins);
                 return failed;
             }
             // Let the lock go, then look once more: an entry queued by a command that
@@ -268,6 +269,21 @@ fn requeue(active: &Path) -> bool {
     let Ok(f) = File::open(active) else { return false };
     crate::sys::flock(&f, libc::LOCK_EX | libc::LOCK_NB)
         && std::fs::rename(active, active.with_extension("pending")).is_ok()
+}
+
+/// Remove the queue's directory of an instance whose bpffs dir is gone (torn down), if no
+/// upgrader holds it.
+pub fn forget_gone_instance(pins: &Pins) {
+    if pins.root().exists() {
+        return;
+    }
+    let Ok(lock) = File::open(upgrader_lock(pins)) else {
+        let _ = std::fs::remove_dir_all(lock_dir(pins));
+        return;
+    };
+    if crate::sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB) && entries(pins, ".pending", None).is_empty() {
+        let _ = std::fs::remove_dir_all(lock_dir(pins));
+    }
 }
 
 /// Take one entry (lock it, rename it to `.active`) and upgrade its interface. An entry
