@@ -830,6 +830,8 @@ impl Engine {
             Ok((ep, a))
         })?;
         super::fault("disconnect:removed");
+        // As rm: a queued upgrade is cancelled, one in flight finished first.
+        super::background::cancel_or_wait(&pins, a.ifindex);
         bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
         delete_link_in(&ep.netns, &a.ifname).map_err(|e| {
             ControlError::Invalid(format!(
@@ -1017,7 +1019,8 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
     let by_child = matches!(ep.owner, Owner::Cni { .. }) && !ep.netns_owned && Path::new(&ep.netns).exists();
     let mut link_pins = Vec::new();
     for a in atts {
-        // An upgrade to tcx still in flight would pin a link after we unpinned.
+        // A queued upgrade to tcx is cancelled; one in flight would pin a link after we
+        // unpinned, so it is waited for.
         super::background::cancel_or_wait(pins, a.ifindex);
         if by_child {
             bpf::endpoints::forget_identity(pins, a.ifindex, endpoint_number(&ep.id));
