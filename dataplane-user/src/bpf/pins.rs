@@ -163,14 +163,14 @@ impl Pins {
 }
 
 /// Every endpoint's pair of program pins ([egress, ingress]) kept for a namespace path,
-/// with that namespace's tag (as [`netns_tag`] makes it); the dirs of the tags in `skip`
-/// are not read.
-pub fn endpoint_pin_pairs(pins: &Pins, skip: &std::collections::BTreeSet<String>) -> Vec<(String, [PathBuf; 2])> {
+/// with that namespace's tag (as [`netns_tag`] makes it), for the tags `wanted` says yes
+/// to (the others' dirs are not read).
+pub fn endpoint_pin_pairs(pins: &Pins, wanted: impl Fn(&str) -> bool) -> Vec<(String, [PathBuf; 2])> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(pins.links_dir()) else { return out };
     for ns in rd.flatten() {
         let tag = ns.file_name().to_string_lossy().into_owned();
-        if !tag.starts_with("ns-") || skip.contains(&tag) {
+        if !tag.starts_with("ns-") || !wanted(&tag) {
             continue;
         }
         let Ok(links) = std::fs::read_dir(ns.path()) else { continue };

@@ -608,7 +608,7 @@ impl Pass<'_> {
     fn stale_endpoint_pins(&mut self, live_tags: &BTreeSet<String>) {
         // The live endpoints' dirs are not even read: one directory listing per command,
         // not one per endpoint.
-        for (_, pair) in bpf::pins::endpoint_pin_pairs(self.pins, live_tags) {
+        for (_, pair) in bpf::pins::endpoint_pin_pairs(self.pins, |t| !live_tags.contains(t)) {
             self.drift(format!("stale endpoint program pin {}", pair[0].display()));
             if !self.dry_run {
                 for pin in &pair {
