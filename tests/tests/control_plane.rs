@@ -706,6 +706,27 @@ fn reconcile_reports_and_repairs_drift() {
     assert!(report.contains("endpoint map: unexpected entry for 02:66:66:66:66:67 (ifindex 1073781145)"), "{report}");
     h.ok(&["reconcile"]);
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    // Program pins of an endpoint that is gone (a namespace no endpoint has): reported and
+    // removed by the quick pass of the next command; the live endpoint's pins stay.
+    let ghost = h.bpffs.dir.join("links/ns-run_netns_ghost");
+    std::fs::create_dir(&ghost).unwrap();
+    let prog = dataplane_user::sys::bpf_obj_get(&h.bpffs.dir.join("progs/dp_ep_out")).unwrap();
+    for pin in ["tceg-eth0", "tcin-eth0"] {
+        let path = std::ffi::CString::new(ghost.join(pin).into_os_string().into_encoded_bytes()).unwrap();
+        // union bpf_attr for BPF_OBJ_PIN (6): pathname (u64), bpf_fd (u32).
+        let mut attr = [0u8; 16];
+        attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+        attr[8..12].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&prog) as u32).to_ne_bytes());
+        // SAFETY: the kernel reads `attr` and the C string it points at.
+        unsafe { dataplane_user::sys::bpf(6, attr.as_mut_ptr(), attr.len()) }.unwrap();
+    }
+    let report = h.ok(&["reconcile", "--dry-run"]);
+    assert!(report.contains(&format!("stale endpoint program pin {}", ghost.join("tceg-eth0").display())), "{report}");
+    h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=eth0", "n91"]);
+    assert!(!ghost.exists(), "the stale pins outlived the next command's reconcile");
+    let live = h.bpffs.dir.join(format!("links/ns-run_netns_{e}"));
+    assert!(live.join("tceg-eth0").exists() && live.join("tcin-eth0").exists(), "a live endpoint lost its pins");
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
     // An endpoint's interface deleted by hand: reported, then re-created as allocated.
     let ns = format!("/run/netns/{e}");
     std::process::Command::new("ip").args(["-n", &e, "link", "del", "eth0"]).status().unwrap();
