@@ -8,7 +8,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
@@ -57,7 +57,7 @@ pub fn bpf_obj_info(fd: &OwnedFd, info: &mut [u8]) -> io::Result<()> {
 /// bytes) by BPF_MAP_LOOKUP_BATCH: a call per 512 entries instead of two per entry.
 /// An error (a kernel without batch operations: before 5.6) is returned for the caller
 /// to iterate instead.
-pub fn bpf_hash_dump(fd: &OwnedFd, key_size: usize, value_size: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn bpf_hash_dump(fd: BorrowedFd<'_>, key_size: usize, value_size: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const CHUNK: usize = 512;
     let mut keys = vec![0u8; key_size * CHUNK];

@@ -311,6 +311,18 @@ impl Host {
     }
 }
 
+/// Poll `done` every millisecond for at most `limit`; whether it became true.
+pub fn wait_until(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
 /// A veth pair `a_if` (in namespace `a`) <-> `b_if` (in namespace `b`), both up.
 pub fn veth_between(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
     ip(&["link", "add", "dptmp0", "netns", &a.name, "type", "veth", "peer", "name", "dptmp1", "netns", &b.name])?;

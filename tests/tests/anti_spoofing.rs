@@ -316,18 +316,17 @@ fn endpoint_hooks_are_tcx_links_by_default_or_cls_bpf_filters_on_request() {
 /// source. Where the kernel has no tcx, nothing is queued and the filters stay.
 #[test]
 fn tcx_upgrades_wait_for_a_pause_in_endpoint_churn() {
-    use dataplane_user::{bpf::pins::Pins, control::background::PAUSE_ENV};
+    use dataplane_tests::lab::wait_until;
+    use dataplane_user::{
+        bpf::pins::Pins,
+        control::background::{queued, PAUSE_ENV},
+    };
     let (h, sw) = host_with_switch("dpU").unwrap();
     sw.exec(&["ip", "addr", "add", "10.69.0.1/24", "dev", "up0"]).unwrap();
     h.ok(&["network", "create", "--subnet=10.69.0.0/24", "--gateway=10.69.0.1", "-o", "parent=eth0", "n69"]);
-    let queue_dir = Pins::new(&h.bpffs.dir).run_path("harden");
-    let queued = || -> Vec<String> {
-        let Ok(d) = std::fs::read_dir(&queue_dir) else { return Vec::new() };
-        d.flatten()
-            .filter_map(|e| e.file_name().to_str().map(String::from))
-            .filter(|n| n.ends_with(".pending") || n.ends_with(".active"))
-            .collect()
-    };
+    let pins = Pins::new(&h.bpffs.dir);
+    let queue_dir = pins.run_path("harden");
+    let queued = || queued(&pins);
     let inside = |name: &str, cmd: &[&str]| {
         std::process::Command::new("nsenter").arg(format!("--net=/run/netns/{name}")).args(cmd).output().unwrap()
     };
@@ -390,13 +389,7 @@ fn tcx_upgrades_wait_for_a_pause_in_endpoint_churn() {
         // SAFETY: flock on a descriptor we own.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) == 0 }
     };
-    let until = |what: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !what() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        what()
-    };
+    let until = |what: &dyn Fn() -> bool| wait_until(Duration::from_secs(20), what);
     assert!(until(&free), "the upgrader did not exit with its queue empty");
     // SAFETY: as above.
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_UN) };

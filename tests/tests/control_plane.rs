@@ -710,15 +710,9 @@ fn reconcile_reports_and_repairs_drift() {
     // removed by the quick pass of the next command; the live endpoint's pins stay.
     let ghost = h.bpffs.dir.join("links/ns-run_netns_ghost");
     std::fs::create_dir(&ghost).unwrap();
-    let prog = dataplane_user::sys::bpf_obj_get(&h.bpffs.dir.join("progs/dp_ep_out")).unwrap();
+    let mut prog = aya::programs::SchedClassifier::from_pin(h.bpffs.dir.join("progs/dp_ep_out")).unwrap();
     for pin in ["tceg-eth0", "tcin-eth0"] {
-        let path = std::ffi::CString::new(ghost.join(pin).into_os_string().into_encoded_bytes()).unwrap();
-        // union bpf_attr for BPF_OBJ_PIN (6): pathname (u64), bpf_fd (u32).
-        let mut attr = [0u8; 16];
-        attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-        attr[8..12].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&prog) as u32).to_ne_bytes());
-        // SAFETY: the kernel reads `attr` and the C string it points at.
-        unsafe { dataplane_user::sys::bpf(6, attr.as_mut_ptr(), attr.len()) }.unwrap();
+        prog.pin(ghost.join(pin)).unwrap();
     }
     let report = h.ok(&["reconcile", "--dry-run"]);
     assert!(report.contains(&format!("stale endpoint program pin {}", ghost.join("tceg-eth0").display())), "{report}");

@@ -150,10 +150,10 @@ fn classifier_from_pin(pin: &Path, name: &'static str) -> Result<SchedClassifier
 /// endpoint then needs neither the ELF object, nor kernel BTF, nor the verifier.
 fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
     let paths = [pins.prog(TC_EP_OUT_PROG), pins.prog(TC_EP_IN_PROG)];
+    let from = |p: &std::path::PathBuf, name: &'static str| {
+        classifier_from_pin(p, name).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
+    };
     if paths.iter().all(|p| p.exists()) {
-        let from = |p: &std::path::PathBuf, name: &'static str| {
-            classifier_from_pin(p, name).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
-        };
         if let (Ok(a), Ok(b)) = (from(&paths[0], TC_EP_OUT_PROG), from(&paths[1], TC_EP_IN_PROG)) {
             return Ok([a, b]);
         }
@@ -178,9 +178,6 @@ fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
             }
         }
     }
-    let from = |p: &std::path::PathBuf, name: &'static str| {
-        classifier_from_pin(p, name).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
-    };
     Ok([from(&paths[0], TC_EP_OUT_PROG)?, from(&paths[1], TC_EP_IN_PROG)?])
 }
 

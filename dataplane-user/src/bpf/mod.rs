@@ -43,17 +43,15 @@ where
 /// Every entry of the hash map pinned at `pin` in a few bpf(2) calls, or None (the
 /// caller iterates) where the kernel has no batch lookups or the pin is not a map.
 pub(crate) fn hash_entries<K: aya::Pod, V: aya::Pod>(pin: &std::path::Path) -> Option<Vec<(K, V)>> {
-    let fd = crate::sys::bpf_obj_get(pin).ok()?;
+    use std::os::fd::AsFd;
+    let info = aya::maps::MapInfo::from_pin(pin).ok()?;
     let (k, v) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
-    // bpf_map_info: type, id, key_size, value_size (u32 each), ...: the kernel writes
-    // entries of its sizes, so they must be ours.
-    let mut info = [0u8; 80];
-    crate::sys::bpf_obj_info(&fd, &mut info).ok()?;
-    let size = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes")) as usize;
-    if (size(8), size(12)) != (k, v) {
+    // The kernel writes entries of the map's sizes, so they must be ours.
+    if (info.key_size() as usize, info.value_size() as usize) != (k, v) {
         return None;
     }
-    let raw = crate::sys::bpf_hash_dump(&fd, k, v).ok()?;
+    let fd = info.fd().ok()?;
+    let raw = crate::sys::bpf_hash_dump(fd.as_fd(), k, v).ok()?;
     // SAFETY: K and V are Pod (plain data, any bytes valid) and each slice has their size.
     Some(
         raw.iter()

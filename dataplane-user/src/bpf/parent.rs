@@ -284,13 +284,16 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// The link pins in one namespace's pin dir `ns_dir`: directories beside them are
+/// markers (a clsact qdisc we added).
+fn pins_in(ns_dir: &Path) -> impl Iterator<Item = std::fs::DirEntry> {
+    std::fs::read_dir(ns_dir).into_iter().flatten().flatten().filter(|l| l.file_type().is_ok_and(|t| !t.is_dir()))
+}
+
 /// Whether any link pin is left (stops at the first).
 pub fn any_link_pin(pins: &Pins) -> bool {
     let Ok(rd) = std::fs::read_dir(pins.links_dir()) else { return false };
-    rd.flatten().any(|ns| {
-        std::fs::read_dir(ns.path())
-            .is_ok_and(|mut links| links.any(|l| l.is_ok_and(|l| l.file_type().is_ok_and(|t| !t.is_dir()))))
-    })
+    rd.flatten().any(|ns| pins_in(&ns.path()).next().is_some())
 }
 
 /// Every link pin as (netns tag, pin path).
@@ -308,12 +311,7 @@ pub fn list_link_pins_of(pins: &Pins, wanted: impl Fn(&str) -> bool) -> Vec<(Str
         if !wanted(&tag) {
             continue;
         }
-        if let Ok(links) = std::fs::read_dir(ns.path()) {
-            // Directories beside the pins are markers (a clsact qdisc we added).
-            for l in links.flatten().filter(|l| l.file_type().is_ok_and(|t| !t.is_dir())) {
-                out.push((tag.clone(), l.path()));
-            }
-        }
+        out.extend(pins_in(&ns.path()).map(|l| (tag.clone(), l.path())));
     }
     out.sort();
     out

@@ -72,7 +72,10 @@ fn activity_stamp(pins: &Pins) -> PathBuf {
 /// (the filters protect the endpoint); it is reported as a warning.
 pub fn spawn_harden(pins: &Pins, netns: &str, ifname: &str, ifindex: u32) {
     if let Err(e) = queue(pins, netns, ifname, ifindex) {
-        eprintln!("dataplane: warning: {ifname} keeps its cls_bpf filters (could not queue the tcx upgrade: {e})");
+        eprintln!(
+            "dataplane: warning: {ifname} keeps its cls_bpf filters (could not queue its tcx upgrade in {}: {e})",
+            lock_dir(pins).display()
+        );
     }
 }
 
@@ -137,31 +140,39 @@ fn ensure_upgrader(pins: &Pins) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One queued upgrade: its file and when it was queued.
+/// One queued upgrade: its file, when it was queued, and whether the upgrader has taken
+/// it (`.active`) or not (`.pending`).
 struct Entry {
     path: PathBuf,
     queued: SystemTime,
+    active: bool,
 }
 
-/// The queue's entries with `suffix` (`.pending`, `.active`), oldest first; only those of
-/// interface `ifindex` if given.
-fn entries(pins: &Pins, suffix: &str, ifindex: Option<u32>) -> Vec<Entry> {
+/// The queue's entries (one directory listing), oldest first; only those of interface
+/// `ifindex` if given.
+fn entries(pins: &Pins, ifindex: Option<u32>) -> Vec<Entry> {
     let Ok(dir) = std::fs::read_dir(lock_dir(pins)) else { return Vec::new() };
     let prefix = ifindex.map(|i| format!("{i}-"));
     let mut out: Vec<Entry> = dir
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with(suffix) && prefix.as_deref().is_none_or(|p| n.starts_with(p)))
-        })
-        .map(|e| Entry {
-            queued: e.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH),
-            path: e.path(),
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let active = name.ends_with(".active");
+            if !(active || name.ends_with(".pending")) || prefix.as_deref().is_some_and(|p| !name.starts_with(p)) {
+                return None;
+            }
+            let queued = e.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+            Some(Entry { path: e.path(), queued, active })
         })
         .collect();
     out.sort_by_key(|e| e.queued);
     out
+}
+
+/// The names of the entries of this instance's queue, pending or in flight (for tests and
+/// the benchmark: an empty list means every queued endpoint has its tcx link or is gone).
+pub fn queued(pins: &Pins) -> Vec<String> {
+    entries(pins, None).iter().filter_map(|e| e.path.file_name()?.to_str().map(String::from)).collect()
 }
 
 /// When the oldest entry's upgrade is due: once churn (last at `churn`) has paused for
@@ -196,40 +207,26 @@ fn hurried(pins: &Pins) -> bool {
 /// sleeping until then (woken early by a request in the `now` dir), and exits when the
 /// queue is empty. Returns its exit code (nobody reads it; a failed upgrade leaves the
 /// cls_bpf filters, which a thorough reconcile checks).
-///
-/// Also `__harden BPFFS NETNS IFNAME IFINDEX`, the child of an earlier version (which
-/// holds `IFINDEX.lock` itself): that interface is upgraded at once.
 pub fn main(args: &[String]) -> i32 {
-    match args {
-        [bpffs, fd, pause] => {
-            let (Ok(fd), Ok(pause)) = (fd.parse::<i32>(), pause.parse::<u64>()) else { return 2 };
-            // SAFETY: the descriptor our parent opened and handed down (not CLOEXEC); owned
-            // by this process from here on.
-            let lock = unsafe { File::from_raw_fd(fd) };
-            upgrader(&Pins::new(Path::new(bpffs)), lock, Duration::from_millis(pause))
-        }
-        [bpffs, netns, ifname, ifindex] => {
-            let Ok(ifindex) = ifindex.parse::<u32>() else { return 2 };
-            let pins = Pins::new(Path::new(bpffs));
-            let code = i32::from(crate::bpf::endpoints::harden(&pins, netns, ifname, ifindex).is_err());
-            let _ = std::fs::remove_file(lock_dir(&pins).join(format!("{ifindex}.lock")));
-            code
-        }
-        _ => 2,
-    }
+    let [bpffs, fd, pause] = args else { return 2 };
+    let (Ok(fd), Ok(pause)) = (fd.parse::<i32>(), pause.parse::<u64>()) else { return 2 };
+    // SAFETY: the descriptor our parent opened and handed down (not CLOEXEC); owned by this
+    // process from here on.
+    let lock = unsafe { File::from_raw_fd(fd) };
+    upgrader(&Pins::new(Path::new(bpffs)), lock, Duration::from_millis(pause))
 }
 
 fn upgrader(pins: &Pins, lock: File, pause: Duration) -> i32 {
     let max = pause * MAX_FACTOR;
     let wake = Inotify::watch(&now_dir(pins));
-    for e in entries(pins, ".active", None) {
+    for e in entries(pins, None).iter().filter(|e| e.active) {
         requeue(&e.path);
     }
     let mut failed = 0;
     let mut locked = true;
     loop {
-        let queue = entries(pins, ".pending", None);
-        let Some(oldest) = queue.first() else {
+        let queue = entries(pins, None);
+        let Some(oldest) = queue.iter().find(|e| !e.active) else {
             if !locked {
                 forget_gone_instance(pins);
                 return failed;
@@ -281,7 +278,7 @@ pub fn forget_gone_instance(pins: &Pins) {
         let _ = std::fs::remove_dir_all(lock_dir(pins));
         return;
     };
-    if crate::sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB) && entries(pins, ".pending", None).is_empty() {
+    if crate::sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB) && !entries(pins, None).iter().any(|e| !e.active) {
         let _ = std::fs::remove_dir_all(lock_dir(pins));
     }
 }
@@ -357,15 +354,16 @@ pub fn cancel_or_wait(pins: &Pins, ifindex: u32) {
         return;
     }
     note_churn(pins);
-    for e in entries(pins, ".pending", Some(ifindex)) {
-        if std::fs::remove_file(&e.path).is_err() {
+    for e in entries(pins, Some(ifindex)) {
+        if e.active {
+            wait_path(&e.path);
+        } else if std::fs::remove_file(&e.path).is_err() {
             // Taken by the upgrader a moment ago.
             wait_path(&e.path.with_extension("active"));
         }
     }
-    for e in entries(pins, ".active", Some(ifindex)) {
-        wait_path(&e.path);
-    }
+    // A child of an earlier version (one per attach, holding IFINDEX.lock), started before
+    // an upgrade of the binary and still running.
     wait_path(&dir.join(format!("{ifindex}.lock")));
 }
 
@@ -376,13 +374,13 @@ pub fn wait_all(pins: &Pins) {
     if !dir.is_dir() {
         return;
     }
-    // Children of an earlier version.
+    // Children of an earlier version (see cancel_or_wait).
     if let Ok(d) = std::fs::read_dir(&dir) {
         d.flatten()
             .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".lock")))
             .for_each(|e| wait_path(&e.path()));
     }
-    if entries(pins, ".pending", None).is_empty() && entries(pins, ".active", None).is_empty() {
+    if entries(pins, None).is_empty() {
         return;
     }
     let request = now_dir(pins).join(std::process::id().to_string());
@@ -393,8 +391,8 @@ pub fn wait_all(pins: &Pins) {
     let mut left = usize::MAX;
     let mut deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (pending, active) = (entries(pins, ".pending", None), entries(pins, ".active", None));
-        let now_left = pending.len() + active.len();
+        let queue = entries(pins, None);
+        let now_left = queue.len();
         if now_left == 0 || Instant::now() > deadline {
             break;
         }
@@ -402,7 +400,7 @@ pub fn wait_all(pins: &Pins) {
             left = now_left;
             deadline = Instant::now() + Duration::from_secs(10);
         }
-        match active.first() {
+        match queue.iter().find(|e| e.active) {
             Some(a) => {
                 wait_path(&a.path);
                 // Its lock is free and the entry still there: the upgrader that took it

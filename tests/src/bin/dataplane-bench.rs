@@ -20,10 +20,11 @@ use dataplane_common::{
 };
 use dataplane_tests::{
     frames::{tagged, udp, LAB_SRC},
-    lab::{veth_between, Host},
+    lab::{veth_between, wait_until, Host},
     Bpffs, Netns,
 };
 use dataplane_user::bpf::{self, Pins};
+use dataplane_user::control::background::queued;
 use serde_json::{json, Value};
 
 const LO: u32 = 1;
@@ -652,9 +653,9 @@ fn control_plane(o: &Opts) -> Result<Vec<Value>> {
     let ours_create = start.elapsed().as_secs_f64();
     // The anti-spoofing links' upgrades, queued during the burst, made before the rest is
     // timed (they would hold RTNL in its midst): the rate with them counted.
-    let queue = dataplane_user::bpf::pins::Pins::new(&h.bpffs.dir).run_path("harden");
-    if !wait_for(Duration::from_secs(120), || upgrade_queue(&queue).is_empty()) {
-        eprintln!("  upgrades still queued after 120 s: {:?}", upgrade_queue(&queue));
+    let pins = dataplane_user::bpf::pins::Pins::new(&h.bpffs.dir);
+    if !wait_until(Duration::from_secs(120), || queued(&pins).is_empty()) {
+        eprintln!("  upgrades still queued after 120 s: {:?}", queued(&pins));
     }
     let ours_upgraded = start.elapsed().as_secs_f64();
     // The same on a network that probes each address first (the default, 20 ms wait).
@@ -820,7 +821,7 @@ fn cni(o: &Opts) -> Result<Vec<Value>> {
         }
     }
     let breakdown = cni_breakdown(&h.ns, &plugins[0].1, &plugins[0].2)?;
-    let queue = dataplane_user::bpf::pins::Pins::new(&h.bpffs.dir).run_path("harden");
+    let pins = dataplane_user::bpf::pins::Pins::new(&h.bpffs.dir);
     let mut rows = Vec::new();
     for concurrency in [1usize, 16] {
         let mut rates = Vec::new();
@@ -833,10 +834,10 @@ fn cni(o: &Opts) -> Result<Vec<Value>> {
             // queue is empty (nobody asking: it starts after the pause in ADDs).
             let upgraded = (rates.is_empty()).then(|| {
                 let start = Instant::now();
-                let drained = wait_for(Duration::from_secs(120), || upgrade_queue(&queue).is_empty());
+                let drained = wait_until(Duration::from_secs(120), || queued(&pins).is_empty());
                 let secs = n as f64 / add + start.elapsed().as_secs_f64();
                 if !drained {
-                    eprintln!("  upgrades still queued after 120 s: {:?}", upgrade_queue(&queue));
+                    eprintln!("  upgrades still queued after 120 s: {:?}", queued(&pins));
                 }
                 n as f64 / secs
             });
@@ -865,27 +866,6 @@ fn cni(o: &Opts) -> Result<Vec<Value>> {
     }
     let _ = std::fs::remove_dir_all(&data);
     Ok(rows)
-}
-
-/// The tcx upgrades queued in an instance's queue dir (pending or in flight).
-fn upgrade_queue(dir: &Path) -> Vec<String> {
-    let Ok(d) = std::fs::read_dir(dir) else { return Vec::new() };
-    d.flatten()
-        .filter_map(|e| e.file_name().to_str().map(String::from))
-        .filter(|n| n.ends_with(".pending") || n.ends_with(".active"))
-        .collect()
-}
-
-/// Poll `done` every millisecond for at most `limit`; whether it became true.
-fn wait_for(limit: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
 }
 
 /// Where one ADD and one DEL of ours spend their time (DATAPLANE_TIMINGS marks), over 8
