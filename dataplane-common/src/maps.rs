@@ -37,7 +37,9 @@ pub const VLAN_PEERS_MAP: &str = "DP_VLAN_PEERS";
 pub const VLAN_MAX_ENTRIES: u32 = 4096;
 /// tcx egress program on an endpoint's interface: anti-spoofing + tx accounting.
 pub const TC_EP_OUT_PROG: &str = "dp_ep_out";
-/// tcx ingress program on an endpoint's interface: rx accounting.
+/// The rx-counting ingress program older versions put on endpoint interfaces (the kernel's
+/// own per-interface statistics count what an endpoint receives now); kept for the
+/// interfaces they made, which go on running it until they are re-created.
 pub const TC_EP_IN_PROG: &str = "dp_ep_in";
 /// ifindex of an endpoint interface -> what it may send as. Endpoint interfaces get
 /// ifindexes from [`EP_IFINDEX_BASE`] up, unique per dataplane instance, because the

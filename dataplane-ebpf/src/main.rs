@@ -424,7 +424,9 @@ pub fn dp_ep_out(ctx: TcContext) -> i32 {
     }
 }
 
-/// Ingress (tcx) of an endpoint's interface: rx accounting only. An interface with a
+/// Ingress of an endpoint interface an older version made: rx accounting only (new
+/// interfaces run nothing on ingress; the kernel's per-interface statistics count what
+/// they receive, without a program call per frame). An interface with a
 /// slot counts there without looking its endpoint up (the slot is zeroed for each new
 /// interface, and only interfaces in DP_ENDPOINTS are read back), so no hash lookup runs
 /// per received frame.

@@ -66,6 +66,8 @@ pub struct LinkInfo {
     pub xdp: Option<&'static str>,
     /// The lower device (IFLA_LINK) of a VLAN or macvlan device.
     pub link: Option<u32>,
+    /// Frames and bytes the kernel counted as received (IFLA_STATS64).
+    pub rx: Option<(u64, u64)>,
 }
 
 fn info_of(m: &LinkMessage) -> LinkInfo {
@@ -79,6 +81,7 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
         mtu: None,
         xdp: None,
         link: None,
+        rx: None,
     };
     for a in &m.attributes {
         match a {
@@ -90,6 +93,7 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
             }
             LinkAttribute::Mtu(m) => li.mtu = Some(*m),
             LinkAttribute::Link(l) => li.link = Some(*l),
+            LinkAttribute::Stats64(st) => li.rx = Some((st.rx_packets, st.rx_bytes)),
             LinkAttribute::Xdp(x) => {
                 use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
                 for a in x {

@@ -674,6 +674,53 @@ fn connect_and_disconnect_add_and_remove_interfaces() {
     h.ok(&["network", "rm", "n82"]);
 }
 
+/// What an endpoint received is the kernel's own count for its interfaces: no program
+/// runs on their ingress, `stats` reports their statistics, and what an interface
+/// received stays the endpoint's when `network disconnect` removes it.
+#[test]
+fn rx_counts_are_the_kernels_and_outlive_a_disconnected_interface() {
+    let (h, sw) = host_and_switch();
+    sw.exec(&["ip", "addr", "add", "10.83.0.1/24", "dev", "up0"]).unwrap();
+    sw.exec(&["ip", "addr", "add", "10.84.0.1/24", "dev", "up0"]).unwrap();
+    h.ok(&["network", "create", "--subnet=10.83.0.0/24", "--gateway=10.83.0.1", "-o", "parent=eth0", "n83"]);
+    h.ok(&["network", "create", "--subnet=10.84.0.0/24", "--gateway=10.84.0.1", "-o", "parent=eth0", "n84"]);
+    let e = unique("rx");
+    h.ok(&["run", "-d", "--name", &e, "--network", "n83"]);
+    h.ok(&["network", "connect", "n84", &e]);
+    let ns = format!("/run/netns/{e}");
+    let inside = |cmd: &[&str]| {
+        let out = std::process::Command::new("nsenter").arg(format!("--net={ns}")).args(cmd).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for dev in ["eth0", "eth1"] {
+        let filters = inside(&["tc", "filter", "show", "dev", dev, "ingress"]);
+        assert_eq!(filters.trim(), "", "a program on {dev}'s ingress");
+    }
+    assert!(ping(&h, &e, "10.83.0.1"));
+    let out = h.dp(&["exec", &e, "ping", "-c", "2", "-W", "1", "-I", "eth1", "10.84.0.1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The kernel's rx packets of the endpoint's interfaces, by name.
+    let kernel = |dev: &str| -> u64 {
+        let v = json(&inside(&["ip", "-s", "-j", "link", "show", "dev", dev]));
+        v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+    };
+    let reported = || -> u64 {
+        let v = json(&h.ok(&["stats", "--format", "json", &e]));
+        v["endpoints"][0]["rx_packets"].as_u64().unwrap()
+    };
+    let eth1 = kernel("eth1");
+    assert!(eth1 >= 2, "eth1 received {eth1} frames");
+    let low = kernel("eth0") + eth1;
+    let said = reported();
+    let high = kernel("eth0") + kernel("eth1");
+    assert!((low..=high).contains(&said), "stats says {said}, the kernel {low}..{high}");
+    h.ok(&["network", "disconnect", "n84", &e]);
+    let eth0 = kernel("eth0");
+    let said = reported();
+    assert!(said >= eth0 + eth1, "after the disconnect stats says {said}: eth0 {eth0} + eth1's {eth1} went missing");
+}
+
 #[test]
 fn reconcile_reports_and_repairs_drift() {
     let (h, _sw) = host_and_switch();
@@ -719,7 +766,7 @@ fn reconcile_reports_and_repairs_drift() {
     h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=eth0", "n91"]);
     assert!(!ghost.exists(), "the stale pins outlived the next command's reconcile");
     let live = h.bpffs.dir.join(format!("links/ns-run_netns_{e}"));
-    assert!(live.join("tceg-eth0").exists() && live.join("tcin-eth0").exists(), "a live endpoint lost its pins");
+    assert!(live.join("tceg-eth0").exists(), "a live endpoint lost its pin");
     assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
     // An endpoint's interface deleted by hand: reported, then re-created as allocated.
     let ns = format!("/run/netns/{e}");

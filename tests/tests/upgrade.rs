@@ -202,7 +202,7 @@ fn reload_under_traffic_loses_nothing() {
     let programs: Vec<&str> = after_a.iter().map(|r| r["program"].as_str().unwrap()).collect();
     // dp_vlan_out runs only where trunk0.70 is dataplane's eBPF VLAN device (no 8021q).
     let ebpf_vlan = a.ns.link_json("trunk0.70").unwrap()["linkinfo"]["info_kind"] == "veth";
-    let mut want = vec!["dp_parent", "dp_trunk_in", "dp_ep_out", "dp_ep_in"];
+    let mut want = vec!["dp_parent", "dp_trunk_in", "dp_ep_out"];
     if ebpf_vlan {
         want.extend(["dp_vlan_out", "dp_vlan_rx"]);
     }

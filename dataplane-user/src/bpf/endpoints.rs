@@ -1,6 +1,6 @@
-//! Endpoint interfaces: their identity map (anti-spoofing), their programs (tcx egress and
-//! ingress, attached from inside the endpoint's namespace, pinned in the host's bpffs),
-//! and their counters.
+//! Endpoint interfaces: their identity map (anti-spoofing), their program (egress,
+//! attached from inside the endpoint's namespace, pinned in the host's bpffs), and their
+//! counters (tx and spoofed ours; rx the kernel's own per-interface count).
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +12,7 @@ use aya::{
     programs::{tc::TcAttachType, SchedClassifier},
 };
 use dataplane_common::{
-    maps::{ep_slot, ENDPOINTS_MAP, EP_COUNTERS_MAP, EP_SLOTS_MAP, TC_EP_IN_PROG, TC_EP_OUT_PROG},
+    maps::{ep_slot, ENDPOINTS_MAP, EP_COUNTERS_MAP, EP_SLOTS_MAP, TC_EP_OUT_PROG},
     EndpointCounters, EndpointInfo,
 };
 
@@ -57,8 +57,10 @@ fn open_slots(pins: &Pins) -> Result<PerCpuArray<MapData, EndpointCounters>, Bpf
     super::open_map(pins, EP_SLOTS_MAP)
 }
 
-/// Summed per-endpoint counters by endpoint number: the slots of its interfaces, plus
-/// what it counted by endpoint (interfaces without a slot, interfaces gone).
+/// Summed per-endpoint counters by endpoint number, as the maps hold them: the slots of
+/// its interfaces, plus what it counted by endpoint (interfaces without a slot,
+/// interfaces gone). The rx figures of live interfaces the kernel counts are not here
+/// ([`crate::control::Engine::endpoint_counters`] adds them).
 pub fn counters(pins: &Pins) -> Result<BTreeMap<u32, EndpointCounters>, BpfError> {
     let mut out: BTreeMap<u32, EndpointCounters> = BTreeMap::new();
     if pins.map(EP_COUNTERS_MAP).exists() {
@@ -132,7 +134,7 @@ pub fn remove_counters(pins: &Pins, endpoint: u32) {
     }
 }
 
-/// Pin paths of an endpoint interface's two links.
+/// Pin paths of an endpoint interface's links (see [`Pins::endpoint_links`]).
 pub fn link_pins(pins: &Pins, netns_path: &str, ifname: &str) -> [std::path::PathBuf; 2] {
     pins.endpoint_links(netns_path, ifname)
 }
@@ -146,47 +148,46 @@ fn classifier_from_pin(pin: &Path, name: &'static str) -> Result<SchedClassifier
     SchedClassifier::from_program_info(info, std::borrow::Cow::Borrowed(name))
 }
 
-/// The endpoint programs, loaded once and then reused from their pins: attaching an
-/// endpoint then needs neither the ELF object, nor kernel BTF, nor the verifier.
-fn endpoint_programs(pins: &Pins) -> Result<[SchedClassifier; 2], BpfError> {
-    let paths = [pins.prog(TC_EP_OUT_PROG), pins.prog(TC_EP_IN_PROG)];
-    let from = |p: &std::path::PathBuf, name: &'static str| {
-        classifier_from_pin(p, name).map_err(|e| BpfError::Verify { name, source: Box::new(e) })
+/// The endpoint's program (anti-spoofing, egress), loaded once and then reused from its
+/// pin: attaching an endpoint then needs neither the ELF object, nor kernel BTF, nor the
+/// verifier.
+fn endpoint_program(pins: &Pins) -> Result<SchedClassifier, BpfError> {
+    let path = pins.prog(TC_EP_OUT_PROG);
+    let from = || {
+        classifier_from_pin(&path, TC_EP_OUT_PROG)
+            .map_err(|e| BpfError::Verify { name: TC_EP_OUT_PROG, source: Box::new(e) })
     };
-    if paths.iter().all(|p| p.exists()) {
-        if let (Ok(a), Ok(b)) = (from(&paths[0], TC_EP_OUT_PROG), from(&paths[1], TC_EP_IN_PROG)) {
-            return Ok([a, b]);
+    if path.exists() {
+        if let Ok(p) = from() {
+            return Ok(p);
         }
-        // Stale pins (e.g. from an older layout): load afresh below.
-        for p in &paths {
-            let _ = std::fs::remove_file(p);
-        }
+        // A stale pin (e.g. from an older layout): load afresh below.
+        let _ = std::fs::remove_file(&path);
     }
     crate::bpffs::create_private(&pins.progs_dir())?;
     let mut ebpf = load_object(&pins.maps_dir())?;
-    for (name, path) in [(TC_EP_OUT_PROG, &paths[0]), (TC_EP_IN_PROG, &paths[1])] {
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingProgram { name })?
-            .try_into()
-            .map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
-        p.load().map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
-        // Another process may have pinned it meanwhile; theirs is as good as ours.
-        if let Err(e) = p.pin(path) {
-            if !path.exists() {
-                return Err(BpfError::Pin { path: path.clone(), source: e.into() });
-            }
+    let name = TC_EP_OUT_PROG;
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingProgram { name })?
+        .try_into()
+        .map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
+    p.load().map_err(|e| BpfError::Verify { name, source: Box::new(e) })?;
+    // Another process may have pinned it meanwhile; theirs is as good as ours.
+    if let Err(e) = p.pin(&path) {
+        if !path.exists() {
+            return Err(BpfError::Pin { path: path.clone(), source: e.into() });
         }
     }
-    Ok([from(&paths[0], TC_EP_OUT_PROG)?, from(&paths[1], TC_EP_IN_PROG)?])
+    from()
 }
 
-/// Attach the endpoint programs to `ifname` inside the namespace at `netns_path`, as
-/// cls_bpf filters even where the kernel has tcx: made without waiting for RCU grace
-/// periods, so an attach is not held up by them. Returns whether the anti-spoofing filter
-/// should be upgraded to a tcx link ([`harden`], done in the background for a new
-/// endpoint): whoever holds CAP_NET_ADMIN in the endpoint's namespace can delete a cls_bpf
-/// filter, not a tcx link.
+/// Attach the endpoint's anti-spoofing program to `ifname` inside the namespace at
+/// `netns_path` as a cls_bpf filter, even where the kernel has tcx: made without waiting
+/// for an RCU grace period, so an attach is not held up by one. Returns whether it should
+/// be upgraded to a tcx link ([`harden`], done in the background for a new endpoint):
+/// whoever holds CAP_NET_ADMIN in the endpoint's namespace can delete a cls_bpf filter,
+/// not a tcx link.
 pub fn attach_fast(pins: &Pins, netns_path: &str, ifname: &str) -> Result<bool, BpfError> {
     attach_at(pins, Some(netns_path), ifname, link_pins(pins, netns_path, ifname), true)?;
     Ok(super::tc::tcx_supported())
@@ -194,10 +195,6 @@ pub fn attach_fast(pins: &Pins, netns_path: &str, ifname: &str) -> Result<bool, 
 
 /// Upgrade the anti-spoofing filter [`attach_fast`] made on `ifname` (in the namespace at
 /// `netns_path`) to a tcx link, unless the interface is gone or is not `ifindex` any more.
-/// The ingress program (rx counting) stays a cls_bpf filter: creating a tcx link holds
-/// RTNL across an RCU grace period, which every other netlink user on the host waits
-/// for, and deleting the ingress filter would only stop the endpoint's own rx counters
-/// (a thorough reconcile finds and restores it).
 pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Result<bool, BpfError> {
     let [eg, _] = link_pins(pins, netns_path, ifname);
     // From its pin only: an upgrade that outlived its instance (torn down meanwhile) must
@@ -214,42 +211,11 @@ pub fn harden(pins: &Pins, netns_path: &str, ifname: &str, ifindex: u32) -> Resu
     .map_err(|e| BpfError::Link { path: eg.clone(), source: format!("entering {netns_path}: {e}").into() })?
 }
 
-/// Put the rx-counting program back on `ifname` as a cls_bpf filter (its filter was
-/// deleted from inside the endpoint); the egress program is left as it is.
-pub fn reattach_ingress(pins: &Pins, netns_path: &str, ifname: &str) -> Result<(), BpfError> {
-    let [_, ing] = link_pins(pins, netns_path, ifname);
-    let [_, mut in_prog] = endpoint_programs(pins)?;
-    let _ = std::fs::remove_file(&ing);
-    crate::nl::with_netns(Path::new(netns_path), || {
-        super::tc::attach_pinned(&mut in_prog, TC_EP_IN_PROG, ifname, TcAttachType::Ingress, &ing, true, true)
-    })
-    .map_err(|e| BpfError::Link { path: ing.clone(), source: format!("entering {netns_path}: {e}").into() })?
-}
-
-/// Run `f` for an endpoint's egress and ingress programs (pinned at `at`: egress,
-/// ingress) side by side: creating a tcx link waits for an RCU grace period (10-15 ms
-/// here), and the two are independent, so the waits overlap. Returns (egress, ingress).
-fn per_direction<T: Send>(
-    pins: &Pins,
-    at: &[PathBuf; 2],
-    f: impl Fn(&'static str, SchedClassifier, TcAttachType, &Path) -> Result<T, BpfError> + Sync,
-) -> Result<(T, T), BpfError> {
-    let [eg, ing] = at;
-    let [out_prog, in_prog] = endpoint_programs(pins)?;
-    crate::timing::mark("programs-opened");
-    std::thread::scope(|s| {
-        let ingress = s.spawn(|| f(TC_EP_IN_PROG, in_prog, TcAttachType::Ingress, ing));
-        let egress = f(TC_EP_OUT_PROG, out_prog, TcAttachType::Egress, eg);
-        let ingress = ingress
-            .join()
-            .unwrap_or_else(|_| Err(BpfError::Link { path: ing.clone(), source: "attach thread panicked".into() }));
-        Ok((egress?, ingress?))
-    })
-}
-
-/// Attach the endpoint programs to `ifname` (in the namespace at `netns_path`, or this
-/// one), pinning the two links at `at` (egress, ingress); `cls_only` as in
-/// [`super::tc::attach_pinned`].
+/// Attach the endpoint's anti-spoofing program to `ifname` (in the namespace at
+/// `netns_path`, or this one), pinning its link at `at[0]`; `cls_only` as in
+/// [`super::tc::attach_pinned`]. Nothing goes on the interface's ingress: what it
+/// receives the kernel counts itself (see [`rx_counted_by_kernel`]); `at[1]` is where an
+/// older version pinned its rx-counting filter.
 pub fn attach_at(
     pins: &Pins,
     netns_path: Option<&str>,
@@ -257,19 +223,51 @@ pub fn attach_at(
     at: [PathBuf; 2],
     cls_only: bool,
 ) -> Result<(), BpfError> {
-    crate::bpffs::create_private(at[0].parent().expect("pin has a parent"))?;
-    per_direction(pins, &at, |prog, mut p, kind, pin| {
-        // ifname resolves, and the attachment is made, in the endpoint's namespace.
-        match netns_path {
-            Some(ns) => crate::nl::with_netns(Path::new(ns), || {
-                super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only)
-            })
-            .map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: format!("entering {ns}: {e}").into() })?,
-            None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only),
-        }
-    })?;
+    let pin = &at[0];
+    crate::bpffs::create_private(pin.parent().expect("pin has a parent"))?;
+    let mut p = endpoint_program(pins)?;
+    crate::timing::mark("programs-opened");
+    let prog = TC_EP_OUT_PROG;
+    let kind = TcAttachType::Egress;
+    // ifname resolves, and the attachment is made, in the endpoint's namespace.
+    match netns_path {
+        Some(ns) => crate::nl::with_netns(Path::new(ns), || {
+            super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only)
+        })
+        .map_err(|e| BpfError::Link { path: pin.to_path_buf(), source: format!("entering {ns}: {e}").into() })?,
+        None => super::tc::attach_pinned(&mut p, prog, ifname, kind, pin, true, cls_only),
+    }?;
     crate::timing::mark("programs-attached");
     Ok(())
+}
+
+/// Whether an endpoint interface's received frames are the kernel's own count of them
+/// (its IFLA_STATS64 rx figures), not our rx-counting program's: true unless an older
+/// version put that program on its ingress (pinned at `ingress_pin`, the second of
+/// [`link_pins`]); such an interface goes on counting in its slot until it is re-created.
+pub fn rx_counted_by_kernel(ingress_pin: &Path) -> bool {
+    !ingress_pin.exists()
+}
+
+/// Add what an interface of `endpoint` received (as the kernel counted it) to the
+/// endpoint's by-endpoint counters: its totals survive the interface.
+pub fn retire_rx(pins: &Pins, endpoint: u32, packets: u64, bytes: u64) {
+    if packets == 0 && bytes == 0 {
+        return;
+    }
+    let Ok(mut by_ep) = open_by_endpoint(pins) else { return };
+    let mut sum: Vec<EndpointCounters> = match by_ep.get(&endpoint, 0) {
+        Ok(v) => v.iter().copied().collect(),
+        Err(_) => match zeroes() {
+            Some(z) => z.iter().copied().collect(),
+            None => return,
+        },
+    };
+    sum[0].rx_packets += packets;
+    sum[0].rx_bytes += bytes;
+    if let Ok(v) = PerCpuValues::try_from(sum) {
+        let _ = by_ep.insert(endpoint, v, 0);
+    }
 }
 
 /// Unpin an endpoint interface's links (and its namespace's pin dir when empty).
@@ -290,7 +288,20 @@ pub fn detach_at(paths: [PathBuf; 2]) {
 /// Remove the identity entry of interface `ifindex` (if it is still endpoint `number`'s)
 /// and the pins of its links.
 pub fn forget(pins: &Pins, ifindex: u32, number: u32, netns_path: &str, ifname: &str) {
-    forget_at(pins, ifindex, number, link_pins(pins, netns_path, ifname));
+    let paths = link_pins(pins, netns_path, ifname);
+    if rx_counted_by_kernel(&paths[1]) {
+        // What it received, as the kernel counted it, before the interface goes.
+        let rx = crate::nl::Nl::in_netns(Path::new(netns_path))
+            .and_then(|nl| nl.link(ifname))
+            .ok()
+            .flatten()
+            .filter(|l| l.index == ifindex)
+            .and_then(|l| l.rx);
+        if let Some((packets, bytes)) = rx {
+            retire_rx(pins, number, packets, bytes);
+        }
+    }
+    forget_at(pins, ifindex, number, paths);
 }
 
 /// [`forget`] for links pinned at `paths`.

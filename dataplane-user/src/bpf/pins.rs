@@ -4,7 +4,7 @@
 //! <bpffs>/maps/DP_ADMIT, DP_COUNTERS         shared maps (pinned by name)
 //! <bpffs>/links/<netns>/xdp-<iface>          one pinned XDP link per parent interface
 //! <bpffs>/links/<netns>/tcin-<iface>         tcx ingress link (VLAN steering) per interface
-//! <bpffs>/progs/dp_ep_out, dp_ep_in          endpoint programs, loaded once and reused
+//! <bpffs>/progs/dp_ep_out                    endpoint program, loaded once and reused
 //! ```
 //! `<netns>` is `host` for the namespace dataplane runs in, or `ns-<name>` for a named
 //! namespace given with --netns (ifindexes are only unique per namespace).
@@ -66,14 +66,15 @@ impl Pins {
         self.netns_dir(netns).join(format!("tcin-{}", encode(iface)))
     }
 
-    /// The two links (tcx egress, ingress) of an endpoint interface `ifname` inside the
-    /// namespace at `netns_path`.
+    /// The two link pins (egress, ingress) of an endpoint interface `ifname` inside the
+    /// namespace at `netns_path`: its anti-spoofing program, and where an older version
+    /// pinned its rx-counting program (see `endpoints::rx_counted_by_kernel`).
     pub fn endpoint_links(&self, netns_path: &str, ifname: &str) -> [PathBuf; 2] {
         let dir = self.netns_dir(Some(netns_path));
         [dir.join(format!("tceg-{}", encode(ifname))), dir.join(format!("tcin-{}", encode(ifname)))]
     }
 
-    /// The two links (tcx egress, ingress) of a Docker endpoint's interface, keyed by its
+    /// The two link pins (egress, ingress) of a Docker endpoint's interface, keyed by its
     /// ifindex: Docker moves and renames the interface, the ifindex stays.
     pub fn docker_endpoint_links(&self, ifindex: u32) -> [PathBuf; 2] {
         let dir = self.links_dir().join("docker");

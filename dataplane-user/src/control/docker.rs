@@ -215,7 +215,8 @@ impl Engine {
 }
 
 /// Make a Docker endpoint's macvlan in this namespace, down, with its MAC and requested
-/// ifindex, its identity entry and its two programs (Docker brings it up in the container).
+/// ifindex, its identity entry and its anti-spoofing program (Docker brings it up in the
+/// container).
 pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -> Result<()> {
     let parent = n.parent.as_deref().unwrap_or_default();
     let host = Nl::here()?;

@@ -1,7 +1,7 @@
 //! What the front ends read about the kernel side: counters, conflicts, attachments.
 //! They ask the engine; only the engine reads the maps.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 use dataplane_common::{Conflict, EndpointCounters, Reason};
 
@@ -9,6 +9,8 @@ use super::{Engine, Result};
 use crate::{
     bpf::{self, parent::LinkStatus},
     netns,
+    nl::Nl,
+    store::{Attachment, Owner},
 };
 
 /// One parent counter: frames and bytes a parent program decided on for one reason.
@@ -31,9 +33,40 @@ impl Engine {
         parent_counters(&self.pins)
     }
 
-    /// Per-endpoint counters, keyed by [`super::endpoint_number`].
-    pub fn endpoint_counters(&self) -> Result<BTreeMap<u32, EndpointCounters>> {
-        Ok(bpf::endpoints::counters(&self.pins)?)
+    /// Per-endpoint counters, keyed by [`super::endpoint_number`]: tx and spoofed frames
+    /// from the maps; rx from the maps (interfaces gone, and interfaces an older version
+    /// put its rx-counting program on) plus the kernel's own count of what each live
+    /// interface received, read in the namespace it is in.
+    pub fn endpoint_counters(&mut self) -> Result<BTreeMap<u32, EndpointCounters>> {
+        let mut out = bpf::endpoints::counters(&self.pins)?;
+        for (ep, atts) in self.endpoints()? {
+            let ingress_pin = |a: &Attachment| match ep.owner.is_docker() {
+                true => self.pins.docker_endpoint_links(a.ifindex)[1].clone(),
+                false => bpf::endpoints::link_pins(&self.pins, &ep.netns, &a.ifname)[1].clone(),
+            };
+            let counted: Vec<u32> = atts
+                .iter()
+                .filter(|a| bpf::endpoints::rx_counted_by_kernel(&ingress_pin(a)))
+                .map(|a| a.ifindex)
+                .collect();
+            if counted.is_empty() {
+                continue;
+            }
+            // A Docker endpoint's interface is in its sandbox once joined, here before.
+            let netns = match &ep.owner {
+                Owner::Docker { sandbox, .. } => sandbox.clone().unwrap_or_default(),
+                _ => ep.netns.clone(),
+            };
+            let nl = if netns.is_empty() { Nl::here() } else { Nl::in_netns(Path::new(&netns)) };
+            // A namespace gone (or going) has no interfaces left to count.
+            let Ok(links) = nl.and_then(|nl| nl.links()) else { continue };
+            let c = out.entry(super::endpoint_number(&ep.id)).or_default();
+            for (packets, bytes) in links.iter().filter(|l| counted.contains(&l.index)).filter_map(|l| l.rx) {
+                c.rx_packets += packets;
+                c.rx_bytes += bytes;
+            }
+        }
+        Ok(out)
     }
 
     /// MAC and address conflicts the parents' programs saw, keyed by endpoint number.

@@ -534,45 +534,27 @@ impl Pass<'_> {
         Ok(live_tags)
     }
 
-    /// One endpoint interface's anti-spoofing programs are attached (re-attached if not,
+    /// One endpoint interface's anti-spoofing program is attached (re-attached if not,
     /// as a new endpoint's are: `cls_only` for a network with endpoint_hooks=cls_bpf).
     fn endpoint_filters(&mut self, ep: &Endpoint, a: &Attachment, cls_only: bool) {
         let pins = self.pins;
-        let [eg, ing] = bpf::endpoints::link_pins(pins, &ep.netns, &a.ifname);
+        let [eg, _] = bpf::endpoints::link_pins(pins, &ep.netns, &a.ifname);
         // A program attached as a cls_bpf filter (kernels without tcx, endpoint_hooks=
-        // cls_bpf, and the rx-counting ingress program everywhere): whoever holds
-        // CAP_NET_ADMIN inside the endpoint can delete it; the thorough pass looks.
-        // Only the thorough pass looks (two bpf(2) calls and two readlinks per endpoint).
-        let filters =
-            if self.thorough { [&eg, &ing].map(|p| p.exists() && bpf::tc::pin_is_program(p)) } else { [false, false] };
-        let [eg_gone, ing_gone] = if filters.contains(&true) {
-            let (ifname, eg, ing) = (a.ifname.clone(), eg.clone(), ing.clone());
+        // cls_bpf): whoever holds CAP_NET_ADMIN inside the endpoint can delete it. Only the
+        // thorough pass looks (a bpf(2) call and a readlink per endpoint).
+        let filter = self.thorough && eg.exists() && bpf::tc::pin_is_program(&eg);
+        let eg_gone = filter && {
+            let (ifname, eg) = (a.ifname.clone(), eg.clone());
             crate::nl::with_netns(Path::new(&ep.netns), move || {
-                use aya::programs::tc::TcAttachType::{Egress, Ingress};
-                [
-                    filters[0] && !bpf::tc::filter_present(&ifname, Egress, &eg),
-                    filters[1] && !bpf::tc::filter_present(&ifname, Ingress, &ing),
-                ]
+                !bpf::tc::filter_present(&ifname, aya::programs::tc::TcAttachType::Egress, &eg)
             })
-            .unwrap_or(filters)
-        } else {
-            [false, false]
+            .unwrap_or(true)
         };
         if eg_gone {
             self.drift(format!(
                 "endpoint {}: its anti-spoofing filters on {} were removed or replaced (tc cls_bpf: a holder of CAP_NET_ADMIN in the endpoint can do that; tcx links, the default where the kernel has tcx, it cannot remove)",
                 ep.name, a.ifname
             ));
-        } else if ing_gone {
-            self.drift(format!(
-                "endpoint {}: its rx counting filter on {} was removed or replaced (a holder of CAP_NET_ADMIN in the endpoint can do that; it only stops the endpoint's own rx counters)",
-                ep.name, a.ifname
-            ));
-            self.repair(
-                || format!("attaching the rx counting filter to {} of {}", a.ifname, ep.name),
-                || bpf::endpoints::reattach_ingress(pins, &ep.netns, &a.ifname),
-            );
-            return;
         } else if !eg.exists() {
             self.drift(format!("endpoint {}: no anti-spoofing program on {}", ep.name, a.ifname));
         } else {
@@ -581,9 +563,11 @@ impl Pass<'_> {
         self.repair(
             || format!("attaching to {} of {}", a.ifname, ep.name),
             || {
-                bpf::endpoints::detach(pins, &ep.netns, &a.ifname);
-                // cls_bpf filters, then the anti-spoofing one a tcx link where the kernel
-                // has tcx, unless the network keeps filters.
+                // Only this program's pin: an older version's rx-counting filter (pinned
+                // beside it) goes on counting this interface's frames.
+                let _ = std::fs::remove_file(&eg);
+                // A cls_bpf filter, then a tcx link where the kernel has tcx, unless the
+                // network keeps filters.
                 if bpf::endpoints::attach_fast(pins, &ep.netns, &a.ifname)? && !cls_only {
                     bpf::endpoints::harden(pins, &ep.netns, &a.ifname, a.ifindex)?;
                 }
