@@ -262,9 +262,9 @@ impl Engine {
                 }
             }
         }
-        let [eg, ing] = bpf::endpoints::link_pins(&self.pins, &ep.netns, &a.ifname);
-        if !eg.exists() || !ing.exists() {
-            return fail("its anti-spoofing programs are not attached".into());
+        let [eg, _] = bpf::endpoints::link_pins(&self.pins, &ep.netns, &a.ifname);
+        if !eg.exists() {
+            return fail("its anti-spoofing program is not attached".into());
         }
         let want = endpoint_info(&ep, &a)?;
         if !bpf::endpoints::list(&self.pins)?.iter().any(|(k, v)| *k == a.ifindex && *v == want) {
