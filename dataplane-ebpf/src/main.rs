@@ -213,14 +213,20 @@ fn steer_vlan(ctx: &XdpContext, pkt: &PacketBounds, ifindex: u32) -> u32 {
         _ => return xdp_action::XDP_PASS,
     };
     let len = pkt.len() as u64;
-    let Some(macs) = pkt.read::<12>(0) else { return xdp_action::XDP_PASS };
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + 16 > end {
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: [start + 4, start + 16) was just checked to lie inside the frame; the
-    // addresses move over the tag, which adjust_head then drops.
-    unsafe { core::ptr::write_unaligned((start + 4) as *mut [u8; 12], macs) };
+    // The addresses move over the tag, which adjust_head then drops. Read into registers
+    // first, as two words: moved as one 12-byte block, the overlapping copy became a call
+    // of a byte-at-a-time memmove subprogram on every steered frame.
+    // SAFETY: [start, start + 16) was just checked to lie inside the frame.
+    unsafe {
+        let dst = core::ptr::read_unaligned(start as *const u64);
+        let src = core::ptr::read_unaligned((start + 8) as *const u32);
+        core::ptr::write_unaligned((start + 12) as *mut u32, src);
+        core::ptr::write_unaligned((start + 4) as *mut u64, dst);
+    }
     // SAFETY: helper call on our own context; no packet pointer is used after it.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
         count(ifindex, Reason::DropMalformed, len);
