@@ -249,9 +249,28 @@ pub fn rx_counted_by_kernel(ingress_pin: &Path) -> bool {
     !ingress_pin.exists()
 }
 
+/// Before interface `ifindex` (`ifname` in the namespace at `netns_path`) of endpoint
+/// `number` goes while the endpoint stays (`network disconnect`): what it received, as
+/// the kernel counted it, becomes part of the endpoint's by-endpoint counters, so the
+/// endpoint's totals keep it. (Where the endpoint goes too its counters go with it.)
+pub fn keep_rx(pins: &Pins, ifindex: u32, number: u32, netns_path: &str, ifname: &str) {
+    if !rx_counted_by_kernel(&link_pins(pins, netns_path, ifname)[1]) {
+        return;
+    }
+    let rx = crate::nl::Nl::in_netns(Path::new(netns_path))
+        .and_then(|nl| nl.link(ifname))
+        .ok()
+        .flatten()
+        .filter(|l| l.index == ifindex)
+        .and_then(|l| l.rx);
+    if let Some((packets, bytes)) = rx {
+        retire_rx(pins, number, packets, bytes);
+    }
+}
+
 /// Add what an interface of `endpoint` received (as the kernel counted it) to the
 /// endpoint's by-endpoint counters: its totals survive the interface.
-pub fn retire_rx(pins: &Pins, endpoint: u32, packets: u64, bytes: u64) {
+fn retire_rx(pins: &Pins, endpoint: u32, packets: u64, bytes: u64) {
     if packets == 0 && bytes == 0 {
         return;
     }
@@ -288,20 +307,7 @@ pub fn detach_at(paths: [PathBuf; 2]) {
 /// Remove the identity entry of interface `ifindex` (if it is still endpoint `number`'s)
 /// and the pins of its links.
 pub fn forget(pins: &Pins, ifindex: u32, number: u32, netns_path: &str, ifname: &str) {
-    let paths = link_pins(pins, netns_path, ifname);
-    if rx_counted_by_kernel(&paths[1]) {
-        // What it received, as the kernel counted it, before the interface goes.
-        let rx = crate::nl::Nl::in_netns(Path::new(netns_path))
-            .and_then(|nl| nl.link(ifname))
-            .ok()
-            .flatten()
-            .filter(|l| l.index == ifindex)
-            .and_then(|l| l.rx);
-        if let Some((packets, bytes)) = rx {
-            retire_rx(pins, number, packets, bytes);
-        }
-    }
-    forget_at(pins, ifindex, number, paths);
+    forget_at(pins, ifindex, number, link_pins(pins, netns_path, ifname));
 }
 
 /// [`forget`] for links pinned at `paths`.

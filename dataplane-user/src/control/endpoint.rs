@@ -832,6 +832,7 @@ impl Engine {
         super::fault("disconnect:removed");
         // As rm: a queued upgrade is cancelled, one in flight finished first.
         super::background::cancel_or_wait(&pins, a.ifindex);
+        bpf::endpoints::keep_rx(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
         bpf::endpoints::forget(&pins, a.ifindex, endpoint_number(&ep.id), &ep.netns, &a.ifname);
         delete_link_in(&ep.netns, &a.ifname).map_err(|e| {
             ControlError::Invalid(format!(

@@ -1415,8 +1415,8 @@ impl Results {
                          no program, configured alike: {:.2}x ({}). The trunk's XDP program pops the tag and redirects \
                          the frame into the device's veth, whose NAPI builds the only skb (no backlog). What limits it: \
                          that second NAPI hop (the veth's ring, the device's pass-all XDP program that keeps its NAPI \
-                         on) and the programs the plain macvlan does not run (admission on the trunk, the endpoint's rx \
-                         counting).",
+                         on) and the program the plain macvlan does not run (admission on the trunk). Nothing runs on \
+                         the endpoint's ingress: the kernel counts what it receives.",
                         o / b,
                         verdict(o / b >= 0.9)
                     ),
