@@ -348,16 +348,18 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
     };
 
     kernel_baselines(&rcv, &measure, &mut results)?;
+    // The goal's pair, bare XDP_DROP and dataplane, on two lanes alike with their runs
+    // alternating (as the VLAN stage's), so drift on the machine hits both the same.
+    let gen2 = Netns::new("bG")?;
+    let rcv2 = Netns::new("bR")?;
+    veth_between(&gen2, "g0", &rcv2, "r0")?;
     {
         let maps = pins.maps_dir();
         let _drop = in_ns(&rcv, || attach_xdp("dp_bench_drop", "r0", &maps))??;
-        measure("bare XDP_DROP program (native)", &mut results)?;
-    }
-    {
         let dp_bpffs = Bpffs::new()?;
         let dp = |args: &[&str]| -> Result<()> {
             let out = Command::new("nsenter")
-                .arg(format!("--net={}", rcv.path().display()))
+                .arg(format!("--net={}", rcv2.path().display()))
                 .arg(dataplane_tests::dataplane_bin())
                 .arg("--bpffs")
                 .arg(&dp_bpffs.dir)
@@ -369,8 +371,18 @@ fn live(o: &Opts) -> Result<Vec<Value>> {
             Ok(())
         };
         dp(&["bpf", "load", "--iface", "r0", "--mode", "native"])?;
-        measure("dataplane XDP drops unknown MAC (native)", &mut results)?;
+        let (mut bare, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..o.runs {
+            bare.push(live_rate(&gen, "g0", &unknown, frames, &maps, cpu)?);
+            ours.push(live_rate(&gen2, "g0", &unknown, frames, &maps, cpu)?);
+        }
         dp(&["bpf", "unload", "--iface", "r0"])?;
+        for (label, v) in [("bare XDP_DROP program (native)", bare), ("dataplane XDP drops unknown MAC (native)", ours)]
+        {
+            let s = stat(v);
+            eprintln!("  {label}: {:.2} Mpps", s.median / 1e6);
+            results.insert(label.to_string(), s);
+        }
     }
     xdp_filter_live(&rcv, &measure, &mut results)?;
     Ok(results.into_iter().map(|(k, v)| json!({"case": k, "pps": v})).collect())
