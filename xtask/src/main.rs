@@ -81,7 +81,7 @@ enum Cmd {
         /// (BPF_PROG_TEST_RUN, a few seconds) for iterating on a program's cost, `vlan`
         /// (live VLAN-tagged delivery and its baseline, about a minute), `cni` (CNI ADD and
         /// DEL against the reference plugins, about a minute).
-        #[arg(long, value_parser = ["per-packet", "vlan", "cni"])]
+        #[arg(long, value_parser = ["per-packet", "drop", "vlan", "cni"])]
         only: Option<String>,
     },
     /// Fuzz the frame classification (cargo fuzz, libFuzzer) for a bounded time; frames
