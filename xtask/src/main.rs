@@ -78,9 +78,10 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// One stage alone, printed and not written to docs/BENCHMARKS.md: `per-packet`
-        /// (BPF_PROG_TEST_RUN, a few seconds) for iterating on a program's cost, `vlan`
-        /// (live VLAN-tagged delivery and its baseline, about a minute), `cni` (CNI ADD and
-        /// DEL against the reference plugins, about a minute).
+        /// (BPF_PROG_TEST_RUN, a few seconds) for iterating on a program's cost, `drop`
+        /// (live unknown-MAC drop rates and their baselines), `vlan` (live VLAN-tagged
+        /// delivery and its baseline), `cni` (CNI ADD and DEL against the reference
+        /// plugins), each about a minute.
         #[arg(long, value_parser = ["per-packet", "drop", "vlan", "cni"])]
         only: Option<String>,
     },
