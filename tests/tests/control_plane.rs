@@ -721,6 +721,44 @@ fn rx_counts_are_the_kernels_and_outlive_a_disconnected_interface() {
     assert!(said >= eth0 + eth1, "after the disconnect stats says {said}: eth0 {eth0} + eth1's {eth1} went missing");
 }
 
+/// An interface an older version made carries its rx-counting program (`dp_ep_in` on the
+/// ingress, a cls_bpf filter pinned as `tcin-eth0`): its rx figures are that program's
+/// count in the interface's slot, not the kernel's as well (no double count).
+#[test]
+fn an_older_versions_rx_counting_filter_is_counted_once() {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    use dataplane_common::maps::TC_EP_IN_PROG;
+    let (h, sw) = host_and_switch();
+    sw.exec(&["ip", "addr", "add", "10.85.0.1/24", "dev", "up0"]).unwrap();
+    h.ok(&["network", "create", "--subnet=10.85.0.0/24", "--gateway=10.85.0.1", "-o", "parent=eth0", "n85"]);
+    let e = unique("oldrx");
+    h.ok(&["run", "-d", "--name", &e, "--network", "n85"]);
+    let ns = format!("/run/netns/{e}");
+    // What an older version's attach did: the program on the ingress as a cls_bpf filter,
+    // pinned beside the anti-spoofing link.
+    let pins = dataplane_user::bpf::Pins::new(&h.bpffs.dir);
+    let [_, tcin] = pins.endpoint_links(&ns, "eth0");
+    let mut ebpf = dataplane_user::bpf::load_object(&pins.maps_dir()).unwrap();
+    let p: &mut SchedClassifier = ebpf.program_mut(TC_EP_IN_PROG).unwrap().try_into().unwrap();
+    p.load().unwrap();
+    dataplane_user::nl::with_netns(Path::new(&ns), || {
+        dataplane_user::bpf::tc::attach_pinned(p, TC_EP_IN_PROG, "eth0", TcAttachType::Ingress, &tcin, true, true)
+    })
+    .unwrap()
+    .unwrap();
+    assert!(ping(&h, &e, "10.85.0.1"));
+    let out = h.dp(&["exec", &e, "ping", "-c", "2", "-W", "1", "10.85.0.1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = json(&h.ok(&["stats", "--format", "json", &e]))["endpoints"][0]["rx_packets"].as_u64().unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={ns}"))
+        .args(["ip", "-s", "-j", "link", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let kernel = json(&String::from_utf8_lossy(&out.stdout))[0]["stats64"]["rx"]["packets"].as_u64().unwrap();
+    assert!((3..=kernel).contains(&said), "stats says {said} received; the filter saw at least 3, the kernel {kernel}");
+}
+
 #[test]
 fn reconcile_reports_and_repairs_drift() {
     let (h, _sw) = host_and_switch();
