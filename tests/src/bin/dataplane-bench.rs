@@ -1411,8 +1411,8 @@ impl Results {
                     "- What limits the drop rate ({b:.2}x bare XDP_DROP): per frame the program parses up to the L3 header \
                      (to refuse truncated frames), hashes the 12-byte key, reads its slot of the admission table (an \
                      inlined array lookup) and bumps a per-CPU array counter: about 7 ns more than a pass-all program in \
-                     test runs. The live rates vary more than that between runs on this shared machine (both are \
-                     bounded by the generator on the same CPU).\n"
+                     test runs. The live rates of one lane vary more than that from run to run on this shared \
+                     machine (both lanes are bounded by the generator on the same CPU; their runs alternate).\n"
                 ));
             }
         }
