@@ -177,16 +177,34 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 hostname dataplane-vm; ip link set lo up
 /bin/sh /run/vmio/cmd.sh </dev/console >/dev/console 2>&1
 echo \$? > /run/vmio/rc; sync
-echo o > /proc/sysrq-trigger; sleep 5
+echo o > /proc/sysrq-trigger
+# Init must not exit while the power-off runs (the kernel would panic, loudly, at
+# loglevel 1); a sleep that cannot start any more (the root going away) just loops.
+while :; do sleep 5 2>/dev/null; done
 EOI
 chmod +x $N/run/vm-init
 exec switch_root $N /run/vm-init
 "#;
 
 fn initramfs(root: &Path, version: &str) -> Result<PathBuf> {
-    let out = root.join("dataplane-initrd.cpio.gz");
+    // Named by what goes into it (the init script, the modules), so a change gets a new
+    // image instead of the cached one.
+    let script = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (INIT, BOOT_MODULES).hash(&mut h);
+        h.finish()
+    };
+    let out = root.join(format!("dataplane-initrd-{script:016x}.cpio.gz"));
     if out.exists() {
         return Ok(out);
+    }
+    // Images of earlier scripts.
+    for e in std::fs::read_dir(root)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("dataplane-initrd") && name.ends_with(".cpio.gz") {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
     let work = root.join("initrd.build");
     let _ = std::fs::remove_dir_all(&work);
