@@ -40,9 +40,13 @@ impl Engine {
     pub fn endpoint_counters(&mut self) -> Result<BTreeMap<u32, EndpointCounters>> {
         let mut out = bpf::endpoints::counters(&self.pins)?;
         for (ep, atts) in self.endpoints()? {
-            let ingress_pin = |a: &Attachment| match ep.owner.is_docker() {
-                true => self.pins.docker_endpoint_links(a.ifindex)[1].clone(),
-                false => bpf::endpoints::link_pins(&self.pins, &ep.netns, &a.ifname)[1].clone(),
+            let ingress_pin = |a: &Attachment| {
+                let [_, ingress] = if ep.owner.is_docker() {
+                    self.pins.docker_endpoint_links(a.ifindex)
+                } else {
+                    bpf::endpoints::link_pins(&self.pins, &ep.netns, &a.ifname)
+                };
+                ingress
             };
             let counted: Vec<u32> = atts
                 .iter()
