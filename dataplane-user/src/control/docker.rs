@@ -246,7 +246,7 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
 /// left it there; absent everywhere is fine.
 pub(crate) fn delete_host_link(ifindex: u32, sandbox: Option<&str>) -> std::result::Result<(), String> {
     match locate_host_link(ifindex, sandbox)? {
-        Some((nl, _, name)) => nl.del_link(ifindex).map_err(|e| format!("deleting {name}: {e}")),
+        Some((nl, _, l)) => nl.del_link(ifindex).map_err(|e| format!("deleting {}: {e}", l.name)),
         None => Ok(()),
     }
 }
@@ -259,7 +259,8 @@ pub(crate) fn delete_host_link_later(
     sandbox: Option<&str>,
     unpin: &[std::path::PathBuf],
 ) -> std::result::Result<bool, String> {
-    let Some((nl, path, name)) = locate_host_link(ifindex, sandbox)? else { return Ok(false) };
+    let Some((nl, path, l)) = locate_host_link(ifindex, sandbox)? else { return Ok(false) };
+    let name = l.name;
     if super::background::spawn_unlink(&path, &[(name.clone(), ifindex)], unpin).is_ok() {
         return Ok(true);
     }
@@ -268,8 +269,11 @@ pub(crate) fn delete_host_link_later(
 }
 
 /// Where the interface with `ifindex` is: this namespace, or the container's if Docker
-/// left it there. Its namespace's netlink handle and path, and its name.
-fn locate_host_link(ifindex: u32, sandbox: Option<&str>) -> std::result::Result<Option<(Nl, String, String)>, String> {
+/// left it there. Its namespace's netlink handle and path, and the interface.
+pub(crate) fn locate_host_link(
+    ifindex: u32,
+    sandbox: Option<&str>,
+) -> std::result::Result<Option<(Nl, String, crate::nl::LinkInfo)>, String> {
     let mut nls = vec![(Nl::here().map_err(|e| e.to_string())?, "/proc/thread-self/ns/net".to_string())];
     if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
         if let Ok(nl) = Nl::in_netns(std::path::Path::new(s)) {
@@ -278,7 +282,7 @@ fn locate_host_link(ifindex: u32, sandbox: Option<&str>) -> std::result::Result<
     }
     for (nl, path) in nls {
         if let Some(l) = nl.links().map_err(|e| e.to_string())?.into_iter().find(|l| l.index == ifindex) {
-            return Ok(Some((nl, path, l.name)));
+            return Ok(Some((nl, path, l)));
         }
     }
     Ok(None)

@@ -9,8 +9,8 @@ use super::{Engine, Result};
 use crate::{
     bpf::{self, parent::LinkStatus},
     netns,
-    nl::Nl,
-    store::{Attachment, Owner},
+    nl::{LinkInfo, Nl},
+    store::Owner,
 };
 
 /// One parent counter: frames and bytes a parent program decided on for one reason.
@@ -39,35 +39,34 @@ impl Engine {
     /// interface received, read in the namespace it is in.
     pub fn endpoint_counters(&mut self) -> Result<BTreeMap<u32, EndpointCounters>> {
         let mut out = bpf::endpoints::counters(&self.pins)?;
+        // Each namespace's links listed once (a pod's endpoints share one); None: gone.
+        let mut by_netns: BTreeMap<String, Option<Vec<LinkInfo>>> = BTreeMap::new();
         for (ep, atts) in self.endpoints()? {
-            let ingress_pin = |a: &Attachment| {
+            for a in &atts {
                 let [_, ingress] = if ep.owner.is_docker() {
                     self.pins.docker_endpoint_links(a.ifindex)
                 } else {
                     bpf::endpoints::link_pins(&self.pins, &ep.netns, &a.ifname)
                 };
-                ingress
-            };
-            let counted: Vec<u32> = atts
-                .iter()
-                .filter(|a| bpf::endpoints::rx_counted_by_kernel(&ingress_pin(a)))
-                .map(|a| a.ifindex)
-                .collect();
-            if counted.is_empty() {
-                continue;
-            }
-            // A Docker endpoint's interface is in its sandbox once joined, here before.
-            let netns = match &ep.owner {
-                Owner::Docker { sandbox, .. } => sandbox.clone().unwrap_or_default(),
-                _ => ep.netns.clone(),
-            };
-            let nl = if netns.is_empty() { Nl::here() } else { Nl::in_netns(Path::new(&netns)) };
-            // A namespace gone (or going) has no interfaces left to count.
-            let Ok(links) = nl.and_then(|nl| nl.links()) else { continue };
-            let c = out.entry(super::endpoint_number(&ep.id)).or_default();
-            for (packets, bytes) in links.iter().filter(|l| counted.contains(&l.index)).filter_map(|l| l.rx) {
-                c.rx_packets += packets;
-                c.rx_bytes += bytes;
+                if !bpf::endpoints::rx_counted_by_kernel(&ingress) {
+                    continue;
+                }
+                let link = match &ep.owner {
+                    // Here before Docker moves it, in the sandbox after (as Docker leaves it).
+                    Owner::Docker { sandbox, .. } => {
+                        super::docker::locate_host_link(a.ifindex, sandbox.as_deref()).ok().flatten().map(|(.., l)| l)
+                    }
+                    _ => by_netns
+                        .entry(ep.netns.clone())
+                        .or_insert_with(|| Nl::in_netns(Path::new(&ep.netns)).and_then(|nl| nl.links()).ok())
+                        .as_ref()
+                        .and_then(|links| links.iter().find(|l| l.index == a.ifindex).cloned()),
+                };
+                if let Some((packets, bytes)) = link.and_then(|l| l.rx) {
+                    let c = out.entry(super::endpoint_number(&ep.id)).or_default();
+                    c.rx_packets += packets;
+                    c.rx_bytes += bytes;
+                }
             }
         }
         Ok(out)
