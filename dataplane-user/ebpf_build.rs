@@ -81,6 +81,14 @@ pub fn build_object(object: &Path, features: &[&str], target_subdir: &str) -> an
     ] {
         cmd.env_remove(var);
     }
+    // BPF ISA v3 (32-bit ALU and jumps: no shift pairs to clear upper halves, kernels since
+    // 5.1) and word loads at any offset (packet fields at odd offsets are one load, not
+    // bytes put together; the verifier allows them where the CPU does, as on x86-64 and
+    // arm64): the admission path ~10% shorter in time (docs/BENCHMARKS.md).
+    cmd.env(
+        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+        "-C target-cpu=v3 -C target-feature=+allows-misaligned-mem-access",
+    );
     let status = cmd.status().map_err(|e| anyhow::anyhow!("running cargo +nightly: {e}"))?;
     if !status.success() {
         anyhow::bail!(

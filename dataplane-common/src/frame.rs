@@ -69,6 +69,9 @@ impl Malformed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L2Header {
     pub dst: [u8; 6],
+    /// `dst` as the little-endian 16-bit and 32-bit words it starts with, the way the
+    /// admission key is hashed and compared ([`AdmitKey::words_of`]).
+    pub dst_words: (u16, u32),
     pub src: [u8; 6],
     /// VLAN id from an in-packet 802.1Q tag; [`VLAN_UNTAGGED`] without one (or VID 0).
     pub vlan: u16,
@@ -85,9 +88,9 @@ pub struct L2Header {
 #[inline(always)]
 pub fn parse_l2<P: Packet + ?Sized>(p: &P) -> Result<L2Header, Malformed> {
     let eth: [u8; ETH_HLEN] = p.read(0).ok_or(Malformed::Truncated)?;
-    let mut dst = [0u8; 6];
+    let dst_words = mac_words(p).ok_or(Malformed::Truncated)?;
+    let dst = mac_of_words(dst_words);
     let mut src = [0u8; 6];
-    dst.copy_from_slice(&eth[0..6]);
     src.copy_from_slice(&eth[6..12]);
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut vlan = VLAN_UNTAGGED;
@@ -113,7 +116,21 @@ pub fn parse_l2<P: Packet + ?Sized>(p: &P) -> Result<L2Header, Malformed> {
     }
 
     check_l3(p, ethertype, l3_offset)?;
-    Ok(L2Header { dst, src, vlan, tagged, ethertype, l3_offset })
+    Ok(L2Header { dst, dst_words, src, vlan, tagged, ethertype, l3_offset })
+}
+
+/// The destination MAC as two words read straight from the frame: kept as bytes from one
+/// read of the Ethernet header, it was six byte loads held apart until the hash put them
+/// together again.
+#[inline(always)]
+fn mac_words<P: Packet + ?Sized>(p: &P) -> Option<(u16, u32)> {
+    Some((u16::from_le_bytes(p.read::<2>(0)?), u32::from_le_bytes(p.read::<4>(2)?)))
+}
+
+#[inline(always)]
+fn mac_of_words((lo, hi): (u16, u32)) -> [u8; 6] {
+    let (lo, hi) = (lo.to_le_bytes(), hi.to_le_bytes());
+    [lo[0], lo[1], hi[0], hi[1], hi[2], hi[3]]
 }
 
 /// An 802.1ad S-tag followed by an 802.1Q C-tag (QinQ): the outer VID and the header with
@@ -137,11 +154,11 @@ pub fn parse_qinq<P: Packet + ?Sized>(p: &P) -> Option<(u16, L2Header)> {
     }
     let l3_offset = ETH_HLEN + 2 * VLAN_HLEN;
     check_l3(p, ethertype, l3_offset).ok()?;
-    let mut dst = [0u8; 6];
+    let dst_words = mac_words(p)?;
+    let dst = mac_of_words(dst_words);
     let mut src = [0u8; 6];
-    dst.copy_from_slice(&eth[0..6]);
     src.copy_from_slice(&eth[6..12]);
-    Some((outer, L2Header { dst, src, vlan: inner, tagged: true, ethertype, l3_offset }))
+    Some((outer, L2Header { dst, dst_words, src, vlan: inner, tagged: true, ethertype, l3_offset }))
 }
 
 /// Completeness is checked by reading the last byte a header needs, never by comparing
@@ -207,14 +224,15 @@ impl Decision {
 
 /// Admission on a parent interface: complete unicast frames pass only to admitted
 /// (ifindex, VLAN, destination MAC); complete group frames pass; everything else drops.
-/// `admitted` is the map lookup (the kernel's hash map, or anything in tests). Frames
+/// `admitted` is the table lookup, given the key and its [`AdmitKey::words`] (the kernel
+/// program looks up by the words, read from the frame as words; tests by the key). Frames
 /// whose tag XDP cannot see are covered by the untagged entry user space writes for VLAN
 /// endpoints too (see the comment above `VLAN_UNTAGGED`'s neighbours in maps.rs).
 #[inline(always)]
 pub fn admission<P, F>(p: &P, ifindex: u32, admitted: F) -> Decision
 where
     P: Packet + ?Sized,
-    F: Fn(&AdmitKey) -> bool,
+    F: Fn(&AdmitKey, (u64, u32)) -> bool,
 {
     admission_qinq(p, ifindex, admitted, |_, _| false)
 }
@@ -226,7 +244,7 @@ where
 pub fn admission_qinq<P, F, Q>(p: &P, ifindex: u32, admitted: F, qinq: Q) -> Decision
 where
     P: Packet + ?Sized,
-    F: Fn(&AdmitKey) -> bool,
+    F: Fn(&AdmitKey, (u64, u32)) -> bool,
     Q: Fn(u16, u16) -> bool,
 {
     let hdr = match parse_l2(p) {
@@ -241,7 +259,8 @@ where
         return Decision::of(if is_broadcast(&hdr.dst) { Reason::PassBroadcast } else { Reason::PassMulticast });
     }
     let key = AdmitKey { ifindex, vlan: hdr.vlan, mac: hdr.dst };
-    if admitted(&key) {
+    let (lo, hi) = hdr.dst_words;
+    if admitted(&key, AdmitKey::words_of(ifindex, hdr.vlan, lo, hi)) {
         Decision::of(Reason::PassAdmitted)
     } else {
         Decision::of(Reason::DropUnknownDestination)
@@ -360,19 +379,23 @@ const ND_OPT_TARGET_LL: u8 = 2;
 
 #[inline(always)]
 fn ipv4_ok<P: Packet + ?Sized>(p: &P, off: usize, ep: &EndpointInfo) -> bool {
-    let (Some(first), Some(proto), Some(src)) = (p.read::<1>(off), p.read::<1>(off + 9), p.read::<4>(off + 12)) else {
-        return false;
-    };
+    // One read after the other, each returning at once when it fails: read together as a
+    // tuple, LLVM let a failed read's value be whatever its register held (a packet
+    // pointer on one path), which the verifier refuses to mask.
+    let Some(src) = p.read::<4>(off + 12) else { return false };
     if ep.flags & EP_HAS_IPV4 == 0 || src != ep.ipv4 {
         return false;
     }
-    if proto[0] == IPPROTO_UDP {
-        let hlen = ((first[0] & 0x0f) as usize) * 4;
-        if let Some(sport) = p.read::<2>(off + hlen) {
-            return u16::from_be_bytes(sport) != DHCP_SERVER_PORT;
-        }
+    let Some(proto) = p.read::<1>(off + 9) else { return false };
+    if proto[0] != IPPROTO_UDP {
+        return true;
     }
-    true
+    let Some(first) = p.read::<1>(off) else { return false };
+    let hlen = ((first[0] & 0x0f) as usize) * 4;
+    match p.read::<2>(off + hlen) {
+        Some(sport) => u16::from_be_bytes(sport) != DHCP_SERVER_PORT,
+        None => true,
+    }
 }
 
 /// The endpoint's link-local address: fe80::/64 with the EUI-64 of its MAC.
@@ -486,8 +509,11 @@ mod tests {
         h
     }
 
-    fn admit_only(ifindex: u32, vlan: u16, mac: [u8; 6]) -> impl Fn(&AdmitKey) -> bool {
-        move |k| *k == AdmitKey { ifindex, vlan, mac }
+    fn admit_only(ifindex: u32, vlan: u16, mac: [u8; 6]) -> impl Fn(&AdmitKey, (u64, u32)) -> bool {
+        move |k, words| {
+            assert_eq!(words, k.words(), "the words looked up are not the key's");
+            *k == AdmitKey { ifindex, vlan, mac }
+        }
     }
 
     #[test]
@@ -503,9 +529,9 @@ mod tests {
         let d = admission(&f[..42], 7, admit_only(7, 0, ADMITTED));
         assert_eq!(d, Decision { verdict: Verdict::Drop, reason: Reason::DropUnknownDestination });
         let f = frame(BCAST, &[], ETH_P_ARP, &[0; 28]);
-        assert_eq!(admission(&f[..42], 7, |_| false).reason, Reason::PassBroadcast);
+        assert_eq!(admission(&f[..42], 7, |_, _| false).reason, Reason::PassBroadcast);
         let f = frame(MCAST, &[], ETH_P_IPV4, &ip);
-        assert_eq!(admission(&f[..42], 7, |_| false).reason, Reason::PassMulticast);
+        assert_eq!(admission(&f[..42], 7, |_, _| false).reason, Reason::PassMulticast);
     }
 
     #[test]
@@ -697,7 +723,7 @@ mod tests {
         let f = frame(OTHER, &[(ETH_P_QINQ_9100, 50)], ETH_P_IPV4, &ip);
         assert_eq!(egress_check(&f[..46], &e).reason, Reason::DropStackedTags);
         let f = frame(ADMITTED, &[(ETH_P_8021Q, 50), (ETH_P_QINQ_9100, 60)], ETH_P_IPV4, &ip);
-        assert_eq!(admission(&f[..64], 1, |_| true).reason, Reason::DropStackedTags, "0x9100 inside VLAN 50");
+        assert_eq!(admission(&f[..64], 1, |_, _| true).reason, Reason::DropStackedTags, "0x9100 inside VLAN 50");
     }
 
     #[test]
@@ -709,7 +735,7 @@ mod tests {
             &[(ETH_P_8021AD, 50)][..],
         ] {
             let f = frame(ADMITTED, tags, ETH_P_IPV4, &ip);
-            let d = admission(&f[..64], 1, |_| true);
+            let d = admission(&f[..64], 1, |_, _| true);
             assert_eq!(d, Decision { verdict: Verdict::Drop, reason: Reason::DropStackedTags });
         }
     }
@@ -738,7 +764,7 @@ mod tests {
     fn qinq_is_admitted_only_for_configured_pairs() {
         let ip = ipv4_header();
         let configured = |outer: u16, inner: u16| (outer, inner) == (100, 50);
-        let admitted = |k: &AdmitKey| k.vlan == 50 && k.mac == ADMITTED;
+        let admitted = |k: &AdmitKey, words: (u64, u32)| words == k.words() && k.vlan == 50 && k.mac == ADMITTED;
         let f = frame(ADMITTED, &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 50)], ETH_P_IPV4, &ip);
         assert_eq!(admission_qinq(&f[..64], 1, admitted, configured).reason, Reason::PassAdmitted);
         // Without the configuration (plain `admission`), the same stack is refused.
@@ -804,8 +830,8 @@ mod tests {
         // 802.3 length field (e.g. STP/LLC) and an unknown protocol.
         for et in [0x0026, 0x88cc] {
             let f = frame(ADMITTED, &[], et, &[]);
-            assert_eq!(admission(&f[..14], 1, |_| true).reason, Reason::PassAdmitted);
-            assert_eq!(admission(&f[..13], 1, |_| true).reason, Reason::DropMalformed);
+            assert_eq!(admission(&f[..14], 1, |_, _| true).reason, Reason::PassAdmitted);
+            assert_eq!(admission(&f[..13], 1, |_, _| true).reason, Reason::DropMalformed);
         }
     }
 }

@@ -117,14 +117,31 @@ impl AdmitKey {
     #[inline(always)]
     pub fn words(&self) -> (u64, u32) {
         let m = self.mac;
-        let a = self.ifindex as u64 | (self.vlan as u64) << 32 | (m[0] as u64) << 48 | (m[1] as u64) << 56;
-        (a, u32::from_le_bytes([m[2], m[3], m[4], m[5]]))
+        Self::words_of(
+            self.ifindex,
+            self.vlan,
+            u16::from_le_bytes([m[0], m[1]]),
+            u32::from_le_bytes([m[2], m[3], m[4], m[5]]),
+        )
+    }
+
+    /// [`AdmitKey::words`] of a key whose MAC is given as the little-endian 16-bit and
+    /// 32-bit words it starts with (as the kernel program reads it from a frame: two loads
+    /// instead of six bytes put together again).
+    #[inline(always)]
+    pub const fn words_of(ifindex: u32, vlan: u16, mac_lo: u16, mac_hi: u32) -> (u64, u32) {
+        (ifindex as u64 | (vlan as u64) << 32 | (mac_lo as u64) << 48, mac_hi)
     }
 
     /// The key's home slot (multiply-xorshift of its words: a few instructions).
     #[inline(always)]
     pub fn home_slot(&self) -> u32 {
-        let (a, b) = self.words();
+        Self::home_slot_of(self.words())
+    }
+
+    /// The home slot of the key with these [`AdmitKey::words`].
+    #[inline(always)]
+    pub const fn home_slot_of((a, b): (u64, u32)) -> u32 {
         let mut x = a ^ (b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         x ^= x >> 29;
         x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -38,12 +38,12 @@ use crate::packet::{tc_bounds, PacketBounds};
 #[map(name = "DP_ADMIT")]
 static DP_ADMIT: Array<AdmitSlot> = Array::pinned(ADMIT_MAP_ENTRIES, BPF_F_MMAPABLE);
 
-/// The endpoint number `key` is admitted for, if it is: the slots from the key's home
-/// on, compared as two words, until an empty slot or ADMIT_PROBES of them.
+/// The endpoint number the key with these words (`AdmitKey::words`) is admitted for, if
+/// it is: the slots from the key's home on, compared as two words, until an empty slot or
+/// ADMIT_PROBES of them.
 #[inline(always)]
-fn admitted(key: &AdmitKey) -> Option<u32> {
-    let (a, b) = key.words();
-    let home = key.home_slot();
+fn admitted((a, b): (u64, u32)) -> Option<u32> {
+    let home = AdmitKey::home_slot_of((a, b));
     for i in 0..ADMIT_PROBES {
         let slot = DP_ADMIT.get((home + i) & (ADMIT_SLOTS - 1))?;
         let w = slot as *const AdmitSlot as *const u64;
@@ -135,7 +135,7 @@ fn note_claims(pkt: &PacketBounds, ifindex: u32) {
     let len = pkt.len() as u64;
     let claims = group_claims(pkt, ifindex);
     if let Some(k) = claims.src {
-        if let Some(ep) = admitted(&k) {
+        if let Some(ep) = admitted(k.words()) {
             if ep != HOST_ENDPOINT {
                 note_conflict(ep, false, k.mac);
                 count(ifindex, Reason::ConflictMac, len);
@@ -169,7 +169,7 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
     let decision = admission_qinq(
         &pkt,
         ifindex,
-        |key| admitted(key).is_some(),
+        |_, words| admitted(words).is_some(),
         |outer, vid| DP_VLAN_DEVS.get_ptr(&VlanKey { trunk_ifindex: ifindex, vid, outer }).is_some(),
     );
     count(ifindex, decision.reason, pkt.len() as u64);
@@ -178,9 +178,16 @@ pub fn dp_parent(ctx: XdpContext) -> u32 {
     }
     if decision.verdict == Verdict::Drop {
         // Off unless user space loads the programs with a debug log level; the level is
-        // a load-time constant, so the verifier removes this when it is off.
-        let dst = pkt.read::<6>(0).unwrap_or([0; 6]);
-        debug!(&ctx, "dp_parent: drop ifindex={} reason={} dst={:mac}", ifindex, decision.reason as u32, dst);
+        // a load-time constant, so the verifier removes this when it is off. The MAC is
+        // read inside the macro, after its level check: read before it, its six bytes
+        // were loaded and put together on every dropped frame.
+        debug!(
+            &ctx,
+            "dp_parent: drop ifindex={} reason={} dst={:mac}",
+            ifindex,
+            decision.reason as u32,
+            pkt.read::<6>(0).unwrap_or([0; 6])
+        );
     }
     match decision.verdict {
         Verdict::Pass => steer_vlan(&ctx, &pkt, ifindex),

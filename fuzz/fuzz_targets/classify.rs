@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let parsed = parse_l2(data);
     let looked_up = std::cell::Cell::new(None);
-    let d = admission(data, 7, |k| {
+    let d = admission(data, 7, |k, words| {
+        assert_eq!(words, k.words(), "the words looked up are not the key's");
         looked_up.set(Some(*k));
         k.mac[5] & 1 == 0
     });

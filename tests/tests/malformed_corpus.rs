@@ -110,7 +110,10 @@ fn kernel_and_host_agree_and_nothing_malformed_is_admitted() {
     assert!(frames.len() > 2500);
     let (mut malformed, mut admitted, mut refused) = (0, 0, 0);
     for (i, f) in frames.iter().enumerate() {
-        let host = admission(f.as_slice(), LO, |k| k.mac == ADMITTED && (k.vlan == 0 || k.vlan == 50));
+        let host = admission(f.as_slice(), LO, |k, words| {
+            assert_eq!(words, k.words(), "the words the kernel program looks up are not the key's");
+            k.mac == ADMITTED && (k.vlan == 0 || k.vlan == 50)
+        });
         let got = h.run(XDP_PARENT_PROG, f).verdict;
         let want = if host.verdict == Verdict::Pass { 2 } else { 1 };
         assert_eq!(got, want, "frame {i} ({} bytes): kernel and host disagree ({:?}): {f:02x?}", f.len(), host.reason);

@@ -74,7 +74,10 @@ fn no_truncated_frame_is_admitted() {
         for len in shortest..=64 {
             let cut = &frame[..len];
             let (got, _) = xdp(&h, cut);
-            let host = admission(cut, LO, |k| k.mac == ADMITTED && (k.vlan == 0 || k.vlan == 50));
+            let host = admission(cut, LO, |k, words| {
+                assert_eq!(words, k.words(), "the words the kernel program looks up are not the key's");
+                k.mac == ADMITTED && (k.vlan == 0 || k.vlan == 50)
+            });
             if len >= *complete {
                 assert_eq!(got, XDP_PASS, "complete {len}-byte frame to an admitted MAC dropped");
                 assert_eq!(host.verdict, Verdict::Pass);
