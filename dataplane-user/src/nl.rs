@@ -121,6 +121,59 @@ fn info_of(m: &LinkMessage) -> LinkInfo {
     li
 }
 
+/// Received packets and bytes (IFLA_STATS64) of every link in the network namespace at
+/// `path`, by ifindex: one link dump over a plain netlink socket opened there. No runtime
+/// and no rtnetlink connection: `stats` and the metrics read one namespace per endpoint,
+/// and a runtime per namespace doubled what they took.
+pub fn rx_by_link_in(path: &Path) -> Result<std::collections::BTreeMap<u32, (u64, u64)>> {
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+    let op = || format!("reading interface statistics in network namespace {}", path.display());
+    let io = |e: std::io::Error| NlError::io(op(), e);
+    let mut socket = with_netns(path, || Socket::new(NETLINK_ROUTE)).map_err(io)?.map_err(io)?;
+    socket.bind_auto().map_err(io)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+    let mut req = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+    );
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(io)?;
+
+    let mut out = std::collections::BTreeMap::new();
+    loop {
+        let (data, _) = socket.recv_from_full().map_err(io)?;
+        let mut at = 0;
+        while at < data.len() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..]).map_err(|e| NlError {
+                op: op(),
+                errno: None,
+                message: e.to_string(),
+            })?;
+            at += (m.header.length as usize).max(1);
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    let io = e.to_io();
+                    return Err(NlError { op: op(), errno: io.raw_os_error(), message: io.to_string() });
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    if let Some(rx) = info_of(&l).rx {
+                        out.insert(l.header.index, rx);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Run `f` with this thread in the network namespace at `path`, then move back.
 pub fn with_netns<T>(path: &Path, f: impl FnOnce() -> T) -> std::io::Result<T> {
     let home = File::open("/proc/thread-self/ns/net")?;

@@ -8,8 +8,7 @@ use dataplane_common::{Conflict, EndpointCounters, Reason};
 use super::{Engine, Result};
 use crate::{
     bpf::{self, parent::LinkStatus},
-    netns,
-    nl::{LinkInfo, Nl},
+    netns, nl,
     store::Owner,
 };
 
@@ -40,7 +39,7 @@ impl Engine {
     pub fn endpoint_counters(&mut self) -> Result<BTreeMap<u32, EndpointCounters>> {
         let mut out = bpf::endpoints::counters(&self.pins)?;
         // Each namespace's links listed once (a pod's endpoints share one); None: gone.
-        let mut by_netns: BTreeMap<String, Option<Vec<LinkInfo>>> = BTreeMap::new();
+        let mut by_netns: BTreeMap<String, Option<BTreeMap<u32, (u64, u64)>>> = BTreeMap::new();
         for (ep, atts) in self.endpoints()? {
             for a in &atts {
                 let [_, ingress] = if ep.owner.is_docker() {
@@ -51,18 +50,19 @@ impl Engine {
                 if !bpf::endpoints::rx_counted_by_kernel(&ingress) {
                     continue;
                 }
-                let link = match &ep.owner {
+                let rx = match &ep.owner {
                     // Here before Docker moves it, in the sandbox after (as Docker leaves it).
-                    Owner::Docker { sandbox, .. } => {
-                        super::docker::locate_host_link(a.ifindex, sandbox.as_deref()).ok().flatten().map(|(.., l)| l)
-                    }
+                    Owner::Docker { sandbox, .. } => super::docker::locate_host_link(a.ifindex, sandbox.as_deref())
+                        .ok()
+                        .flatten()
+                        .and_then(|(.., l)| l.rx),
                     _ => by_netns
                         .entry(ep.netns.clone())
-                        .or_insert_with(|| Nl::in_netns(Path::new(&ep.netns)).and_then(|nl| nl.links()).ok())
+                        .or_insert_with(|| nl::rx_by_link_in(Path::new(&ep.netns)).ok())
                         .as_ref()
-                        .and_then(|links| links.iter().find(|l| l.index == a.ifindex).cloned()),
+                        .and_then(|links| links.get(&a.ifindex).copied()),
                 };
-                if let Some((packets, bytes)) = link.and_then(|l| l.rx) {
+                if let Some((packets, bytes)) = rx {
                     let c = out.entry(super::endpoint_number(&ep.id)).or_default();
                     c.rx_packets += packets;
                     c.rx_bytes += bytes;
