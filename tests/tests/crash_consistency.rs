@@ -200,3 +200,53 @@ fn a_killed_reconcile_is_finished_by_the_next_one() {
     h.dp(&["exec", &name, "ip", "addr", "add", "10.56.0.99/24", "dev", "eth0"]);
     assert!(!h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "-I", "10.56.0.99", "10.56.0.1"]).status.success());
 }
+
+/// The pass before every command looks through the per-entry maps for entries no row
+/// accounts for only when it repaired something first (walking maps sized for 65 536
+/// endpoints was most of its time): an entry added by hand stays until `dataplane
+/// reconcile`, or until a pass finds a crashed command's leftovers, and then goes with them.
+#[test]
+fn the_maps_are_searched_after_a_repair_and_by_reconcile() {
+    let (h, _sw) = host();
+    h.ok(&["network", "create", "--subnet=10.53.0.0/24", "-o", "parent=eth0", "n53"]);
+    let keep = unique("keep");
+    h.ok(&["run", "-d", "--name", &keep, "--network", "n53"]);
+    let stray = "02:66:66:66:66:53";
+    let admitted = || -> Vec<String> {
+        let v: Value = serde_json::from_str(&h.ok(&["bpf", "admit", "ls", "--format", "json"])).unwrap();
+        v.as_array().unwrap().iter().map(|e| e.to_string()).collect()
+    };
+    let has_stray = |list: &[String]| list.iter().any(|e| e.contains(stray));
+    h.ok(&["bpf", "admit", "add", "--iface", "eth0", stray]);
+    let before = admitted();
+    assert!(has_stray(&before), "{before:?}");
+
+    // Nothing crashed: a command's pass does not search the maps.
+    let quiet = unique("quiet");
+    h.ok(&["run", "-d", "--name", &quiet, "--network", "n53"]);
+    assert!(has_stray(&admitted()), "the pass of a command with nothing to repair searched the maps");
+
+    // A crashed run: the next command's pass finishes it, then searches the maps too.
+    let crashed = unique("crashed");
+    let point = "run:linked";
+    aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &["run", "-d", "--name", &crashed, "--network", "n53"]), point);
+    let out = h.dp(&["rm", &quiet]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("reconciled: endpoint {crashed} was left")), "{said}");
+    assert!(said.contains("reconciled: admission map: unexpected entry") && said.contains(stray), "{said}");
+    let after = admitted();
+    assert!(!has_stray(&after), "{after:?}");
+    // The live endpoint's entry and the parent's own stay; the crashed one's went.
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(h.endpoint_names(), vec![keep.clone()]);
+
+    // Without a crash, `dataplane reconcile` is what finds a hand's entry.
+    h.ok(&["bpf", "admit", "add", "--iface", "eth0", stray]);
+    h.ok(&["network", "create", "--subnet=10.54.0.0/24", "-o", "parent=eth0", "n54"]);
+    assert!(has_stray(&admitted()));
+    let report = h.ok(&["reconcile"]);
+    assert!(report.contains("admission map: unexpected entry") && report.contains(stray), "{report}");
+    assert!(!has_stray(&admitted()));
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+}

@@ -1,6 +1,13 @@
 //! Making the kernel match the store: finish what crashed commands left half-done, drop
 //! endpoints whose namespace is gone (e.g. after a reboot), re-attach programs and
 //! re-create VLAN devices that vanished, and make the admission map equal to the store.
+//!
+//! The pass before every mutating CLI command compares the per-entry maps (admission,
+//! addresses, endpoint identities, endpoint counters) with the store only when it repaired
+//! something first: finding entries no row accounts for means walking every bucket of
+//! maps sized for 65 536 endpoints, about three quarters of that pass, and only a crashed
+//! command (which its earlier phases find and finish) or a hand leaves such entries.
+//! `dataplane reconcile`, the plugin's start and CNI GC always compare them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -39,21 +46,27 @@ pub struct ReconcileReport {
 }
 
 impl Engine {
-    /// The quick pass that runs before every mutating command.
+    /// The quick pass that runs before every mutating command: the per-entry maps are
+    /// compared with the store only if the pass repaired something before them.
     pub fn reconcile(&mut self, dry_run: bool) -> Result<ReconcileReport> {
-        self.reconcile_with(dry_run, false)
+        self.pass(dry_run, false, false)
     }
 
-    /// `thorough` also looks inside every endpoint's namespace for links deleted by hand
-    /// (one netlink round trip per endpoint, so only `dataplane reconcile` does it).
+    /// A pass that compares every map with the store. `thorough` also looks inside every
+    /// endpoint's namespace for links deleted by hand (one netlink round trip per
+    /// endpoint, so only `dataplane reconcile` does it).
     pub fn reconcile_with(&mut self, dry_run: bool, thorough: bool) -> Result<ReconcileReport> {
+        self.pass(dry_run, thorough, true)
+    }
+
+    fn pass(&mut self, dry_run: bool, thorough: bool, maps: bool) -> Result<ReconcileReport> {
         let pins = self.pins.clone();
         if thorough {
             // Judge the endpoints' attachments as they will be, not mid-upgrade.
             super::background::wait_all(&pins);
         }
         self.store.write(|tx| -> Result<ReconcileReport> {
-            let mut p = Pass { pins: &pins, dry_run, thorough, r: ReconcileReport::default() };
+            let mut p = Pass { pins: &pins, dry_run, thorough, maps, r: ReconcileReport::default() };
             map_pins(&pins, dry_run, &mut p.r)?;
             // Every network as found, crashed ones included (their VLAN entries and pins
             // stay theirs until their rows are gone).
@@ -68,14 +81,21 @@ impl Engine {
             let rows = Rows::read(tx, nets, &ipam_nets)?;
             let parents = p.network_programs(&rows.nets)?;
             vlan_entries(&pins, &rows.nets, &all, dry_run, &mut p.r)?;
-            p.admission(&rows, &parents)?;
-            p.address_claims(&rows);
+            // Something was out of line (a crashed command's leftovers, a missing map pin
+            // or program): what it may have left in the maps is looked for too.
+            p.maps |= !p.r.drift.is_empty() || !p.r.errors.is_empty();
+            if p.maps {
+                p.admission(&rows, &parents)?;
+                p.address_claims(&rows);
+            }
             if thorough {
                 p.endpoint_links(&rows);
             }
             let live_tags = p.endpoint_programs(&rows)?;
             p.stale_endpoint_pins(&live_tags);
-            p.stale_counters(&rows);
+            if p.maps || !p.r.drift.is_empty() {
+                p.stale_counters(&rows);
+            }
             stale_network_pins(&pins, &all, &rows.eps, &rows.atts, dry_run, &mut p.r);
             Ok(p.r)
         })
@@ -87,6 +107,8 @@ struct Pass<'a> {
     pins: &'a Pins,
     dry_run: bool,
     thorough: bool,
+    /// Compare the per-entry maps with the store (see the module's comment).
+    maps: bool,
     r: ReconcileReport,
 }
 
@@ -513,6 +535,10 @@ impl Pass<'_> {
                 let cls_only = rows.nets.iter().any(|n| n.name == a.network && super::network::keeps_filters(n));
                 self.endpoint_filters(ep, a, cls_only);
             }
+        }
+        self.maps |= !self.r.drift.is_empty();
+        if !self.maps {
+            return Ok(live_tags);
         }
         let have = bpf::endpoints::list(self.pins)?;
         for (k, v) in &have {

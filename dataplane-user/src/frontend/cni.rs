@@ -525,7 +525,7 @@ fn gc(e: &Env, conf: &NetConf, stdin: &[u8]) -> Result<()> {
     })?;
     let mut engine = open_engine(conf)?;
     // Also finishes whatever a killed ADD or DEL left half-done.
-    if let Ok(r) = engine.reconcile(false) {
+    if let Ok(r) = engine.reconcile_with(false, false) {
         for d in r.drift {
             eprintln!("dataplane-cni: reconciled: {d}");
         }

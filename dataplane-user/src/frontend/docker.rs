@@ -339,7 +339,7 @@ fn bind(socket: &Path) -> Result<UnixListener, PluginError> {
 /// Serve until SIGTERM/SIGINT; the socket file is removed on the way out.
 pub fn serve(socket: &Path, mut engine: Engine, verbose: bool, metrics: Option<&str>) -> Result<(), PluginError> {
     // Finish what a killed predecessor (or CLI command) left half-done before serving.
-    match engine.reconcile(false) {
+    match engine.reconcile_with(false, false) {
         Ok(r) => {
             for d in r.drift {
                 eprintln!("dataplane plugin: reconciled: {d}");
