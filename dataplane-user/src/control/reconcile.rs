@@ -76,9 +76,19 @@ impl Engine {
             let ipam_nets: Vec<String> =
                 left.iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name.clone()).collect();
             let nets: Vec<_> = left.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
-            p.crashed_endpoints(tx, &nets)?;
-            p.crashed_attachments(tx, &nets)?;
-            let rows = Rows::read(tx, nets, &ipam_nets)?;
+            // The rows are read once and again only after a phase changed them.
+            let mut found = (tx.endpoints()?, tx.attachments()?);
+            let seen = p.r.drift.len();
+            p.crashed_endpoints(tx, &nets, &found.0, &found.1)?;
+            if p.r.drift.len() != seen {
+                found = (tx.endpoints()?, tx.attachments()?);
+            }
+            let seen = p.r.drift.len();
+            p.crashed_attachments(tx, &nets, &found.0, &found.1)?;
+            if p.r.drift.len() != seen {
+                found = (tx.endpoints()?, tx.attachments()?);
+            }
+            let rows = Rows::new(found.0, found.1, nets, &ipam_nets);
             let parents = p.network_programs(&rows.nets)?;
             vlan_entries(&pins, &rows.nets, &all, dry_run, &mut p.r)?;
             // Something was out of line (a crashed command's leftovers, a missing map pin
@@ -128,10 +138,8 @@ struct Rows {
 
 impl Rows {
     /// `ipam_nets`: the address-only networks, whose endpoints have no interface.
-    fn read(tx: &Tx, nets: Vec<Network>, ipam_nets: &[String]) -> Result<Rows> {
-        let eps: Vec<_> =
-            tx.endpoints()?.into_iter().filter(|e| !ipam_nets.iter().any(|n| e.network_mode.name() == n)).collect();
-        let atts = tx.attachments()?;
+    fn new(eps: Vec<Endpoint>, atts: Vec<Attachment>, nets: Vec<Network>, ipam_nets: &[String]) -> Rows {
+        let eps: Vec<_> = eps.into_iter().filter(|e| !ipam_nets.iter().any(|n| e.network_mode.name() == n)).collect();
         let busy = eps
             .iter()
             .filter(|e| {
@@ -141,7 +149,7 @@ impl Rows {
             .map(|e| endpoint_number(&e.id))
             .collect();
         let parents = nets.iter().map(|n| (n.name.clone(), super::endpoint::parent_ifindex(n))).collect();
-        Ok(Rows { nets, eps, atts, busy, parents })
+        Rows { nets, eps, atts, busy, parents }
     }
 
     /// [`super::endpoint::admit_keys`], with each network's parent looked up once per pass.
@@ -221,9 +229,8 @@ impl Pass<'_> {
     }
 
     /// Half-done commands whose process is gone, and endpoints whose namespace vanished.
-    fn crashed_endpoints(&mut self, tx: &Tx, nets: &[Network]) -> Result<()> {
-        let atts = tx.attachments()?;
-        for ep in tx.endpoints()? {
+    fn crashed_endpoints(&mut self, tx: &Tx, nets: &[Network], eps: &[Endpoint], atts: &[Attachment]) -> Result<()> {
+        for ep in eps {
             let crashed = ep.state != EndpointState::Ready && !pid_alive(ep.owner_pid);
             let vanished = ep.state == EndpointState::Ready && !ep.netns.is_empty() && !Path::new(&ep.netns).exists();
             if !crashed && !vanished {
@@ -253,9 +260,8 @@ impl Pass<'_> {
     }
 
     /// Attachments a crashed `network connect` left half-made.
-    fn crashed_attachments(&mut self, tx: &Tx, nets: &[Network]) -> Result<()> {
-        let eps = tx.endpoints()?;
-        for a in tx.attachments()?.iter().filter(|a| a.state != EndpointState::Ready && !pid_alive(a.owner_pid)) {
+    fn crashed_attachments(&mut self, tx: &Tx, nets: &[Network], eps: &[Endpoint], atts: &[Attachment]) -> Result<()> {
+        for a in atts.iter().filter(|a| a.state != EndpointState::Ready && !pid_alive(a.owner_pid)) {
             self.drift(format!(
                 "endpoint {}: its {} on network {} was left {:?} by process {} which is gone: removing it",
                 a.endpoint, a.ifname, a.network, a.state, a.owner_pid
