@@ -146,6 +146,24 @@ fn docker_containers_on_dataplane_networks() {
     lab.ok(&["exec", "c1", "ip", "link", "set", "eth0", "address", &mac1]);
     assert!(ping_from(&lab, "c1", "172.16.86.1"), "c1 cannot reach the switch with its own MAC again");
 
+    // Its anti-spoofing program's pin removed by hand (a tcx link goes with its pin):
+    // `dataplane reconcile` finds the interface in the container and attaches it again.
+    let ifindex = lab.ok(&["exec", "c1", "cat", "/sys/class/net/eth0/ifindex"]);
+    let pin = lab.host.bpffs.dir.join(format!("links/docker/tceg-{}", ifindex.trim()));
+    assert!(pin.exists(), "{}", pin.display());
+    std::fs::remove_file(&pin).unwrap();
+    let report = lab.host.ok(&["reconcile"]);
+    assert!(report.contains("no anti-spoofing program on"), "{report}");
+    assert!(pin.exists(), "not attached again: {report}");
+    assert!(lab.host.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    let spoofed = endpoint_counter(&lab, &mac1, "spoofed_packets");
+    lab.ok(&["exec", "c1", "ip", "addr", "add", "172.16.86.98/24", "dev", "eth0"]);
+    let out = lab.docker(&["exec", "c1", "ping", "-c", "2", "-W", "1", "-I", "172.16.86.98", "172.16.86.1"]);
+    assert!(!out.status.success(), "a second address got through after the repair");
+    assert!(endpoint_counter(&lab, &mac1, "spoofed_packets") >= spoofed + 2, "{:#}", stats(&lab));
+    lab.ok(&["exec", "c1", "ip", "addr", "del", "172.16.86.98/24", "dev", "eth0"]);
+    assert!(ping_from(&lab, "c1", "172.16.86.1"), "c1 cannot reach the switch after the repair");
+
     // The CLI shows Docker's objects but refuses to remove them.
     let rm = lab.host.dp(&["network", "rm", &store_name]);
     let err = String::from_utf8_lossy(&rm.stderr);

@@ -268,13 +268,16 @@ pub(crate) fn delete_host_link_later(
     Ok(false)
 }
 
+/// The namespace path [`locate_host_link`] gives for this one.
+const HERE: &str = "/proc/thread-self/ns/net";
+
 /// Where the interface with `ifindex` is: this namespace, or the container's if Docker
 /// left it there. Its namespace's netlink handle and path, and the interface.
 pub(crate) fn locate_host_link(
     ifindex: u32,
     sandbox: Option<&str>,
 ) -> std::result::Result<Option<(Nl, String, crate::nl::LinkInfo)>, String> {
-    let mut nls = vec![(Nl::here().map_err(|e| e.to_string())?, "/proc/thread-self/ns/net".to_string())];
+    let mut nls = vec![(Nl::here().map_err(|e| e.to_string())?, HERE.to_string())];
     if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
         if let Ok(nl) = Nl::in_netns(std::path::Path::new(s)) {
             nls.push((nl, s.to_string()));
@@ -294,18 +297,14 @@ pub(crate) fn reattach(pins: &Pins, ep: &Endpoint, a: &Attachment) -> Result<()>
     let paths = pins.docker_endpoint_links(a.ifindex);
     bpf::endpoints::detach_at(paths.clone());
     let sandbox = match &ep.owner {
-        Owner::Docker { sandbox, .. } => sandbox.clone(),
+        Owner::Docker { sandbox, .. } => sandbox.as_deref(),
         _ => None,
     };
-    let here = Nl::here()?.links()?.into_iter().find(|l| l.index == a.ifindex);
-    if let Some(l) = here {
-        return Ok(bpf::endpoints::attach_at(pins, None, &l.name, paths, false)?);
-    }
-    if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
-        let inside = Nl::in_netns(std::path::Path::new(&s))?.links()?.into_iter().find(|l| l.index == a.ifindex);
-        if let Some(l) = inside {
-            return Ok(bpf::endpoints::attach_at(pins, Some(&s), &l.name, paths, false)?);
+    match locate_host_link(a.ifindex, sandbox).map_err(super::ControlError::Internal)? {
+        Some((_, path, l)) => {
+            let netns = (path != HERE).then_some(path.as_str());
+            Ok(bpf::endpoints::attach_at(pins, netns, &l.name, paths, false)?)
         }
+        None => invalid(format!("interface {} (ifindex {}) of endpoint {} is gone", a.ifname, a.ifindex, ep.name)),
     }
-    invalid(format!("interface {} (ifindex {}) of endpoint {} is gone", a.ifname, a.ifindex, ep.name))
 }
