@@ -16,6 +16,17 @@ fn stats(lab: &DockerLab) -> Value {
     json(&lab.host.ok(&["stats", "--format", "json"]))
 }
 
+/// Container `c` (holding NET_ADMIN) adds `addr` beside its own and pings the switch from
+/// it: nothing gets through, and its endpoint counts the frames as spoofed.
+fn second_address_is_dropped(lab: &DockerLab, c: &str, mac: &str, addr: &str) {
+    let spoofed = endpoint_counter(lab, mac, "spoofed_packets");
+    lab.ok(&["exec", c, "ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    let out = lab.docker(&["exec", c, "ping", "-c", "2", "-W", "1", "-I", addr, "172.16.86.1"]);
+    assert!(!out.status.success(), "{c}: a second address ({addr}) got through");
+    assert!(endpoint_counter(lab, mac, "spoofed_packets") >= spoofed + 2, "{:#}", stats(lab));
+    lab.ok(&["exec", c, "ip", "addr", "del", &format!("{addr}/24"), "dev", "eth0"]);
+}
+
 fn endpoint_counter(lab: &DockerLab, mac: &str, field: &str) -> u64 {
     let s = stats(lab);
     s["endpoints"]
@@ -133,12 +144,7 @@ fn docker_containers_on_dataplane_networks() {
     assert!(parent_counter(&lab, "eth0", "drop_unknown_destination") >= before + 3, "{:#}", stats(&lab));
 
     // Anti-spoofing inside a container holding NET_ADMIN: another address, then another MAC.
-    let spoofed = endpoint_counter(&lab, &mac1, "spoofed_packets");
-    lab.ok(&["exec", "c1", "ip", "addr", "add", "172.16.86.99/24", "dev", "eth0"]);
-    let out = lab.docker(&["exec", "c1", "ping", "-c", "2", "-W", "1", "-I", "172.16.86.99", "172.16.86.1"]);
-    assert!(!out.status.success(), "a second address got through");
-    assert!(endpoint_counter(&lab, &mac1, "spoofed_packets") >= spoofed + 2, "{:#}", stats(&lab));
-    lab.ok(&["exec", "c1", "ip", "addr", "del", "172.16.86.99/24", "dev", "eth0"]);
+    second_address_is_dropped(&lab, "c1", &mac1, "172.16.86.99");
     let spoofed = endpoint_counter(&lab, &mac1, "spoofed_packets");
     lab.ok(&["exec", "c1", "ip", "link", "set", "eth0", "address", "02:42:ac:10:56:63"]);
     assert!(!ping_from(&lab, "c1", "172.16.86.1"), "a changed MAC got through");
@@ -156,12 +162,7 @@ fn docker_containers_on_dataplane_networks() {
     assert!(report.contains("no anti-spoofing program on"), "{report}");
     assert!(pin.exists(), "not attached again: {report}");
     assert!(lab.host.ok(&["reconcile", "--dry-run"]).contains("no drift"));
-    let spoofed = endpoint_counter(&lab, &mac1, "spoofed_packets");
-    lab.ok(&["exec", "c1", "ip", "addr", "add", "172.16.86.98/24", "dev", "eth0"]);
-    let out = lab.docker(&["exec", "c1", "ping", "-c", "2", "-W", "1", "-I", "172.16.86.98", "172.16.86.1"]);
-    assert!(!out.status.success(), "a second address got through after the repair");
-    assert!(endpoint_counter(&lab, &mac1, "spoofed_packets") >= spoofed + 2, "{:#}", stats(&lab));
-    lab.ok(&["exec", "c1", "ip", "addr", "del", "172.16.86.98/24", "dev", "eth0"]);
+    second_address_is_dropped(&lab, "c1", &mac1, "172.16.86.98");
     assert!(ping_from(&lab, "c1", "172.16.86.1"), "c1 cannot reach the switch after the repair");
 
     // The CLI shows Docker's objects but refuses to remove them.
