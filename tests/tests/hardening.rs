@@ -321,6 +321,25 @@ fn a_parent_made_again_is_found_and_everything_re_keyed() {
     assert!(keys.iter().all(|k| k["ifindex"] != old_index), "entries keyed on the dead ifindex: {keys:?}");
     let reload = h.dp(&["bpf", "reload"]);
     assert!(reload.status.success(), "{}", stderr(&reload));
+
+    // Made again once more: the pass before any command finds it too (the parent's own
+    // admission entry no longer vouches for the interface, so it asks the kernel).
+    sw.exec(&["ip", "link", "del", "up0"]).unwrap();
+    veth_between(&sw, "up0", &h.ns, "eth0").unwrap();
+    sw.exec(&["ip", "addr", "add", "10.89.0.1/24", "dev", "up0"]).unwrap();
+    assert_eq!(h.ns.xdp_prog_id("eth0").unwrap(), None);
+    let again = unique("re2");
+    let out = h.dp(&["run", "-d", "--name", &again, "--network", "n89"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("attached to a removed interface"), "{}", stderr(&out));
+    assert!(h.ns.xdp_prog_id("eth0").unwrap().is_some(), "no admission program on the new eth0");
+    assert!(h.dp(&["exec", &again, "ping", "-c", "1", "-W", "1", "10.89.0.1"]).status.success());
+    // The older endpoint's macvlan went with the old parent; re-creating endpoint
+    // interfaces is `dataplane reconcile`'s (it looks inside every endpoint's namespace).
+    let out = h.ok(&["reconcile"]);
+    assert!(out.contains(&format!("interface eth0 is missing from /run/netns/{name}")), "{out}");
+    assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.89.0.1"]).status.success());
+    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
 }
 
 /// A pinned map removed by hand: found, re-pinned from the live programs with its entries,
