@@ -76,25 +76,19 @@ impl Engine {
             let ipam_nets: Vec<String> =
                 left.iter().filter(|n| n.driver == crate::store::Driver::Ipam).map(|n| n.name.clone()).collect();
             let nets: Vec<_> = left.into_iter().filter(|n| n.state == EndpointState::Ready).collect();
-            // The rows are read once and again only after a phase changed them.
-            let mut found = (tx.endpoints()?, tx.attachments()?);
+            // The rows are read once, and again only after a phase changed them.
+            let read = || -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) };
+            let (eps, atts) = read()?;
             let seen = p.r.drift.len();
-            p.crashed_endpoints(tx, &nets, &found.0, &found.1)?;
-            if p.r.drift.len() != seen {
-                found = (tx.endpoints()?, tx.attachments()?);
-            }
+            p.crashed_endpoints(tx, &nets, &eps, &atts)?;
+            let (eps, atts) = if p.r.drift.len() != seen { read()? } else { (eps, atts) };
             let seen = p.r.drift.len();
-            p.crashed_attachments(tx, &nets, &found.0, &found.1)?;
-            if p.r.drift.len() != seen {
-                found = (tx.endpoints()?, tx.attachments()?);
-            }
-            let rows = Rows::new(found.0, found.1, nets, &ipam_nets);
+            p.crashed_attachments(tx, &nets, &eps, &atts)?;
+            let (eps, atts) = if p.r.drift.len() != seen { read()? } else { (eps, atts) };
+            let rows = Rows::new(eps, atts, nets, &ipam_nets);
             let parents = p.network_programs(&rows.nets)?;
             vlan_entries(&pins, &rows.nets, &all, dry_run, &mut p.r)?;
-            // Something was out of line (a crashed command's leftovers, a missing map pin
-            // or program): what it may have left in the maps is looked for too.
-            p.maps |= !p.r.drift.is_empty() || !p.r.errors.is_empty();
-            if p.maps {
+            if p.compare_maps() {
                 p.admission(&rows, &parents)?;
                 p.address_claims(&rows);
             }
@@ -103,7 +97,7 @@ impl Engine {
             }
             let live_tags = p.endpoint_programs(&rows)?;
             p.stale_endpoint_pins(&live_tags);
-            if p.maps || !p.r.drift.is_empty() {
+            if p.compare_maps() {
                 p.stale_counters(&rows);
             }
             stale_network_pins(&pins, &all, &rows.eps, &rows.atts, dry_run, &mut p.r);
@@ -117,7 +111,8 @@ struct Pass<'a> {
     pins: &'a Pins,
     dry_run: bool,
     thorough: bool,
-    /// Compare the per-entry maps with the store (see the module's comment).
+    /// A full pass: compare the per-entry maps with the store whatever else it found
+    /// (see the module's comment and `compare_maps`).
     maps: bool,
     r: ReconcileReport,
 }
@@ -393,6 +388,18 @@ impl Pass<'_> {
         }
     }
 
+    /// Whether the per-entry maps are compared with the store: always in a full pass; in
+    /// the quick one once something was out of line (a crashed command's leftovers, a
+    /// missing map pin or program), whose traces in the maps are then looked for too.
+    fn compare_maps(&self) -> bool {
+        self.maps || self.repaired()
+    }
+
+    /// Whether this pass has found anything out of line so far.
+    fn repaired(&self) -> bool {
+        !self.r.drift.is_empty() || !self.r.errors.is_empty()
+    }
+
     /// Whether `phys` is still the interface its programs were attached to, as far as the
     /// admission table tells: attaching wrote the parent's own entry under the ifindex and
     /// MAC it had then, so the entry under its current ones means the same interface (one
@@ -568,8 +575,7 @@ impl Pass<'_> {
                 self.endpoint_filters(ep, a, cls_only);
             }
         }
-        self.maps |= !self.r.drift.is_empty();
-        if !self.maps {
+        if !self.compare_maps() {
             return Ok(live_tags);
         }
         let have = bpf::endpoints::list(self.pins)?;
