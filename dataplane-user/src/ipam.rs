@@ -38,6 +38,8 @@ pub enum IpamError {
     AuxOutside { name: String, addr: String },
     #[error("subnet {subnet} overlaps subnet {other} of network {network}: choose a subnet that does not overlap")]
     Overlap { subnet: String, other: String, network: String },
+    #[error("invalid subnet {subnet}: it is every address (the default route's destination); give the network's own subnet, e.g. 10.70.0.0/24")]
+    WholeSpace { subnet: String },
     #[error("subnets {a} and {b} overlap")]
     SelfOverlap { a: String, b: String },
     #[error("address pool of subnet {subnet} is exhausted{range}: remove an endpoint, or create a network with a larger subnet or --ip-range")]
@@ -313,6 +315,9 @@ fn subnets_of(
     default_v4: impl Fn(&[(String, Cidr)]) -> Option<Cidr>,
 ) -> Result<Vec<Cidr>, IpamError> {
     let mut subnets = req.subnets.iter().map(|s| Cidr::parse_network(s)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(s) = subnets.iter().find(|s| s.prefix == 0) {
+        return Err(IpamError::WholeSpace { subnet: s.to_string() });
+    }
     if req.gateways.len() > subnets.len().max(1) {
         return Err(IpamError::TooManyGateways { gateways: req.gateways.len(), subnets: subnets.len() });
     }
@@ -458,7 +463,12 @@ mod tests {
 
     #[test]
     fn unusable_gateways_aux_addresses_and_subnets_are_refused_at_create() {
-        let cases: [(PoolRequest, &str); 5] = [
+        let cases: [(PoolRequest, &str); 7] = [
+            (req(&["0.0.0.0/0"], &[], &[], &[]), "invalid subnet 0.0.0.0/0: it is every address"),
+            (
+                PoolRequest { subnets: vec!["::/0".into()], ipv6: true, ..Default::default() },
+                "invalid subnet ::/0: it is every address",
+            ),
             (
                 req(&["10.0.0.0/24"], &["10.0.0.255"], &[], &[]),
                 "invalid gateway 10.0.0.255: it is the broadcast address",

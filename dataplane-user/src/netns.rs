@@ -5,7 +5,7 @@
 //! first. Only the network namespace changes: the mount namespace (and with it bpffs and
 //! every pin) stays the host's, which is why this is not `ip netns exec`.
 
-use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+use std::{fs::File, os::fd::AsRawFd, os::unix::fs::OpenOptionsExt, path::PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -181,4 +181,54 @@ pub fn delete_named(path: &std::path::Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Check that `path` names a network namespace (a file of nsfs whose namespace is a
+/// network one) without opening anything that could block or act: a FIFO, a device, a
+/// directory or a plain file is refused from its `stat` alone, before any `open`.
+/// Returns the namespace's identity (device, inode) for comparing two paths.
+pub fn check_netns_file(path: &str) -> Result<(u64, u64), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // nsfs's magic number (linux/magic.h) and NS_GET_NSTYPE, _IO(0xb7, 0x3) (linux/nsfs.h).
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{path} is not a network namespace: {e}"))?;
+    let ft = meta.file_type();
+    let what = if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_char_device() || ft.is_block_device() {
+        Some("a device")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    };
+    if let Some(w) = what {
+        return Err(format!("{path} is not a network namespace: it is {w}"));
+    }
+    let c =
+        std::ffi::CString::new(path).map_err(|_| format!("{path:?} is not a network namespace: a NUL in the path"))?;
+    // SAFETY: statfs(2) into a zeroed struct we own, on a NUL-terminated path.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut sfs) } != 0 {
+        return Err(format!("{path} is not a network namespace: {}", std::io::Error::last_os_error()));
+    }
+    if sfs.f_type as i64 != NSFS_MAGIC {
+        return Err(format!(
+            "{path} is not a network namespace: it is a plain file (a namespace is a file of nsfs, e.g. /run/netns/NAME or /proc/PID/ns/net)"
+        ));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("{path} is not a network namespace: {e}"))?;
+    // SAFETY: an ioctl without an argument on a descriptor we own.
+    let kind = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(format!("{path} is a namespace, but not a network namespace"));
+    }
+    Ok((meta.dev(), meta.ino()))
 }

@@ -43,7 +43,21 @@ impl CniOut {
 
 /// Run `plugin` with `CNI_COMMAND=command`, `env` and `conf` on stdin, inside `host`.
 pub fn call(host: &Netns, plugin: &Path, command: &str, env: &[(&str, &str)], conf: &str) -> CniOut {
-    let mut child = Command::new("nsenter")
+    run(Command::new("nsenter"), host, plugin, command, env, conf)
+}
+
+/// [`call`], killed after `secs` seconds (a plugin that hangs fails the test with a
+/// message instead of hanging it).
+pub fn call_within(secs: u32, host: &Netns, plugin: &Path, command: &str, env: &[(&str, &str)], conf: &str) -> CniOut {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "KILL", &secs.to_string(), "nsenter"]);
+    let out = run(cmd, host, plugin, command, env, conf);
+    assert!(out.raw.status.code() != Some(137), "{plugin:?} {command} hung for {secs} s (killed)");
+    out
+}
+
+fn run(mut cmd: Command, host: &Netns, plugin: &Path, command: &str, env: &[(&str, &str)], conf: &str) -> CniOut {
+    let mut child = cmd
         .arg(format!("--net={}", host.path().display()))
         .arg("env")
         .arg(format!("CNI_COMMAND={command}"))

@@ -472,6 +472,12 @@ pub fn spawn_unlink(netns: &str, links: &[(String, u32)], unpin: &[PathBuf]) -> 
     dirs.sort();
     dirs.dedup();
     let dirs = dirs.into_iter().map(cstr).collect::<std::io::Result<Vec<_>>>()?;
+    // For race tests: DATAPLANE_PAUSE=unlink:child holds the child (DATAPLANE_PAUSE_MS)
+    // before it deletes anything, as a busy RTNL would.
+    let pause = (std::env::var_os("DATAPLANE_PAUSE").is_some_and(|v| v == "unlink:child")).then(|| {
+        let ms: i64 = std::env::var("DATAPLANE_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
+        libc::timespec { tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000 }
+    });
     // SAFETY: fork(2); the children below only make system calls on memory made before
     // the fork, then _exit(2).
     match unsafe { libc::fork() } {
@@ -485,6 +491,9 @@ pub fn spawn_unlink(netns: &str, links: &[(String, u32)], unpin: &[PathBuf]) -> 
             libc::setsid();
             for fd in 0..3 {
                 libc::dup2(devnull.as_raw_fd(), fd);
+            }
+            if let Some(t) = &pause {
+                libc::nanosleep(t, std::ptr::null_mut());
             }
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
                 let sock = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
@@ -527,6 +536,11 @@ fn dellink(ifindex: u32) -> [u8; 32] {
     m[6..8].copy_from_slice(&FLAGS.to_ne_bytes()); // flags; seq, pid: 0
     m[20..24].copy_from_slice(&ifindex.to_ne_bytes()); // ifinfomsg: family, type 0; index
     m
+}
+
+/// Whether a child is deleting interfaces now.
+pub fn unlinks_pending() -> bool {
+    std::fs::read_dir(UNLINK_DIR).is_ok_and(|mut d| d.next().is_some())
 }
 
 /// Wait (at most 10 s each) until no interface is being deleted by a child.

@@ -34,48 +34,97 @@ fn owner_of(container_id: &str, ifname: &str) -> Owner {
     Owner::Cni { container_id: container_id.to_string(), ifname: ifname.to_string() }
 }
 
-/// A store name for an attachment: `cni-<container id (sanitised, 12)>-<ifname>`.
+/// A store name for an attachment: `cni-<container id (sanitised, 12)>-<hash>-<ifname>`.
+/// The first 12 characters are for people (as `docker ps` shows ids); the hash is of the
+/// whole id, so ids that share them (`aaaaaaaaaaaa1`, `aaaaaaaaaaaa2`) or differ only in
+/// characters the sanitising replaces (`a.b`, `a_b`) get names of their own.
 fn endpoint_name(container_id: &str, ifname: &str) -> String {
     let id: String = container_id
         .chars()
         .take(12)
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
         .collect();
-    format!("cni-{id}-{ifname}")
+    // FNV-1a (64 bits), folded to 32: stable across versions and platforms.
+    let h =
+        container_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("cni-{id}-{:08x}-{ifname}", (h ^ (h >> 32)) as u32)
 }
 
 impl Engine {
     /// The network named by a conflist entry: created from `req` when missing; an existing
-    /// one must be CNI's and on the same parent.
+    /// one must be CNI's and on the same parent. A network another ADD or DEL is creating
+    /// or removing is waited for (the creator holds the network lock through its kernel
+    /// work); one a killed ADD or DEL left half-made or half-removed is finished first, so
+    /// a runtime's next ordinary call never finds the network wedged.
     pub fn cni_network(&mut self, req: NetworkCreate) -> Result<Network> {
         let parent_of = |opts: &[String]| opts.iter().find_map(|o| o.strip_prefix("parent=").map(str::to_string));
         let want_parent = parent_of(&req.opts).unwrap_or_default();
-        for attempt in 0..2 {
-            if let Some(n) = self.store.read(|tx| tx.network(&req.name))?.filter(|n| n.name == req.name) {
-                if !n.owner.is_cni() {
-                    return invalid(format!(
-                        "network name {:?} is used by a dataplane network that is not CNI's ({}); rename the CNI network",
-                        n.name,
-                        n.owner.label()
-                    ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.store.read(|tx| tx.network(&req.name))?.filter(|n| n.name == req.name) {
+                Some(n) if n.state != EndpointState::Ready => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(super::state_err(
+                            super::StateKind::Busy,
+                            format!(
+                                "network {} is still being set up or removed by process {} after 60 s; try again",
+                                n.name, n.owner_pid
+                            ),
+                        ));
+                    }
+                    self.finish_or_wait_for(&n)?;
+                    continue;
                 }
-                if n.parent.as_deref() != Some(want_parent.as_str()) {
-                    return invalid(format!(
-                        "network {} already runs on parent {}, not {want_parent}: one name, one parent",
-                        n.name,
-                        n.parent.as_deref().unwrap_or("?")
-                    ));
+                Some(n) => {
+                    if !n.owner.is_cni() {
+                        return invalid(format!(
+                            "network name {:?} is used by a dataplane network that is not CNI's ({}); rename the CNI network",
+                            n.name,
+                            n.owner.label()
+                        ));
+                    }
+                    if n.parent.as_deref() != Some(want_parent.as_str()) {
+                        return invalid(format!(
+                            "network {} already runs on parent {}, not {want_parent}: one name, one parent",
+                            n.name,
+                            n.parent.as_deref().unwrap_or("?")
+                        ));
+                    }
+                    return Ok(n);
                 }
-                return Ok(n);
-            }
-            match self.network_create(req.clone()) {
-                Ok(n) => return Ok(n),
-                // Another ADD made it meanwhile: use theirs.
-                Err(e) if attempt == 0 && e.state_kind() == Some(super::StateKind::AlreadyExists) => continue,
-                Err(e) => return Err(e),
+                None => match self.network_create(req.clone()) {
+                    Ok(n) => return Ok(n),
+                    // Another ADD made it meanwhile (or is making it): use theirs.
+                    Err(e)
+                        if e.state_kind() == Some(super::StateKind::AlreadyExists)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                },
             }
         }
-        invalid(format!("network {} could not be created or found", req.name))
+    }
+
+    /// Network `n` is not ready. Whoever creates or removes a network holds the network
+    /// lock from marking its row until the row is ready or gone; so once we hold that lock,
+    /// a row still not ready was left by a process that was killed: the quick reconcile
+    /// pass finishes its work (tears the half-made or half-removed network down).
+    fn finish_or_wait_for(&mut self, n: &Network) -> Result<()> {
+        let lock = self.network_lock()?;
+        let stuck = self.store.read(|tx| tx.network(&n.name))?.filter(|m| m.state != EndpointState::Ready);
+        if let Some(m) = stuck {
+            let r = self.reconcile(false)?;
+            if let Some(e) = r.errors.iter().find(|e| e.contains(&format!("network {}:", m.name))) {
+                return Err(ControlError::Invalid(format!(
+                    "network {} was left {:?} by process {}, which is gone, and could not be finished: {e}",
+                    m.name, m.state, m.owner_pid
+                )));
+            }
+        }
+        drop(lock);
+        Ok(())
     }
 
     /// ADD: allocate, push admission entries, create and configure the interface inside
@@ -184,7 +233,12 @@ impl Engine {
             Ok((tx.network(network)?.filter(|n| n.name == network), used))
         })?;
         match net {
-            Some(n) if n.owner.is_cni() && !used && n.state == EndpointState::Ready => {
+            // Left half-made or half-removed by a killed ADD or DEL: finish that first.
+            Some(n) if n.owner.is_cni() && n.state != EndpointState::Ready => {
+                self.finish_or_wait_for(&n)?;
+                Ok(Vec::new())
+            }
+            Some(n) if n.owner.is_cni() && !used => {
                 match self.network_rm_by(&n.name, &Owner::Cni { container_id: String::new(), ifname: String::new() }) {
                     Ok(w) => Ok(w),
                     // An ADD attached meanwhile: the network stays.
@@ -210,6 +264,7 @@ impl Engine {
         network: &str,
         container_id: &str,
         ifname: &str,
+        netns: &str,
         expect: &[IpAddr],
         expect_mac: Option<&str>,
     ) -> Result<()> {
@@ -224,10 +279,24 @@ impl Engine {
         if ep.state != EndpointState::Ready {
             return fail(format!("the attachment is {:?}", ep.state));
         }
+        // The runtime's namespace must be the one the attachment was made in (runtimes
+        // name one namespace by several paths: compared by identity, not by path).
+        let same_ns = match (crate::netns::check_netns_file(netns), crate::netns::check_netns_file(&ep.netns)) {
+            (Ok(asked), Ok(made)) => asked == made,
+            _ => false,
+        };
+        if !same_ns {
+            return fail(format!("CNI_NETNS {netns} is not the namespace the attachment was made in"));
+        }
         let recorded: Vec<IpAddr> = [a.ipv4, a.ipv6].into_iter().flatten().collect();
         for ip in expect {
             if !recorded.contains(ip) {
                 return fail(format!("address {ip} of the previous result is not the attachment's ({recorded:?})"));
+            }
+        }
+        for ip in &recorded {
+            if !expect.contains(ip) {
+                return fail(format!("the attachment's address {ip} is not in the previous result ({expect:?})"));
             }
         }
         if let Some(m) = expect_mac.filter(|m| m.parse::<Mac>().ok() != Some(a.mac)) {
@@ -363,5 +432,28 @@ impl Engine {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_name;
+
+    #[test]
+    fn attachment_names_differ_for_different_container_ids() {
+        let names: std::collections::BTreeSet<String> = ["aaaaaaaaaaaa1", "aaaaaaaaaaaa2", "a.b", "a_b", "a/b", ""]
+            .iter()
+            .map(|id| endpoint_name(id, "eth0"))
+            .collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        let n = endpoint_name("0123456789abcdef0123", "eth1");
+        assert!(
+            n.starts_with("cni-0123456789ab-")
+                && n.ends_with("-eth1")
+                && n.len() == "cni-0123456789ab-12345678-eth1".len(),
+            "{n}"
+        );
+        assert_eq!(n, endpoint_name("0123456789abcdef0123", "eth1"), "stable");
+        super::super::check_name("endpoint", &n).unwrap();
     }
 }

@@ -656,7 +656,15 @@ impl Pass<'_> {
     fn stale_endpoint_pins(&mut self, live_tags: &BTreeSet<String>) {
         // The live endpoints' dirs are not even read: one directory listing per command,
         // not one per endpoint.
-        for (_, pair) in bpf::pins::endpoint_pin_pairs(self.pins, |t| !live_tags.contains(t)) {
+        let mut stale = bpf::pins::endpoint_pin_pairs(self.pins, |t| !live_tags.contains(t));
+        if !stale.is_empty() && super::background::unlinks_pending() {
+            // A removed endpoint's pins are the deletion child's to remove once its
+            // interface is gone: unpinned before, the program would come off an interface
+            // that still carries traffic. Wait for the children, then judge what is left.
+            super::background::wait_unlinks();
+            stale = bpf::pins::endpoint_pin_pairs(self.pins, |t| !live_tags.contains(t));
+        }
+        for (_, pair) in stale {
             self.drift(format!("stale endpoint program pin {}", pair[0].display()));
             if !self.dry_run {
                 for pin in &pair {

@@ -199,15 +199,35 @@ fn read_env() -> Result<Env> {
             return Err(CniError::new(code::BAD_ENV, format!("{name} is not set (required for {})", e.command)));
         }
     }
-    if !e.ifname.is_empty()
-        && (e.ifname.len() > 15 || e.ifname.contains(['/', ':', '.']) || e.ifname.chars().any(char::is_whitespace))
-    {
-        return Err(CniError::new(
-            code::BAD_ENV,
-            format!("invalid CNI_IFNAME {:?}: not a valid interface name", e.ifname),
-        ));
+    if !e.ifname.is_empty() {
+        check_ifname(&e.ifname)
+            .map_err(|why| CniError::new(code::BAD_ENV, format!("invalid CNI_IFNAME {:?}: {why}", e.ifname)))?;
+    }
+    if ["ADD", "CHECK"].contains(&e.command.as_str()) {
+        crate::netns::check_netns_file(&e.netns)
+            .map_err(|why| CniError::new(code::BAD_ENV, format!("invalid CNI_NETNS: {why}")))?;
     }
     Ok(e)
+}
+
+/// The kernel's rules for an interface name (dev_valid_name), and what it would do
+/// instead of refusing: a `%` makes the name a template it fills in (`eth%d` -> `eth0`),
+/// and `all` and `default` are the names of its per-protocol defaults (the interface's
+/// sysctl directory would clash). `.` is refused too: bpffs pin names come from it.
+fn check_ifname(name: &str) -> std::result::Result<(), &'static str> {
+    if name.len() > 15 {
+        return Err("longer than 15 bytes");
+    }
+    if name.contains(['/', ':', '.', '%']) {
+        return Err("'/', ':', '.' and '%' are not allowed ('%' would make it a template the kernel fills in)");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("blanks and control characters are not allowed");
+    }
+    if ["all", "default"].contains(&name) {
+        return Err("\"all\" and \"default\" name the kernel's per-protocol defaults, not an interface");
+    }
+    Ok(())
 }
 
 fn parse_conf(stdin: &[u8]) -> Result<NetConf> {
@@ -454,8 +474,20 @@ fn add(e: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value> {
             ipv6: v6,
             mac,
         };
-        match engine.cni_attach(&n, req) {
+        match engine.cni_attach(&n, req.clone()) {
             Ok(a) => Ok((n, a)),
+            // A DEL began removing the network between the two steps: once it is gone,
+            // this ADD makes it again.
+            Err(err) if err.state_kind() == Some(StateKind::Busy) => {
+                let n = engine.cni_network(network_request(conf, ipam.as_ref())?)?;
+                match engine.cni_attach(&n, req) {
+                    Ok(a) => Ok((n, a)),
+                    Err(err) => {
+                        let _ = engine.cni_release_network(&n.name);
+                        Err(err.into())
+                    }
+                }
+            }
             Err(err) => {
                 // A network made for this ADD goes with it.
                 let _ = engine.cni_release_network(&n.name);
@@ -494,26 +526,51 @@ fn check(e: &Env, conf: &NetConf, stdin: &[u8]) -> Result<()> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult (the ADD result)"))?;
-    let ips: Vec<IpAddr> = prev["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str()?.split_once('/')?.0.parse().ok())
-        .collect();
-    let mac = prev["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|i| i["name"] == e.ifname.as_str() && i["sandbox"].as_str().is_some_and(|s| !s.is_empty()))
-        .and_then(|i| i["mac"].as_str());
+    let (ips, mac) = prev_result_facts(prev, &e.ifname)?;
+    let mac = mac.as_deref();
     let mut engine = open_engine(conf)?;
     engine
-        .cni_check(&conf.name, &e.container_id, &e.ifname, &ips, mac)
+        .cni_check(&conf.name, &e.container_id, &e.ifname, &e.netns, &ips, mac)
         .map_err(|err| CniError::new(code::CHECK_FAILED, err.to_string()))?;
     if delegated(conf) {
         delegate(e, conf, "CHECK", stdin)?;
     }
     Ok(())
+}
+
+/// The addresses of `prev` (an ADD result), and the MAC of its interface `ifname` in the
+/// sandbox. A result that is not one (`ips` not a list, an address that is not CIDR) is
+/// refused, not read as "no addresses".
+fn prev_result_facts(prev: &Value, ifname: &str) -> Result<(Vec<IpAddr>, Option<String>)> {
+    let bad = |what: String| CniError::new(code::DECODE, format!("prevResult is not an ADD result: {what}"));
+    if !prev.is_object() {
+        return Err(bad(format!("{prev} is not an object")));
+    }
+    let list = |key: &str| -> Result<Vec<Value>> {
+        match &prev[key] {
+            Value::Null => Ok(Vec::new()),
+            Value::Array(a) => Ok(a.clone()),
+            other => Err(bad(format!("\"{key}\" is {other}, not a list"))),
+        }
+    };
+    let mut ips = Vec::new();
+    for ip in list("ips")? {
+        let addr = ip["address"].as_str().unwrap_or_default();
+        match addr.split_once('/').and_then(|(a, p)| Some((a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?))) {
+            Some((a, _)) => ips.push(a),
+            None => return Err(bad(format!("address {} of \"ips\" is not an address in CIDR form", ip["address"]))),
+        }
+    }
+    let mut mac = None;
+    for i in list("interfaces")? {
+        if !i.is_object() {
+            return Err(bad(format!("interface {i} is not an object")));
+        }
+        if i["name"] == ifname && i["sandbox"].as_str().is_some_and(|s| !s.is_empty()) {
+            mac = i["mac"].as_str().map(str::to_string);
+        }
+    }
+    Ok((ips, mac))
 }
 
 fn gc(e: &Env, conf: &NetConf, stdin: &[u8]) -> Result<()> {
@@ -605,7 +662,10 @@ fn ipam_call(e: &Env, conf: &NetConf) -> Result<Option<Value>> {
             )),
         },
         "GC" => {
-            let valid = conf.valid_attachments.as_deref().unwrap_or_default();
+            // Without the list every address would look unused, live pods' included.
+            let valid = conf.valid_attachments.as_deref().ok_or_else(|| {
+                CniError::new(code::INVALID_CONFIG, "GC needs \"cni.dev/valid-attachments\" (a list, possibly empty)")
+            })?;
             for (c, i) in engine.cni_attachments(&conf.name)? {
                 if !valid.iter().any(|v| v.container_id == c && (v.ifname.is_empty() || v.ifname == i)) {
                     engine.cni_ipam_del(&conf.name, &c, &i)?;
