@@ -104,6 +104,24 @@ impl Engine {
         mac: Option<&str>,
     ) -> Result<Attachment> {
         if let Some((_, Some(a))) = self.docker_endpoint(endpoint_id)? {
+            // Docker repeats a call it did not see answered: the same request gets the same
+            // endpoint; another request under the same id is a conflict, not a success.
+            let asked_mac = mac.map(|m| m.parse::<crate::mac::Mac>().map_err(|e| ControlError::Invalid(e.to_string())));
+            let differs = ipv4.is_some_and(|ip| a.ipv4 != Some(ip))
+                || ipv6.is_some_and(|ip| a.ipv6 != Some(ip))
+                || asked_mac.transpose()?.is_some_and(|m| m != a.mac);
+            if differs {
+                let show = |ip: Option<IpAddr>| ip.map_or("-".to_string(), |i| i.to_string());
+                return invalid(format!(
+                    "endpoint {endpoint_id} exists already with address {} / {} and MAC {}; asked again with {} / {} and MAC {}: delete it first",
+                    show(a.ipv4),
+                    show(a.ipv6),
+                    a.mac,
+                    show(ipv4),
+                    show(ipv6),
+                    mac.unwrap_or("-")
+                ));
+            }
             return Ok(a);
         }
         let n = self.docker_network(network_id)?.ok_or_else(|| {

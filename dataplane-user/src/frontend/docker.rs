@@ -5,7 +5,8 @@
 //! `dataplane`). The process must run in dockerd's network namespace: the interface it
 //! hands over in Join must exist there. Requests are served one at a time against one
 //! engine (Docker's calls for one container are sequential anyway); the engine's work is
-//! synchronous and runs on tokio's blocking pool.
+//! synchronous and runs on tokio's blocking pool. HTTP itself is hyper's (see `http.rs`
+//! for the limits and timeouts).
 
 use std::{
     collections::BTreeMap,
@@ -16,10 +17,9 @@ use std::{
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
-};
+use tokio::net::UnixListener;
+
+use super::http::{serve_connection, Answer, Backoff, Call, Limits};
 
 use crate::{
     control::{ControlError, Engine, NetworkCreate},
@@ -250,75 +250,36 @@ fn call(engine: &mut Engine, method: &str, body: &[u8]) -> Result<Option<Value>,
     Ok(Some(v))
 }
 
-/// Read one HTTP/1.1 request (method line, headers, Content-Length body); None at EOF.
-async fn read_request(r: &mut BufReader<UnixStream>) -> std::io::Result<Option<(String, Vec<u8>, bool)>> {
-    let mut line = String::new();
-    if r.read_line(&mut line).await? == 0 {
-        return Ok(None);
+/// The plugin's answer to a request it cannot read (too large, too slow).
+fn refuse(msg: String) -> Answer {
+    Answer {
+        status: hyper::StatusCode::PAYLOAD_TOO_LARGE,
+        content_type: CONTENT_TYPE,
+        body: json!({ "Err": msg }).to_string(),
     }
-    let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
-    let mut len = 0usize;
-    let mut close = false;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).await? == 0 {
-            return Ok(None);
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "content-length" {
-                len = v.parse().map_err(|_| std::io::Error::other(format!("bad Content-Length {v:?}")))?;
-            } else if k == "connection" && v.eq_ignore_ascii_case("close") {
-                close = true;
-            }
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Ok(Some((path, body, close)))
 }
 
-async fn serve_conn(conn: UnixStream, engine: Arc<Mutex<Engine>>, verbose: bool) -> std::io::Result<()> {
-    let mut r = BufReader::new(conn);
-    while let Some((method, body, close)) = read_request(&mut r).await? {
-        let e = engine.clone();
-        let m = method.clone();
-        let b = body.clone();
-        let (status, answer) = tokio::task::spawn_blocking(move || {
-            let mut engine = e.lock().unwrap_or_else(|p| p.into_inner());
-            dispatch(&mut engine, &m, &b)
-        })
-        .await
-        .unwrap_or_else(|e| (500, json!({ "Err": format!("internal error: {e}") })));
-        if verbose || status != 200 {
-            eprintln!(
-                "dataplane plugin: {method} {} -> {status} {answer}",
-                String::from_utf8_lossy(&body).chars().take(600).collect::<String>()
-            );
-        }
-        let text = answer.to_string();
-        let reason = match status {
-            200 => "OK",
-            404 => "Not Found",
-            _ => "Internal Server Error",
-        };
-        let head = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n",
-            text.len()
+/// One protocol call on tokio's blocking pool (the engine is synchronous).
+async fn answer(call: Call, engine: Arc<Mutex<Engine>>, verbose: bool) -> Answer {
+    let method = call.path.trim_start_matches('/').to_string();
+    let (m, b) = (method.clone(), call.body.clone());
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+        dispatch(&mut engine, &m, &b)
+    })
+    .await
+    .unwrap_or_else(|e| (500, json!({ "Err": format!("internal error: {e}") })));
+    if verbose || status != 200 {
+        eprintln!(
+            "dataplane plugin: {method} {} -> {status} {answer}",
+            String::from_utf8_lossy(&call.body).chars().take(600).collect::<String>()
         );
-        let w = r.get_mut();
-        w.write_all(head.as_bytes()).await?;
-        w.write_all(text.as_bytes()).await?;
-        w.flush().await?;
-        if close {
-            break;
-        }
     }
-    Ok(())
+    Answer {
+        status: hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR),
+        content_type: CONTENT_TYPE,
+        body: answer.to_string(),
+    }
 }
 
 /// Bind `socket`, replacing a stale socket file but never one another process serves.
@@ -368,17 +329,21 @@ pub fn serve(socket: &Path, mut engine: Engine, verbose: bool, metrics: Option<&
             eprintln!("dataplane plugin: metrics at http://{addr}/metrics");
             tokio::spawn(super::metrics::serve_on(l, engine.clone()));
         }
+        let mut backoff = Backoff::new("dataplane plugin");
+        let limits = Limits::from_env();
         loop {
             tokio::select! {
-                accepted = listener.accept() => {
-                    let (conn, _) = accepted.map_err(|source| PluginError::Socket { path: socket.to_path_buf(), source })?;
-                    let e = engine.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = serve_conn(conn, e, verbose).await {
-                            eprintln!("dataplane plugin: connection: {err}");
-                        }
-                    });
-                }
+                accepted = listener.accept() => match accepted {
+                    Ok((conn, _)) => {
+                        backoff.reset();
+                        let e = engine.clone();
+                        tokio::spawn(serve_connection(conn, limits, refuse, move |call| {
+                            answer(call, e.clone(), verbose)
+                        }));
+                    }
+                    // Out of descriptors (or another passing error): keep serving.
+                    Err(err) => backoff.wait(&err).await,
+                },
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             }

@@ -11,10 +11,9 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::net::TcpListener;
+
+use super::http::{serve_connection, Answer, Backoff, Call, Limits};
 
 use crate::{
     control::{endpoint_number, ControlError, Engine},
@@ -106,43 +105,50 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
     Ok(out)
 }
 
+fn refuse(msg: String) -> Answer {
+    Answer { status: hyper::StatusCode::PAYLOAD_TOO_LARGE, content_type: TEXT, body: format!("{msg}\n") }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// GET /metrics, rendered on tokio's blocking pool; anything else is 404 (405 for
+/// another method on /metrics).
+async fn answer(call: Call, engine: Arc<Mutex<Engine>>) -> Answer {
+    if call.path != "/metrics" {
+        return Answer { status: hyper::StatusCode::NOT_FOUND, content_type: TEXT, body: "try /metrics\n".into() };
+    }
+    if call.method != hyper::Method::GET && call.method != hyper::Method::HEAD {
+        return Answer { status: hyper::StatusCode::METHOD_NOT_ALLOWED, content_type: TEXT, body: "use GET\n".into() };
+    }
+    let r = tokio::task::spawn_blocking(move || render(&mut engine.lock().unwrap_or_else(|p| p.into_inner())))
+        .await
+        .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())));
+    match r {
+        Ok(text) => Answer {
+            status: hyper::StatusCode::OK,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: text,
+        },
+        Err(e) => {
+            Answer { status: hyper::StatusCode::INTERNAL_SERVER_ERROR, content_type: TEXT, body: format!("{e}\n") }
+        }
+    }
+}
+
 /// Serve GET /metrics on `listener` until the runtime stops.
 pub async fn serve_on(listener: TcpListener, engine: Arc<Mutex<Engine>>) {
+    let mut backoff = Backoff::new("dataplane metrics");
+    let limits = Limits::from_env();
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut got = 0;
-            while got < buf.len() {
-                match conn.read(&mut buf[got..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got += n,
-                }
-                if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                backoff.reset();
+                let e = engine.clone();
+                tokio::spawn(serve_connection(conn, limits, refuse, move |call| answer(call, e.clone())));
             }
-            let head = String::from_utf8_lossy(&buf[..got]).to_string();
-            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (status, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                let r =
-                    tokio::task::spawn_blocking(move || render(&mut engine.lock().unwrap_or_else(|p| p.into_inner())))
-                        .await
-                        .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())));
-                match r {
-                    Ok(text) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
-                    Err(e) => ("500 Internal Server Error", "text/plain; charset=utf-8", format!("{e}\n")),
-                }
-            } else {
-                ("404 Not Found", "text/plain; charset=utf-8", "try /metrics\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-        });
+            // Out of descriptors: wait for connections to close instead of spinning.
+            Err(err) => backoff.wait(&err).await,
+        }
     }
 }
 
