@@ -258,6 +258,22 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `dataplane reconcile --dry-run`: its report. It exits 0 when it found nothing and 2
+    /// when it found drift (panics on anything else, or on a code that disagrees).
+    pub fn reconcile_dry_run(&self) -> String {
+        let out = self.dp(&["reconcile", "--dry-run"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let drift = text.lines().any(|l| l.starts_with("drift: "));
+        assert_eq!(
+            out.status.code(),
+            Some(if drift { 2 } else { 0 }),
+            "reconcile --dry-run exited {} with:\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     /// Endpoint `name` as `ps --format json` shows it.
     pub fn endpoint_json(&self, name: &str) -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap_or_default();

@@ -9,6 +9,7 @@ pub mod cni;
 pub mod docker;
 pub mod frames;
 pub mod lab;
+pub mod plugin;
 pub mod raw;
 pub mod testrun;
 

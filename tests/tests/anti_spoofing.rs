@@ -131,10 +131,10 @@ fn a_net_admin_endpoint_cannot_remove_the_check() {
     // Without tcx the check is a tc filter, which CAP_NET_ADMIN inside the endpoint can
     // delete (the kernel's limit, documented): reconcile finds that and puts it back. With
     // tcx there was nothing the endpoint could remove.
-    let dry = h.ok(&["reconcile", "--dry-run"]);
+    let dry = h.reconcile_dry_run();
     assert_eq!(dry.contains("its anti-spoofing filters on eth0 were removed"), egress_cls_bpf, "{dry}");
     h.ok(&["reconcile"]);
-    assert!(!h.ok(&["reconcile", "--dry-run"]).contains("were removed"), "reconcile did not put the filter back");
+    assert!(!h.reconcile_dry_run().contains("were removed"), "reconcile did not put the filter back");
     let spoof = limited(&["ping", "-c", "2", "-W", "1", "-I", "10.67.0.99", "10.67.0.1"]);
     assert!(!spoof.status.success(), "a spoofed source got through after tampering");
     let stats: Value = serde_json::from_str(&h.ok(&["stats", "--format", "json", &a])).unwrap();

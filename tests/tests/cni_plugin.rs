@@ -380,7 +380,7 @@ fn serves_as_ipam_for_the_reference_macvlan() {
     let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
     assert_eq!(ps.as_array().unwrap().len(), 2, "{ps:#}");
     // Address-only endpoints have no interface or programs of ours: nothing to repair.
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     for (id, p) in [("i1", &p1p), ("i2", &p2p)] {
         let d = call(&h.ns, &macvlan, "DEL", &env(id, p), &conf);
         assert!(d.ok, "{}", d.json);

@@ -69,7 +69,7 @@ fn sixty_four_concurrent_run_rm_loops() {
     let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert!(h.endpoint_names().is_empty());
-    let report = h.ok(&["reconcile", "--dry-run"]);
+    let report = h.reconcile_dry_run();
     assert!(report.contains("no drift"), "store and kernel disagree after the storm: {report}");
     for w in 0..WORKERS {
         for r in 0..ROUNDS {

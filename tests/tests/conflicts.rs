@@ -270,7 +270,7 @@ fn reconcile_restores_the_address_claims() {
         let one = dataplane_common::EndpointCounters::frame(0, 1, 0, 64);
         m.insert(4242, PerCpuValues::try_from(vec![one; n]).unwrap(), 0).unwrap();
     }
-    let dry = a.ok(&["reconcile", "--dry-run"]);
+    let dry = a.reconcile_dry_run();
     assert!(dry.contains("endpoint counters: entry for endpoint 4242, which no longer exists"), "{dry}");
     assert!(dry.contains("IPv4 address map: missing entry 10.91.0.10"), "{dry}");
     assert!(dry.contains("IPv4 address map: unexpected entry 10.91.0.77"), "{dry}");
@@ -279,7 +279,7 @@ fn reconcile_restores_the_address_claims() {
     let after = admit::claimed_ips(&pins);
     assert!(after.contains(&(key, ours)), "not restored: {after:?}");
     assert!(!after.iter().any(|(k, _)| k.ip == [10, 91, 0, 77]), "stray claim kept: {after:?}");
-    assert!(a.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(a.reconcile_dry_run().contains("no drift"));
 
     // And the restored claim works: B's endpoint with the same address is noticed.
     b.ok(&["run", "-d", "--name", &eb, "--network", "lan", "--ip", "10.91.0.10", "--mac-address", "02:00:00:00:0c:0a"]);

@@ -512,7 +512,7 @@ fn two_trunks_with_one_vid_take_the_xdp_path_one_at_a_time() {
     // deliver everything, and reconcile sees nothing to change.
     assert_eq!(a.deliver(0..20), (all(0..20), 20));
     assert_eq!(b.deliver(0..20), (all(0..20), 0));
-    let report = h.ok(&["reconcile", "--dry-run"]);
+    let report = h.reconcile_dry_run();
     assert!(report.contains("no drift"), "{report}");
     // With the first network gone, reconcile gives the fast path to the second.
     h.ok(&["rm", "-f", &a.ep]);
@@ -765,15 +765,15 @@ fn reconcile_reports_and_repairs_drift() {
     h.ok(&["network", "create", "--subnet=10.90.0.0/24", "-o", "parent=eth0", "n90"]);
     let e = unique("drift");
     h.ok(&["run", "-d", "--name", &e, "--network", "n90"]);
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     let mac = ep_json(&h, &e)["Networks"][0]["MacAddress"].as_str().unwrap().to_string();
     h.ok(&["bpf", "admit", "del", "--iface", "eth0", &mac]);
     h.ok(&["bpf", "admit", "add", "--iface", "eth0", "02:66:66:66:66:66"]);
-    let report = h.ok(&["reconcile", "--dry-run"]);
+    let report = h.reconcile_dry_run();
     assert!(report.contains("drift: admission map: missing entry") && report.contains(&mac), "{report}");
     assert!(report.contains("unexpected entry") && report.contains("02:66:66:66:66:66"), "{report}");
     h.ok(&["reconcile"]);
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     // The endpoint map (read in one batch): the endpoint's entry gone, a stranger's there.
     {
         use aya::maps::{HashMap, Map, MapData};
@@ -786,11 +786,11 @@ fn reconcile_reports_and_repairs_drift() {
         let stranger = EndpointInfo { endpoint: 7, mac: [0x02, 0x66, 0x66, 0x66, 0x66, 0x67], ..Default::default() };
         m.insert(0x4000_9999, stranger, 0).unwrap();
     }
-    let report = h.ok(&["reconcile", "--dry-run"]);
+    let report = h.reconcile_dry_run();
     assert!(report.contains(&format!("endpoint map: missing entry for {mac}")), "{report}");
     assert!(report.contains("endpoint map: unexpected entry for 02:66:66:66:66:67 (ifindex 1073781145)"), "{report}");
     h.ok(&["reconcile"]);
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     // Program pins of an endpoint that is gone (a namespace no endpoint has): reported and
     // removed by the quick pass of the next command; the live endpoint's pins stay.
     let ghost = h.bpffs.dir.join("links/ns-run_netns_ghost");
@@ -799,22 +799,22 @@ fn reconcile_reports_and_repairs_drift() {
     for pin in ["tceg-eth0", "tcin-eth0"] {
         prog.pin(ghost.join(pin)).unwrap();
     }
-    let report = h.ok(&["reconcile", "--dry-run"]);
+    let report = h.reconcile_dry_run();
     assert!(report.contains(&format!("stale endpoint program pin {}", ghost.join("tceg-eth0").display())), "{report}");
     h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=eth0", "n91"]);
     assert!(!ghost.exists(), "the stale pins outlived the next command's reconcile");
     let live = h.bpffs.dir.join(format!("links/ns-run_netns_{e}"));
     assert!(live.join("tceg-eth0").exists(), "a live endpoint lost its pin");
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     // An endpoint's interface deleted by hand: reported, then re-created as allocated.
     let ns = format!("/run/netns/{e}");
     std::process::Command::new("ip").args(["-n", &e, "link", "del", "eth0"]).status().unwrap();
-    let report = h.ok(&["reconcile", "--dry-run"]);
+    let report = h.reconcile_dry_run();
     assert!(report.contains(&format!("endpoint {e}: interface eth0 is missing from {ns}")), "{report}");
     h.ok(&["reconcile"]);
     let addrs = String::from_utf8_lossy(&h.dp(&["exec", &e, "ip", "-br", "addr"]).stdout).into_owned();
     assert!(addrs.contains("eth0") && addrs.contains("10.90.0.2/24"), "eth0 not re-created: {addrs}");
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     // A namespace deleted by hand: the endpoint is dropped, its address freed.
     std::process::Command::new("ip").args(["netns", "del", &e]).status().unwrap();
     let report = h.ok(&["reconcile"]);

@@ -78,7 +78,7 @@ fn crashed_run_and_rm_are_finished_by_the_next_command() {
         assert!(!Path::new(&format!("/run/netns/{name}")).exists(), "{point}: namespace left");
         let admitted: Value = serde_json::from_str(&h.ok(&["bpf", "admit", "ls", "--format", "json"])).unwrap();
         assert_eq!(admitted.as_array().unwrap().len(), 1, "{point}: map entry left: {admitted:#}");
-        assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "{point}: still drifting");
+        assert!(h.reconcile_dry_run().contains("no drift"), "{point}: still drifting");
         // No address leaked: the next endpoint gets the first one again.
         let again = unique("again");
         h.ok(&["run", "-d", "--name", &again, "--network", "n51"]);
@@ -111,7 +111,7 @@ fn crashed_network_rm_is_finished_by_the_next_command() {
         assert!(h.endpoint_names().is_empty(), "{point}: host-access endpoint row left");
         assert_eq!(link_names(&h), BTreeSet::from(["lo".into(), "eth0".into()]), "{point}: links left");
         assert!(!h.bpffs.dir.exists(), "{point}: pins left");
-        assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "{point}: still drifting");
+        assert!(h.reconcile_dry_run().contains("no drift"), "{point}: still drifting");
     }
 }
 
@@ -130,7 +130,7 @@ fn crashed_connect_and_disconnect_end_consistent() {
             aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &["network", "connect", "b54", &name]), point);
         }
         h.ok(&["reconcile"]);
-        assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "{point}: still drifting");
+        assert!(h.reconcile_dry_run().contains("no drift"), "{point}: still drifting");
         // Store and namespace agree on whether the endpoint is on b54.
         let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
         let on_b54 = ps[0]["Networks"].as_array().unwrap().iter().any(|n| n["Network"] == "b54");
@@ -191,10 +191,10 @@ fn a_killed_reconcile_is_finished_by_the_next_one() {
     h.ok(&["run", "-d", "--name", &name, "--network", "n56"]);
     assert!(std::process::Command::new("ip").args(["-n", &name, "link", "del", "eth0"]).status().unwrap().success());
     aborted(&h.dp_env(&[("DATAPLANE_FAULT", "endpoint:link-made")], &["reconcile"]), "endpoint:link-made");
-    let dry = h.ok(&["reconcile", "--dry-run"]);
+    let dry = h.reconcile_dry_run();
     assert!(!dry.contains("no drift"), "the half-made interface went unnoticed");
     h.ok(&["reconcile"]);
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.56.0.1"]).status.success());
     // Anti-spoofing is back on the re-made interface.
     h.dp(&["exec", &name, "ip", "addr", "add", "10.56.0.99/24", "dev", "eth0"]);
@@ -248,5 +248,72 @@ fn the_maps_are_searched_after_a_repair_and_by_reconcile() {
     let report = h.ok(&["reconcile"]);
     assert!(report.contains("admission map: unexpected entry") && report.contains(stray), "{report}");
     assert!(!has_stray(&admitted()));
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
+}
+
+/// The CLI's next ordinary command (not `dataplane reconcile`) finishes a killed
+/// `network create` or `network rm`: creating the network again works at once.
+#[test]
+fn a_killed_network_create_or_rm_is_finished_by_the_clis_next_command() {
+    for point in ["network-create:vlan-made", "network-create:attached", "network-rm:marked", "network-rm:torn-down"] {
+        let (h, _sw) = host();
+        let create = ["network", "create", "--subnet=10.53.0.0/24", "-o", "parent=eth0.53", "n53"];
+        if point.starts_with("network-rm") {
+            h.ok(&create);
+            aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &["network", "rm", "n53"]), point);
+        } else {
+            aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &create), point);
+        }
+        let out = h.dp(&create);
+        assert!(out.status.success(), "{point}: the next create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let name = unique("after");
+        h.ok(&["run", "-d", "--name", &name, "--network", "n53"]);
+        h.ok(&["rm", "-f", &name]);
+        h.ok(&["network", "rm", "n53"]);
+        assert_eq!(link_names(&h), BTreeSet::from(["lo".into(), "eth0".into()]), "{point}: links left");
+        assert!(!h.bpffs.dir.exists(), "{point}: pins left");
+    }
+}
+
+/// The Docker plugin killed inside CreateNetwork or DeleteNetwork: restarted (as its
+/// systemd unit does), Docker's next call for the network works, and nothing is left.
+#[test]
+fn a_plugin_killed_in_network_create_or_delete_is_finished_on_restart() {
+    use dataplane_tests::plugin::Plugin;
+    const CREATE: &str = r#"{"NetworkID":"crash54","Options":{"com.docker.network.generic":{"parent":"eth0.54"}},"IPv4Data":[{"Pool":"10.54.0.0/24","Gateway":"10.54.0.1/24"}],"IPv6Data":[]}"#;
+    const DELETE: &str = r#"{"NetworkID":"crash54"}"#;
+    for point in ["network-create:vlan-made", "network-create:attached", "network-rm:marked", "network-rm:torn-down"] {
+        let (h, _sw) = host();
+        let fault = [("DATAPLANE_FAULT", point)];
+        let mut p = Plugin::start(&h, &fault);
+        if point.starts_with("network-rm") {
+            let a = p.call("NetworkDriver.CreateNetwork", CREATE);
+            assert!(a.starts_with("HTTP/1.1 200"), "{point}: {a}\n{}", p.log());
+            p.call("NetworkDriver.DeleteNetwork", DELETE);
+        } else {
+            p.call("NetworkDriver.CreateNetwork", CREATE);
+        }
+        let st = p.wait_exit();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGABRT), "{point}: {}", p.log());
+        p.restart(&h, &[]);
+        // Docker's next call: the same request again (dockerd retries a failed create, a
+        // user runs `docker network rm` again).
+        let a = p.call("NetworkDriver.CreateNetwork", CREATE);
+        assert!(a.starts_with("HTTP/1.1 200"), "{point}: {a}\n{}", p.log());
+        let ep = r#"{"NetworkID":"crash54","EndpointID":"e54","Interface":{"Address":"10.54.0.2/24","AddressIPv6":"","MacAddress":""}}"#;
+        let a = p.call("NetworkDriver.CreateEndpoint", ep);
+        assert!(a.starts_with("HTTP/1.1 200"), "{point}: {a}\n{}", p.log());
+        let a = p.call("NetworkDriver.DeleteEndpoint", r#"{"NetworkID":"crash54","EndpointID":"e54"}"#);
+        assert!(a.starts_with("HTTP/1.1 200"), "{point}: {a}");
+        let a = p.call("NetworkDriver.DeleteNetwork", DELETE);
+        assert!(a.starts_with("HTTP/1.1 200"), "{point}: {a}");
+        drop(p);
+        let gone = dataplane_tests::lab::wait_until(std::time::Duration::from_secs(5), || {
+            link_names(&h) == BTreeSet::from(["lo".into(), "eth0".into()])
+        });
+        assert!(gone, "{point}: links left: {:?}", link_names(&h));
+        assert!(!h.bpffs.dir.exists(), "{point}: pins left");
+        let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+        assert_eq!(nets.as_array().unwrap().len(), 2, "{point}: {nets:#}");
+    }
 }

@@ -161,7 +161,7 @@ fn docker_containers_on_dataplane_networks() {
     let report = lab.host.ok(&["reconcile"]);
     assert!(report.contains("no anti-spoofing program on"), "{report}");
     assert!(pin.exists(), "not attached again: {report}");
-    assert!(lab.host.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(lab.host.reconcile_dry_run().contains("no drift"));
     second_address_is_dropped(&lab, "c1", &mac1, "172.16.86.98");
     assert!(ping_from(&lab, "c1", "172.16.86.1"), "c1 cannot reach the switch after the repair");
 

@@ -251,7 +251,7 @@ fn a_connect_in_flight_is_left_alone_by_other_commands() {
         let names: Vec<&str> = inside.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str()).collect();
         assert_eq!(names, ["lo", "eth0", "eth1"], "{point}");
         assert!(inside.to_string().contains("10.87.0."), "{point}: {inside}");
-        assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"), "{point}");
+        assert!(h.reconcile_dry_run().contains("no drift"), "{point}");
         h.ok(&["network", "disconnect", "b87", &name]);
         h.ok(&["rm", "-f", &other]);
     }
@@ -272,14 +272,14 @@ fn reconcile_repairs_addresses_routes_and_link_state() {
     };
     ns(&["addr", "flush", "dev", "eth0"]);
     ns(&["link", "set", "eth0", "down"]);
-    let dry = h.ok(&["reconcile", "--dry-run"]);
+    let dry = h.reconcile_dry_run();
     for want in
         ["address 10.88.0.20/24 is missing from eth0", "eth0 is down", "no default route (via 10.88.0.1 on eth0)"]
     {
         assert!(dry.contains(want), "{want:?} not reported: {dry}");
     }
     h.ok(&["reconcile"]);
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.88.0.1"]).status.success(), "not repaired");
 }
 
@@ -304,7 +304,7 @@ fn a_parent_made_again_is_found_and_everything_re_keyed() {
     assert_ne!(old_index, new_index);
     assert_eq!(h.ns.xdp_prog_id("eth0").unwrap(), None);
 
-    let dry = h.ok(&["reconcile", "--dry-run"]);
+    let dry = h.reconcile_dry_run();
     assert!(dry.contains("attached to a removed interface"), "{dry}");
     assert!(
         dry.contains("VLAN map: stale entry")
@@ -314,7 +314,7 @@ fn a_parent_made_again_is_found_and_everything_re_keyed() {
     assert!(dry.contains(&format!("interface eth0 is missing from /run/netns/{name}")), "{dry}");
     let out = h.ok(&["reconcile"]);
     assert!(!out.contains("failed:"), "{out}");
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     assert!(h.ns.xdp_prog_id("eth0").unwrap().is_some(), "no admission program on the new eth0");
     assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.89.0.1"]).status.success(), "not reachable again");
     let keys = admit(&h);
@@ -339,7 +339,7 @@ fn a_parent_made_again_is_found_and_everything_re_keyed() {
     let out = h.ok(&["reconcile"]);
     assert!(out.contains(&format!("interface eth0 is missing from /run/netns/{name}")), "{out}");
     assert!(h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "10.89.0.1"]).status.success());
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
 }
 
 /// A pinned map removed by hand: found, re-pinned from the live programs with its entries,
@@ -355,7 +355,7 @@ fn a_map_pin_removed_by_hand_is_recovered_with_its_entries() {
     for m in ["DP_ADMIT", "DP_ENDPOINTS"] {
         std::fs::remove_file(h.bpffs.dir.join("maps").join(m)).unwrap();
     }
-    let dry = h.ok(&["reconcile", "--dry-run"]);
+    let dry = h.reconcile_dry_run();
     assert!(dry.contains("map pins missing while programs are attached: DP_ADMIT, DP_ENDPOINTS"), "{dry}");
     // Any mutating command repairs first.
     let other = unique("map");
@@ -368,7 +368,7 @@ fn a_map_pin_removed_by_hand_is_recovered_with_its_entries() {
     // Anti-spoofing still sees its identities.
     h.dp(&["exec", &name, "ip", "addr", "add", "10.91.0.99/24", "dev", "eth0"]);
     assert!(!h.dp(&["exec", &name, "ping", "-c", "1", "-W", "1", "-I", "10.91.0.99", "10.91.0.1"]).status.success());
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
     assert!(h.dp(&["bpf", "reload"]).status.success());
 }
 
@@ -416,7 +416,7 @@ fn a_bpffs_dir_belongs_to_one_store() {
     // Taking over makes the kernel match the (empty) store: everything goes.
     let out = h.ok(&["reconcile", "--take-over"]);
     assert!(out.contains("repaired:"), "{out}");
-    assert!(h.ok(&["reconcile", "--dry-run"]).contains("no drift"));
+    assert!(h.reconcile_dry_run().contains("no drift"));
 }
 
 /// `network create` on a parent whose XDP belongs to another instance fails with advice

@@ -149,3 +149,46 @@ fn the_host_reaches_its_endpoints_only_with_host_access() {
     assert_eq!(link_names(&h), before);
     assert!(h.endpoint_names().is_empty());
 }
+
+/// `reconcile` on a host without a default route leaves it without one: the host-access
+/// interface routes the network's subnet only (it used to be "repaired" with a default
+/// route via the network's gateway). Two networks' host interfaces share the host's
+/// namespace without either being taken for a stray interface of the other.
+#[test]
+fn reconcile_never_gives_the_host_a_default_route() {
+    let (h, _sw) = host_with_switch("dpHr").unwrap();
+    let defaults = || h.ns.exec(&["ip", "-j", "route", "show", "default"]).unwrap();
+    assert_eq!(defaults().trim(), "[]", "the test host has a default route to begin with");
+    h.ok(&[
+        "network",
+        "create",
+        "--subnet=10.77.0.0/24",
+        "--gateway=10.77.0.1",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "host_access=true",
+        "hnet",
+    ]);
+    h.ok(&[
+        "network",
+        "create",
+        "--subnet=10.78.0.0/24",
+        "--gateway=10.78.0.1",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "host_access=true",
+        "hnet2",
+    ]);
+    let shims: Vec<String> = link_names(&h).into_iter().filter(|l| l.starts_with("dph")).collect();
+    assert_eq!(shims.len(), 2, "{shims:?}");
+    let dry = h.reconcile_dry_run();
+    assert!(dry.contains("no drift"), "{dry}");
+    let report = h.ok(&["reconcile"]);
+    assert!(report.contains("no drift"), "{report}");
+    assert_eq!(defaults().trim(), "[]", "reconcile added a default route to the host");
+    let now: Vec<String> = link_names(&h).into_iter().filter(|l| l.starts_with("dph")).collect();
+    assert_eq!(now, shims, "reconcile removed a host-access interface");
+    h.ok(&["network", "rm", "hnet", "hnet2"]);
+}

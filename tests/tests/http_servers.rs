@@ -5,118 +5,14 @@
 
 use std::{
     io::{Read, Write},
-    os::unix::{net::UnixStream, process::CommandExt},
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
+    os::unix::net::UnixStream,
     time::{Duration, Instant},
 };
 
-use dataplane_tests::lab::{unique, Host};
-
-/// A server process of ours, stopped (SIGTERM, then reaped) on drop.
-struct Server {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    /// `dataplane ARGS` in `h` with at most `nofile` descriptors, idle connections closed
-    /// after `idle_ms`.
-    fn start(h: &Host, args: &[&str], nofile: u64, idle_ms: u64) -> Server {
-        let log = std::env::temp_dir().join(unique("dphttp-log-"));
-        let f = std::fs::File::create(&log).unwrap();
-        let mut cmd = h.command();
-        cmd.args(args).env("DATAPLANE_HTTP_IDLE_MS", idle_ms.to_string()).stdout(Stdio::null()).stderr(f);
-        // SAFETY: setrlimit(2) between fork and exec, no allocation.
-        unsafe {
-            cmd.pre_exec(move || {
-                let l = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Server { child: cmd.spawn().unwrap(), log }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// User + system CPU time so far.
-    fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // Fields 14 and 15 (utime, stime), counted from the state field (3).
-        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_millis(ticks * 1000 / hz)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our child, then reap it.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// Send `req` on a new connection and read until the server closes it or 5 s pass.
-fn exchange(sock: &Path, req: &[u8]) -> String {
-    let mut c = UnixStream::connect(sock).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(req).unwrap();
-    read_answer(&mut c)
-}
-
-/// Everything up to the end of the first answer's body (or the close, or 5 s).
-fn read_answer(c: &mut impl Read) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-        let text = String::from_utf8_lossy(&out);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse::<usize>().ok());
-            if len.is_some_and(|n| body.len() >= n) {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn post(method: &str, body: &str) -> Vec<u8> {
-    format!("POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use dataplane_tests::{
+    lab::{unique, Host},
+    plugin::{exchange, post, read_answer, wait_for, Server},
+};
 
 #[test]
 fn the_plugin_socket_answers_hostile_http_and_outlives_descriptor_exhaustion() {

@@ -18,8 +18,10 @@ pub const DEMO: &[(&str, &str)] = &[
 ];
 
 /// What the integration tests need beyond the demo: a real dockerd, Podman and the
-/// reference CNI plugins, and the busybox the offline test image is made of.
+/// reference CNI plugins, the busybox the offline test image is made of, and ethtool
+/// (the VLAN tests read veth's XDP transmit counters).
 pub const TEST: &[(&str, &str)] = &[
+    ("ethtool", "ethtool"),
     ("/usr/sbin/dockerd", "docker.io"),
     ("docker", "docker.io"),
     ("busybox", "busybox-static"),

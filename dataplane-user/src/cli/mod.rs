@@ -81,7 +81,8 @@ pub enum Command {
     },
     /// Make the kernel match the store: report drift and repair it.
     Reconcile {
-        /// Only report.
+        /// Only report; exit 2 if anything is out of line (0 if nothing is), so scripts
+        /// and the DaemonSet can alert on drift.
         #[arg(long)]
         dry_run: bool,
         /// Make this store the owner of the bpffs dir even though another store (or a
@@ -258,7 +259,8 @@ pub fn run() -> anyhow::Result<i32> {
     }
 }
 
-/// `dataplane reconcile`: the thorough pass; exit 1 if a repair failed.
+/// `dataplane reconcile`: the thorough pass; exit 1 if a repair failed, and with
+/// `--dry-run` 2 if drift was found.
 fn reconcile(
     state_dir: &std::path::Path,
     bpffs: &std::path::Path,
@@ -271,9 +273,16 @@ fn reconcile(
         e.take_over_bpffs()?;
     }
     let r = e.reconcile_with(dry_run, true)?;
+    let code = if !r.errors.is_empty() {
+        1
+    } else if dry_run && !r.drift.is_empty() {
+        2
+    } else {
+        0
+    };
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(i32::from(!r.errors.is_empty()));
+        return Ok(code);
     }
     if r.drift.is_empty() {
         println!("no drift: the kernel matches the store");
@@ -284,7 +293,7 @@ fn reconcile(
     for e in &r.errors {
         println!("failed: {e}");
     }
-    Ok(i32::from(!r.errors.is_empty()))
+    Ok(code)
 }
 
 /// Run `f` for every name, like `docker rm a b c`: print each name done (and its

@@ -507,7 +507,12 @@ impl Pass<'_> {
     fn endpoint_links(&mut self, rows: &Rows) {
         for ep in rows.live() {
             let Ok(inside) = Nl::in_netns(Path::new(&ep.netns)) else { continue };
-            let mine: Vec<u32> = rows.atts.iter().filter(|a| a.endpoint == ep.name).map(|a| a.ifindex).collect();
+            // Every endpoint in this namespace (host-access interfaces of several networks
+            // share the host's; `--netns` endpoints may share one) owns its interfaces.
+            let sharing: BTreeSet<&str> =
+                rows.eps.iter().filter(|e| e.netns == ep.netns).map(|e| e.name.as_str()).collect();
+            let mine: Vec<u32> =
+                rows.atts.iter().filter(|a| sharing.contains(a.endpoint.as_str())).map(|a| a.ifindex).collect();
             for l in inside.links().unwrap_or_default() {
                 if l.index >= dataplane_common::maps::EP_IFINDEX_BASE && !mine.contains(&l.index) {
                     self.drift(format!("endpoint {}: unexpected interface {} in {}", ep.name, l.name, ep.netns));
@@ -523,7 +528,10 @@ impl Pass<'_> {
             for a in rows.atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
                 let Some(n) = rows.network(&a.network) else { continue };
                 if let Some(link) = inside.link(&a.ifname).ok().flatten() {
-                    repair_config(&inside, n, &ep.name, a, &link, self.dry_run, &mut self.r);
+                    // A host-access interface never gets a default route: it is the host's
+                    // way into the network, not the host's way out.
+                    let routed = !n.internal && !super::endpoint::is_host_shim(ep);
+                    repair_config(&inside, n, routed, &ep.name, a, &link, self.dry_run, &mut self.r);
                     continue;
                 }
                 self.drift(format!("endpoint {}: interface {} is missing from {}", ep.name, a.ifname, ep.netns));
@@ -775,11 +783,14 @@ fn stale_network_pins(
     }
 }
 
-/// An existing endpoint interface as it was made: up, with its addresses and (unless the
-/// network is internal) a default route per family that has a gateway.
+/// An existing endpoint interface as it was made: up, with its addresses and (`routed`:
+/// unless the network is internal or this is the host's own interface) a default route
+/// per family that has a gateway.
+#[allow(clippy::too_many_arguments)]
 fn repair_config(
     inside: &Nl,
     n: &crate::store::Network,
+    routed: bool,
     ep: &str,
     a: &crate::store::Attachment,
     link: &crate::nl::LinkInfo,
@@ -810,7 +821,7 @@ fn repair_config(
             });
         }
     }
-    if n.internal {
+    if !routed {
         return;
     }
     let routes = inside.default_routes().unwrap_or_default();

@@ -827,7 +827,7 @@ fn reconcile_time(o: &Opts, h: &Host) -> Result<(usize, f64)> {
         Ok(())
     })?;
     let start = Instant::now();
-    h.ok(&["reconcile", "--dry-run"]);
+    h.reconcile_dry_run();
     let reconcile = start.elapsed().as_secs_f64();
     engine.store().write(|tx| -> Result<(), dataplane_user::store::StoreError> {
         for i in 0..rows {
