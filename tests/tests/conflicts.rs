@@ -144,6 +144,54 @@ fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
     }
 }
 
+/// The same on a VLAN trunk (`-o parent=trunk0.50`; where the kernel has no 8021q, the
+/// eBPF VLAN device): the probe leaves tagged from the VLAN device's own MAC, and the
+/// other host's answer, tagged to that MAC, must be admitted on the trunk. A static
+/// address taken on one host is skipped by the other.
+#[test]
+fn two_hosts_on_a_vlan_trunk_hand_out_disjoint_addresses() {
+    let a = Host::new("dpQa").unwrap();
+    let b = Host::new("dpQb").unwrap();
+    veth_between(&a.ns, "trunk0", &b.ns, "trunk0").unwrap();
+    for h in [&a, &b] {
+        h.ok(&["network", "create", "--subnet=10.93.0.0/24", "-o", "parent=trunk0.50", "-o", "ip_probe_ms=300", "v50"]);
+    }
+    let taken = unique("qs");
+    a.ok(&["run", "-d", "--name", &taken, "--network", "v50", "--ip", "10.93.0.3"]);
+    let mut a_eps = Vec::new();
+    for _ in 0..2 {
+        let n = unique("qa");
+        a.ok(&["run", "-d", "--name", &n, "--network", "v50"]);
+        a_eps.push(n);
+    }
+    let mut b_eps = Vec::new();
+    for _ in 0..3 {
+        let n = unique("qb");
+        b.ok(&["run", "-d", "--name", &n, "--network", "v50"]);
+        b_eps.push(n);
+    }
+    let (on_a, on_b) = (addresses(&a, "IPv4Address"), addresses(&b, "IPv4Address"));
+    assert_eq!((on_a.len(), on_b.len()), (3, 3), "{on_a:?} {on_b:?}");
+    assert!(on_a.contains(&"10.93.0.3".to_string()), "{on_a:?}");
+    assert!(on_a.iter().all(|ip| !on_b.contains(ip)), "both hosts handed out the same address: {on_a:?} {on_b:?}");
+    let target = &on_a[0];
+    assert!(b.dp(&["exec", &b_eps[0], "ping", "-c", "1", "-W", "2", target]).status.success(), "no path b -> a");
+    for (h, eps) in [(&a, &a_eps), (&b, &b_eps)] {
+        for e in eps {
+            let s = h.endpoint_stats(e);
+            assert_eq!((s["conflict_ip"].as_u64(), s["conflict_mac"].as_u64()), (Some(0), Some(0)), "{s:#}");
+        }
+    }
+    // The VLAN device's own entries are the store's as far as reconcile is concerned,
+    // and go with the network.
+    assert!(a.reconcile_dry_run().contains("no drift"));
+    for e in a_eps.iter().chain([&taken]) {
+        a.ok(&["rm", "-f", e]);
+    }
+    a.ok(&["network", "rm", "v50"]);
+    assert!(!a.bpffs.dir.exists(), "pins left after the last network");
+}
+
 /// IPv6: an unsolicited neighbour advertisement from another host on the wire claiming
 /// one of our endpoints' addresses (what a host that took the same address announces) is
 /// counted against that endpoint, with the claiming MAC; one for an address that is not

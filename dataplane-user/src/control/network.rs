@@ -305,6 +305,46 @@ fn attach_parent_programs(pins: &bpf::Pins, phys: &str, undo: &mut Undo) -> Resu
     Ok(())
 }
 
+/// The admission keys of network `n`'s VLAN device's own MAC on its trunk (`ifindex`):
+/// the device sends from it (address probes, the host's own traffic on the VLAN) and the
+/// answers come back tagged to it. The eBPF VLAN device has a MAC of its own; the kernel's
+/// shares the trunk's, whose untagged key is the trunk's own entry and left out here.
+pub(crate) fn vlan_device_keys_at(n: &Network, ifindex: u32) -> Vec<dataplane_common::maps::AdmitKey> {
+    let (Some(_), Some(dev)) = (&n.vlan, n.parent.as_deref()) else { return Vec::new() };
+    let Some(mac) = crate::netns::hwaddr(dev) else { return Vec::new() };
+    let trunk_mac = physical_parent(n).and_then(crate::netns::hwaddr);
+    super::endpoint::admit_keys_at(n, ifindex, mac)
+        .into_iter()
+        .filter(|k| !(k.vlan == dataplane_common::maps::VLAN_UNTAGGED && Some(k.mac) == trunk_mac))
+        .collect()
+}
+
+fn vlan_device_keys(n: &Network) -> Vec<dataplane_common::maps::AdmitKey> {
+    super::endpoint::parent_ifindex(n).map(|i| vlan_device_keys_at(n, i)).unwrap_or_default()
+}
+
+/// Admit network `n`'s VLAN device's own MAC (see [`vlan_device_keys_at`]).
+fn admit_vlan_device(pins: &bpf::Pins, n: &Network, undo: &mut Undo) -> Result<()> {
+    let keys = vlan_device_keys(n);
+    for k in &keys {
+        bpf::admit::insert(pins, *k, host_entry())?;
+    }
+    if !keys.is_empty() {
+        let pins2 = pins.clone();
+        undo.push(format!("removing the admission entries of {}", n.parent.as_deref().unwrap_or("?")), move || {
+            for k in &keys {
+                let _ = bpf::admit::remove_if(&pins2, k, |v| v.endpoint == bpf::parent::HOST_ENDPOINT);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+fn host_entry() -> dataplane_common::maps::AdmitValue {
+    dataplane_common::maps::AdmitValue { endpoint: bpf::parent::HOST_ENDPOINT, flags: 0 }
+}
+
 /// Whether network `n`'s endpoints keep their programs as cls_bpf filters
 /// (`-o endpoint_hooks=cls_bpf`) instead of the anti-spoofing one becoming a tcx link.
 pub(crate) fn keeps_filters(n: &Network) -> bool {
@@ -367,7 +407,8 @@ impl Engine {
             if let Some(v) = n.vlan.as_ref().filter(|v| !v.created) {
                 vlan::register_existing(&nl, &pins, v)?;
             }
-            attach_parent_programs(&pins, physical_parent(&n).unwrap_or_default(), &mut undo)
+            attach_parent_programs(&pins, physical_parent(&n).unwrap_or_default(), &mut undo)?;
+            admit_vlan_device(&pins, &n, &mut undo)
         })();
         if let Err(e) = step {
             let err = undo.run(e);
@@ -607,7 +648,11 @@ pub(crate) fn teardown_network(pins: &crate::bpf::Pins, n: &Network, others: &[N
     };
     if let (Some(v), Some(parent)) = (&n.vlan, &n.parent) {
         if !others.iter().any(|o| o.parent.as_deref() == Some(parent)) {
+            let keys = vlan_device_keys(n);
             warnings.extend(vlan::remove(&nl, pins, parent, v));
+            for k in &keys {
+                let _ = bpf::admit::remove_if(pins, k, |v| v.endpoint == bpf::parent::HOST_ENDPOINT);
+            }
         }
     }
     if let Some(phys) = physical_parent(n) {

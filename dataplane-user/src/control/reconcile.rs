@@ -425,6 +425,14 @@ impl Pass<'_> {
                 ));
             }
         }
+        // The VLAN devices' own MACs, for their VLANs on their trunks.
+        for n in &rows.nets {
+            if let Some(ifindex) = rows.parents.get(&n.name).copied().flatten() {
+                for k in super::network::vlan_device_keys_at(n, ifindex) {
+                    want.push((k, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 }));
+                }
+            }
+        }
         // An endpoint being removed by a live process has had its entries pulled
         // already; putting them back would leak them once its rows are gone.
         for a in &rows.atts {
