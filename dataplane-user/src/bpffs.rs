@@ -77,3 +77,59 @@ fn mount_sys_fs_bpf() -> Result<(), BpffsError> {
     }
     Ok(())
 }
+
+/// `ip netns exec NAME` runs its command in a mount namespace of its own with a fresh
+/// /sys, so the host's bpffs and every pin are hidden there, and a bind mount made for a
+/// new namespace under /run/netns stays in that private namespace (the host sees a plain
+/// file). Run that way, dataplane would mount a throwaway bpffs and rebuild everything in
+/// it. So when /sys/fs/bpf is not a BPF filesystem here, it joins the mount namespace of
+/// its nearest ancestor process that is in another one (the shell that ran `ip netns
+/// exec`; PID 1's is often not ours to open), keeping its network namespace: the same as
+/// `nsenter --net=/run/netns/NAME dataplane ...`. Must run while the process has one
+/// thread (setns of a mount namespace refuses others). Returns whether it joined; an error
+/// says why it could not.
+pub fn use_host_mounts() -> Result<bool, String> {
+    use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+    if is_bpffs(Path::new(SYS_FS_BPF)) {
+        return Ok(false);
+    }
+    let ns_of = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
+    let Some(mine) = ns_of("self") else { return Ok(false) };
+    let parent_of = |pid: &str| -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The field after the state, past the command name's closing parenthesis.
+        let ppid = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().nth(1)?.to_string();
+        (ppid != "0").then_some(ppid)
+    };
+    let mut pid = "self".to_string();
+    let mut host = None;
+    for _ in 0..64 {
+        let Some(p) = parent_of(&pid) else { break };
+        match ns_of(&p) {
+            Some(ns) if ns != mine => {
+                host = Some(p);
+                break;
+            }
+            _ => pid = p,
+        }
+    }
+    // No ancestor elsewhere: this is the mount namespace dataplane was started in.
+    let Some(host) = host else { return Ok(false) };
+    let why = |e: io::Error| {
+        format!(
+            "this process runs in a mount namespace of its own (as under `ip netns exec`), where the host's \
+             /sys/fs/bpf and pins are hidden, and joining the one it was started from failed: {e}; run \
+             dataplane with `nsenter --net=/run/netns/NAME dataplane ...` instead"
+        )
+    };
+    let cwd = std::env::current_dir().ok();
+    let ns = std::fs::File::open(format!("/proc/{host}/ns/mnt")).map_err(why)?;
+    // SAFETY: setns(2) on a descriptor we hold open; the process has one thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(why(io::Error::last_os_error()));
+    }
+    if let Some(d) = cwd {
+        let _ = std::env::set_current_dir(d);
+    }
+    Ok(true)
+}

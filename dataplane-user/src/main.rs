@@ -17,6 +17,11 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn main() {
+    // Before any thread exists (see use_host_mounts).
+    if let Err(e) = dataplane_user::bpffs::use_host_mounts() {
+        eprintln!("dataplane: error: {e}");
+        std::process::exit(1);
+    }
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == dataplane_user::control::background::HARDEN_ARG) {
         std::process::exit(dataplane_user::control::background::main(&args[2..]));

@@ -440,3 +440,51 @@ fn a_parent_held_by_another_instance_is_refused_without_a_trace() {
     assert_eq!(admit(&h), before, "the other instance's map changed");
     let _ = std::fs::remove_dir_all(&other_state);
 }
+
+/// `ip netns exec HOST dataplane ...` (a private mount namespace with a fresh /sys, where
+/// the host's bpffs is hidden) works on the host's pins and store like `nsenter --net`:
+/// no throwaway bpffs, no drift reported, no VLAN device made again under live endpoints,
+/// and a new endpoint's namespace is a real one for the host.
+#[test]
+fn ip_netns_exec_works_on_the_hosts_pins_and_touches_nothing_else() {
+    let (h, _sw) = host_with_switch("dpE").unwrap();
+    h.ok(&["network", "create", "--subnet=10.58.0.0/24", "-o", "parent=eth0.58", "v58"]);
+    let first = unique("ne1");
+    h.ok(&["run", "-d", "--name", &first, "--network", "v58"]);
+    // Read through the namespace's path (a Netns guard would delete it on drop).
+    let ifindex_in = |name: &str| -> Option<u64> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{name}"))
+            .args(["ip", "-j", "link", "show", "eth0"])
+            .output()
+            .ok()?;
+        json(&String::from_utf8_lossy(&out.stdout))[0]["ifindex"].as_u64()
+    };
+    let before = ifindex_in(&first).expect("the first endpoint has eth0");
+    let vlan_before = h.ns.ifindex("eth0.58").unwrap();
+    let under_ip_netns_exec = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &h.ns.name])
+            .arg(dataplane_tests::lab::dataplane_bin())
+            .arg("--state-dir")
+            .arg(&h.state)
+            .arg("--bpffs")
+            .arg(&h.bpffs.dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let dry = under_ip_netns_exec(&["reconcile", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{text}{}", stderr(&dry));
+    assert!(text.contains("no drift"), "{text}");
+    let second = unique("ne2");
+    let run = under_ip_netns_exec(&["run", "-d", "--name", &second, "--network", "v58"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(ifindex_in(&first), Some(before), "the live endpoint's eth0 was replaced");
+    assert_eq!(h.ns.ifindex("eth0.58").unwrap(), vlan_before, "the VLAN device was made again");
+    assert!(ifindex_in(&second).is_some(), "the new endpoint's namespace is not usable from the host");
+    assert!(h.reconcile_dry_run().contains("no drift"));
+    h.ok(&["rm", "-f", &first, &second]);
+    h.ok(&["network", "rm", "v58"]);
+}

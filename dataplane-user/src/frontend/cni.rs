@@ -739,6 +739,11 @@ pub fn main() -> i32 {
     }
 }
 
+/// Answer with the spec's error object before any input was read (exit code to use).
+pub fn fail(code: u32, msg: &str) -> i32 {
+    emit_error("", &CniError::new(code, msg))
+}
+
 fn emit_error(version: &str, e: &CniError) -> i32 {
     let v = if SUPPORTED.contains(&version) { version } else { "1.1.0" };
     println!("{}", json!({ "cniVersion": v, "code": e.code, "msg": e.msg, "details": e.details }));
