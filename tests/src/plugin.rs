@@ -185,3 +185,20 @@ impl Drop for Plugin {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A directory of the test's own, removed on drop (also when the test fails).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let d = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -158,7 +158,8 @@ fn bad_interface_names_and_namespaces_are_refused_up_front() {
     }
     assert_eq!(links(&pod), BTreeSet::from(["lo".to_string()]), "a refused name left an interface");
 
-    let dir = tempdir();
+    let tmp = dataplane_tests::plugin::TempDir::new("dpcnih-");
+    let dir = tmp.0.clone();
     let fifo = dir.join("fifo");
     let file = dir.join("file");
     std::fs::write(&file, b"").unwrap();
@@ -186,13 +187,6 @@ fn bad_interface_names_and_namespaces_are_refused_up_front() {
     assert!(e.msg().contains("invalid subnet 0.0.0.0/0"), "{}", e.msg());
     assert_eq!(networks(&h), ["host", "none"]);
     assert!(!h.bpffs.dir.exists(), "a refused subnet left pins");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(dataplane_tests::lab::unique("dpcnih-"));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Container ids that share their first 12 characters, or differ only in characters the

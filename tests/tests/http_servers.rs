@@ -10,16 +10,15 @@ use std::{
 };
 
 use dataplane_tests::{
-    lab::{unique, Host},
-    plugin::{exchange, post, read_answer, wait_for, Server},
+    lab::Host,
+    plugin::{exchange, post, read_answer, wait_for, Server, TempDir},
 };
 
 #[test]
 fn the_plugin_socket_answers_hostile_http_and_outlives_descriptor_exhaustion() {
     let h = Host::new("dpHp").unwrap();
-    let dir = std::env::temp_dir().join(unique("dphttp-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("dataplane.sock");
+    let dir = TempDir::new("dphttp-");
+    let sock = dir.0.join("dataplane.sock");
     let mut s = Server::start(&h, &["plugin", "docker", "--socket", sock.to_str().unwrap()], 96, 1500);
     wait_for("the plugin's socket", Duration::from_secs(20), || UnixStream::connect(&sock).is_ok());
 
@@ -72,7 +71,6 @@ fn the_plugin_socket_answers_hostile_http_and_outlives_descriptor_exhaustion() {
     drop(idle);
     assert!(s.alive());
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A thread of ours inside `h`'s network namespace (TCP sockets opened there stay there).
@@ -142,9 +140,8 @@ fn the_metrics_server_neither_spins_nor_starves_when_out_of_descriptors() {
 #[test]
 fn a_repeated_create_endpoint_with_another_address_is_refused() {
     let (h, _sw) = dataplane_tests::lab::host_with_switch("dpHe").unwrap();
-    let dir = std::env::temp_dir().join(unique("dphttp-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("dataplane.sock");
+    let dir = TempDir::new("dphttp-");
+    let sock = dir.0.join("dataplane.sock");
     let s = Server::start(&h, &["plugin", "docker", "--socket", sock.to_str().unwrap()], 1024, 60_000);
     wait_for("the plugin's socket", Duration::from_secs(20), || UnixStream::connect(&sock).is_ok());
     let body = |a: &str| {
@@ -178,5 +175,4 @@ fn a_repeated_create_endpoint_with_another_address_is_refused() {
     let del = exchange(&sock, &post("NetworkDriver.DeleteNetwork", r#"{"NetworkID":"net81"}"#));
     assert!(del.starts_with("HTTP/1.1 200"), "{del}");
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
