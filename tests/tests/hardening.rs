@@ -488,3 +488,37 @@ fn ip_netns_exec_works_on_the_hosts_pins_and_touches_nothing_else() {
     h.ok(&["rm", "-f", &first, &second]);
     h.ok(&["network", "rm", "v58"]);
 }
+
+/// What a Docker user types first: `exec -it`, `run -d ... sleep 600` (Docker reads
+/// `sleep` as the image: refused up front with the way to say it, nothing made), and an
+/// MTU larger than the parent's (refused at create, naming both values).
+#[test]
+fn docker_habits_get_docker_answers() {
+    let (h, _sw) = host_with_switch("dpJ").unwrap();
+    h.ok(&["network", "create", "--subnet=10.59.0.0/24", "-o", "parent=eth0", "n59"]);
+    let name = unique("habit");
+    let out = h.dp(&["run", "-d", "--network", "n59", "--name", &name, "sleep", "600"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("command \"600\" not found") && err.contains("-- sleep 600"), "{err}");
+    assert!(h.endpoint_names().is_empty(), "a refused run left an endpoint");
+    h.ok(&["run", "-d", "--network", "n59", "--name", &name, "--", "sleep", "600"]);
+    let exec = h.dp(&["exec", "-it", &name, "ip", "-br", "addr", "show", "eth0"]);
+    assert!(exec.status.success(), "{}", stderr(&exec));
+    assert!(String::from_utf8_lossy(&exec.stdout).contains("10.59.0.2/24"), "{exec:?}");
+    h.ok(&["rm", "-f", &name]);
+    let mtu = h.ns.link_json("eth0").unwrap()["mtu"].as_u64().unwrap();
+    let big = (mtu + 1000).to_string();
+    let out =
+        h.dp(&["network", "create", "--subnet=10.60.0.0/24", "-o", "parent=eth0", "-o", &format!("mtu={big}"), "n60"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("invalid mtu {big}")) && err.contains(&format!("MTU of {mtu}")), "{err}");
+    let nets = json(&h.ok(&["network", "ls", "--format", "json"]));
+    assert_eq!(nets.as_array().unwrap().len(), 3, "a refused network left a row: {nets:#}");
+    let help = h.ok(&["network", "create", "--help"]);
+    for opt in ["parent=", "macvlan_mode=", "mtu=", "endpoint_hooks=", "host_access=", "ip_probe_ms="] {
+        assert!(help.contains(opt), "network create --help does not mention {opt}");
+    }
+    h.ok(&["network", "rm", "n59"]);
+}

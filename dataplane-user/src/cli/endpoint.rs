@@ -94,6 +94,17 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// Whether `cmd` names an executable: a path to one, or a name found in PATH.
+fn on_path(cmd: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let exec =
+        |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if cmd.contains('/') {
+        return exec(std::path::Path::new(cmd));
+    }
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| exec(&d.join(cmd))))
+}
+
 fn spawn_error(argv0: &str, e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         anyhow::anyhow!("command {argv0:?} not found in PATH")
@@ -105,6 +116,19 @@ fn spawn_error(argv0: &str, e: std::io::Error) -> anyhow::Error {
 pub fn run(engine: &mut Engine, a: RunArgs) -> Result<i32> {
     super::repair(engine);
     let (image, command) = split_image(&a.args, raw_has_double_dash());
+    // A command that cannot start is refused before anything is made; the usual cause is
+    // Docker's reading of `run ... sleep 600`: `sleep` is the image and `600` the command.
+    if let Some(c) = command.first().filter(|c| !on_path(c)) {
+        let hint = match &image {
+            Some(img) if on_path(img) => format!(
+                "; {img:?} was taken as the image, as Docker does: to run it, put the command after `--` (dataplane run ... -- {img} {})",
+                command.join(" ")
+            ),
+            _ => String::new(),
+        };
+        eprintln!("dataplane: error: command {c:?} not found in PATH{hint}");
+        return Ok(127);
+    }
     if let Some(img) = &image {
         eprintln!("dataplane: note: images are not used; {img:?} ignored, the command runs on the host's filesystem");
     }

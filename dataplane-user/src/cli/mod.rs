@@ -38,7 +38,15 @@ pub enum Command {
     Run(endpoint::RunArgs),
     /// Run a command inside an endpoint's network namespace.
     Exec {
+        /// Keep standard input open (accepted for Docker compatibility: it always is).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Accepted for Docker compatibility: the command shares this terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// The endpoint to run in.
         name: String,
+        /// The command and its arguments, run in the endpoint's network namespace.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
@@ -232,7 +240,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Bpf(cmd) => bpf::run(&bpffs, cmd),
         Command::Network(cmd) => network::run(&mut engine()?, cmd),
         Command::Run(args) => endpoint::run(&mut engine()?, args).map_err(|e| e.context(ExitCode(125))),
-        Command::Exec { name, command } => endpoint::exec(&mut engine()?, &name, &command),
+        Command::Exec { name, command, .. } => endpoint::exec(&mut engine()?, &name, &command),
         Command::Ps { format, .. } => endpoint::ps(&mut engine()?, format),
         Command::Stop { time, names } => endpoint::stop(&mut engine()?, &names, time),
         Command::Rm { force, names } => {

@@ -29,8 +29,10 @@ pub enum NetworkCommand {
     },
     /// Connect an endpoint to a network (adds ethN in its namespace).
     Connect {
+        /// The endpoint's IPv4 address on this network (default: the next free one).
         #[arg(long)]
         ip: Option<String>,
+        /// The endpoint's IPv6 address on this network (default: the next free one).
         #[arg(long)]
         ip6: Option<String>,
         network: String,
@@ -57,8 +59,16 @@ pub struct CreateArgs {
     /// NAME=IP: an address in use on the wire that must never be handed out.
     #[arg(long = "aux-address")]
     pub aux_address: Vec<String>,
-    /// Driver options: parent=IFACE (or IFACE.VID for an 802.1Q trunk), macvlan_mode=bridge|private|vepa|passthru.
-    #[arg(short = 'o', long = "opt")]
+    /// Driver options, KEY=VALUE (repeat -o for several):
+    /// parent=IFACE (IFACE.VID: an 802.1Q trunk, dataplane makes the VLAN device;
+    /// IFACE.OUTER.VID: QinQ);
+    /// macvlan_mode=bridge|private|vepa|passthru (default bridge);
+    /// mtu=N (68-65535, at most the parent's);
+    /// endpoint_hooks=tcx|cls_bpf (how anti-spoofing is attached; default tcx);
+    /// host_access=true (the host reaches the endpoints through an interface of its own);
+    /// ip_probe_ms=N (wait N ms, 0-1000, for an answer to an ARP probe before handing out an
+    /// address; default 20, 0 = no probe).
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     pub opt: Vec<String>,
     /// No default route for endpoints.
     #[arg(long)]

@@ -177,6 +177,31 @@ fn check_option(req: &NetworkCreate, k: &str, v: &str) -> Result<()> {
     }
 }
 
+/// `-o mtu=N` must fit the parent (a macvlan's MTU cannot exceed its lower device's, nor
+/// a VLAN device's its trunk's): refused here, naming both, rather than by every `run`.
+fn check_mtu(
+    nl: &Nl,
+    req: &NetworkCreate,
+    parent: &str,
+    existing: Option<&crate::nl::LinkInfo>,
+    trunk: Option<&TrunkParent>,
+) -> Result<()> {
+    let Some(mtu) = req.opts.iter().find_map(|o| o.strip_prefix("mtu=")).and_then(|v| v.parse::<u32>().ok()) else {
+        return Ok(());
+    };
+    let (limit, of) = match (existing, trunk) {
+        (Some(l), _) => (l.mtu, parent.to_string()),
+        (None, Some(t)) => (nl.link(&t.trunk)?.and_then(|l| l.mtu), t.trunk.clone()),
+        (None, None) => (None, String::new()),
+    };
+    match limit {
+        Some(max) if mtu > max => invalid(format!(
+            "invalid mtu {mtu}: parent {of} has an MTU of {max}, and an endpoint's cannot be larger; raise {of}'s MTU first or use -o mtu={max} or less"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The parent as it is in the kernel (None: not there yet, which only a trunk parent
 /// `IFACE.VID` may be) and its trunk reading.
 fn check_parent(nl: &Nl, parent: &str) -> Result<(Option<crate::nl::LinkInfo>, Option<TrunkParent>)> {
@@ -393,6 +418,7 @@ impl Engine {
         let spec = NetworkSpec::parse(&req)?;
         let nl = Nl::here()?;
         let (existing_parent, trunk) = check_parent(&nl, &spec.parent)?;
+        check_mtu(&nl, &req, &spec.parent, existing_parent.as_ref(), trunk.as_ref())?;
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
         // 1. Validate against the store and record the network as `creating`.
