@@ -276,7 +276,7 @@ impl Host {
 
     /// Endpoint `name` as `ps --format json` shows it.
     pub fn endpoint_json(&self, name: &str) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap_or_default();
+        let v = crate::json_lines(&self.ok(&["ps", "-a", "--format", "json"]));
         v.as_array()
             .into_iter()
             .flatten()
@@ -305,7 +305,7 @@ impl Host {
 
     /// Names of the endpoints this instance knows, from `ps --format json`.
     pub fn endpoint_names(&self) -> Vec<String> {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap_or_default();
+        let v = crate::json_lines(&self.ok(&["ps", "-a", "--format", "json"]));
         v.as_array().into_iter().flatten().filter_map(|e| e["Name"].as_str().map(str::to_string)).collect()
     }
 }
@@ -321,8 +321,8 @@ impl Drop for Host {
 
 impl Host {
     fn endpoint_names_quiet(&self) -> Vec<String> {
-        let out = self.dp(&["ps", "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let out = self.dp(&["ps", "-a", "--format", "json"]);
+        let v = crate::json_lines_lenient(&String::from_utf8_lossy(&out.stdout));
         v.as_array().into_iter().flatten().filter_map(|e| e["Name"].as_str().map(str::to_string)).collect()
     }
 }

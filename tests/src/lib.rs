@@ -14,3 +14,20 @@ pub mod raw;
 pub mod testrun;
 
 pub use lab::{dataplane, dataplane_bin, Bpffs, Lab, Netns};
+
+/// Output of `--format json` (one JSON object per line, as `docker ps --format json`
+/// prints) as a JSON array.
+pub fn json_lines(text: &str) -> serde_json::Value {
+    serde_json::Value::Array(
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object per line ({e}): {text}")))
+            .collect(),
+    )
+}
+
+/// [`json_lines`] for output that may be cut short or absent (a command that failed in a
+/// race test, a guard's cleanup): the lines that parse.
+pub fn json_lines_lenient(text: &str) -> serde_json::Value {
+    serde_json::Value::Array(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}

@@ -202,3 +202,30 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Run `f` on a thread inside `h`'s network namespace (TCP sockets opened there stay there).
+pub fn in_ns<T: Send>(h: &Host, f: impl FnOnce() -> T + Send) -> T {
+    let path = h.ns.path();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns(2) of this thread into a namespace file we hold open.
+            assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// GET `path` from `addr` inside `h`; the whole answer ("connect: ..." if refused).
+pub fn http_get(h: &Host, addr: &str, path: &str) -> String {
+    in_ns(h, || match std::net::TcpStream::connect(addr) {
+        Ok(mut c) => {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+            read_answer(&mut c)
+        }
+        Err(e) => format!("connect: {e}"),
+    })
+}

@@ -46,7 +46,7 @@ fn spoofed_frames_reach_neither_the_trunk_nor_a_sibling() {
     let (a, b) = (unique("spoofer"), unique("victim"));
     h.ok(&["run", "-d", "--name", &a, "--network", "n66"]);
     h.ok(&["run", "-d", "--name", &b, "--network", "n66"]);
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     let get = |n: &str, k: &str| {
         ps.as_array().unwrap().iter().find(|e| e["Name"] == n).unwrap()["Networks"][0][k].as_str().unwrap().to_string()
     };
@@ -163,7 +163,7 @@ fn ipv6_neighbour_discovery_cannot_be_spoofed() {
     let (a, b) = (unique("nd-a"), unique("nd-b"));
     h.ok(&["run", "-d", "--name", &a, "--network", "n68"]);
     h.ok(&["run", "-d", "--name", &b, "--network", "n68"]);
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     let get = |n: &str, k: &str| {
         ps.as_array().unwrap().iter().find(|e| e["Name"] == n).unwrap()["Networks"][0][k].as_str().unwrap().to_string()
     };

@@ -31,11 +31,11 @@ fn links(ns: &Netns) -> BTreeSet<String> {
 }
 
 fn ps(h: &Host) -> Value {
-    serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap()
+    dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]))
 }
 
 fn networks(h: &Host) -> Vec<String> {
-    let v: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    let v: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
     v.as_array().unwrap().iter().filter_map(|n| n["Name"].as_str().map(str::to_string)).collect()
 }
 

@@ -122,7 +122,7 @@ fn spec_commands_and_errors() {
     assert!(!e.ok && e.msg().contains("/run/netns/nosuch-ns"), "{}", e.msg());
     assert_eq!(links(&h.ns), host_links, "a failed ADD left links");
     assert_eq!(links(&pod), BTreeSet::from(["lo".to_string()]));
-    assert_eq!(serde_json::from_str::<Value>(&h.ok(&["ps", "--format", "json"])).unwrap(), json!([]));
+    assert_eq!(dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"])), json!([]));
     assert!(!h.bpffs.dir.exists(), "a failed ADD left pins");
 
     // ADD with the keys Kubernetes and Podman pass; MAC and IP requested through CNI_ARGS.
@@ -137,7 +137,7 @@ fn spec_commands_and_errors() {
     assert_eq!(r["ips"][0], json!({"address":"10.70.0.200/24","gateway":"10.70.0.1","interface":0}));
     assert_eq!(r["routes"][0], json!({"dst":"0.0.0.0/0","gw":"10.70.0.1"}));
     assert!(pod.exec(&["ping", "-c", "1", "-W", "1", "10.70.0.1"]).is_ok(), "the pod cannot reach the switch");
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     assert_eq!(ps[0]["Owner"], json!({"kind":"cni","container_id":"ctr1","ifname":"eth0"}), "{ps:#}");
     let rm = h.dp(&["rm", "-f", ps[0]["Name"].as_str().unwrap()]);
     assert!(String::from_utf8_lossy(&rm.stderr).contains("belongs to a CNI runtime"), "{rm:?}");
@@ -185,7 +185,7 @@ fn spec_commands_and_errors() {
     gc["cni.dev/valid-attachments"] = json!([{"containerID":"ctr2","ifname":"eth0"}]);
     let out = call(&h.ns, &plugin, "GC", &[], &gc.to_string());
     assert!(out.ok, "{}", out.json);
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     assert_eq!(ps.as_array().unwrap().len(), 1, "{ps:#}");
     assert_eq!(ps[0]["Owner"]["container_id"], "ctr2");
     assert_eq!(links_become(&pod, &["lo"]), BTreeSet::from(["lo".to_string()]), "GC left the interface");
@@ -210,7 +210,7 @@ fn spec_commands_and_errors() {
     assert_eq!(links(&h.ns), host_links);
     assert_eq!(h.ns.xdp_prog_id("eth0").unwrap(), None);
     assert!(!h.bpffs.dir.exists(), "pins left behind");
-    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
     assert_eq!(nets.as_array().unwrap().len(), 2, "{nets:#}");
 }
 
@@ -348,7 +348,7 @@ fn podman_containers_on_a_dataplane_cni_network() {
 
     // Removal leaves nothing: links, programs, pins, rows.
     lab.ok(&["rm", "-f", "-t", "0", "p1", "p2", "v1"]);
-    assert_eq!(serde_json::from_str::<Value>(&lab.host.ok(&["ps", "--format", "json"])).unwrap(), json!([]));
+    assert_eq!(dataplane_tests::json_lines(&lab.host.ok(&["ps", "-a", "--format", "json"])), json!([]));
     assert_eq!(links(&lab.host.ns), host_links);
     assert_eq!(lab.host.ns.xdp_prog_id("eth0").unwrap(), None);
     assert!(!lab.host.bpffs.dir.exists(), "pins left behind");
@@ -375,9 +375,9 @@ fn serves_as_ipam_for_the_reference_macvlan() {
     let a2 = call(&h.ns, &macvlan, "ADD", &env("i2", &p2p), &conf);
     assert_eq!(a2.json["ips"][0]["address"], "10.76.0.4/24", "{}", a2.json);
     assert!(p1.exec(&["ping", "-c", "1", "-W", "1", "10.76.0.1"]).is_ok());
-    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
     assert!(nets.to_string().contains("\"ref76\"") && nets.to_string().contains("ipam"), "{nets:#}");
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     assert_eq!(ps.as_array().unwrap().len(), 2, "{ps:#}");
     // Address-only endpoints have no interface or programs of ours: nothing to repair.
     assert!(h.reconcile_dry_run().contains("no drift"));
@@ -385,8 +385,8 @@ fn serves_as_ipam_for_the_reference_macvlan() {
         let d = call(&h.ns, &macvlan, "DEL", &env(id, p), &conf);
         assert!(d.ok, "{}", d.json);
     }
-    assert_eq!(serde_json::from_str::<Value>(&h.ok(&["ps", "--format", "json"])).unwrap(), json!([]));
-    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    assert_eq!(dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"])), json!([]));
+    let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
     assert_eq!(nets.as_array().unwrap().len(), 2, "the address-only network outlived its addresses: {nets:#}");
 }
 
@@ -420,7 +420,7 @@ fn host_access_through_cni() {
     let del = call(&h.ns, &plugin, "DEL", &env("ctrH", &pod_path), &c);
     assert!(del.ok, "{}", del.json);
     assert_eq!(links(&h.ns), host_links, "the host-access interface outlived the network");
-    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
     assert!(!nets.to_string().contains("cnh"), "{nets:#}");
 }
 

@@ -43,7 +43,9 @@ fn sixty_four_concurrent_run_rm_loops() {
         }
         for _ in 0..ROUNDS {
             barrier.wait();
-            let ps: Value = serde_json::from_slice(&h.dp(&["ps", "--format", "json"]).stdout).unwrap_or_default();
+            let ps: Value = dataplane_tests::json_lines_lenient(&String::from_utf8_lossy(
+                &h.dp(&["ps", "-a", "--format", "json"]).stdout,
+            ));
             let eps = ps.as_array().cloned().unwrap_or_default();
             let ips: BTreeSet<String> =
                 eps.iter().filter_map(|e| e["Networks"][0]["IPv4Address"].as_str().map(str::to_string)).collect();

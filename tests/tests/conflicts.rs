@@ -68,11 +68,26 @@ fn clashing_addresses_and_macs_are_reported_on_both_hosts() {
     );
     // The table itself is unchanged (warnings go to stderr).
     assert!(String::from_utf8_lossy(&ps.stdout).starts_with("ENDPOINT ID"));
+    // And the metrics carry them per endpoint.
+    let server = dataplane_tests::plugin::Server::start(&a, &["metrics", "--listen", "127.0.0.1:9482"], 1024, 60_000);
+    let mut text = String::new();
+    dataplane_tests::plugin::wait_for("the metrics endpoint", std::time::Duration::from_secs(20), || {
+        text = dataplane_tests::plugin::http_get(&a, "127.0.0.1:9482", "/metrics");
+        text.starts_with("HTTP/1.1 200")
+    });
+    let sample = |ep: &str, kind: &str| -> f64 {
+        let head = format!("dataplane_endpoint_conflict_frames_total{{endpoint=\"{ep}\",network=\"lan\",owner=\"cli\",kind=\"{kind}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(head.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(-1.0)
+    };
+    assert!(sample(&ea, "ip") >= 1.0 && sample(&ea, "mac") == 0.0, "{text}");
+    assert!(sample(&ma, "mac") >= 1.0, "{text}");
+    assert_eq!(sample(&alone, "ip"), 0.0, "{text}");
+    drop(server);
 }
 
 /// The addresses (`IPv4Address` or `IPv6Address`) of the endpoints `h` knows, sorted.
 fn addresses(h: &Host, family: &str) -> Vec<String> {
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     let mut v: Vec<String> =
         ps.as_array().unwrap().iter().filter_map(|e| e["Networks"][0][family].as_str().map(str::to_string)).collect();
     v.sort();

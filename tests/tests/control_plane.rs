@@ -68,7 +68,7 @@ fn json(s: &str) -> Value {
 }
 
 fn ep_json(h: &Host, name: &str) -> Value {
-    let all = json(&h.ok(&["ps", "--format", "json"]));
+    let all = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     all.as_array()
         .unwrap()
         .iter()
@@ -621,7 +621,7 @@ fn bad_input_is_refused_with_a_clear_error_and_no_trace() {
         let out = h.dp(args);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr(&out).contains(want), "{args:?}: want {want:?}, got {}", stderr(&out));
-        let nets = json(&h.ok(&["network", "ls", "--format", "json"]));
+        let nets = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
         assert_eq!(nets.as_array().unwrap().len(), 3, "{args:?} left a network row: {nets:#}");
         assert!(h.endpoint_names().is_empty(), "{args:?} left an endpoint row");
         assert!(!Path::new("/run/netns/x1").exists(), "{args:?} left a namespace");
@@ -644,7 +644,7 @@ fn parallel_runs_get_distinct_addresses_and_macs() {
     for (n, o) in names.iter().zip(&outs) {
         assert!(o.status.success(), "run {n} failed: {}", stderr(o));
     }
-    let all = json(&h.ok(&["ps", "--format", "json"]));
+    let all = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     let ips: BTreeSet<String> =
         all.as_array().unwrap().iter().map(|e| e["Networks"][0]["IPv4Address"].as_str().unwrap().to_string()).collect();
     let macs: BTreeSet<String> =

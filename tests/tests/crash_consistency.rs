@@ -47,7 +47,7 @@ fn crashed_network_create_is_torn_down_by_the_next_command() {
         aborted(&out, point);
         let report = h.ok(&["reconcile"]);
         assert!(report.contains("network n50 was left Creating by process"), "{point}: {report}");
-        let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+        let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
         assert_eq!(nets.as_array().unwrap().len(), 2, "{point}: network row left: {nets:#}");
         assert_eq!(link_names(&h), BTreeSet::from(["lo".into(), "eth0".into()]), "{point}: links left");
         assert!(!h.bpffs.dir.exists(), "{point}: pins left");
@@ -82,7 +82,7 @@ fn crashed_run_and_rm_are_finished_by_the_next_command() {
         // No address leaked: the next endpoint gets the first one again.
         let again = unique("again");
         h.ok(&["run", "-d", "--name", &again, "--network", "n51"]);
-        let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+        let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
         assert_eq!(ps[0]["Networks"][0]["IPv4Address"], "10.51.0.2", "{point}: address leaked");
     }
 }
@@ -95,7 +95,7 @@ fn crashed_network_rm_is_finished_by_the_next_command() {
         aborted(&h.dp_env(&[("DATAPLANE_FAULT", point)], &["network", "rm", "n52"]), point);
         let report = h.ok(&["reconcile"]);
         assert!(report.contains("network n52 was left Removing by process"), "{point}: {report}");
-        let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+        let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
         assert_eq!(nets.as_array().unwrap().len(), 2, "{point}: network row left");
         assert_eq!(link_names(&h), BTreeSet::from(["lo".into(), "eth0".into()]), "{point}: links left");
         assert!(!h.bpffs.dir.exists(), "{point}: pins left");
@@ -132,7 +132,7 @@ fn crashed_connect_and_disconnect_end_consistent() {
         h.ok(&["reconcile"]);
         assert!(h.reconcile_dry_run().contains("no drift"), "{point}: still drifting");
         // Store and namespace agree on whether the endpoint is on b54.
-        let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+        let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
         let on_b54 = ps[0]["Networks"].as_array().unwrap().iter().any(|n| n["Network"] == "b54");
         let addrs = String::from_utf8_lossy(&h.dp(&["exec", &name, "ip", "-br", "addr"]).stdout).into_owned();
         assert_eq!(on_b54, addrs.contains("10.54.0."), "{point}: store says on_b54={on_b54}, namespace has: {addrs}");
@@ -166,7 +166,7 @@ fn rm_force_ends_a_supervised_command_before_its_pid_is_recorded() {
         assert!(start.elapsed() < std::time::Duration::from_secs(60), "the command never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let ps: Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     let status = ps.as_array().unwrap().iter().find(|e| e["Name"] == name.as_str()).unwrap()["Status"].clone();
     assert!(status.as_str().unwrap().starts_with("starting (supervisor pid"), "{status}");
     h.ok(&["rm", "-f", &name]);
@@ -313,7 +313,7 @@ fn a_plugin_killed_in_network_create_or_delete_is_finished_on_restart() {
         });
         assert!(gone, "{point}: links left: {:?}", link_names(&h));
         assert!(!h.bpffs.dir.exists(), "{point}: pins left");
-        let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+        let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
         assert_eq!(nets.as_array().unwrap().len(), 2, "{point}: {nets:#}");
     }
 }

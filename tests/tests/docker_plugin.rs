@@ -127,7 +127,7 @@ fn docker_containers_on_dataplane_networks() {
     assert!(inside.contains(&mac1) && inside.contains("172.16.86.10/24"), "{inside}");
 
     // One store: Docker's endpoints show in dataplane ps, marked as Docker's.
-    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    let ps = dataplane_tests::json_lines(&lab.host.ok(&["ps", "-a", "--format", "json"]));
     let docker_eps: Vec<&Value> = ps.as_array().unwrap().iter().filter(|e| e["Owner"]["kind"] == "docker").collect();
     assert_eq!(docker_eps.len(), 2, "{ps:#}");
     assert!(docker_eps.iter().all(|e| e["Status"].as_str().unwrap().starts_with("docker, in ")), "{ps:#}");
@@ -232,7 +232,7 @@ fn docker_containers_on_dataplane_networks() {
     ]);
     lab.ok(&["run", "-d", "--name", "s1", "--network", "v6_net", "--ip6", "fd00:88::20", IMAGE, "sleep", "600"]);
     assert!(lab.ok(&["exec", "s1", "ip", "-6", "addr", "show", "eth0"]).contains("fd00:88::20"));
-    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    let ps = dataplane_tests::json_lines(&lab.host.ok(&["ps", "-a", "--format", "json"]));
     assert!(ps.to_string().contains("fd00:88::20"), "the store does not hold the --ip6 address: {ps:#}");
     for c in ["m1", "i1", "s1"] {
         lab.ok(&["rm", "-f", c]);
@@ -273,7 +273,7 @@ fn docker_containers_on_dataplane_networks() {
     let (ip3, mac3) = addr_of(&lab, "c3");
     assert!(ip3 != ip1 && ip3 != ip2 && mac3 != mac1 && mac3 != mac2, "{ip3} {mac3} given twice");
     assert!(ping_from(&lab, "c3", "172.16.86.10"), "c3 cannot reach c1");
-    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    let ps = dataplane_tests::json_lines(&lab.host.ok(&["ps", "-a", "--format", "json"]));
     assert_eq!(ps.as_array().unwrap().len(), 5, "{ps:#}");
 
     // docker rm and network rm leave no links, pins or rows.
@@ -283,7 +283,7 @@ fn docker_containers_on_dataplane_networks() {
     for n in ["pub_net", "macnet32", "macvlan50"] {
         lab.ok(&["network", "rm", n]);
     }
-    assert_eq!(json(&lab.host.ok(&["ps", "--format", "json"])), serde_json::json!([]));
+    assert_eq!(dataplane_tests::json_lines(&lab.host.ok(&["ps", "-a", "--format", "json"])), serde_json::json!([]));
     assert_eq!(lab.host.ok(&["network", "ls", "--format", "json"]).matches("\"Name\"").count(), 2);
     assert_eq!(dp_links(&lab), links_before, "links left behind");
     assert!(lab.host.ns.xdp_prog_id("eth0").unwrap().is_none(), "XDP left on the parent");
@@ -335,7 +335,7 @@ fn docker_plugin_killed_mid_endpoint_and_dockerd_restarts() {
     let log = std::fs::read_to_string(lab.plugin_log()).unwrap();
     assert!(log.contains("was left Creating by process"), "{log}");
     assert_eq!(dp_links(&lab), links_before, "the crashed endpoint's interface is still there");
-    assert_eq!(json(&lab.host.ok(&["ps", "--format", "json"])), serde_json::json!([]));
+    assert_eq!(dataplane_tests::json_lines(&lab.host.ok(&["ps", "-a", "--format", "json"])), serde_json::json!([]));
 
     // dockerd restarts (as on a reboot of the daemon) with a --restart always container:
     // Docker re-creates its endpoint through the plugin, and it works.
@@ -357,7 +357,7 @@ fn docker_plugin_killed_mid_endpoint_and_dockerd_restarts() {
         std::fs::read_to_string(lab.plugin_log()).unwrap()
     );
     assert!(ping_from(&lab, "ra", "10.61.0.1"), "ra cannot reach the switch after the dockerd restart");
-    let ps = json(&lab.host.ok(&["ps", "--format", "json"]));
+    let ps = dataplane_tests::json_lines(&lab.host.ok(&["ps", "-a", "--format", "json"]));
     assert_eq!(ps.as_array().unwrap().len(), 1, "stale endpoints after the restart: {ps:#}");
     let (ip, _) = addr_of(&lab, "ra");
     assert_eq!(ps[0]["Networks"][0]["IPv4Address"], ip.as_str(), "{ps:#}");

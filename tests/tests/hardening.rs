@@ -142,7 +142,7 @@ fn a_full_state_filesystem_leaves_no_map_entries() {
     let after = admit(&h);
     let new: Vec<&Value> = after.iter().filter(|e| !before.contains(e)).collect();
     // Entries may exist only for endpoints whose rows made it into the store.
-    let ps = dp(&["ps", "--format", "json"]);
+    let ps = dp(&["ps", "-a", "--format", "json"]);
     let known = String::from_utf8_lossy(&ps.stdout).to_string();
     for e in new {
         assert!(known.contains(e["mac"].as_str().unwrap()), "entry {e} has no endpoint in the store: {known}");
@@ -187,7 +187,7 @@ fn leading_zero_vids_and_unusable_addresses_are_refused_up_front() {
     }
     assert_eq!(links(&h.ns), before);
     assert!(!h.bpffs.dir.exists());
-    assert_eq!(json(&h.ok(&["network", "ls", "--format", "json"])).as_array().unwrap().len(), 2);
+    assert_eq!(dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"])).as_array().unwrap().len(), 2);
 }
 
 /// `dataplane ps | head -1`: a reader that goes away ends the command quietly.
@@ -514,7 +514,7 @@ fn docker_habits_get_docker_answers() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains(&format!("invalid mtu {big}")) && err.contains(&format!("MTU of {mtu}")), "{err}");
-    let nets = json(&h.ok(&["network", "ls", "--format", "json"]));
+    let nets = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
     assert_eq!(nets.as_array().unwrap().len(), 3, "a refused network left a row: {nets:#}");
     let help = h.ok(&["network", "create", "--help"]);
     for opt in ["parent=", "macvlan_mode=", "mtu=", "endpoint_hooks=", "host_access=", "ip_probe_ms="] {

@@ -18,7 +18,7 @@ struct Trace {
 }
 
 fn trace(h: &Host) -> Trace {
-    let nets: Value = serde_json::from_str(&h.ok(&["network", "ls", "--format", "json"])).unwrap();
+    let nets: Value = dataplane_tests::json_lines(&h.ok(&["network", "ls", "--format", "json"]));
     let links: Value = serde_json::from_str(&h.ns.exec(&["ip", "-j", "link"]).unwrap()).unwrap();
     let admitted: Value = serde_json::from_str(&h.ok(&["bpf", "admit", "ls", "--format", "json"])).unwrap();
     Trace {

@@ -11,7 +11,7 @@ use std::{
 
 use dataplane_tests::{
     lab::Host,
-    plugin::{exchange, post, read_answer, wait_for, Server, TempDir},
+    plugin::{exchange, in_ns, post, read_answer, wait_for, Server, TempDir},
 };
 
 #[test]
@@ -71,21 +71,6 @@ fn the_plugin_socket_answers_hostile_http_and_outlives_descriptor_exhaustion() {
     drop(idle);
     assert!(s.alive());
     drop(s);
-}
-
-/// A thread of ours inside `h`'s network namespace (TCP sockets opened there stay there).
-fn in_ns<T: Send>(h: &Host, f: impl FnOnce() -> T + Send) -> T {
-    let path = h.ns.path();
-    std::thread::scope(|sc| {
-        sc.spawn(|| {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns(2) of this thread into a namespace file we hold open.
-            assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
-            f()
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 #[test]
@@ -168,7 +153,7 @@ fn a_repeated_create_endpoint_with_another_address_is_refused() {
     let other = exchange(&sock, body("10.81.0.6/24").as_bytes());
     assert!(other.starts_with("HTTP/1.1 500"), "another address under the same id: {other}");
     assert!(other.contains("10.81.0.5") && other.contains("10.81.0.6"), "{other}");
-    let ps: serde_json::Value = serde_json::from_str(&h.ok(&["ps", "--format", "json"])).unwrap();
+    let ps: serde_json::Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     assert_eq!(ps.as_array().unwrap().len(), 1, "{ps:#}");
     let del = exchange(&sock, &post("NetworkDriver.DeleteEndpoint", r#"{"NetworkID":"net81","EndpointID":"ep1"}"#));
     assert!(del.starts_with("HTTP/1.1 200"), "{del}");

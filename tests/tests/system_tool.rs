@@ -36,6 +36,11 @@ fn man_pages_cover_every_command() {
     }
     let create = std::fs::read_to_string(dir.join("dataplane-network-create.1")).unwrap();
     assert!(create.contains("aux\\-address"), "network create's options are missing");
+    // The synopsis reads as typed, and every -o option is documented.
+    assert!(create.contains("dataplane network create"), "SYNOPSIS: {create}");
+    for opt in ["parent=", "macvlan_mode=", "mtu=", "endpoint_hooks=", "host_access=", "ip_probe_ms="] {
+        assert!(create.contains(opt), "the man page of network create does not mention {opt}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -15,8 +15,6 @@ use dataplane_user::{
     store::{Attachment, Endpoint, Owner},
 };
 
-use super::Format;
-
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Create the endpoint and return; a command keeps running in the background.
@@ -250,12 +248,16 @@ pub fn supervise(engine: &mut Engine, name: &str, interactive: bool, command: &[
     dataplane_user::control::fault("supervise:spawned");
     engine.set_pid(name, Some(child.id()))?;
     let status = child.wait()?;
+    let code = exit_code(status);
     if ep.auto_remove {
-        let _ = engine.rm(name, true);
+        if engine.rm(name, true).is_ok() {
+            remove_logs(state_dir, name);
+        }
     } else {
+        let _ = std::fs::write(exit_path(state_dir, name), format!("{code} {}\n", now_secs()));
         let _ = engine.set_pid(name, None);
     }
-    Ok(exit_code(status))
+    Ok(code)
 }
 
 pub fn exec(engine: &mut Engine, name: &str, args: &[String]) -> Result<i32> {
@@ -314,15 +316,27 @@ fn alive(pid: u32) -> bool {
     !stat.is_empty() && state != "Z" && state != "X"
 }
 
-pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
+/// `ps [-a] [-q] [--format F]`: one row per endpoint. Without `-a`, endpoints whose
+/// command has exited are left out (as Docker leaves out stopped containers).
+pub fn ps(engine: &mut Engine, all: bool, quiet: bool, format: &str) -> Result<i32> {
+    let out = super::format::Output::parse(format)?;
     let eps = engine.endpoints()?;
     conflict_warnings(engine, &eps);
-    let rows: Vec<PsRow> = eps.iter().map(|(e, atts)| PsRow::of(e, atts)).collect();
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+    let state_dir = engine.state_dir.clone();
+    let rows: Vec<PsRow> =
+        eps.iter().map(|(e, atts)| PsRow::of(&state_dir, e, atts)).filter(|r| all || r.state != "exited").collect();
+    if quiet {
+        for r in &rows {
+            println!("{}", r.id);
+        }
         return Ok(0);
     }
-    println!("{:<14} {:<20} {:<16} {:<18} {:<18} STATUS", "ENDPOINT ID", "NAME", "NETWORK", "IPV4", "MAC");
+    if out != super::format::Output::Table {
+        let values: Vec<serde_json::Value> = rows.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+        out.print(&values);
+        return Ok(0);
+    }
+    let mut table = vec![["ENDPOINT ID", "NAME", "NETWORK", "IPV4", "IPV6", "MAC", "STATUS"].map(str::to_string)];
     for r in rows {
         let first = r.networks.first();
         let network = if r.networks.is_empty() {
@@ -330,30 +344,182 @@ pub fn ps(engine: &mut Engine, format: Format) -> Result<i32> {
         } else {
             r.networks.iter().map(|n| n.network.as_str()).collect::<Vec<_>>().join(",")
         };
-        println!(
-            "{:<14} {:<20} {:<16} {:<18} {:<18} {}",
-            r.id,
-            r.name,
+        table.push([
+            r.id.clone(),
+            r.name.clone(),
             network,
-            first.and_then(|n| n.ipv4_address.as_deref()).unwrap_or("-"),
+            first.and_then(|n| n.ipv4_address.clone()).unwrap_or_else(|| "-".into()),
+            first.and_then(|n| n.ipv6_address.clone()).unwrap_or_else(|| "-".into()),
             first.map_or("-".to_string(), |n| n.mac_address.to_string()),
-            r.status
-        );
+            r.status.clone(),
+        ]);
     }
+    print_table(&table);
     Ok(0)
 }
 
-/// A row of `ps` (its JSON keys are Docker's).
+/// Columns as wide as their widest cell (the last one as it comes).
+pub fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut width = [0usize; N];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}   ", w = width[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// `inspect ENDPOINT...`: each endpoint as `ps --format json` shows it, in a JSON array
+/// (as `docker inspect`), or through a `--format` template, one line each.
+pub fn inspect(engine: &mut Engine, names: &[String], format: Option<&str>) -> Result<i32> {
+    let state_dir = engine.state_dir.clone();
+    let all = engine.endpoints()?;
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for n in names {
+        match all.iter().find(|(e, _)| &e.name == n || e.id.starts_with(n.as_str())) {
+            Some((e, atts)) => rows.push(serde_json::to_value(PsRow::of(&state_dir, e, atts))?),
+            None => {
+                eprintln!("dataplane: error: endpoint {n} not found (list them with dataplane ps -a)");
+                failed = true;
+            }
+        }
+    }
+    match format.map(super::format::Output::parse).transpose()? {
+        None | Some(super::format::Output::Table) => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Some(out) => out.print(&rows),
+    }
+    Ok(i32::from(failed))
+}
+
+/// `logs [-f] NAME`: what a `run -d` command wrote (its stdout and stderr).
+pub fn logs(engine: &mut Engine, name: &str, follow: bool) -> Result<i32> {
+    use std::io::{Read, Write};
+    let ep = engine.endpoint(name)?;
+    let path = log_path(&engine.state_dir, &ep.name);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if ep.command.is_empty() {
+                bail!("endpoint {name} runs no command, so it has no logs");
+            }
+            bail!("endpoint {name} has no logs: only commands run with run -d write them");
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        f.read_to_end(&mut buf)?;
+        out.write_all(&buf)?;
+        out.flush()?;
+        if !follow {
+            return Ok(0);
+        }
+        // Until the command has ended and everything it wrote is out.
+        let running = engine
+            .endpoint(name)
+            .ok()
+            .is_some_and(|e| e.pid.is_some_and(alive) || e.supervisor.is_some_and(|s| s.alive()));
+        if !running && buf.is_empty() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The files a `run -d` command leaves (its output, its exit): they go with the endpoint.
+pub fn remove_logs(state_dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(log_path(state_dir, name));
+    let _ = std::fs::remove_file(exit_path(state_dir, name));
+}
+
+fn exit_path(state_dir: &Path, name: &str) -> std::path::PathBuf {
+    state_dir.join("logs").join(format!("{name}.exit"))
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as the store writes it
+/// (`2026-12-05T09:00:00.123456789Z`).
+fn epoch_secs(rfc3339: &str) -> Option<i64> {
+    let (date, time) = rfc3339.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.trim_end_matches('Z').split(':');
+    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let ss = t.next()?.split('.').next()?.parse::<i64>().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A duration as Docker words it ("5 seconds", "about a minute", "3 hours").
+fn human(secs: i64) -> String {
+    match secs {
+        s if s < 1 => "less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "about a minute".into(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "about an hour".into(),
+        s if s < 48 * 3600 => format!("{} hours", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn store_times_read_back_as_epoch_seconds() {
+        assert_eq!(super::epoch_secs("1970-01-01T00:00:00.000000000Z"), Some(0));
+        assert_eq!(super::epoch_secs("2026-12-05T09:00:00.5Z"), Some(1_796_461_200));
+        let now = dataplane_user::store::now_rfc3339();
+        let back = super::epoch_secs(&now).unwrap();
+        assert!((super::now_secs() - back).abs() <= 1, "{now}");
+        assert_eq!(super::human(90), "about a minute");
+        assert_eq!(super::human(3 * 3600 + 5), "3 hours");
+    }
+}
+
+/// A row of `ps` (its JSON keys are Docker's where Docker has one: `ID`, `Names`,
+/// `Command`, `State`, `Status`, `CreatedAt`, `RunningFor`).
 #[derive(serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct PsRow {
     #[serde(rename = "ID")]
     id: String,
     name: String,
+    names: String,
     network_mode: String,
     netns: String,
     command: String,
+    /// running, exited, created, starting, docker or cni.
+    state: String,
     status: String,
+    /// The command's exit code, once it has exited.
+    exit_code: Option<i32>,
+    created_at: String,
+    running_for: String,
     owner: Owner,
     networks: Vec<PsNetwork>,
 }
@@ -371,31 +537,48 @@ struct PsNetwork {
 }
 
 impl PsRow {
-    fn of(e: &Endpoint, atts: &[Attachment]) -> PsRow {
+    fn of(state_dir: &Path, e: &Endpoint, atts: &[Attachment]) -> PsRow {
         let supervisor = e.supervisor.filter(|s| s.alive());
-        let status = match (&e.owner, e.pid) {
+        let age = epoch_secs(&e.created).map(|c| human(now_secs() - c)).unwrap_or_default();
+        // What the supervisor wrote when the command ended: "CODE SECONDS-SINCE-EPOCH".
+        let exited = std::fs::read_to_string(exit_path(state_dir, &e.name)).ok().and_then(|t| {
+            let mut w = t.split_whitespace();
+            Some((w.next()?.parse::<i32>().ok()?, w.next()?.parse::<i64>().ok()?))
+        });
+        let (state, status) = match (&e.owner, e.pid) {
             (_, None) if supervisor.is_some() => {
-                format!("starting (supervisor pid {})", supervisor.map_or(0, |s| s.pid))
+                ("starting", format!("starting (supervisor pid {})", supervisor.map_or(0, |s| s.pid)))
             }
-            (Owner::Docker { sandbox: Some(s), .. }, _) => format!("docker, in {s}"),
-            (Owner::Docker { sandbox: None, .. }, _) => "docker, not joined".to_string(),
+            (Owner::Docker { sandbox: Some(s), .. }, _) => ("docker", format!("docker, in {s}")),
+            (Owner::Docker { sandbox: None, .. }, _) => ("docker", "docker, not joined".to_string()),
             (Owner::Cni { container_id, ifname }, _) => {
-                format!("cni, container {} {ifname}", &container_id[..12.min(container_id.len())])
+                ("cni", format!("cni, container {} {ifname}", &container_id[..12.min(container_id.len())]))
             }
-            (_, Some(p)) if alive(p) => format!("running (pid {p})"),
-            _ if e.command.is_empty() => "created".to_string(),
-            _ => "exited".to_string(),
+            (_, Some(p)) if alive(p) => ("running", format!("running (pid {p}), up {age}")),
+            _ if e.command.is_empty() => ("created", format!("created {age} ago")),
+            _ => match exited {
+                Some((code, at)) => ("exited", format!("exited ({code}) {} ago", human(now_secs() - at))),
+                None => ("exited", "exited".to_string()),
+            },
         };
+        let mut atts: Vec<&Attachment> = atts.iter().collect();
+        // eth0 first, then eth1...: the table shows the first interface's addresses.
+        atts.sort_by_key(|a| (a.ifname.len(), a.ifname.clone()));
         PsRow {
             id: e.id[..12.min(e.id.len())].to_string(),
             name: e.name.clone(),
+            names: e.name.clone(),
             network_mode: e.network_mode.to_string(),
             netns: e.netns.clone(),
             command: e.command.join(" "),
+            state: state.to_string(),
             status,
+            exit_code: exited.map(|(c, _)| c),
+            created_at: e.created.clone(),
+            running_for: if age.is_empty() { age } else { format!("{age} ago") },
             owner: e.owner.clone(),
             networks: atts
-                .iter()
+                .into_iter()
                 .map(|a| PsNetwork {
                     network: a.network.clone(),
                     interface: a.ifname.clone(),

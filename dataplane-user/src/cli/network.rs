@@ -4,8 +4,6 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use dataplane_user::control::{Engine, NetworkCreate};
 
-use super::Format;
-
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
     /// Create a network (prints its id).
@@ -13,8 +11,13 @@ pub enum NetworkCommand {
     /// List networks.
     #[command(alias = "list")]
     Ls {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        /// Print only the network IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// table, json (one object per line, as docker prints), or a template such as
+        /// '{{.Name}}' or '{{json .}}' over the JSON keys.
+        #[arg(long, default_value = "table")]
+        format: String,
     },
     /// Show networks as a JSON array, in Docker's shape.
     Inspect {
@@ -97,17 +100,24 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
             })?;
             println!("{}", n.id);
         }
-        NetworkCommand::Ls { format } => {
+        NetworkCommand::Ls { quiet, format } => {
             let nets = engine.networks()?;
-            match format {
-                Format::Json => {
+            let out = super::format::Output::parse(&format)?;
+            if quiet {
+                for n in &nets {
+                    println!("{}", &n.id[..12]);
+                }
+                return Ok(0);
+            }
+            match out {
+                super::format::Output::JsonLines | super::format::Output::Template { .. } => {
                     let v: Vec<_> = nets
                         .iter()
                         .map(|n| serde_json::json!({"ID": &n.id[..12], "Name": n.name, "Driver": n.driver.name(), "Scope": "local", "Parent": n.parent, "Subnets": n.pools.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>()}))
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    out.print(&v);
                 }
-                Format::Table => {
+                super::format::Output::Table => {
                     println!(
                         "{:<14} {:<20} {:<10} {:<10} {:<12} SUBNETS",
                         "NETWORK ID", "NAME", "DRIVER", "SCOPE", "PARENT"
