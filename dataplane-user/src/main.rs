@@ -22,6 +22,8 @@ fn main() {
         eprintln!("dataplane: error: {e}");
         std::process::exit(1);
     }
+    // COMPLETE=SHELL: answer the shell's completion request (names from the store).
+    cli::complete_env();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == dataplane_user::control::background::HARDEN_ARG) {
         std::process::exit(dataplane_user::control::background::main(&args[2..]));

@@ -81,7 +81,8 @@ fn clashing_addresses_and_macs_are_reported_on_both_hosts() {
     };
     assert!(sample(&ea, "ip") >= 1.0 && sample(&ea, "mac") == 0.0, "{text}");
     assert!(sample(&ma, "mac") >= 1.0, "{text}");
-    assert_eq!(sample(&alone, "ip"), 0.0, "{text}");
+    // (-1: no sample; an endpoint nobody clashed with has none, or a zero.)
+    assert!(sample(&alone, "ip") <= 0.0 && sample(&alone, "mac") <= 0.0, "{text}");
     drop(server);
 }
 

@@ -10,11 +10,31 @@ use serde_json::Value;
 #[test]
 fn ps_inspect_and_logs_speak_dockers_dialect() {
     let (h, _sw) = host_with_switch("dpK").unwrap();
-    h.ok(&["network", "create", "--subnet=10.62.0.0/24", "--ipv6", "--subnet=fd00:62::/64", "-o", "parent=eth0", "n62"]);
+    h.ok(&[
+        "network",
+        "create",
+        "--subnet=10.62.0.0/24",
+        "--ipv6",
+        "--subnet=fd00:62::/64",
+        "-o",
+        "parent=eth0",
+        "n62",
+    ]);
     h.ok(&["network", "create", "--subnet=10.63.0.0/24", "-o", "parent=eth0", "n63"]);
     let (up, done, two) = (unique("up"), unique("done"), unique("two"));
     h.ok(&["run", "-d", "--name", &up, "--network", "n62", "--", "sleep", "600"]);
-    h.ok(&["run", "-d", "--name", &done, "--network", "n62", "--", "sh", "-c", "echo hello from done; echo oops >&2; exit 3"]);
+    h.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &done,
+        "--network",
+        "n62",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from done; echo oops >&2; exit 3",
+    ]);
     h.ok(&["run", "-d", "--name", &two, "--network", "n63", "--ip", "10.63.0.9"]);
     h.ok(&["network", "connect", "n62", &two]);
     let exited = dataplane_tests::lab::wait_until(std::time::Duration::from_secs(10), || {
@@ -29,7 +49,10 @@ fn ps_inspect_and_logs_speak_dockers_dialect() {
     // Without -a the exited endpoint is left out; -q prints IDs only.
     let ps = json_lines(&h.ok(&["ps", "--format", "json"]));
     let names: Vec<&str> = ps.as_array().unwrap().iter().map(|e| e["Names"].as_str().unwrap()).collect();
-    assert!(names.contains(&up.as_str()) && names.contains(&two.as_str()) && !names.contains(&done.as_str()), "{names:?}");
+    assert!(
+        names.contains(&up.as_str()) && names.contains(&two.as_str()) && !names.contains(&done.as_str()),
+        "{names:?}"
+    );
     let all = json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
     let row = |n: &str| all.as_array().unwrap().iter().find(|e| e["Names"] == n).cloned().unwrap();
     assert_eq!(row(&done)["ExitCode"], 3, "{all:#}");
@@ -52,7 +75,10 @@ fn ps_inspect_and_logs_speak_dockers_dialect() {
     assert!(lines[0].contains("IPV6"), "{table}");
     let status_col = lines[0].find("STATUS").unwrap();
     for l in &lines[1..] {
-        assert!(l.len() > status_col && !l[..status_col].ends_with(|c: char| !c.is_whitespace()), "misaligned: {table}");
+        assert!(
+            l.len() > status_col && !l[..status_col].ends_with(|c: char| !c.is_whitespace()),
+            "misaligned: {table}"
+        );
     }
     let two_line = lines.iter().find(|l| l.contains(two.as_str())).unwrap();
     assert!(two_line.contains("10.63.0.9") && two_line.contains("n63,n62"), "{table}");

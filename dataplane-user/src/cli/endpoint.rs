@@ -33,7 +33,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub name: String,
     /// host, none, or a network created with `dataplane network create`.
-    #[arg(long = "network", alias = "net", default_value = "none")]
+    #[arg(long = "network", alias = "net", default_value = "none", add = clap_complete::ArgValueCandidates::new(super::complete::networks))]
     pub network: String,
     /// Use this existing network namespace (a name under /run/netns or a path such as /proc/PID/ns/net) instead of making one.
     #[arg(long)]

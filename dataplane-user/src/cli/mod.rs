@@ -1,7 +1,9 @@
 //! Command line: one file per command group.
 
 mod bpf;
+mod complete;
 mod endpoint;
+mod format;
 mod network;
 mod stats;
 
@@ -45,25 +47,47 @@ pub enum Command {
         #[arg(short = 't', long)]
         tty: bool,
         /// The endpoint to run in.
+        #[arg(add = clap_complete::ArgValueCandidates::new(complete::endpoints))]
         name: String,
         /// The command and its arguments, run in the endpoint's network namespace.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
-    /// List endpoints.
+    /// List endpoints (those whose command has exited only with -a).
     Ps {
-        /// Accepted for Docker compatibility: every endpoint is listed.
+        /// Also list endpoints whose command has exited.
         #[arg(short = 'a', long)]
         all: bool,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        /// Print only the endpoint IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// table, json (one object per line, as docker prints), or a template such as
+        /// '{{.Names}}\t{{.Status}}' or '{{json .}}' over the JSON keys.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Show endpoints in detail (a JSON array, as docker inspect), or through --format.
+    Inspect {
+        /// A template such as '{{.Status}}' or '{{json .Networks}}' over the JSON keys.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        #[arg(required = true, add = clap_complete::ArgValueCandidates::new(complete::endpoints))]
+        names: Vec<String>,
+    },
+    /// Print what a `run -d` command wrote to its standard output and error.
+    Logs {
+        /// Keep printing what it writes until it ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(add = clap_complete::ArgValueCandidates::new(complete::endpoints))]
+        name: String,
     },
     /// Stop endpoints' commands (SIGTERM, then SIGKILL); --rm endpoints are then removed.
     Stop {
         /// Seconds to wait before SIGKILL.
         #[arg(short = 't', long, default_value_t = 10)]
         time: u64,
-        #[arg(required = true)]
+        #[arg(required = true, add = clap_complete::ArgValueCandidates::new(complete::endpoints))]
         names: Vec<String>,
     },
     /// Remove endpoints (namespace, links, addresses, map entries).
@@ -71,12 +95,13 @@ pub enum Command {
         /// Also kill a running command.
         #[arg(short = 'f', long)]
         force: bool,
-        #[arg(required = true)]
+        #[arg(required = true, add = clap_complete::ArgValueCandidates::new(complete::endpoints))]
         names: Vec<String>,
     },
     /// Per-endpoint rx/tx/spoofed counters and per-parent counters by reason.
     Stats {
         /// Only these endpoints.
+        #[arg(add = clap_complete::ArgValueCandidates::new(complete::endpoints))]
         names: Vec<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -191,7 +216,9 @@ fn missing_capabilities() -> Vec<&'static str> {
 /// Man pages for the command and every subcommand, recursively.
 fn write_man(cmd: &clap::Command, prefix: &str, dir: &std::path::Path) -> anyhow::Result<()> {
     let name = if prefix.is_empty() { cmd.get_name().to_string() } else { format!("{prefix}-{}", cmd.get_name()) };
-    let page = cmd.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+    // The page is named dataplane-network-create(1); its SYNOPSIS reads as typed.
+    let typed = name.replace('-', " ").replace("dataplane cni", "dataplane-cni");
+    let page = cmd.clone().name(&*Box::leak(name.clone().into_boxed_str())).bin_name(typed);
     let mut out = Vec::new();
     clap_mangen::Man::new(page).render(&mut out)?;
     std::fs::write(dir.join(format!("{name}.1")), out)?;
@@ -199,6 +226,13 @@ fn write_man(cmd: &clap::Command, prefix: &str, dir: &std::path::Path) -> anyhow
         write_man(sub, &name, dir)?;
     }
     Ok(())
+}
+
+/// Shell completion through the environment (`source <(COMPLETE=bash dataplane)`): exits
+/// after answering when COMPLETE is set, returns otherwise.
+pub fn complete_env() {
+    use clap::CommandFactory;
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
 }
 
 pub fn run() -> anyhow::Result<i32> {
@@ -241,12 +275,21 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Network(cmd) => network::run(&mut engine()?, cmd),
         Command::Run(args) => endpoint::run(&mut engine()?, args).map_err(|e| e.context(ExitCode(125))),
         Command::Exec { name, command, .. } => endpoint::exec(&mut engine()?, &name, &command),
-        Command::Ps { format, .. } => endpoint::ps(&mut engine()?, format),
+        Command::Ps { all, quiet, format } => endpoint::ps(&mut engine()?, all, quiet, &format),
+        Command::Inspect { format, names } => endpoint::inspect(&mut engine()?, &names, format.as_deref()),
+        Command::Logs { follow, name } => endpoint::logs(&mut engine()?, &name, follow),
         Command::Stop { time, names } => endpoint::stop(&mut engine()?, &names, time),
         Command::Rm { force, names } => {
             let mut e = engine()?;
             repair(&mut e);
-            Ok(for_each_name(&names, |n| e.rm(n, force)))
+            let state_dir = e.state_dir.clone();
+            Ok(for_each_name(&names, |n| {
+                let r = e.rm(n, force);
+                if r.is_ok() {
+                    endpoint::remove_logs(&state_dir, n);
+                }
+                r
+            }))
         }
         Command::Stats { names, format, watch, iterations } => {
             stats::run(&mut engine()?, &names, format, watch, iterations)

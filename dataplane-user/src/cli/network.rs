@@ -21,13 +21,13 @@ pub enum NetworkCommand {
     },
     /// Show networks as a JSON array, in Docker's shape.
     Inspect {
-        #[arg(required = true)]
+        #[arg(required = true, add = clap_complete::ArgValueCandidates::new(super::complete::networks))]
         names: Vec<String>,
     },
     /// Remove networks (they must have no endpoints).
     #[command(alias = "remove")]
     Rm {
-        #[arg(required = true)]
+        #[arg(required = true, add = clap_complete::ArgValueCandidates::new(super::complete::networks))]
         names: Vec<String>,
     },
     /// Connect an endpoint to a network (adds ethN in its namespace).
@@ -38,11 +38,18 @@ pub enum NetworkCommand {
         /// The endpoint's IPv6 address on this network (default: the next free one).
         #[arg(long)]
         ip6: Option<String>,
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::networks))]
         network: String,
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::endpoints))]
         endpoint: String,
     },
     /// Disconnect an endpoint from a network.
-    Disconnect { network: String, endpoint: String },
+    Disconnect {
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::networks))]
+        network: String,
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::endpoints))]
+        endpoint: String,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -73,8 +73,28 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
             c.spoofed_bytes
         }),
     ];
+    let conflicts = engine.conflicts();
+    let conflict_frames = counter_family(
+        &mut reg,
+        "endpoint_conflict_frames",
+        "Frames from another host on the wire using the endpoint's MAC (kind mac) or claiming its address (kind ip)",
+    );
     let endpoints = gauge_family(&mut reg, "endpoints", "Endpoints, by owner");
     for (e, atts) in &eps {
+        if let Some(k) = conflicts.get(&endpoint_number(&e.id)) {
+            let (owner, _) = owner_labels(&e.owner);
+            let network = atts.first().map_or(e.network_mode.to_string(), |a| a.network.clone());
+            for (kind, n) in [("mac", k.mac_frames), ("ip", k.ip_frames)] {
+                conflict_frames
+                    .get_or_create(&labels(&[
+                        ("endpoint", &e.name),
+                        ("network", &network),
+                        ("owner", owner),
+                        ("kind", kind),
+                    ]))
+                    .inc_by(n);
+            }
+        }
         let (owner, container) = owner_labels(&e.owner);
         endpoints.get_or_create(&labels(&[("owner", owner)])).inc();
         let Some(c) = per_ep.get(&endpoint_number(&e.id)) else { continue };
