@@ -251,6 +251,7 @@ impl Nl {
 
     /// Create a macvlan of `parent_index` named `name`, with `mac`, directly inside the
     /// namespace `netns_fd` when given.
+    #[allow(clippy::too_many_arguments)] // each is one attribute of the one request
     pub fn add_macvlan(
         &self,
         name: &str,

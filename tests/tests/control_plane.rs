@@ -51,6 +51,8 @@ fn capture(h: &Host, iface: &str, filter: &str) -> std::process::Child {
             return c;
         }
     }
+    let _ = c.kill();
+    let _ = c.wait();
     panic!("tcpdump on {iface} did not start: {said}");
 }
 

@@ -385,7 +385,7 @@ fn a_bpffs_dir_belongs_to_one_store() {
     let before = admit(&h);
     let eps_before = h.ok(&["bpf", "admit", "ls"]);
     let dp_with =
-        |state: &std::path::Path, args: &[&str]| h.command_for(&state, &h.bpffs.dir).args(args).output().unwrap();
+        |state: &std::path::Path, args: &[&str]| h.command_for(state, &h.bpffs.dir).args(args).output().unwrap();
     // A second instance with its own state dir but the same bpffs dir.
     let other = std::env::temp_dir().join(unique("dpstate-other-"));
     for args in [

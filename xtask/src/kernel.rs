@@ -323,7 +323,7 @@ pub fn run_in_vm(k: &Kernel, share: &Path, cwd: &Path, env: &[(String, String)],
 /// One boot of `k` running `io`'s cmd.sh; qemu's exit status.
 fn boot(k: &Kernel, share: &Path, io: &Path, timeout: &str) -> Result<std::process::ExitStatus> {
     let status = Command::new("timeout")
-        .args(["--foreground", &timeout, "qemu-system-x86_64"])
+        .args(["--foreground", timeout, "qemu-system-x86_64"])
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G"])
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot", "-net", "none"])
         .arg("-kernel")

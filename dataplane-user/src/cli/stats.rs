@@ -28,7 +28,7 @@ fn snapshot(engine: &mut Engine, names: &[String]) -> Result<Value> {
         endpoints.push(json!({
             "name": e.name,
             "networks": atts.iter().map(|a| a.network.clone()).collect::<Vec<_>>(),
-            "mac": atts.first().map(|a| a.mac.clone()),
+            "mac": atts.first().map(|a| a.mac),
             "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
             "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
             "spoofed_packets": c.spoofed_packets, "spoofed_bytes": c.spoofed_bytes,

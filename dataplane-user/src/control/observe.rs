@@ -39,7 +39,9 @@ impl Engine {
     pub fn endpoint_counters(&mut self) -> Result<BTreeMap<u32, EndpointCounters>> {
         let mut out = bpf::endpoints::counters(&self.pins)?;
         // Each namespace's links listed once (a pod's endpoints share one); None: gone.
-        let mut by_netns: BTreeMap<String, Option<BTreeMap<u32, (u64, u64)>>> = BTreeMap::new();
+        // Per namespace: (packets, bytes) received by ifindex, None if it could not be read.
+        type RxByIfindex = Option<BTreeMap<u32, (u64, u64)>>;
+        let mut by_netns: BTreeMap<String, RxByIfindex> = BTreeMap::new();
         for (ep, atts) in self.endpoints()? {
             for a in &atts {
                 let [_, ingress] = if ep.owner.is_docker() {

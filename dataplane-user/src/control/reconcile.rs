@@ -248,7 +248,7 @@ impl Pass<'_> {
                     pull_admission(self.pins, n, a, &ep.id);
                 }
             }
-            self.r.errors.extend(teardown(self.pins, &ep, &mine, true));
+            self.r.errors.extend(teardown(self.pins, ep, &mine, true));
             tx.delete_endpoint(&ep.name)?;
         }
         Ok(())

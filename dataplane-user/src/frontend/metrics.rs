@@ -60,7 +60,8 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
 
     let per_ep = engine.endpoint_counters()?;
     let eps = engine.endpoints()?;
-    let ep_counters: Vec<(Family<Labels, Counter>, fn(&dataplane_common::EndpointCounters) -> u64)> = vec![
+    type Field = fn(&dataplane_common::EndpointCounters) -> u64;
+    let ep_counters: Vec<(Family<Labels, Counter>, Field)> = vec![
         (counter_family(&mut reg, "endpoint_rx_packets", "Frames delivered to the endpoint"), |c| c.rx_packets),
         (counter_family(&mut reg, "endpoint_rx_bytes", "Bytes delivered to the endpoint"), |c| c.rx_bytes),
         (counter_family(&mut reg, "endpoint_tx_packets", "Frames the endpoint sent as itself"), |c| c.tx_packets),

@@ -264,7 +264,9 @@ fn versus_other_build(o: &Opts, pins: &Pins, ours: &Xdp, object: &Path) -> Resul
         for _ in 0..o.runs * 4 {
             let x = ns_per_packet(&theirs, &frame, o.repeat)?;
             let y = ns_per_packet(&Prog::Xdp(ours), &frame, o.repeat)?;
-            (a.push(x), b.push(y), r.push(y / x));
+            a.push(x);
+            b.push(y);
+            r.push(y / x);
         }
         let (a, b, r) = (stat(a), stat(b), stat(r));
         eprintln!(
@@ -280,8 +282,8 @@ fn versus_other_build(o: &Opts, pins: &Pins, ours: &Xdp, object: &Path) -> Resul
     Ok(())
 }
 
-/// 3. Scale: the admission path with 1, 1 000 and 65 536 allocated MACs, and the maps'
-/// memory.
+/// Stage 3, scale: the admission path with 1, 1 000 and 65 536 allocated MACs, and
+/// the maps' memory.
 fn scale(o: &Opts, pins: &Pins, admit: &Xdp) -> Result<Vec<Value>> {
     let mut scale = Vec::new();
     let admit_prog = Prog::Xdp(admit);
@@ -463,7 +465,7 @@ fn kernel_baselines(rcv: &Netns, measure: &Measure, results: &mut BTreeMap<Strin
         if have_nft {
             let ok = sh(rcv, &["nft", "add", "table", "netdev", "bench"])
                 && sh(
-                    &rcv,
+                    rcv,
                     &[
                         "nft",
                         "add",
@@ -475,7 +477,7 @@ fn kernel_baselines(rcv: &Netns, measure: &Measure, results: &mut BTreeMap<Strin
                     ],
                 )
                 && sh(
-                    &rcv,
+                    rcv,
                     &["nft", "add", "rule", "netdev", "bench", "in", "ether", "daddr", "02:db:00:00:00:02", "drop"],
                 );
             if ok {

@@ -127,7 +127,7 @@ fn seed_networks(a: &Host) -> Result<()> {
 
 /// VLAN 50 on the trunk between hosts A and B.
 fn vlan_trunk(a: &Host, b: &Host) -> Result<()> {
-    for (h, label, ip) in [(a, "A", "192.168.50.10"), (&b, "B", "192.168.50.20")] {
+    for (h, label, ip) in [(a, "A", "192.168.50.10"), (b, "B", "192.168.50.20")] {
         on(
             h,
             label,
