@@ -7,12 +7,14 @@ pub mod control;
 pub mod frontend;
 pub mod ipam;
 pub mod mac;
+pub mod model;
 pub mod netns;
 pub mod nl;
 pub mod probe;
 pub mod store;
 pub mod sys;
 pub mod timing;
+pub mod workers;
 
 /// Default bpffs directory for pins (maps, links); one per host network namespace.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/dataplane";

@@ -25,6 +25,10 @@ pub enum NetnsError {
     },
 }
 
+/// The namespace path a host-access interface is recorded with: whichever process opens
+/// it is in the host's namespace (every dataplane command runs there).
+pub const HOST_NS: &str = "/proc/self/ns/net";
+
 /// `/run/netns/NAME` for a bare name; a value containing '/' is taken as a path
 /// (e.g. `/proc/PID/ns/net`).
 pub fn path_of(name: &str) -> PathBuf {

@@ -256,13 +256,13 @@ impl Nl {
         &self,
         name: &str,
         parent_index: u32,
-        mode: crate::store::MacvlanMode,
+        mode: crate::model::MacvlanMode,
         mac: [u8; 6],
         netns_fd: Option<RawFd>,
         ifindex: Option<u32>,
         mtu: Option<u32>,
     ) -> Result<()> {
-        use crate::store::MacvlanMode as M;
+        use crate::model::MacvlanMode as M;
         let mode = match mode {
             M::Bridge => MacVlanMode::Bridge,
             M::Private => MacVlanMode::Private,

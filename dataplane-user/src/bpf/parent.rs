@@ -243,7 +243,7 @@ pub fn detach_parent(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<()
 /// Remove map pins and directories once no link pin remains.
 pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
     // Interfaces still being deleted by a child keep their link pins until they are gone.
-    crate::control::background::wait_unlinks();
+    crate::workers::unlink::wait_unlinks();
     if any_link_pin(pins) {
         return Ok(());
     }
@@ -276,10 +276,10 @@ pub fn remove_if_unused(pins: &Pins) -> Result<(), BpfError> {
         let _ = std::fs::remove_dir(dir);
     }
     if !pins.root().exists() {
-        // The admission table went with the pins; so does the lock its writers take, and
-        // the tcx upgrade queue's directory.
+        // The admission table went with the pins; so does the lock its writers take. (The
+        // tcx upgrade queue's directory is the engine's to remove, `release_pins`: the
+        // upgrader sits above this module.)
         let _ = std::fs::remove_file(admit::lock_path(pins));
-        crate::control::background::forget_gone_instance(pins);
     }
     first_err.map_or(Ok(()), Err)
 }

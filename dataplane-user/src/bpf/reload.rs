@@ -149,7 +149,7 @@ fn filter_target(tag: &str, pin: &std::path::Path) -> Option<(Option<String>, St
 /// ip netns, Podman, containerd, CRI-O) and the host-access interfaces' `/proc/self/ns/net`.
 fn netns_of_tag(tag: &str) -> Option<String> {
     use super::pins::netns_tag;
-    let host = crate::control::HOST_NS;
+    let host = crate::netns::HOST_NS;
     if netns_tag(Some(host)) == tag {
         return Some(host.to_string());
     }

@@ -199,14 +199,19 @@ fn start_detached(engine: &mut Engine, a: &RunArgs, command: &[String]) -> Resul
             Ok(())
         });
     }
+    // What an earlier endpoint of this name left is not this command's.
+    remove_logs(&engine.state_dir, &a.name);
     if let Err(e) = sup.spawn() {
         let _ = engine.rm(&a.name, true);
         bail!("starting the supervisor for {}: {e}", a.name);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = exit_path(&engine.state_dir, &a.name);
     loop {
         match engine.endpoint(&a.name) {
             Ok(e) if e.pid.is_some() => return Ok(()),
+            // It ran and ended already (its exit is recorded before its pid is cleared).
+            Ok(_) if exited.exists() => return Ok(()),
             Err(_) => {
                 let log = std::fs::read_to_string(log_path(&engine.state_dir, &a.name)).unwrap_or_default();
                 let last = log.lines().last().unwrap_or("").trim_start_matches("dataplane: error: ").to_string();

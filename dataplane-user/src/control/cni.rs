@@ -152,6 +152,7 @@ impl Engine {
             created: crate::store::now_rfc3339(),
             state: EndpointState::Creating,
             owner_pid: std::process::id(),
+            owner_start: crate::store::ProcRef::me().start,
             pid: None,
             auto_remove: false,
             command: vec![],
@@ -228,7 +229,7 @@ impl Engine {
     pub fn cni_release_network(&mut self, network: &str) -> Result<Vec<String>> {
         let (net, used) = self.store.read(|tx| -> Result<_> {
             // The network's host-access interface does not keep it.
-            let shims = super::endpoint::host_shims(tx)?;
+            let shims = super::facts::host_shims(tx)?;
             let used = tx.attachments()?.iter().any(|a| a.network == network && !shims.contains(&a.endpoint));
             Ok((tx.network(network)?.filter(|n| n.name == network), used))
         })?;
@@ -340,7 +341,7 @@ impl Engine {
             return fail("its identity entry (anti-spoofing map) is missing or differs".into());
         }
         let have = bpf::admit::list(&self.pins)?;
-        for k in super::endpoint::admit_keys(&n, mac.0).unwrap_or_default() {
+        for k in super::facts::admit_keys(&n, mac.0).unwrap_or_default() {
             if !have.iter().any(|(hk, _)| *hk == k) {
                 return fail(format!("admission entry for {} on the parent is missing", a.mac));
             }
@@ -381,6 +382,7 @@ impl Engine {
                         vlan: None,
                         state: EndpointState::Ready,
                         owner_pid: 0,
+                        owner_start: 0,
                         owner: Owner::Cni { container_id: String::new(), ifname: String::new() },
                     };
                     tx.put_network(&n)?;
@@ -402,6 +404,7 @@ impl Engine {
                 created: crate::store::now_rfc3339(),
                 state: EndpointState::Ready,
                 owner_pid: 0,
+                owner_start: 0,
                 pid: None,
                 auto_remove: false,
                 command: vec![],
@@ -423,7 +426,7 @@ impl Engine {
                 tx.delete_endpoint(&e.name)?;
             }
             // The network's host-access interface does not keep it.
-            let shims = super::endpoint::host_shims(tx)?;
+            let shims = super::facts::host_shims(tx)?;
             let used = tx.attachments()?.iter().any(|a| a.network == network && !shims.contains(&a.endpoint));
             if !used
                 && tx.network(network)?.is_some_and(|n| n.name == network && n.driver == crate::store::Driver::Ipam)

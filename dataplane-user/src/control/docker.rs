@@ -15,8 +15,11 @@
 use std::net::IpAddr;
 
 use super::{
-    endpoint::{allocate, endpoint_info, endpoint_number, network_mtu, parent_up, wait_for_mac},
-    invalid, ControlError, Engine, NetworkCreate, Result, Undo,
+    endpoint::{allocate, endpoint_info, endpoint_number, parent_up, wait_for_mac},
+    facts::network_mtu,
+    invalid,
+    links::{locate_host_link, HERE},
+    ControlError, Engine, NetworkCreate, Result, Undo,
 };
 use crate::{
     bpf::{self, Pins},
@@ -149,6 +152,7 @@ impl Engine {
             created: crate::store::now_rfc3339(),
             state: EndpointState::Creating,
             owner_pid: std::process::id(),
+            owner_start: crate::store::ProcRef::me().start,
             pid: None,
             auto_remove: false,
             command: vec![],
@@ -255,7 +259,7 @@ pub(crate) fn realise_here(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachme
     )?;
     bpf::endpoints::reset_slot(pins, a.ifindex);
     bpf::endpoints::insert(pins, a.ifindex, endpoint_info(ep, a)?)?;
-    let cls_only = super::network::keeps_filters(n);
+    let cls_only = super::facts::keeps_filters(n);
     bpf::endpoints::attach_at(pins, None, &a.ifname, pins.docker_endpoint_links(a.ifindex), cls_only)?;
     Ok(())
 }
@@ -267,46 +271,6 @@ pub(crate) fn delete_host_link(ifindex: u32, sandbox: Option<&str>) -> std::resu
         Some((nl, _, l)) => nl.del_link(ifindex).map_err(|e| format!("deleting {}: {e}", l.name)),
         None => Ok(()),
     }
-}
-
-/// As [`delete_host_link`], by a forked child (as CNI DEL does; see background.rs) that
-/// then removes `unpin`; here if no child could be made. Returns whether a child took it
-/// (and `unpin` with it).
-pub(crate) fn delete_host_link_later(
-    ifindex: u32,
-    sandbox: Option<&str>,
-    unpin: &[std::path::PathBuf],
-) -> std::result::Result<bool, String> {
-    let Some((nl, path, l)) = locate_host_link(ifindex, sandbox)? else { return Ok(false) };
-    let name = l.name;
-    if super::background::spawn_unlink(&path, &[(name.clone(), ifindex)], unpin).is_ok() {
-        return Ok(true);
-    }
-    nl.del_link(ifindex).map_err(|e| format!("deleting {name}: {e}"))?;
-    Ok(false)
-}
-
-/// The namespace path [`locate_host_link`] gives for this one.
-const HERE: &str = "/proc/thread-self/ns/net";
-
-/// Where the interface with `ifindex` is: this namespace, or the container's if Docker
-/// left it there. Its namespace's netlink handle and path, and the interface.
-pub(crate) fn locate_host_link(
-    ifindex: u32,
-    sandbox: Option<&str>,
-) -> std::result::Result<Option<(Nl, String, crate::nl::LinkInfo)>, String> {
-    let mut nls = vec![(Nl::here().map_err(|e| e.to_string())?, HERE.to_string())];
-    if let Some(s) = sandbox.filter(|s| std::path::Path::new(s).exists()) {
-        if let Ok(nl) = Nl::in_netns(std::path::Path::new(s)) {
-            nls.push((nl, s.to_string()));
-        }
-    }
-    for (nl, path) in nls {
-        if let Some(l) = nl.links().map_err(|e| e.to_string())?.into_iter().find(|l| l.index == ifindex) {
-            return Ok(Some((nl, path, l)));
-        }
-    }
-    Ok(None)
 }
 
 /// Re-attach the programs of a Docker endpoint's interface, wherever it is now (this

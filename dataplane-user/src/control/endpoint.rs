@@ -12,11 +12,15 @@ use std::{
 };
 
 use dataplane_common::{
-    maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, EP_SLOTS, VLAN_UNTAGGED},
+    maps::{EP_HAS_IPV4, EP_HAS_IPV6, EP_IFINDEX_BASE, EP_SLOTS},
     AdmitKey, AdmitValue, EndpointInfo, Ip6Key, IpKey, OurIp,
 };
 
-use super::{check_name, invalid, network::physical_parent, ControlError, Engine, Result, Undo};
+use super::{
+    check_name,
+    facts::{admit_keys, is_host_shim, network_mtu, physical_parent, pid_alive},
+    invalid, ControlError, Engine, Result, Undo,
+};
 use crate::{
     bpf::{self, Pins},
     ipam,
@@ -41,19 +45,7 @@ pub struct RunRequest {
     pub host_shim: bool,
 }
 
-/// The namespace path a host-access interface is recorded with: whichever process opens
-/// it is in the host's namespace (every dataplane command runs there).
-pub const HOST_NS: &str = "/proc/self/ns/net";
-
-/// Whether `ep` is a network's host-access interface.
-pub fn is_host_shim(ep: &Endpoint) -> bool {
-    ep.netns == HOST_NS && !ep.netns_owned
-}
-
-/// The names of the host-access endpoints (one per network with host access).
-pub(crate) fn host_shims(tx: &Tx) -> Result<Vec<String>> {
-    Ok(tx.endpoints()?.into_iter().filter(is_host_shim).map(|e| e.name).collect())
-}
+pub use crate::netns::HOST_NS;
 
 /// The name of network `n`'s host-access interface in the host's namespace.
 pub fn host_shim_ifname(n: &Network) -> String {
@@ -75,37 +67,8 @@ fn owner_name(o: &Owner) -> &'static str {
     }
 }
 
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    // Signal 0 only checks for existence (EPERM: it exists, someone else's).
-    pid > 0 && (crate::sys::kill(pid as i32, 0) || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
-
 fn parse_opt_ip(s: &Option<String>) -> Result<Option<IpAddr>> {
     s.as_deref().map(ipam::parse_ip).transpose().map_err(Into::into)
-}
-
-/// Admission keys of an attachment on its physical parent (by ifindex in this namespace).
-pub(crate) fn admit_keys(n: &Network, mac: [u8; 6]) -> Option<Vec<AdmitKey>> {
-    Some(admit_keys_at(n, parent_ifindex(n)?, mac))
-}
-
-/// The ifindex of network `n`'s physical parent in this namespace.
-pub(crate) fn parent_ifindex(n: &Network) -> Option<u32> {
-    netns::ifindex(physical_parent(n)?)
-}
-
-/// [`admit_keys`] with the parent's ifindex known.
-pub(crate) fn admit_keys_at(n: &Network, ifindex: u32, mac: [u8; 6]) -> Vec<AdmitKey> {
-    let mut keys = Vec::new();
-    match &n.vlan {
-        Some(v) => {
-            keys.push(AdmitKey { ifindex, vlan: v.vid, mac });
-            // For frames whose tag XDP cannot see (see maps.rs).
-            keys.push(AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac });
-        }
-        None => keys.push(AdmitKey { ifindex, vlan: 0, mac }),
-    }
-    keys
 }
 
 /// A stable small number per endpoint for the admission map's accounting field.
@@ -248,6 +211,7 @@ pub(crate) fn allocate(
         ifindex,
         state: EndpointState::Ready,
         owner_pid: 0,
+        owner_start: 0,
     })
 }
 
@@ -383,15 +347,10 @@ pub(crate) fn realise(pins: &Pins, n: &Network, ep: &Endpoint, a: &Attachment) -
             }
         }
     }
-    if harden && !super::network::keeps_filters(n) {
+    if harden && !super::facts::keeps_filters(n) {
         super::background::spawn_harden(pins, &ep.netns, &a.ifname, a.ifindex);
     }
     Ok(())
-}
-
-/// The `mtu` option of a network, validated at create.
-pub(crate) fn network_mtu(n: &Network) -> Option<u32> {
-    n.options.get("mtu").and_then(|m| m.parse().ok())
 }
 
 fn lo_up(netns_path: &str) -> Result<()> {
@@ -558,6 +517,7 @@ fn record_run(
         created: crate::store::now_rfc3339(),
         state: EndpointState::Creating,
         owner_pid: std::process::id(),
+        owner_start: crate::store::ProcRef::me().start,
         pid: None,
         auto_remove: req.auto_remove,
         command: req.command.clone(),
@@ -585,7 +545,7 @@ fn record_run(
     let mut view = n.clone();
     if plan.place == Place::Shim {
         for p in &mut view.pools {
-            p.aux.remove(super::network::HOST_AUX);
+            p.aux.remove(super::facts::HOST_AUX);
         }
     }
     let att = allocate(tx, &ep, &view, ip, ip6, req.mac.as_deref(), ifname)?;
@@ -776,6 +736,7 @@ impl Engine {
             // In flight until realised: other processes' reconcile leaves it alone.
             a.state = EndpointState::Creating;
             a.owner_pid = std::process::id();
+            a.owner_start = crate::store::ProcRef::me().start;
             tx.put_attachment(&a)?;
             Ok((ep, n, a))
         })?;
@@ -788,6 +749,7 @@ impl Engine {
             let mut done = a.clone();
             done.state = EndpointState::Ready;
             done.owner_pid = 0;
+            done.owner_start = 0;
             self.store.write(|tx| -> Result<()> { Ok(tx.put_attachment(&done)?) })
         });
         if let Err(e) = realised {
@@ -803,7 +765,7 @@ impl Engine {
             }
             return Err(if rollback.is_empty() { e } else { ControlError::Rollback { error: Box::new(e), rollback } });
         }
-        Ok(Attachment { state: EndpointState::Ready, owner_pid: 0, ..a })
+        Ok(Attachment { state: EndpointState::Ready, owner_pid: 0, owner_start: 0, ..a })
     }
 
     pub fn disconnect(&mut self, network: &str, endpoint: &str) -> Result<()> {
@@ -933,6 +895,7 @@ impl Engine {
             }
             ep.state = EndpointState::Removing;
             ep.owner_pid = me;
+            ep.owner_start = crate::store::ProcRef::me().start;
             tx.put_endpoint(&ep)?;
             Ok(Some((ep, atts)))
         })?;
@@ -1004,7 +967,7 @@ pub(crate) fn teardown(pins: &Pins, ep: &Endpoint, atts: &[Attachment], kill: bo
         for a in atts {
             let links = pins.docker_endpoint_links(a.ifindex);
             bpf::endpoints::forget_identity(pins, a.ifindex, endpoint_number(&ep.id));
-            match super::docker::delete_host_link_later(a.ifindex, sandbox.as_deref(), &links) {
+            match super::links::delete_host_link_later(a.ifindex, sandbox.as_deref(), &links) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => warnings.push(format!("deleting {}: {e}", a.ifname)),

@@ -11,6 +11,8 @@ pub mod background;
 pub mod cni;
 pub mod docker;
 mod endpoint;
+mod facts;
+mod links;
 mod network;
 pub mod observe;
 pub mod programs;
@@ -21,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 pub use cni::CniAttach;
 pub use docker::Join;
-pub use endpoint::{endpoint_number, RunRequest, RunSpec, HOST_NS};
+pub use endpoint::{endpoint_number, RunRequest, RunSpec};
+pub use facts::HOST_NS;
 pub use network::NetworkCreate;
 pub use reconcile::ReconcileReport;
 
@@ -80,6 +83,18 @@ pub enum StateKind {
 }
 
 impl ControlError {
+    /// Whether the same call may succeed later: another command holds what this one needs
+    /// (a network being set up or removed, the database's write lock past its timeout).
+    pub fn retryable(&self) -> bool {
+        match self {
+            ControlError::State { kind: StateKind::Busy, .. } => true,
+            ControlError::Store(StoreError::Db { source, .. }) => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+            }
+            _ => false,
+        }
+    }
+
     /// The kind, for a [`ControlError::State`].
     pub fn state_kind(&self) -> Option<StateKind> {
         match self {
@@ -277,6 +292,14 @@ impl Engine {
         }
         Ok(f)
     }
+}
+
+/// Remove the map pins and directories once no program is attached, and then the tcx
+/// upgrade queue's directory of this instance (see `bpf::parent::remove_if_unused`).
+pub(crate) fn release_pins(pins: &Pins) -> std::result::Result<(), crate::bpf::BpfError> {
+    let r = crate::bpf::parent::remove_if_unused(pins);
+    background::forget_gone_instance(pins);
+    r
 }
 
 type UndoStep = Box<dyn FnOnce() -> std::result::Result<(), String>>;

@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 use dataplane_common::maps::TC_TRUNK_PROG;
 use serde_json::{json, Value};
 
-use super::{check_name, invalid, vlan, ControlError, Engine, Result, Undo, PREDEFINED};
+use super::{
+    check_name,
+    facts::{parse_trunk_parent, physical_parent, TrunkParent, HOST_AUX},
+    invalid, vlan, ControlError, Engine, Result, Undo, PREDEFINED,
+};
 use crate::{
     bpf::{self, AttachMode},
     ipam::{self, PoolRequest},
@@ -28,55 +32,7 @@ pub struct NetworkCreate {
     pub owner: Owner,
 }
 
-/// The aux address name that reserves the host-access interface's address.
-pub const HOST_AUX: &str = "dataplane-host";
 const IFNAMSIZ_MAX: usize = 15;
-
-/// A trunk parent: `IFACE.VID` (802.1Q), or `IFACE.OUTER.VID` (802.1ad QinQ: S-tag OUTER,
-/// C-tag VID).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TrunkParent {
-    pub trunk: String,
-    pub outer: Option<u16>,
-    pub vid: u16,
-}
-
-/// Parse a trunk parent with the rules Docker applies to `IFACE.VID` (one VID, no leading
-/// zeros, 1..4094), extended to `IFACE.OUTER.VID`. None: no dot, a plain parent.
-pub fn parse_trunk_parent(parent: &str) -> Result<Option<TrunkParent>> {
-    let Some((trunk, rest)) = parent.split_once('.') else { return Ok(None) };
-    let bad = || {
-        ControlError::Invalid(format!(
-            "invalid 802.1Q parent {parent:?}: expected IFACE.VID (or IFACE.OUTER.VID for 802.1ad QinQ) with VID 1..4094 (e.g. eth0.50, eth0.100.50)"
-        ))
-    };
-    let vid_of = |vid: &str| -> Result<u16> {
-        if vid.is_empty() || !vid.bytes().all(|b| b.is_ascii_digit()) || vid.len() > 4 {
-            return Err(bad());
-        }
-        if vid.len() > 1 && vid.starts_with('0') {
-            // `eth0.070` and `eth0.70` would be two devices of one VLAN.
-            let fixed = parent.replace(&format!(".{vid}"), &format!(".{}", vid.trim_start_matches('0')));
-            return invalid(format!(
-                "invalid 802.1Q parent {parent:?}: VID {vid} has a leading zero; write it as {fixed}"
-            ));
-        }
-        let v: u16 = vid.parse().map_err(|_| bad())?;
-        if !(1..=4094).contains(&v) {
-            return Err(bad());
-        }
-        Ok(v)
-    };
-    if trunk.is_empty() {
-        return Err(bad());
-    }
-    let (outer, vid) = match rest.split_once('.') {
-        Some((o, v)) if !v.contains('.') => (Some(vid_of(o)?), vid_of(v)?),
-        Some(_) => return Err(bad()),
-        None => (None, vid_of(rest)?),
-    };
-    Ok(Some(TrunkParent { trunk: trunk.to_string(), outer, vid }))
-}
 
 /// A macvlan network request, checked: every option known and valid.
 struct NetworkSpec {
@@ -284,6 +240,7 @@ fn record_creating(
         vlan,
         state: EndpointState::Creating,
         owner_pid: std::process::id(),
+        owner_start: crate::store::ProcRef::me().start,
         owner: req.owner.clone(),
     };
     tx.put_network(&n)?;
@@ -338,14 +295,14 @@ pub(crate) fn vlan_device_keys_at(n: &Network, ifindex: u32) -> Vec<dataplane_co
     let (Some(_), Some(dev)) = (&n.vlan, n.parent.as_deref()) else { return Vec::new() };
     let Some(mac) = crate::netns::hwaddr(dev) else { return Vec::new() };
     let trunk_mac = physical_parent(n).and_then(crate::netns::hwaddr);
-    super::endpoint::admit_keys_at(n, ifindex, mac)
+    super::facts::admit_keys_at(n, ifindex, mac)
         .into_iter()
         .filter(|k| !(k.vlan == dataplane_common::maps::VLAN_UNTAGGED && Some(k.mac) == trunk_mac))
         .collect()
 }
 
 fn vlan_device_keys(n: &Network) -> Vec<dataplane_common::maps::AdmitKey> {
-    super::endpoint::parent_ifindex(n).map(|i| vlan_device_keys_at(n, i)).unwrap_or_default()
+    super::facts::parent_ifindex(n).map(|i| vlan_device_keys_at(n, i)).unwrap_or_default()
 }
 
 /// Admit network `n`'s VLAN device's own MAC (see [`vlan_device_keys_at`]).
@@ -368,18 +325,6 @@ fn admit_vlan_device(pins: &bpf::Pins, n: &Network, undo: &mut Undo) -> Result<(
 
 fn host_entry() -> dataplane_common::maps::AdmitValue {
     dataplane_common::maps::AdmitValue { endpoint: bpf::parent::HOST_ENDPOINT, flags: 0 }
-}
-
-/// Whether network `n`'s endpoints keep their programs as cls_bpf filters
-/// (`-o endpoint_hooks=cls_bpf`) instead of the anti-spoofing one becoming a tcx link.
-pub(crate) fn keeps_filters(n: &Network) -> bool {
-    n.options.get("endpoint_hooks").is_some_and(|h| h == "cls_bpf")
-}
-
-/// The interface XDP sits on and admission keys refer to: the trunk of a VLAN parent,
-/// else the parent itself.
-pub fn physical_parent(n: &Network) -> Option<&str> {
-    n.vlan.as_ref().map(|v| v.trunk.as_str()).or(n.parent.as_deref())
 }
 
 impl Engine {
@@ -439,7 +384,7 @@ impl Engine {
         if let Err(e) = step {
             let err = undo.run(e);
             // Maps (and their dir) made for this attempt go when nothing is attached.
-            let _ = bpf::parent::remove_if_unused(&pins);
+            let _ = super::release_pins(&pins);
             let name = n.name.clone();
             let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_network(&name)?) });
             return Err(err);
@@ -526,7 +471,7 @@ impl Engine {
             };
             super::check_owner("network", &n.name, &n.owner, by)?;
             // The network's own host-access interface goes with it; any other user keeps it.
-            let shims = super::endpoint::host_shims(tx)?;
+            let shims = super::facts::host_shims(tx)?;
             let (shim, users): (Vec<String>, Vec<String>) = tx
                 .attachments()?
                 .into_iter()
@@ -548,6 +493,7 @@ impl Engine {
             let others: Vec<Network> = tx.networks()?.into_iter().filter(|o| o.name != n.name).collect();
             n.state = EndpointState::Removing;
             n.owner_pid = std::process::id();
+            n.owner_start = crate::store::ProcRef::me().start;
             tx.put_network(&n)?;
             Ok((n, others, shim))
         })?;
@@ -694,7 +640,7 @@ pub(crate) fn teardown_network(pins: &crate::bpf::Pins, n: &Network, others: &[N
         }
     }
     // Maps made for a VLAN device outlive it unless nothing is attached any more.
-    if let Err(e) = bpf::parent::remove_if_unused(pins) {
+    if let Err(e) = super::release_pins(pins) {
         warnings.push(e.to_string());
     }
     warnings
@@ -716,6 +662,7 @@ pub fn predefined_networks() -> Vec<Network> {
         vlan: None,
         state: EndpointState::Ready,
         owner_pid: 0,
+        owner_start: 0,
         owner: Owner::Cli,
     };
     vec![mk("host", Driver::Host), mk("none", Driver::None)]

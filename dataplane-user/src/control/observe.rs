@@ -54,7 +54,7 @@ impl Engine {
                 }
                 let rx = match &ep.owner {
                     // Here before Docker moves it, in the sandbox after (as Docker leaves it).
-                    Owner::Docker { sandbox, .. } => super::docker::locate_host_link(a.ifindex, sandbox.as_deref())
+                    Owner::Docker { sandbox, .. } => super::links::locate_host_link(a.ifindex, sandbox.as_deref())
                         .ok()
                         .flatten()
                         .and_then(|(.., l)| l.rx),

@@ -20,7 +20,9 @@ pub fn load(pins: &Pins, netns: Option<&str>, iface: &str, mode: AttachMode) -> 
 }
 
 pub fn unload(pins: &Pins, netns: Option<&str>, iface: &str) -> Result<()> {
-    Ok(bpf::detach_parent(pins, netns, iface)?)
+    bpf::detach_parent(pins, netns, iface)?;
+    super::background::forget_gone_instance(pins);
+    Ok(())
 }
 
 /// Every attached program replaced by this binary's version, maps migrated; after any

@@ -18,10 +18,9 @@ use std::{
 use dataplane_common::{maps::VLAN_UNTAGGED, AdmitKey, AdmitValue, Ip6Key, IpKey, OurIp};
 
 use super::{
-    endpoint::{
-        admit_keys_at, endpoint_info, endpoint_number, ip6_keys, ip_keys, pid_alive, pull_admission, realise, teardown,
-    },
-    network::{physical_parent, teardown_network},
+    endpoint::{endpoint_info, endpoint_number, ip6_keys, ip_keys, pull_admission, realise, teardown},
+    facts::{admit_keys_at, owner_alive, physical_parent},
+    network::teardown_network,
     vlan, Engine, Result,
 };
 use crate::{
@@ -143,11 +142,11 @@ impl Rows {
             })
             .map(|e| endpoint_number(&e.id))
             .collect();
-        let parents = nets.iter().map(|n| (n.name.clone(), super::endpoint::parent_ifindex(n))).collect();
+        let parents = nets.iter().map(|n| (n.name.clone(), super::facts::parent_ifindex(n))).collect();
         Rows { nets, eps, atts, busy, parents }
     }
 
-    /// [`super::endpoint::admit_keys`], with each network's parent looked up once per pass.
+    /// [`super::facts::admit_keys`], with each network's parent looked up once per pass.
     fn admit_keys(&self, n: &Network, mac: [u8; 6]) -> Vec<AdmitKey> {
         self.parents.get(&n.name).copied().flatten().map(|i| admit_keys_at(n, i, mac)).unwrap_or_default()
     }
@@ -185,7 +184,7 @@ impl Pass<'_> {
 
     /// Networks a crashed `network create` left behind.
     fn crashed_networks(&mut self, tx: &Tx, all: &[Network]) -> Result<()> {
-        for n in all.iter().filter(|n| n.state != EndpointState::Ready && !pid_alive(n.owner_pid)) {
+        for n in all.iter().filter(|n| n.state != EndpointState::Ready && !owner_alive(n.owner_pid, n.owner_start)) {
             self.drift(format!(
                 "network {} was left {:?} by process {} which is gone: removing it",
                 n.name, n.state, n.owner_pid
@@ -196,7 +195,7 @@ impl Pass<'_> {
             // Its host-access interface, which a crashed `network rm` had not removed yet.
             let mut errors = Vec::new();
             let atts = tx.attachments()?;
-            for ep in tx.endpoints()?.iter().filter(|e| super::endpoint::is_host_shim(e)) {
+            for ep in tx.endpoints()?.iter().filter(|e| super::facts::is_host_shim(e)) {
                 let mine: Vec<_> =
                     atts.iter().filter(|a| a.endpoint == ep.name && a.network == n.name).cloned().collect();
                 if mine.is_empty() {
@@ -226,7 +225,7 @@ impl Pass<'_> {
     /// Half-done commands whose process is gone, and endpoints whose namespace vanished.
     fn crashed_endpoints(&mut self, tx: &Tx, nets: &[Network], eps: &[Endpoint], atts: &[Attachment]) -> Result<()> {
         for ep in eps {
-            let crashed = ep.state != EndpointState::Ready && !pid_alive(ep.owner_pid);
+            let crashed = ep.state != EndpointState::Ready && !owner_alive(ep.owner_pid, ep.owner_start);
             let vanished = ep.state == EndpointState::Ready && !ep.netns.is_empty() && !Path::new(&ep.netns).exists();
             if !crashed && !vanished {
                 continue;
@@ -256,7 +255,7 @@ impl Pass<'_> {
 
     /// Attachments a crashed `network connect` left half-made.
     fn crashed_attachments(&mut self, tx: &Tx, nets: &[Network], eps: &[Endpoint], atts: &[Attachment]) -> Result<()> {
-        for a in atts.iter().filter(|a| a.state != EndpointState::Ready && !pid_alive(a.owner_pid)) {
+        for a in atts.iter().filter(|a| a.state != EndpointState::Ready && !owner_alive(a.owner_pid, a.owner_start)) {
             self.drift(format!(
                 "endpoint {}: its {} on network {} was left {:?} by process {} which is gone: removing it",
                 a.endpoint, a.ifname, a.network, a.state, a.owner_pid
@@ -327,7 +326,7 @@ impl Pass<'_> {
             || format!("re-creating {parent}"),
             || {
                 let _ = vlan::remove(nl, pins, parent, v);
-                let trunk = super::network::TrunkParent { trunk: v.trunk.clone(), outer: v.outer, vid: v.vid };
+                let trunk = super::facts::TrunkParent { trunk: v.trunk.clone(), outer: v.outer, vid: v.vid };
                 vlan::create(nl, pins, &trunk, parent)
             },
         );
@@ -538,7 +537,7 @@ impl Pass<'_> {
                 if let Some(link) = inside.link(&a.ifname).ok().flatten() {
                     // A host-access interface never gets a default route: it is the host's
                     // way into the network, not the host's way out.
-                    let routed = !n.internal && !super::endpoint::is_host_shim(ep);
+                    let routed = !n.internal && !super::facts::is_host_shim(ep);
                     repair_config(&inside, n, routed, &ep.name, a, &link, self.dry_run, &mut self.r);
                     continue;
                 }
@@ -587,7 +586,7 @@ impl Pass<'_> {
             live_tags.insert(crate::bpf::pins::netns_tag(Some(&ep.netns)));
             for a in rows.atts.iter().filter(|a| a.endpoint == ep.name && a.state == EndpointState::Ready) {
                 want.push((a.ifindex, endpoint_info(ep, a)?));
-                let cls_only = rows.nets.iter().any(|n| n.name == a.network && super::network::keeps_filters(n));
+                let cls_only = rows.nets.iter().any(|n| n.name == a.network && super::facts::keeps_filters(n));
                 self.endpoint_filters(ep, a, cls_only);
             }
         }
@@ -787,7 +786,7 @@ fn stale_network_pins(
         }
     }
     if !dry_run {
-        let _ = bpf::parent::remove_if_unused(pins);
+        let _ = super::release_pins(pins);
     }
 }
 

@@ -18,7 +18,7 @@
 
 use dataplane_common::maps::TC_VLAN_OUT_PROG;
 
-use super::{network::TrunkParent, ControlError, Result, Undo};
+use super::{facts::TrunkParent, ControlError, Result, Undo};
 use crate::{
     bpf::{self, Pins},
     nl::{LinkInfo, Nl},
@@ -147,7 +147,7 @@ fn ebpf_device(
         let pins = pins.clone();
         // Opportunistic: maps another network uses stay, and that is no failure.
         undo.push("removing maps nothing uses", move || {
-            let _ = bpf::parent::remove_if_unused(&pins);
+            let _ = super::release_pins(&pins);
             Ok(())
         });
     }

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use crate::{
     control::{CniAttach, ControlError, Engine, NetworkCreate, StateKind},
     ipam::Cidr,
-    store::{Attachment, Network, Owner, StoreError},
+    store::{Attachment, Network, Owner},
 };
 
 pub const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
@@ -69,12 +69,7 @@ impl From<ControlError> for CniError {
     fn from(e: ControlError) -> CniError {
         let msg = e.to_string();
         let code = match &e {
-            ControlError::State { kind: StateKind::Busy, .. } => code::TRY_AGAIN,
-            ControlError::Store(StoreError::Db { source, .. })
-                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
-            {
-                code::TRY_AGAIN
-            }
+            e if e.retryable() => code::TRY_AGAIN,
             ControlError::Ipam(_) => code::INVALID_CONFIG,
             ControlError::Io { .. } => code::IO,
             _ => code::FAILED,

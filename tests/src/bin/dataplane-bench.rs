@@ -819,6 +819,7 @@ fn reconcile_time(o: &Opts, h: &Host) -> Result<(usize, f64)> {
                 created: dataplane_user::store::now_rfc3339(),
                 state: dataplane_user::store::EndpointState::Ready,
                 owner_pid: 0,
+                owner_start: 0,
                 pid: None,
                 auto_remove: false,
                 command: vec![],
