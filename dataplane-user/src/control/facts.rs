@@ -134,6 +134,63 @@ mod tests {
     use crate::store::ProcRef;
 
     #[test]
+    fn admission_keys_follow_the_networks_vlan() {
+        use dataplane_common::maps::VLAN_UNTAGGED;
+        let mut n = crate::store::Network {
+            id: "0".repeat(64),
+            name: "n".into(),
+            driver: crate::store::Driver::Macvlan,
+            created: String::new(),
+            internal: false,
+            ipv6: false,
+            options: Default::default(),
+            pools: vec![],
+            parent: Some("eth0".into()),
+            macvlan_mode: None,
+            vlan: None,
+            state: crate::store::EndpointState::Ready,
+            owner_pid: 0,
+            owner_start: 0,
+            owner: Default::default(),
+        };
+        let mac = [2, 0, 0, 0, 0, 9];
+        let keys = super::admit_keys_at(&n, 7, mac);
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].ifindex, keys[0].vlan, keys[0].mac), (7, 0, mac));
+        assert_eq!(super::physical_parent(&n), Some("eth0"));
+        n.parent = Some("eth0.50".into());
+        n.vlan = Some(crate::store::VlanParent {
+            trunk: "eth0".into(),
+            vid: 50,
+            created: true,
+            kind: crate::store::VlanKind::Ebpf,
+            peer: None,
+            outer: None,
+            outer_created: false,
+        });
+        let keys = super::admit_keys_at(&n, 7, mac);
+        let vlans: Vec<u16> = keys.iter().map(|k| k.vlan).collect();
+        assert_eq!(vlans, vec![50, VLAN_UNTAGGED], "tagged, and for tags XDP cannot see");
+        assert_eq!(super::physical_parent(&n), Some("eth0"), "a VLAN network's programs sit on its trunk");
+        n.options.insert("endpoint_hooks".into(), "cls_bpf".into());
+        n.options.insert("mtu".into(), "1400".into());
+        assert!(super::keeps_filters(&n));
+        assert_eq!(super::network_mtu(&n), Some(1400));
+    }
+
+    #[test]
+    fn trunk_parents_parse_with_dockers_rules() {
+        let t = super::parse_trunk_parent("eth0.100.50").unwrap().unwrap();
+        assert_eq!((t.trunk.as_str(), t.outer, t.vid), ("eth0", Some(100), 50));
+        assert_eq!(super::parse_trunk_parent("eth0").unwrap(), None);
+        for bad in ["eth0.0", "eth0.4095", "eth0.050", ".5", "eth0.1.2.3", "eth0.x"] {
+            assert!(super::parse_trunk_parent(bad).is_err(), "{bad} accepted");
+        }
+        let e = super::parse_trunk_parent("eth0.050").unwrap_err().to_string();
+        assert!(e.contains("eth0.50"), "{e}");
+    }
+
+    #[test]
     fn an_owner_is_its_pid_and_start_time() {
         let me = ProcRef::me();
         assert!(me.start > 0);

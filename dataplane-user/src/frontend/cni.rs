@@ -805,6 +805,45 @@ mod tests {
     }
 
     #[test]
+    fn interface_names_follow_the_kernels_rules() {
+        for ok in ["eth0", "net1", "a-b_c", "x"] {
+            assert_eq!(check_ifname(ok), Ok(()), "{ok}");
+        }
+        for bad in ["eth%d", "all", "default", "a/b", "a:b", "a.b", "a b", "a\tb", "sixteen-chars-xx"] {
+            assert!(check_ifname(bad).is_err(), "{bad} accepted");
+        }
+        assert!(check_ifname("eth%d").unwrap_err().contains("template"));
+    }
+
+    #[test]
+    fn a_previous_result_is_read_strictly() {
+        let good = json!({"ips":[{"address":"10.0.0.2/24"},{"address":"fd00::2/64"}],
+            "interfaces":[{"name":"eth0","mac":"02:00:00:00:00:02","sandbox":"/run/netns/p"},{"name":"eth0","mac":"x"}]});
+        let (ips, mac) = prev_result_facts(&good, "eth0").unwrap();
+        assert_eq!(ips, vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fd00::2".parse().unwrap()]);
+        assert_eq!(mac.as_deref(), Some("02:00:00:00:00:02"), "the sandbox's interface, not the host's");
+        assert_eq!(prev_result_facts(&json!({}), "eth0").unwrap(), (vec![], None));
+        for bad in [
+            json!({"ips":"x","interfaces":5}),
+            json!({"ips":[{"address":"10.0.0.2"}]}),
+            json!({"ips":[{"address":"nope/24"}]}),
+            json!({"interfaces":[5]}),
+            json!("a string"),
+        ] {
+            let e = prev_result_facts(&bad, "eth0").unwrap_err();
+            assert_eq!(e.code, code::DECODE, "{bad}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn retryable_errors_become_try_again() {
+        let busy = crate::control::ControlError::State { kind: StateKind::Busy, message: "busy".into() };
+        assert_eq!(CniError::from(busy).code, code::TRY_AGAIN);
+        let other = crate::control::ControlError::Invalid("no".into());
+        assert_eq!(CniError::from(other).code, code::FAILED);
+    }
+
+    #[test]
     fn results_follow_the_requested_version() {
         let v = version_answer(br#"{"cniVersion":"0.4.0"}"#);
         assert_eq!(v["cniVersion"], "0.4.0");
