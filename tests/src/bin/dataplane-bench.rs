@@ -1116,7 +1116,11 @@ fn chart(path: &Path, bars: &[(String, f64, f64)]) -> Result<()> {
     }))?;
     c.draw_series(bars.iter().enumerate().map(|(i, (_, v, t))| {
         Text::new(
-            format!("{v:.2}x (target {t}x)"),
+            // A target such as 1/0.6 prints as 1.67x, not 1.6666666666666667x.
+            format!(
+                "{v:.2}x (target {})",
+                format!("{t:.2}").trim_end_matches('0').trim_end_matches('.').to_string() + "x"
+            ),
             (v.max(*t) + max * 0.01, SegmentValue::CenterOf(i)),
             ("sans-serif", 14),
         )
