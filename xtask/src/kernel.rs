@@ -1,4 +1,4 @@
-//! Distro kernels under qemu: `cargo xtask test --kernel debian-6.1|debian-6.12`.
+//! Distro kernels under qemu: `cargo xtask test --kernel debian-6.1|debian-6.12|debian-5.10`.
 //!
 //! The kernel package is resolved from Debian's archive at run time (the ABI package the
 //! meta package depends on today), downloaded once and unpacked (never installed) into a
@@ -18,8 +18,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::run_cmd;
 
-/// Known kernels: (name for --kernel, meta package that depends on the current ABI package).
-pub const KERNELS: [(&str, &str); 2] = [("debian-6.1", "linux-image-amd64"), ("debian-6.12", "linux-image-6.12-amd64")];
+/// Known kernels: (name for --kernel, meta package that depends on the current ABI package,
+/// the Debian suite it comes from when it is not the machine's own).
+pub const KERNELS: [(&str, &str, Option<&str>); 3] = [
+    ("debian-6.1", "linux-image-amd64", None),
+    ("debian-6.12", "linux-image-6.12-amd64", None),
+    // Debian 11: through an apt source list of our own (never the machine's sources).
+    ("debian-5.10", "linux-image-amd64", Some("bullseye")),
+];
 
 /// Modules the initramfs loads to reach the host's filesystem.
 const BOOT_MODULES: [&str; 4] = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
@@ -38,10 +44,72 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// apt options that read another suite (`suite`) from a source list and lists of our own,
+/// under the cache dir, with the machine's archive mirror and keyring: the machine's own
+/// sources and lists are never touched.
+fn private_apt(suite: &str) -> Result<Vec<String>> {
+    let dir = cache_dir().join(format!("apt-{suite}"));
+    for d in ["lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let list = dir.join("sources.list");
+    if !list.exists() {
+        let uri = machine_mirror().context("no Debian mirror found in /etc/apt/sources.list(.d) to fetch from")?;
+        std::fs::write(
+            &list,
+            format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n"),
+        )?;
+    }
+    let o = |k: &str, v: &Path| vec!["-o".to_string(), format!("{k}={}", v.display())];
+    let mut opts = o("Dir::Etc::SourceList", &list);
+    opts.extend(o("Dir::Etc::SourceParts", Path::new("/dev/null")));
+    opts.extend(o("Dir::State::Lists", &dir.join("lists")));
+    opts.extend(o("Dir::Cache", &dir.join("cache")));
+    // Our cache dir is root's: apt's unprivileged fetcher could not write there.
+    opts.extend(["-o".to_string(), "APT::Sandbox::User=root".to_string()]);
+    if !dir.join("lists").read_dir()?.flatten().any(|e| e.file_name().to_string_lossy().ends_with("_Packages")) {
+        eprintln!("[kernel] reading Debian {suite}'s package lists (once; kept in {})", dir.display());
+        run_cmd(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
+    }
+    Ok(opts)
+}
+
+/// The URI the machine's apt fetches Debian's main archive from.
+fn machine_mirror() -> Option<String> {
+    let mut texts = vec![std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
+    if let Ok(d) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for e in d.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sources") || name.ends_with(".list") {
+                texts.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    for t in &texts {
+        // deb822: a stanza whose URIs serve the main suites (not -security).
+        for stanza in t.split("\n\n") {
+            let field = |k: &str| stanza.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+            if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) {
+                if suites.split_whitespace().any(|s| !s.contains('-')) {
+                    return uris.split_whitespace().next().map(str::to_string);
+                }
+            }
+        }
+        // One-line format: deb [opts] URI SUITE COMPONENTS...
+        for l in t.lines().filter(|l| l.trim_start().starts_with("deb ")) {
+            let words: Vec<&str> = l.split_whitespace().filter(|w| !w.starts_with('[') && !w.ends_with(']')).collect();
+            if words.len() >= 3 && !words[2].contains('-') {
+                return Some(words[1].to_string());
+            }
+        }
+    }
+    None
+}
+
 /// The ABI package a meta package depends on, e.g. linux-image-6.1.0-56-amd64.
-fn resolve(meta: &str) -> Result<String> {
+fn resolve(meta: &str, apt: &[String]) -> Result<String> {
     let find = || -> Option<String> {
-        let deps = output(Command::new("apt-cache").args(["depends", meta])).ok()?;
+        let deps = output(Command::new("apt-cache").args(apt).args(["depends", meta])).ok()?;
         deps.lines()
             .find_map(|l| l.trim().strip_prefix("Depends: ").map(str::to_string))
             .filter(|p| p.starts_with("linux-image-"))
@@ -50,7 +118,7 @@ fn resolve(meta: &str) -> Result<String> {
         return Ok(p);
     }
     eprintln!("[kernel] {meta} unknown to apt: running apt-get update");
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(Command::new("apt-get").args(apt).args(["update", "-qq"]))?;
     find().with_context(|| {
         format!("apt-cache depends {meta} names no linux-image package (is bookworm-security in the sources?)")
     })
@@ -67,18 +135,25 @@ pub struct Kernel {
 
 /// Resolve, download (once), unpack and prepare `name`.
 pub fn prepare(name: &str) -> Result<Kernel> {
-    let Some((_, meta)) = KERNELS.iter().find(|(n, _)| *n == name) else {
-        bail!("unknown kernel {name:?}: use one of {}", KERNELS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+    let Some((_, meta, suite)) = KERNELS.iter().find(|(n, _, _)| *n == name) else {
+        bail!(
+            "unknown kernel {name:?}: use one of {}",
+            KERNELS.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+        );
     };
     crate::packages::ensure(&[QEMU_PACKAGES])?;
-    let pkg = resolve(meta)?;
+    let apt = match suite {
+        Some(s) => private_apt(s)?,
+        None => Vec::new(),
+    };
+    let pkg = resolve(meta, &apt)?;
     let root = cache_dir().join(&pkg);
     if !root.join("boot").is_dir() {
         eprintln!("[kernel] downloading {pkg} (once; cached in {})", cache_dir().display());
         let tmp = cache_dir().join(format!("{pkg}.download"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        run_cmd(Command::new("apt-get").current_dir(&tmp).args(["download", "-q", &pkg]))
+        run_cmd(Command::new("apt-get").current_dir(&tmp).args(&apt).args(["download", "-q", &pkg]))
             .with_context(|| format!("downloading {pkg} from Debian's archive"))?;
         let deb = std::fs::read_dir(&tmp)?
             .flatten()

@@ -55,7 +55,8 @@ enum Cmd {
         /// Only tests whose name contains this (passed to cargo test).
         filter: Option<String>,
         /// Run the integration tests inside qemu booting this distro kernel instead of on
-        /// this machine's kernel: debian-6.1 (no tcx; 8021q) or debian-6.12 (tcx; 8021q).
+        /// this machine's kernel: debian-6.1 (no tcx; 8021q), debian-6.12 (tcx; 8021q) or
+        /// debian-5.10 (Debian 11, fetched through an apt source list of its own).
         /// Downloaded from Debian's archive once. The dockerd tests and the input-validation
         /// table run only on this machine's kernel (emulation makes them too slow).
         #[arg(long)]

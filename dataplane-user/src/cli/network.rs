@@ -2,7 +2,13 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use dataplane_user::control::{Engine, NetworkCreate};
+use std::collections::BTreeMap;
+
+use dataplane_user::{
+    control::{Engine, NetworkCreate},
+    store::{Attachment, Endpoint, Network, Owner},
+};
+use serde_json::{json, Value};
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
@@ -149,7 +155,10 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
             let mut missing = Vec::new();
             for name in &names {
                 match engine.network(name)? {
-                    Some(n) => out.push(engine.network_json(&n)?),
+                    Some(n) => {
+                        let members = engine.network_members(&n)?;
+                        out.push(inspect_json(&n, &members));
+                    }
                     None => missing.push(name.clone()),
                 }
             }
@@ -175,4 +184,78 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Network `n` as `docker network inspect` shows one, with its `members` (see
+/// `Engine::network_members`).
+fn inspect_json(n: &Network, members: &[(Endpoint, Option<Attachment>)]) -> Value {
+    let mut containers = serde_json::Map::new();
+    for (e, att) in members {
+        let prefix = |ip: Option<std::net::IpAddr>| -> String {
+            ip.map(|ip| {
+                let p = n
+                    .pools
+                    .iter()
+                    .find(|p| p.subnet.contains(ip))
+                    .map_or(if ip.is_ipv4() { 32 } else { 128 }, |p| p.subnet.prefix);
+                format!("{ip}/{p}")
+            })
+            .unwrap_or_default()
+        };
+        containers.insert(
+            e.id.clone(),
+            json!({
+                "Name": e.name,
+                "EndpointID": e.id,
+                "MacAddress": att.as_ref().map(|a| a.mac.to_string()).unwrap_or_default(),
+                "IPv4Address": prefix(att.as_ref().and_then(|a| a.ipv4)),
+                "IPv6Address": prefix(att.as_ref().and_then(|a| a.ipv6)),
+            }),
+        );
+    }
+    let config: Vec<Value> = n
+        .pools
+        .iter()
+        .map(|p| {
+            let mut c = serde_json::Map::new();
+            c.insert("Subnet".into(), json!(p.subnet.to_string()));
+            if let Some(r) = p.ip_range {
+                c.insert("IPRange".into(), json!(r.to_string()));
+            }
+            if let Some(g) = p.gateway {
+                c.insert("Gateway".into(), json!(g.to_string()));
+            }
+            if !p.aux.is_empty() {
+                let aux: BTreeMap<&String, String> = p.aux.iter().map(|(k, v)| (k, v.to_string())).collect();
+                c.insert("AuxiliaryAddresses".into(), json!(aux));
+            }
+            Value::Object(c)
+        })
+        .collect();
+    json!({
+        "Name": n.name,
+        "Id": n.id,
+        "Created": n.created,
+        "Scope": "local",
+        "Driver": n.driver.name(),
+        "EnableIPv6": n.ipv6,
+        "IPAM": { "Driver": "default", "Options": {}, "Config": config },
+        "Internal": n.internal,
+        "Attachable": false,
+        "Ingress": false,
+        "ConfigFrom": { "Network": "" },
+        "ConfigOnly": false,
+        "Containers": containers,
+        "Options": n.options,
+        "Labels": owner_labels(&n.owner),
+    })
+}
+
+/// Who owns a network, as `docker network inspect`-style labels.
+fn owner_labels(o: &Owner) -> Value {
+    match o {
+        Owner::Cli => json!({}),
+        Owner::Docker { id, .. } => json!({ "dataplane.owner": "docker", "dataplane.docker.network-id": id }),
+        Owner::Cni { .. } => json!({ "dataplane.owner": "cni" }),
+    }
 }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use dataplane_common::maps::TC_TRUNK_PROG;
-use serde_json::{json, Value};
 
 use super::{
     check_name,
@@ -528,85 +527,19 @@ impl Engine {
         }
         Ok(self.store.read(|tx| tx.network(name))?)
     }
-
-    /// Docker-shaped JSON of one network.
-    pub fn network_json(&mut self, n: &Network) -> Result<Value> {
+    /// The endpoints on network `n`, each with its attachment to it (none for an endpoint
+    /// of a predefined network, which has no interface of ours).
+    pub fn network_members(&mut self, n: &Network) -> Result<Vec<(Endpoint, Option<Attachment>)>> {
         let (eps, atts): (Vec<Endpoint>, Vec<Attachment>) =
             self.store.read(|tx| -> Result<_> { Ok((tx.endpoints()?, tx.attachments()?)) })?;
-        let mut containers = serde_json::Map::new();
-        for e in &eps {
-            let att = atts.iter().find(|a| a.endpoint == e.name && a.network == n.name);
-            let on_predefined = att.is_none() && e.network_mode.name() == n.name;
-            if att.is_none() && !on_predefined {
-                continue;
-            }
-            let prefix = |ip: Option<std::net::IpAddr>| -> String {
-                ip.map(|ip| {
-                    let p = n
-                        .pools
-                        .iter()
-                        .find(|p| p.subnet.contains(ip))
-                        .map_or(if ip.is_ipv4() { 32 } else { 128 }, |p| p.subnet.prefix);
-                    format!("{ip}/{p}")
-                })
-                .unwrap_or_default()
-            };
-            containers.insert(
-                e.id.clone(),
-                json!({
-                    "Name": e.name,
-                    "EndpointID": e.id,
-                    "MacAddress": att.map(|a| a.mac.to_string()).unwrap_or_default(),
-                    "IPv4Address": prefix(att.and_then(|a| a.ipv4)),
-                    "IPv6Address": prefix(att.and_then(|a| a.ipv6)),
-                }),
-            );
-        }
-        let config: Vec<Value> = n
-            .pools
-            .iter()
-            .map(|p| {
-                let mut c = serde_json::Map::new();
-                c.insert("Subnet".into(), json!(p.subnet.to_string()));
-                if let Some(r) = p.ip_range {
-                    c.insert("IPRange".into(), json!(r.to_string()));
-                }
-                if let Some(g) = p.gateway {
-                    c.insert("Gateway".into(), json!(g.to_string()));
-                }
-                if !p.aux.is_empty() {
-                    let aux: BTreeMap<&String, String> = p.aux.iter().map(|(k, v)| (k, v.to_string())).collect();
-                    c.insert("AuxiliaryAddresses".into(), json!(aux));
-                }
-                Value::Object(c)
+        Ok(eps
+            .into_iter()
+            .filter_map(|e| {
+                let att = atts.iter().find(|a| a.endpoint == e.name && a.network == n.name).cloned();
+                let on_predefined = att.is_none() && e.network_mode.name() == n.name;
+                (att.is_some() || on_predefined).then_some((e, att))
             })
-            .collect();
-        Ok(json!({
-            "Name": n.name,
-            "Id": n.id,
-            "Created": n.created,
-            "Scope": "local",
-            "Driver": n.driver.name(),
-            "EnableIPv6": n.ipv6,
-            "IPAM": { "Driver": "default", "Options": {}, "Config": config },
-            "Internal": n.internal,
-            "Attachable": false,
-            "Ingress": false,
-            "ConfigFrom": { "Network": "" },
-            "ConfigOnly": false,
-            "Containers": containers,
-            "Options": n.options,
-            "Labels": owner_labels(&n.owner),
-        }))
-    }
-}
-
-/// Who owns a network, as `docker network inspect`-style labels.
-fn owner_labels(o: &Owner) -> Value {
-    match o {
-        Owner::Cli => json!({}),
-        Owner::Docker { id, .. } => json!({ "dataplane.owner": "docker", "dataplane.docker.network-id": id }),
-        Owner::Cni { .. } => json!({ "dataplane.owner": "cni" }),
+            .collect())
     }
 }
 
