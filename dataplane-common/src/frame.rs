@@ -274,30 +274,72 @@ where
 /// and a host that uses our MAC or address broadcasts (ARP) sooner or later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Claims {
-    pub src: Option<AdmitKey>,
-    pub ip: Option<(IpKey, [u8; 6])>,
+    /// The frame's source, as an admission key.
+    pub src: Claim<AdmitKey>,
+    /// An ARP sender's address and MAC.
+    pub ip: Claim<IpKey>,
     /// A neighbour advertisement's target and target link-layer address.
-    pub ip6: Option<(Ip6Key, [u8; 6])>,
+    pub ip6: Claim<Ip6Key>,
+}
+
+/// A claim found in a frame (a key and the MAC that claims it), or `found == false` with
+/// every field zero. Not an `Option`: an absent one's payload is undefined, and LLVM may
+/// then carry a stale register or read a stack slot nothing wrote on that path, which the
+/// verifiers of 5.10-5.15 refuse ("invalid read from stack", "pointer arithmetic with >>=").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim<K: Copy> {
+    pub found: bool,
+    pub key: K,
+    pub mac: [u8; 6],
+}
+
+impl<K: Copy> Claim<K> {
+    fn of(key: K, mac: [u8; 6]) -> Claim<K> {
+        Claim { found: true, key, mac }
+    }
+
+    /// As an `Option`, for code that runs on the host.
+    pub fn get(&self) -> Option<(K, [u8; 6])> {
+        self.found.then_some((self.key, self.mac))
+    }
+}
+
+impl Claim<AdmitKey> {
+    pub const NONE: Self = Claim { found: false, key: AdmitKey { ifindex: 0, vlan: 0, mac: [0; 6] }, mac: [0; 6] };
+}
+
+impl Claim<IpKey> {
+    pub const NONE: Self = Claim { found: false, key: IpKey { ifindex: 0, vlan: 0, pad: 0, ip: [0; 4] }, mac: [0; 6] };
+}
+
+impl Claim<Ip6Key> {
+    pub const NONE: Self =
+        Claim { found: false, key: Ip6Key { ifindex: 0, vlan: 0, pad: 0, ip: [0; 16] }, mac: [0; 6] };
 }
 
 #[inline(always)]
 pub fn group_claims<P: Packet + ?Sized>(p: &P, ifindex: u32) -> Claims {
-    let none = Claims { src: None, ip: None, ip6: None };
+    let none = Claims { src: Claim::<AdmitKey>::NONE, ip: Claim::<IpKey>::NONE, ip6: Claim::<Ip6Key>::NONE };
     let Ok(hdr) = parse_l2(p) else { return none };
     if !is_group(&hdr.dst) {
         return none;
     }
-    let src = Some(AdmitKey { ifindex, vlan: hdr.vlan, mac: hdr.src });
+    let src = Claim::of(AdmitKey { ifindex, vlan: hdr.vlan, mac: hdr.src }, hdr.src);
     let ip = match hdr.ethertype {
         ETH_P_ARP => match (p.read::<6>(hdr.l3_offset + 8), p.read::<4>(hdr.l3_offset + 14)) {
-            (Some(sha), Some(spa)) if spa != [0; 4] => Some((IpKey { ifindex, vlan: hdr.vlan, pad: 0, ip: spa }, sha)),
-            _ => None,
+            (Some(sha), Some(spa)) if spa != [0; 4] => {
+                Claim::of(IpKey { ifindex, vlan: hdr.vlan, pad: 0, ip: spa }, sha)
+            }
+            _ => Claim::<IpKey>::NONE,
         },
-        _ => None,
+        _ => Claim::<IpKey>::NONE,
     };
     let ip6 = match hdr.ethertype {
-        ETH_P_IPV6 => na_claim(p, hdr.l3_offset).map(|(ip, mac)| (Ip6Key { ifindex, vlan: hdr.vlan, pad: 0, ip }, mac)),
-        _ => None,
+        ETH_P_IPV6 => match na_claim(p, hdr.l3_offset) {
+            Some((ip, mac)) => Claim::of(Ip6Key { ifindex, vlan: hdr.vlan, pad: 0, ip }, mac),
+            None => Claim::<Ip6Key>::NONE,
+        },
+        _ => Claim::<Ip6Key>::NONE,
     };
     Claims { src, ip, ip6 }
 }
@@ -749,15 +791,17 @@ mod tests {
         arp[14..18].copy_from_slice(&[10, 0, 0, 7]);
         let f = frame([0xff; 6], &[(ETH_P_8021Q, 50)], ETH_P_ARP, &arp);
         let c = group_claims(&f[..64], 3);
-        assert_eq!(c.src, Some(AdmitKey { ifindex: 3, vlan: 50, mac: SRC }));
-        assert_eq!(c.ip, Some((IpKey { ifindex: 3, vlan: 50, pad: 0, ip: [10, 0, 0, 7] }, SRC)));
+        assert_eq!(c.src.get(), Some((AdmitKey { ifindex: 3, vlan: 50, mac: SRC }, SRC)));
+        assert_eq!(c.ip.get(), Some((IpKey { ifindex: 3, vlan: 50, pad: 0, ip: [10, 0, 0, 7] }, SRC)));
         // A probe (sender 0.0.0.0) claims no address.
         arp[14..18].copy_from_slice(&[0; 4]);
         let f = frame([0xff; 6], &[], ETH_P_ARP, &arp);
-        assert_eq!(group_claims(&f[..64], 3).ip, None);
+        assert_eq!(group_claims(&f[..64], 3).ip.get(), None);
         // Unicast frames are not looked at.
         let f = frame(ADMITTED, &[], ETH_P_ARP, &arp);
-        assert_eq!(group_claims(&f[..64], 3), Claims { src: None, ip: None, ip6: None });
+        let c = group_claims(&f[..64], 3);
+        assert_eq!((c.src.get(), c.ip.get(), c.ip6.get()), (None, None, None));
+        assert_eq!(c.ip, Claim::<IpKey>::NONE, "an absent claim is all zeros");
     }
 
     #[test]

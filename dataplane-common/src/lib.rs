@@ -11,8 +11,8 @@ pub mod frame;
 pub mod maps;
 
 pub use frame::{
-    admission, admission_qinq, egress_check, group_claims, parse_l2, Claims, Decision, L2Header, Malformed, Packet,
-    Verdict,
+    admission, admission_qinq, egress_check, group_claims, parse_l2, Claim, Claims, Decision, L2Header, Malformed,
+    Packet, Verdict,
 };
 pub use maps::{
     AdmitKey, AdmitSlot, AdmitValue, Conflict, Counter, EndpointCounters, EndpointInfo, Ip6Key, IpKey, OurIp, Reason,

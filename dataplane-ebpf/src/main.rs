@@ -137,7 +137,8 @@ fn note_conflict(endpoint: u32, ip: bool, other: [u8; 6]) {
 fn note_claims(pkt: &PacketBounds, ifindex: u32) {
     let len = pkt.len() as u64;
     let claims = group_claims(pkt, ifindex);
-    if let Some(k) = claims.src {
+    if claims.src.found {
+        let k = claims.src.key;
         if let Some(ep) = admitted(k.words()) {
             if ep != HOST_ENDPOINT {
                 note_conflict(ep, false, k.mac);
@@ -145,11 +146,12 @@ fn note_claims(pkt: &PacketBounds, ifindex: u32) {
             }
         }
     }
-    if let Some((k, mac)) = claims.ip {
+    if claims.ip.found {
+        let (k, mac) = (claims.ip.key, claims.ip.mac);
         ip_claim(DP_OUR_IPS.get_ptr(&k), mac, ifindex, len);
     }
-    if let Some((k, mac)) = claims.ip6 {
-        ip_claim(DP_OUR_IP6S.get_ptr(&k), mac, ifindex, len);
+    if claims.ip6.found {
+        ip_claim(DP_OUR_IP6S.get_ptr(&claims.ip6.key), claims.ip6.mac, ifindex, len);
     }
 }
 

@@ -67,7 +67,7 @@ fn private_apt(suite: &str) -> Result<Vec<String>> {
     opts.extend(o("Dir::Cache", &dir.join("cache")));
     // Our cache dir is root's: apt's unprivileged fetcher could not write there.
     opts.extend(["-o".to_string(), "APT::Sandbox::User=root".to_string()]);
-    if !dir.join("lists").read_dir()?.flatten().any(|e| e.file_name().to_string_lossy().ends_with("_Packages")) {
+    if !dir.join("lists").read_dir()?.flatten().any(|e| e.file_name().to_string_lossy().contains("_Packages")) {
         eprintln!("[kernel] reading Debian {suite}'s package lists (once; kept in {})", dir.display());
         run_cmd(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
     }
