@@ -19,6 +19,18 @@ pub fn cni_bin() -> PathBuf {
     p
 }
 
+/// The environment of a runtime's call for container `id` in namespace `netns`, `eth0`.
+pub fn env<'a>(id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![("CNI_CONTAINERID", id), ("CNI_NETNS", netns), ("CNI_IFNAME", "eth0")]
+}
+
+/// The names of `ns`'s links.
+pub fn links(ns: &Netns) -> std::collections::BTreeSet<String> {
+    let out = ns.exec(&["ip", "-j", "link"]).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+}
+
 /// Where Debian's containernetworking-plugins put the reference plugins.
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
 

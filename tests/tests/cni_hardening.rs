@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, os::unix::process::ExitStatusExt, path::Path};
 
 use dataplane_tests::{
-    cni::{call, call_within, cni_bin, REFERENCE_DIR},
+    cni::{call, call_within, cni_bin, env, links, REFERENCE_DIR},
     lab::{host_with_switch, Host},
     Netns,
 };
@@ -18,16 +18,6 @@ fn conf(h: &Host, name: &str, parent: &str) -> String {
         h.state.display(),
         h.bpffs.dir.display()
     )
-}
-
-fn env<'a>(id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![("CNI_CONTAINERID", id), ("CNI_NETNS", netns), ("CNI_IFNAME", "eth0")]
-}
-
-fn links(ns: &Netns) -> BTreeSet<String> {
-    let out = ns.exec(&["ip", "-j", "link"]).unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
 }
 
 fn ps(h: &Host) -> Value {

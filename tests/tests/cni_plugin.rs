@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use dataplane_tests::{
-    cni::{call, cni_bin, PodmanLab, REFERENCE_DIR},
+    cni::{call, cni_bin, env, links, PodmanLab, REFERENCE_DIR},
     lab::{host_with_switch, Host},
     Netns,
 };
@@ -21,16 +21,6 @@ fn conf(h: &Host, name: &str, extra: &str) -> String {
 }
 
 const BUILTIN_IPAM: &str = r#","ipam":{"type":"dataplane-cni","subnet":"10.70.0.0/24","gateway":"10.70.0.1","ipRange":"10.70.0.128/25","auxAddresses":{"router":"10.70.0.129"}}"#;
-
-fn env<'a>(id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![("CNI_CONTAINERID", id), ("CNI_NETNS", netns), ("CNI_IFNAME", "eth0")]
-}
-
-fn links(ns: &Netns) -> BTreeSet<String> {
-    let out = ns.exec(&["ip", "-j", "link"]).unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v.as_array().unwrap().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
-}
 
 /// The namespace's links once they are `want` (interfaces of removed attachments are
 /// deleted by a background child: soon, not before the command returns).

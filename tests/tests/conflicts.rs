@@ -86,6 +86,17 @@ fn clashing_addresses_and_macs_are_reported_on_both_hosts() {
     drop(server);
 }
 
+/// `count` endpoints on `network` of `h`, named from `prefix`, with addresses handed out.
+fn run_n(h: &Host, network: &str, prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let n = unique(prefix);
+            h.ok(&["run", "-d", "--name", &n, "--network", network]);
+            n
+        })
+        .collect()
+}
+
 /// The addresses (`IPv4Address` or `IPv6Address`) of the endpoints `h` knows, sorted.
 fn addresses(h: &Host, family: &str) -> Vec<String> {
     let ps: Value = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
@@ -132,18 +143,8 @@ fn two_hosts_with_one_subnet_hand_out_disjoint_addresses() {
     for h in [&a, &b] {
         h.ok(&["network", "create", "--subnet=10.91.0.0/24", "-o", "parent=trunk0", "-o", "ip_probe_ms=300", "lan"]);
     }
-    let mut a_eps = Vec::new();
-    for _ in 0..3 {
-        let n = unique("pa");
-        a.ok(&["run", "-d", "--name", &n, "--network", "lan"]);
-        a_eps.push(n);
-    }
-    let mut b_eps = Vec::new();
-    for _ in 0..3 {
-        let n = unique("pb");
-        b.ok(&["run", "-d", "--name", &n, "--network", "lan"]);
-        b_eps.push(n);
-    }
+    let a_eps = run_n(&a, "lan", "pa", 3);
+    let b_eps = run_n(&b, "lan", "pb", 3);
     let (on_a, on_b) = (addresses(&a, "IPv4Address"), addresses(&b, "IPv4Address"));
     assert_eq!(on_a.len(), 3);
     assert_eq!(on_b.len(), 3);
@@ -174,18 +175,8 @@ fn two_hosts_on_a_vlan_trunk_hand_out_disjoint_addresses() {
     }
     let taken = unique("qs");
     a.ok(&["run", "-d", "--name", &taken, "--network", "v50", "--ip", "10.93.0.3"]);
-    let mut a_eps = Vec::new();
-    for _ in 0..2 {
-        let n = unique("qa");
-        a.ok(&["run", "-d", "--name", &n, "--network", "v50"]);
-        a_eps.push(n);
-    }
-    let mut b_eps = Vec::new();
-    for _ in 0..3 {
-        let n = unique("qb");
-        b.ok(&["run", "-d", "--name", &n, "--network", "v50"]);
-        b_eps.push(n);
-    }
+    let a_eps = run_n(&a, "v50", "qa", 2);
+    let b_eps = run_n(&b, "v50", "qb", 3);
     let (on_a, on_b) = (addresses(&a, "IPv4Address"), addresses(&b, "IPv4Address"));
     assert_eq!((on_a.len(), on_b.len()), (3, 3), "{on_a:?} {on_b:?}");
     assert!(on_a.contains(&"10.93.0.3".to_string()), "{on_a:?}");
