@@ -26,11 +26,7 @@ pub enum BpffsError {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: zeroed statfs is a valid out-parameter; path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    crate::sys::fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
 }
 
 fn nearest_existing(path: &Path) -> PathBuf {
@@ -95,12 +91,7 @@ pub fn use_host_mounts() -> Result<bool, String> {
     }
     let ns_of = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
     let Some(mine) = ns_of("self") else { return Ok(false) };
-    let parent_of = |pid: &str| -> Option<String> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The field after the state, past the command name's closing parenthesis.
-        let ppid = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().nth(1)?.to_string();
-        (ppid != "0").then_some(ppid)
-    };
+    let parent_of = |pid: &str| crate::sys::proc_stat(pid)?.into_iter().nth(1).filter(|ppid| ppid != "0");
     let mut pid = "self".to_string();
     let mut host = None;
     for _ in 0..64 {

@@ -270,18 +270,27 @@ pub struct ProcRef {
 impl ProcRef {
     /// The start time of `pid`, if it is running (zombies count as gone).
     pub fn start_of(pid: u32) -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which may contain spaces and parentheses.
-        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        if matches!(rest.first(), Some(&"Z") | Some(&"X")) {
+        let rest = crate::sys::proc_stat(&pid.to_string())?;
+        if matches!(rest.first().map(String::as_str), Some("Z") | Some("X")) {
             return None;
         }
         rest.get(19)?.parse().ok()
     }
 
+    /// This process (its /proc entry read once per process, not at every row it marks).
     pub fn me() -> ProcRef {
+        static ME: std::sync::Mutex<Option<ProcRef>> = std::sync::Mutex::new(None);
         let pid = std::process::id();
-        ProcRef { pid, start: ProcRef::start_of(pid).unwrap_or(0) }
+        let mut me = ME.lock().unwrap_or_else(|p| p.into_inner());
+        // A forked child has another pid: it is another process.
+        match *me {
+            Some(m) if m.pid == pid => m,
+            _ => {
+                let m = ProcRef { pid, start: ProcRef::start_of(pid).unwrap_or(0) };
+                *me = Some(m);
+                m
+            }
+        }
     }
 
     /// Whether this very process still runs.

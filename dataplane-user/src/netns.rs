@@ -39,8 +39,8 @@ pub fn path_of(name: &str) -> PathBuf {
     }
 }
 
-/// Move the calling thread into the network namespace open at `fd`. The one setns of the
-/// code base; async-signal-safe (no allocation), so a child may call it before exec.
+/// Move the calling thread into the network namespace open at `fd`: the one way the code
+/// base enters one. Async-signal-safe (no allocation), so a forked child may call it.
 pub fn set(fd: std::os::fd::RawFd) -> std::io::Result<()> {
     // SAFETY: setns(2) on a caller-provided fd; CLONE_NEWNET only affects this thread.
     if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
@@ -212,14 +212,9 @@ pub fn check_netns_file(path: &str) -> Result<(u64, u64), String> {
     if let Some(w) = what {
         return Err(format!("{path} is not a network namespace: it is {w}"));
     }
-    let c =
-        std::ffi::CString::new(path).map_err(|_| format!("{path:?} is not a network namespace: a NUL in the path"))?;
-    // SAFETY: statfs(2) into a zeroed struct we own, on a NUL-terminated path.
-    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut sfs) } != 0 {
-        return Err(format!("{path} is not a network namespace: {}", std::io::Error::last_os_error()));
-    }
-    if sfs.f_type as i64 != NSFS_MAGIC {
+    let magic = crate::sys::fs_magic(std::path::Path::new(path))
+        .map_err(|e| format!("{path:?} is not a network namespace: {e}"))?;
+    if magic != NSFS_MAGIC {
         return Err(format!(
             "{path} is not a network namespace: it is a plain file (a namespace is a file of nsfs, e.g. /run/netns/NAME or /proc/PID/ns/net)"
         ));

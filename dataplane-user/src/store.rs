@@ -294,11 +294,45 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// Seconds since the epoch of a time as [`now_rfc3339`] writes it
+/// (`2026-12-05T09:00:00.123456789Z`); None for anything else.
+pub fn rfc3339_secs(rfc3339: &str) -> Option<i64> {
+    let (date, time) = rfc3339.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.trim_end_matches('Z').split(':');
+    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let ss = t.next()?.split('.').next()?.parse::<i64>().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn times_read_back_as_they_were_written() {
+        assert_eq!(rfc3339_secs("1970-01-01T00:00:00.000000000Z"), Some(0));
+        assert_eq!(rfc3339_secs("2026-12-05T09:00:00.5Z"), Some(1_796_461_200));
+        assert_eq!(rfc3339_secs("yesterday"), None);
+        let now = now_rfc3339();
+        assert!((now_secs() - rfc3339_secs(&now).unwrap()).abs() <= 1, "{now}");
+    }
 
     fn tmpdir() -> PathBuf {
         std::env::temp_dir().join(format!("dp-store-{}", new_id()))

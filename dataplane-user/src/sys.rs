@@ -1,6 +1,7 @@
 //! The system calls the standard library and our crates (aya, rtnetlink) do not wrap, each
-//! written once: the raw bpf(2) commands we need beyond aya, flock, kill, randomness and
-//! the interface index of this namespace. (setns, being async-signal-safe and needed
+//! written once: the raw bpf(2) commands we need beyond aya, flock, kill, randomness, the
+//! interface index of this namespace, a filesystem's type (statfs) and a process's
+//! /proc/PID/stat fields. (setns, being async-signal-safe and needed
 //! before exec, lives with the namespaces: `netns::set`.)
 
 use std::{
@@ -138,4 +139,23 @@ pub fn interfaces() -> Vec<u32> {
     }
     out.sort_unstable();
     out
+}
+
+/// The type (`f_type`, a magic number of linux/magic.h) of the filesystem `path` is on.
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statfs(2) into a zeroed struct we own, on a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The fields of /proc/PID/stat after the command name (which may hold spaces and
+/// parentheses): `[0]` the state, `[1]` the parent's pid, `[19]` the start time. `pid` is a
+/// number or `self`.
+pub fn proc_stat(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_string).collect())
 }

@@ -44,6 +44,21 @@ pub struct Attachment {
 /// Endpoint number of the admission entry for a parent's own MAC.
 pub const HOST_ENDPOINT: u32 = u32::MAX;
 
+/// The admission value of one of the host's own MACs (a parent's, a VLAN device's).
+pub const HOST_ENTRY: AdmitValue = AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 };
+
+/// Admit the host's own MAC under each of `keys`.
+pub fn admit_host(pins: &Pins, keys: &[AdmitKey]) -> Result<(), BpfError> {
+    keys.iter().try_for_each(|k| admit::insert(pins, *k, HOST_ENTRY))
+}
+
+/// Take back what [`admit_host`] wrote (an endpoint's entry under one of `keys` stays).
+pub fn withdraw_host(pins: &Pins, keys: &[AdmitKey]) {
+    for k in keys {
+        let _ = admit::remove_if(pins, k, |v| v.endpoint == HOST_ENDPOINT);
+    }
+}
+
 fn mode_name(m: XdpMode) -> &'static str {
     match m {
         XdpMode::Driver => "native",
@@ -80,12 +95,12 @@ pub fn attach_parent(pins: &Pins, netns: Option<&str>, iface: &str, mode: Attach
     // (and take the entry back if the program cannot be attached).
     let host_key = netns::hwaddr(iface).map(|mac| AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac });
     if let Some(key) = host_key {
-        admit::insert(pins, key, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 })?;
+        admit_host(pins, &[key])?;
     }
     let result = attach_new_or_replace(prog, XDP_PARENT_PROG, iface, ifindex, mode, &pin);
     if result.is_err() {
         if let Some(key) = host_key {
-            let _ = admit::remove_if(pins, &key, |v| v.endpoint == HOST_ENDPOINT);
+            withdraw_host(pins, &[key]);
         }
     }
     result

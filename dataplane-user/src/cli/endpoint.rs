@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use dataplane_user::{
     control::{Engine, RunRequest},
+    store::{now_secs, rfc3339_secs},
     store::{Attachment, Endpoint, Owner},
 };
 
@@ -314,11 +315,9 @@ pub fn stop(engine: &mut Engine, names: &[String], timeout: u64) -> Result<i32> 
     Ok(i32::from(failed))
 }
 
+/// Running, not a zombie (a zombie still answers kill(0)).
 fn alive(pid: u32) -> bool {
-    // A zombie still answers kill(0); look at its state too.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
-    !stat.is_empty() && state != "Z" && state != "X"
+    dataplane_user::store::ProcRef::start_of(pid).is_some()
 }
 
 /// `ps [-a] [-q] [--format F]`: one row per endpoint. Without `-a`, endpoints whose
@@ -454,30 +453,6 @@ fn exit_path(state_dir: &Path, name: &str) -> std::path::PathBuf {
     state_dir.join("logs").join(format!("{name}.exit"))
 }
 
-/// Seconds since the epoch of an RFC 3339 UTC time as the store writes it
-/// (`2026-12-05T09:00:00.123456789Z`).
-fn epoch_secs(rfc3339: &str) -> Option<i64> {
-    let (date, time) = rfc3339.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.trim_end_matches('Z').split(':');
-    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
-    let ss = t.next()?.split('.').next()?.parse::<i64>().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 /// A duration as Docker words it ("5 seconds", "about a minute", "3 hours").
 fn human(secs: i64) -> String {
     match secs {
@@ -495,12 +470,7 @@ fn human(secs: i64) -> String {
 #[cfg(test)]
 mod time_tests {
     #[test]
-    fn store_times_read_back_as_epoch_seconds() {
-        assert_eq!(super::epoch_secs("1970-01-01T00:00:00.000000000Z"), Some(0));
-        assert_eq!(super::epoch_secs("2026-12-05T09:00:00.5Z"), Some(1_796_461_200));
-        let now = dataplane_user::store::now_rfc3339();
-        let back = super::epoch_secs(&now).unwrap();
-        assert!((super::now_secs() - back).abs() <= 1, "{now}");
+    fn ages_read_as_docker_words_them() {
         assert_eq!(super::human(90), "about a minute");
         assert_eq!(super::human(3 * 3600 + 5), "3 hours");
     }
@@ -544,7 +514,7 @@ struct PsNetwork {
 impl PsRow {
     fn of(state_dir: &Path, e: &Endpoint, atts: &[Attachment]) -> PsRow {
         let supervisor = e.supervisor.filter(|s| s.alive());
-        let age = epoch_secs(&e.created).map(|c| human(now_secs() - c)).unwrap_or_default();
+        let age = rfc3339_secs(&e.created).map(|c| human(now_secs() - c)).unwrap_or_default();
         // What the supervisor wrote when the command ended: "CODE SECONDS-SINCE-EPOCH".
         let exited = std::fs::read_to_string(exit_path(state_dir, &e.name)).ok().and_then(|t| {
             let mut w = t.split_whitespace();

@@ -112,18 +112,21 @@ impl Engine {
     /// a row still not ready was left by a process that was killed: the quick reconcile
     /// pass finishes its work (tears the half-made or half-removed network down).
     fn finish_or_wait_for(&mut self, n: &Network) -> Result<()> {
-        let lock = self.network_lock()?;
-        let stuck = self.store.read(|tx| tx.network(&n.name))?.filter(|m| m.state != EndpointState::Ready);
-        if let Some(m) = stuck {
-            let r = self.reconcile(false)?;
-            if let Some(e) = r.errors.iter().find(|e| e.contains(&format!("network {}:", m.name))) {
-                return Err(ControlError::Invalid(format!(
-                    "network {} was left {:?} by process {}, which is gone, and could not be finished: {e}",
-                    m.name, m.state, m.owner_pid
-                )));
-            }
+        let _lock = self.network_lock()?;
+        let stuck = |e: &mut Engine| -> Result<Option<Network>> {
+            Ok(e.store.read(|tx| tx.network(&n.name))?.filter(|m| m.state != EndpointState::Ready))
+        };
+        let Some(m) = stuck(self)? else { return Ok(()) };
+        let r = self.reconcile(false)?;
+        if stuck(self)?.is_some() {
+            return Err(ControlError::Invalid(format!(
+                "network {} was left {:?} by process {}, which is gone, and could not be finished: {}",
+                m.name,
+                m.state,
+                m.owner_pid,
+                if r.errors.is_empty() { "its owner still looks alive".to_string() } else { r.errors.join("; ") }
+            )));
         }
-        drop(lock);
         Ok(())
     }
 

@@ -128,6 +128,24 @@ pub fn physical_parent(n: &Network) -> Option<&str> {
     n.vlan.as_ref().map(|v| v.trunk.as_str()).or(n.parent.as_deref())
 }
 
+/// The admission keys of network `n`'s VLAN device's own MAC on its trunk (`ifindex`):
+/// the device sends from it (address probes, the host's own traffic on the VLAN) and the
+/// answers come back tagged to it. The eBPF VLAN device has a MAC of its own; the kernel's
+/// shares the trunk's, whose untagged key is the trunk's own entry and left out here.
+pub(crate) fn vlan_device_keys_at(n: &Network, ifindex: u32) -> Vec<AdmitKey> {
+    let (Some(_), Some(dev)) = (&n.vlan, n.parent.as_deref()) else { return Vec::new() };
+    let Some(mac) = netns::hwaddr(dev) else { return Vec::new() };
+    let trunk_mac = physical_parent(n).and_then(netns::hwaddr);
+    admit_keys_at(n, ifindex, mac)
+        .into_iter()
+        .filter(|k| !(k.vlan == VLAN_UNTAGGED && Some(k.mac) == trunk_mac))
+        .collect()
+}
+
+pub(crate) fn vlan_device_keys(n: &Network) -> Vec<AdmitKey> {
+    parent_ifindex(n).map(|i| vlan_device_keys_at(n, i)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::owner_alive;

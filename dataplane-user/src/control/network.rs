@@ -6,7 +6,7 @@ use dataplane_common::maps::TC_TRUNK_PROG;
 
 use super::{
     check_name,
-    facts::{parse_trunk_parent, physical_parent, TrunkParent, HOST_AUX},
+    facts::{parse_trunk_parent, physical_parent, vlan_device_keys, TrunkParent, HOST_AUX},
     invalid, vlan, ControlError, Engine, Result, Undo, PREDEFINED,
 };
 use crate::{
@@ -136,14 +136,12 @@ fn check_option(req: &NetworkCreate, k: &str, v: &str) -> Result<()> {
 /// a VLAN device's its trunk's): refused here, naming both, rather than by every `run`.
 fn check_mtu(
     nl: &Nl,
-    req: &NetworkCreate,
-    parent: &str,
+    spec: &NetworkSpec,
     existing: Option<&crate::nl::LinkInfo>,
     trunk: Option<&TrunkParent>,
 ) -> Result<()> {
-    let Some(mtu) = req.opts.iter().find_map(|o| o.strip_prefix("mtu=")).and_then(|v| v.parse::<u32>().ok()) else {
-        return Ok(());
-    };
+    let Some(mtu) = spec.options.get("mtu").and_then(|v| v.parse::<u32>().ok()) else { return Ok(()) };
+    let parent = &spec.parent;
     let (limit, of) = match (existing, trunk) {
         (Some(l), _) => (l.mtu, parent.to_string()),
         (None, Some(t)) => (nl.link(&t.trunk)?.and_then(|l| l.mtu), t.trunk.clone()),
@@ -286,44 +284,18 @@ fn attach_parent_programs(pins: &bpf::Pins, phys: &str, undo: &mut Undo) -> Resu
     Ok(())
 }
 
-/// The admission keys of network `n`'s VLAN device's own MAC on its trunk (`ifindex`):
-/// the device sends from it (address probes, the host's own traffic on the VLAN) and the
-/// answers come back tagged to it. The eBPF VLAN device has a MAC of its own; the kernel's
-/// shares the trunk's, whose untagged key is the trunk's own entry and left out here.
-pub(crate) fn vlan_device_keys_at(n: &Network, ifindex: u32) -> Vec<dataplane_common::maps::AdmitKey> {
-    let (Some(_), Some(dev)) = (&n.vlan, n.parent.as_deref()) else { return Vec::new() };
-    let Some(mac) = crate::netns::hwaddr(dev) else { return Vec::new() };
-    let trunk_mac = physical_parent(n).and_then(crate::netns::hwaddr);
-    super::facts::admit_keys_at(n, ifindex, mac)
-        .into_iter()
-        .filter(|k| !(k.vlan == dataplane_common::maps::VLAN_UNTAGGED && Some(k.mac) == trunk_mac))
-        .collect()
-}
-
-fn vlan_device_keys(n: &Network) -> Vec<dataplane_common::maps::AdmitKey> {
-    super::facts::parent_ifindex(n).map(|i| vlan_device_keys_at(n, i)).unwrap_or_default()
-}
-
-/// Admit network `n`'s VLAN device's own MAC (see [`vlan_device_keys_at`]).
+/// Admit network `n`'s VLAN device's own MAC (see `facts::vlan_device_keys_at`).
 fn admit_vlan_device(pins: &bpf::Pins, n: &Network, undo: &mut Undo) -> Result<()> {
     let keys = vlan_device_keys(n);
-    for k in &keys {
-        bpf::admit::insert(pins, *k, host_entry())?;
-    }
+    bpf::parent::admit_host(pins, &keys)?;
     if !keys.is_empty() {
         let pins2 = pins.clone();
         undo.push(format!("removing the admission entries of {}", n.parent.as_deref().unwrap_or("?")), move || {
-            for k in &keys {
-                let _ = bpf::admit::remove_if(&pins2, k, |v| v.endpoint == bpf::parent::HOST_ENDPOINT);
-            }
+            bpf::parent::withdraw_host(&pins2, &keys);
             Ok(())
         });
     }
     Ok(())
-}
-
-fn host_entry() -> dataplane_common::maps::AdmitValue {
-    dataplane_common::maps::AdmitValue { endpoint: bpf::parent::HOST_ENDPOINT, flags: 0 }
 }
 
 impl Engine {
@@ -362,7 +334,7 @@ impl Engine {
         let spec = NetworkSpec::parse(&req)?;
         let nl = Nl::here()?;
         let (existing_parent, trunk) = check_parent(&nl, &spec.parent)?;
-        check_mtu(&nl, &req, &spec.parent, existing_parent.as_ref(), trunk.as_ref())?;
+        check_mtu(&nl, &spec, existing_parent.as_ref(), trunk.as_ref())?;
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
         // 1. Validate against the store and record the network as `creating`.
@@ -555,9 +527,7 @@ pub(crate) fn teardown_network(pins: &crate::bpf::Pins, n: &Network, others: &[N
         if !others.iter().any(|o| o.parent.as_deref() == Some(parent)) {
             let keys = vlan_device_keys(n);
             warnings.extend(vlan::remove(&nl, pins, parent, v));
-            for k in &keys {
-                let _ = bpf::admit::remove_if(pins, k, |v| v.endpoint == bpf::parent::HOST_ENDPOINT);
-            }
+            bpf::parent::withdraw_host(pins, &keys);
         }
     }
     if let Some(phys) = physical_parent(n) {

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     bpf::{
         self,
-        parent::HOST_ENDPOINT,
+        parent::{HOST_ENDPOINT, HOST_ENTRY},
         pins::{Hook, LinkPin},
         AttachMode, Pins,
     },
@@ -418,18 +418,13 @@ impl Pass<'_> {
         let mut want: Vec<(AdmitKey, AdmitValue)> = Vec::new();
         for p in parents {
             if let (Some(ifindex), Some(mac)) = (netns::ifindex(p), netns::hwaddr(p)) {
-                want.push((
-                    AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac },
-                    AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 },
-                ));
+                want.push((AdmitKey { ifindex, vlan: VLAN_UNTAGGED, mac }, HOST_ENTRY));
             }
         }
         // The VLAN devices' own MACs, for their VLANs on their trunks.
         for n in &rows.nets {
             if let Some(ifindex) = rows.parents.get(&n.name).copied().flatten() {
-                for k in super::network::vlan_device_keys_at(n, ifindex) {
-                    want.push((k, AdmitValue { endpoint: HOST_ENDPOINT, flags: 0 }));
-                }
+                want.extend(super::facts::vlan_device_keys_at(n, ifindex).into_iter().map(|k| (k, HOST_ENTRY)));
             }
         }
         // An endpoint being removed by a live process has had its entries pulled

@@ -459,34 +459,28 @@ fn add(e: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value> {
     } else {
         None
     };
+    let req = CniAttach {
+        container_id: e.container_id.clone(),
+        ifname: e.ifname.clone(),
+        netns: e.netns.clone(),
+        ipv4: v4,
+        ipv6: v6,
+        mac,
+    };
     let attached = (|| -> Result<(Network, Attachment)> {
-        let n = engine.cni_network(network_request(conf, ipam.as_ref())?)?;
-        let req = CniAttach {
-            container_id: e.container_id.clone(),
-            ifname: e.ifname.clone(),
-            netns: e.netns.clone(),
-            ipv4: v4,
-            ipv6: v6,
-            mac,
-        };
-        match engine.cni_attach(&n, req.clone()) {
-            Ok(a) => Ok((n, a)),
-            // A DEL began removing the network between the two steps: once it is gone,
-            // this ADD makes it again.
-            Err(err) if err.state_kind() == Some(StateKind::Busy) => {
-                let n = engine.cni_network(network_request(conf, ipam.as_ref())?)?;
-                match engine.cni_attach(&n, req) {
-                    Ok(a) => Ok((n, a)),
-                    Err(err) => {
-                        let _ = engine.cni_release_network(&n.name);
-                        Err(err.into())
-                    }
+        let mut retried = false;
+        loop {
+            let n = engine.cni_network(network_request(conf, ipam.as_ref())?)?;
+            match engine.cni_attach(&n, req.clone()) {
+                Ok(a) => return Ok((n, a)),
+                // A DEL began removing the network between the two steps: once it is
+                // gone, this ADD makes it again (once).
+                Err(err) if err.state_kind() == Some(StateKind::Busy) && !retried => retried = true,
+                Err(err) => {
+                    // A network made for this ADD goes with it.
+                    let _ = engine.cni_release_network(&n.name);
+                    return Err(err.into());
                 }
-            }
-            Err(err) => {
-                // A network made for this ADD goes with it.
-                let _ = engine.cni_release_network(&n.name);
-                Err(err.into())
             }
         }
     })();
@@ -541,10 +535,10 @@ fn prev_result_facts(prev: &Value, ifname: &str) -> Result<(Vec<IpAddr>, Option<
     if !prev.is_object() {
         return Err(bad(format!("{prev} is not an object")));
     }
-    let list = |key: &str| -> Result<Vec<Value>> {
+    let list = |key: &str| -> Result<&[Value]> {
         match &prev[key] {
-            Value::Null => Ok(Vec::new()),
-            Value::Array(a) => Ok(a.clone()),
+            Value::Null => Ok(&[]),
+            Value::Array(a) => Ok(a.as_slice()),
             other => Err(bad(format!("\"{key}\" is {other}, not a list"))),
         }
     };

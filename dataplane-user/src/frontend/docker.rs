@@ -251,12 +251,8 @@ fn call(engine: &mut Engine, method: &str, body: &[u8]) -> Result<Option<Value>,
 }
 
 /// The plugin's answer to a request it cannot read (too large, too slow).
-fn refuse(msg: String) -> Answer {
-    Answer {
-        status: hyper::StatusCode::PAYLOAD_TOO_LARGE,
-        content_type: CONTENT_TYPE,
-        body: json!({ "Err": msg }).to_string(),
-    }
+fn refuse(status: hyper::StatusCode, msg: String) -> Answer {
+    Answer { status, content_type: CONTENT_TYPE, body: json!({ "Err": msg }).to_string() }
 }
 
 /// One protocol call on tokio's blocking pool (the engine is synchronous).

@@ -70,28 +70,38 @@ pub struct Answer {
 }
 
 /// Read `req`'s body within `limits`; the answer to send instead if it cannot be.
-async fn read_call(req: Request<Incoming>, limits: Limits, too_large: fn(String) -> Answer) -> Result<Call, Answer> {
+async fn read_call(
+    req: Request<Incoming>,
+    limits: Limits,
+    refuse: fn(StatusCode, String) -> Answer,
+) -> Result<Call, Answer> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     use hyper::body::Body;
     let declared = req.body().size_hint().lower();
     if declared > limits.max_body as u64 {
-        return Err(too_large(format!(
-            "request body of {declared} bytes is over the limit of {} bytes",
-            limits.max_body
-        )));
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {declared} bytes is over the limit of {} bytes", limits.max_body),
+        ));
     }
     let body = Limited::new(req.into_body(), limits.max_body);
     match tokio::time::timeout(limits.body, body.collect()).await {
         Ok(Ok(b)) => Ok(Call { method, path, body: b.to_bytes() }),
         Ok(Err(e)) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(too_large(format!("request body is over the limit of {} bytes", limits.max_body)))
+                Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is over the limit of {} bytes", limits.max_body),
+                ))
             } else {
-                Err(too_large(format!("reading the request body: {e}")))
+                Err(refuse(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")))
             }
         }
-        Err(_) => Err(too_large(format!("the request body did not arrive within {} s", limits.body.as_secs()))),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {} s", limits.body.as_secs()),
+        )),
     }
 }
 
@@ -102,9 +112,9 @@ struct Activity {
 }
 
 /// Serve one connection until the client closes it, it errs, or it stays idle past
-/// `limits.idle`. `handle` answers each request; `refuse` shapes the answer to a body that
+/// `limits.idle`. `handle` answers each request; `refuse` shapes the answer (with the status given) to a body that
 /// is too large or too slow (each protocol has its own error body).
-pub async fn serve_connection<S, H, F>(io: S, limits: Limits, refuse: fn(String) -> Answer, handle: H)
+pub async fn serve_connection<S, H, F>(io: S, limits: Limits, refuse: fn(StatusCode, String) -> Answer, handle: H)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Call) -> F + Clone + Send + Sync + 'static,

@@ -126,8 +126,8 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
     Ok(out)
 }
 
-fn refuse(msg: String) -> Answer {
-    Answer { status: hyper::StatusCode::PAYLOAD_TOO_LARGE, content_type: TEXT, body: format!("{msg}\n") }
+fn refuse(status: hyper::StatusCode, msg: String) -> Answer {
+    Answer { status, content_type: TEXT, body: format!("{msg}\n") }
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";

@@ -94,7 +94,7 @@ pub fn spawn_unlink(netns: &str, links: &[(String, u32)], unpin: &[PathBuf]) -> 
             if let Some(t) = &pause {
                 libc::nanosleep(t, std::ptr::null_mut());
             }
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+            if crate::netns::set(ns.as_raw_fd()).is_ok() {
                 let sock = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
                 if sock >= 0 {
                     let mut answer = [0u8; 512];
