@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod bpffs;
+pub mod cluster;
 pub mod control;
 pub mod frontend;
 pub mod ipam;

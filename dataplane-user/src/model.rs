@@ -130,6 +130,10 @@ pub struct Network {
     pub owner_start: u64,
     #[serde(default)]
     pub owner: Owner,
+    /// Made in cluster mode: defined in the cluster (the same everywhere), realised here
+    /// the first time this host uses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 
 /// Which front end made a network or endpoint: only that front end may remove it.

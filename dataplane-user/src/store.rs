@@ -84,7 +84,21 @@ impl Store {
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
         conn.busy_timeout(Duration::from_secs(60)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        // Switching a new database to WAL takes an exclusive lock, and SQLite does not wait
+        // for it (no busy handler there): several first commands at once (a node's first
+        // pods) take turns here.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                other => break other.map_err(db)?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
         // Every command is a process of its own: checkpointing the log at each close (what
         // SQLite does when the last connection goes) would cost every command a write-back
@@ -355,6 +369,7 @@ mod tests {
             owner_pid: 0,
             owner_start: 0,
             owner: Owner::Cli,
+            cluster: false,
         }
     }
 

@@ -5,6 +5,7 @@
 //! test still leaves the host as it found it. Nothing here touches interfaces it did
 //! not create.
 
+pub mod cluster;
 pub mod cni;
 pub mod docker;
 pub mod frames;

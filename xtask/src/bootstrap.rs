@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn ensure() -> Result<()> {
+    crate::packages::ensure(&[crate::packages::BUILD])?;
     ensure_nightly_src()?;
     ensure_bpf_linker()
 }

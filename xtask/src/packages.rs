@@ -17,9 +17,13 @@ pub const DEMO: &[(&str, &str)] = &[
     ("ash", "ash"),
 ];
 
+/// What building dataplane-user needs beyond Rust: protoc, which compiles etcd's API
+/// (the cluster store's client, etcd-client) at build time.
+pub const BUILD: &[(&str, &str)] = &[("protoc", "protobuf-compiler")];
+
 /// What the integration tests need beyond the demo: a real dockerd, Podman and the
 /// reference CNI plugins, the busybox the offline test image is made of, and ethtool
-/// (the VLAN tests read veth's XDP transmit counters).
+/// (the VLAN tests read veth's XDP transmit counters), etcd (cluster mode).
 pub const TEST: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("/usr/sbin/dockerd", "docker.io"),
@@ -27,6 +31,10 @@ pub const TEST: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     ("/usr/bin/podman", "podman"),
     ("/usr/lib/cni/macvlan", "containernetworking-plugins"),
+    // Cluster mode's tests: a real 3-member etcd, and openssl for their TLS certificates.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("openssl", "openssl"),
 ];
 
 /// The baselines the benchmark compares against (and what runs them): installed so that

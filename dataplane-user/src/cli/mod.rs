@@ -1,6 +1,7 @@
 //! Command line: one file per command group.
 
 mod bpf;
+mod cluster;
 mod complete;
 mod endpoint;
 mod format;
@@ -26,6 +27,9 @@ pub struct Cli {
     /// bpffs directory for this instance's pinned maps and links (one per host network namespace).
     #[arg(long, global = true, env = "DATAPLANE_BPFFS", default_value = dataplane_user::DEFAULT_BPFFS_DIR)]
     pub bpffs: PathBuf,
+
+    #[command(flatten)]
+    pub cluster: cluster::ClusterArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -126,6 +130,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Cluster mode's shared plan: status, forget a host gone for good, the host's agent.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Low-level access to the kernel programs and maps (load, unload, admit, counters).
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
@@ -268,10 +275,18 @@ pub fn run() -> anyhow::Result<i32> {
             missing.join(", ")
         );
     }
-    let Cli { state_dir, bpffs, command } = cli;
-    let engine = || -> anyhow::Result<Engine> { Ok(Engine::open(&state_dir, &bpffs)?) };
+    let Cli { state_dir, bpffs, cluster, command } = cli;
+    let cluster = cluster.config()?;
+    let engine = || -> anyhow::Result<Engine> {
+        let mut e = Engine::open(&state_dir, &bpffs)?;
+        if let Some(c) = cluster.clone() {
+            e.join_cluster(c)?;
+        }
+        Ok(e)
+    };
     match command {
         Command::Bpf(cmd) => bpf::run(&bpffs, cmd),
+        Command::Cluster(cmd) => cluster::run(&mut engine()?, cmd),
         Command::Network(cmd) => network::run(&mut engine()?, cmd),
         Command::Run(args) => endpoint::run(&mut engine()?, args).map_err(|e| e.context(ExitCode(125))),
         Command::Exec { name, command, .. } => endpoint::exec(&mut engine()?, &name, &command),
@@ -294,7 +309,9 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Stats { names, format, watch, iterations } => {
             stats::run(&mut engine()?, &names, format, watch, iterations)
         }
-        Command::Reconcile { dry_run, format, take_over } => reconcile(&state_dir, &bpffs, dry_run, format, take_over),
+        Command::Reconcile { dry_run, format, take_over } => {
+            reconcile(&state_dir, &bpffs, cluster, dry_run, format, take_over)
+        }
         Command::Plugin(PluginCommand::Docker { socket, verbose, metrics }) => {
             dataplane_user::frontend::docker::serve(&socket, engine()?, verbose, metrics.as_deref())?;
             Ok(0)
@@ -315,11 +332,15 @@ pub fn run() -> anyhow::Result<i32> {
 fn reconcile(
     state_dir: &std::path::Path,
     bpffs: &std::path::Path,
+    cluster: Option<dataplane_user::cluster::ClusterConfig>,
     dry_run: bool,
     format: Format,
     take_over: bool,
 ) -> anyhow::Result<i32> {
     let mut e = if take_over { Engine::open_unchecked(state_dir, bpffs)? } else { Engine::open(state_dir, bpffs)? };
+    if let Some(c) = cluster {
+        e.join_cluster(c)?;
+    }
     if take_over && !dry_run {
         e.take_over_bpffs()?;
     }

@@ -109,7 +109,7 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
                 opts: a.opt,
                 internal: a.internal,
                 ipv6: a.ipv6,
-                owner: Default::default(),
+                ..Default::default()
             })?;
             println!("{}", n.id);
         }
@@ -126,7 +126,7 @@ pub fn run(engine: &mut Engine, cmd: NetworkCommand) -> Result<i32> {
                 super::format::Output::JsonLines | super::format::Output::Template { .. } => {
                     let v: Vec<_> = nets
                         .iter()
-                        .map(|n| serde_json::json!({"ID": &n.id[..12], "Name": n.name, "Driver": n.driver.name(), "Scope": "local", "Parent": n.parent, "Subnets": n.pools.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>()}))
+                        .map(|n| serde_json::json!({"ID": &n.id[..12], "Name": n.name, "Driver": n.driver.name(), "Scope": if n.cluster { "global" } else { "local" }, "Parent": n.parent, "Subnets": n.pools.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>()}))
                         .collect();
                     out.print(&v);
                 }
@@ -236,7 +236,7 @@ fn inspect_json(n: &Network, members: &[(Endpoint, Option<Attachment>)]) -> Valu
         "Name": n.name,
         "Id": n.id,
         "Created": n.created,
-        "Scope": "local",
+        "Scope": if n.cluster { "global" } else { "local" },
         "Driver": n.driver.name(),
         "EnableIPv6": n.ipv6,
         "IPAM": { "Driver": "default", "Options": {}, "Config": config },

@@ -162,6 +162,7 @@ impl Engine {
             supervisor: None,
             owner: owner.clone(),
         };
+        let cluster = self.cluster.as_ref();
         let a = self.store.write(|tx| -> Result<Attachment> {
             if let Some(e) = tx.endpoints()?.into_iter().find(|e| e.owner == owner || e.name == ep.name) {
                 return invalid(format!(
@@ -169,7 +170,7 @@ impl Engine {
                     req.container_id, req.ifname, e.name
                 ));
             }
-            let a = allocate(tx, &ep, n, req.ipv4, req.ipv6, req.mac.as_deref(), req.ifname.clone())?;
+            let a = allocate(tx, &ep, n, req.ipv4, req.ipv6, req.mac.as_deref(), req.ifname.clone(), cluster)?;
             tx.put_endpoint(&ep)?;
             tx.put_attachment(&a)?;
             Ok(a)
@@ -224,6 +225,9 @@ impl Engine {
         if let Some((ep, _)) = self.cni_attachment(network, container_id, ifname)? {
             warnings.extend(self.remove_endpoint(&ep.name, false, |_| Ok(()))?);
         }
+        // Its cluster claims go with it (an unreachable cluster fails the DEL, which the
+        // runtime retries: the endpoint is gone by then, the sweep still finds its claims).
+        self.cluster_sweep(false)?;
         warnings.extend(self.cni_release_network(network)?);
         Ok(warnings)
     }
@@ -375,6 +379,7 @@ impl Engine {
                         id: crate::store::new_id(),
                         name: req.name.clone(),
                         driver: crate::store::Driver::Ipam,
+                        cluster: false,
                         created: crate::store::now_rfc3339(),
                         internal: false,
                         ipv6: req.ipv6,
@@ -414,7 +419,7 @@ impl Engine {
                 supervisor: None,
                 owner,
             };
-            let att = allocate(tx, &ep, &n, a.ipv4, a.ipv6, None, a.ifname.clone())?;
+            let att = allocate(tx, &ep, &n, a.ipv4, a.ipv6, None, a.ifname.clone(), None)?;
             tx.put_endpoint(&ep)?;
             tx.put_attachment(&att)?;
             Ok((n, att))

@@ -160,7 +160,7 @@ impl Engine {
             owner: Owner::Docker { id: endpoint_id.to_string(), sandbox: None },
         };
         let a = self.store.write(|tx| -> Result<Attachment> {
-            let mut a = allocate(tx, &ep, &n, ipv4, ipv6, mac, String::new())?;
+            let mut a = allocate(tx, &ep, &n, ipv4, ipv6, mac, String::new(), None)?;
             a.ifname = host_ifname(a.ifindex);
             tx.put_endpoint(&ep)?;
             tx.put_attachment(&a)?;

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::{
     bpf::{self, Pins},
+    cluster::Cluster,
     ipam,
     mac::Mac,
     netns,
@@ -144,7 +145,10 @@ pub(crate) fn ip_keys(keys: &[AdmitKey], ip: [u8; 4]) -> Vec<IpKey> {
     keys.iter().map(|k| IpKey { ifindex: k.ifindex, vlan: k.vlan, pad: 0, ip }).collect()
 }
 
-/// Allocate addresses and a MAC for `ep` on `n` (inside the caller's transaction).
+/// Allocate addresses and a MAC for `ep` on `n` (inside the caller's transaction). On a
+/// cluster network they are also claimed in the cluster, in one transaction with the
+/// other hosts' claims as the judge: a lost race picks again.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn allocate(
     tx: &Tx,
     ep: &Endpoint,
@@ -153,9 +157,10 @@ pub(crate) fn allocate(
     ip6: Option<IpAddr>,
     mac: Option<&str>,
     ifname: String,
+    cluster: Option<&Cluster>,
 ) -> Result<Attachment> {
     let atts = tx.attachments()?;
-    let used: BTreeMap<IpAddr, String> = atts
+    let local: BTreeMap<IpAddr, String> = atts
         .iter()
         .filter(|a| a.network == n.name)
         .flat_map(|a| [a.ipv4, a.ipv6].into_iter().flatten().map(|ip| (ip, a.endpoint.clone())))
@@ -167,11 +172,8 @@ pub(crate) fn allocate(
             n.name
         ));
     }
-    let ipv4 = ipam::allocate(&n.name, &n.pools, true, ip, &used)?;
-    let ipv6 = if n.ipv6 { ipam::allocate(&n.name, &n.pools, false, ip6, &used)? } else { None };
     let phys = physical_parent(n).unwrap_or_default().to_string();
-    let taken: Vec<Mac> = atts.iter().filter(|a| a.parent == phys).map(|a| a.mac).collect();
-    let mac = match mac {
+    let wanted_mac = match mac {
         Some(m) => {
             let m: Mac = m.parse().map_err(|e: crate::mac::MacParseError| ControlError::Invalid(e.to_string()))?;
             if !m.is_unicast() || m.0 == [0; 6] {
@@ -183,9 +185,65 @@ pub(crate) fn allocate(
                     a.endpoint
                 ));
             }
-            m
+            Some(m)
         }
-        None => generate_mac(ipv4, &taken),
+        None => None,
+    };
+    let cluster = cluster.filter(|_| n.cluster);
+    let mut attempt = 0;
+    let (ipv4, ipv6, mac) = loop {
+        attempt += 1;
+        let mut used = local.clone();
+        let mut taken: Vec<Mac> = atts.iter().filter(|a| a.parent == phys).map(|a| a.mac).collect();
+        let remote = cluster.map(|c| c.taken(&n.name)).transpose()?;
+        if let Some(r) = &remote {
+            // A claim of ours that committed although its answer was lost (the member
+            // failed right after): it is this endpoint's already.
+            let mine: Vec<IpAddr> = r.ips.iter().filter(|(_, h)| h.endpoint_id == ep.id).map(|(i, _)| *i).collect();
+            if let (false, Some((m, _))) = (mine.is_empty(), r.macs.iter().find(|(_, h)| h.endpoint_id == ep.id)) {
+                break (mine.iter().find(|i| i.is_ipv4()).copied(), mine.iter().find(|i| i.is_ipv6()).copied(), *m);
+            }
+            for (ip, h) in &r.ips {
+                used.entry(*ip).or_insert_with(|| format!("endpoint {} on host {}", h.endpoint, h.host));
+            }
+            taken.extend(r.macs.keys().copied());
+            if let Some((m, h)) = wanted_mac.and_then(|m| r.macs.get(&m).map(|h| (m, h))) {
+                return invalid(format!(
+                    "MAC address {m} is already used on network {} by endpoint {} on host {}; pick another --mac-address",
+                    n.name,
+                    h.endpoint,
+                    h.host
+                ));
+            }
+        }
+        // Concurrent claims from several hosts spread over the first free addresses.
+        let spread = if cluster.is_some() { 8 } else { 1 };
+        let ipv4 = pick(&n.name, &n.pools, true, ip, &used, spread)?;
+        let ipv6 = if n.ipv6 { pick(&n.name, &n.pools, false, ip6, &used, spread)? } else { None };
+        let mac = wanted_mac.unwrap_or_else(|| generate_mac(ipv4, &taken));
+        let Some(c) = cluster else { break (ipv4, ipv6, mac) };
+        let ips: Vec<IpAddr> = [ipv4, ipv6].into_iter().flatten().collect();
+        match c.claim(&n.name, &ips, mac, &c.holder(&ep.id, &ep.name))? {
+            crate::cluster::Claimed::Done => {
+                super::fault("cluster:claimed");
+                break (ipv4, ipv6, mac);
+            }
+            crate::cluster::Claimed::Lost if attempt < 64 => continue,
+            crate::cluster::Claimed::Lost => {
+                return Err(super::state_err(
+                    super::StateKind::Busy,
+                    format!("network {}: lost {attempt} claims in a row to other hosts; retry", n.name),
+                ))
+            }
+            crate::cluster::Claimed::NoNetwork => {
+                return invalid(format!(
+                    "network {} is no longer in cluster {}: it was removed on another host; remove it here (dataplane network rm {})",
+                    n.name,
+                    c.cfg.url(),
+                    n.name
+                ))
+            }
+        }
     };
     let mut used_idx: Vec<u32> = atts.iter().map(|a| a.ifindex).collect();
     used_idx.extend(super::background::pending_unlinks());
@@ -213,6 +271,35 @@ pub(crate) fn allocate(
         owner_pid: 0,
         owner_start: 0,
     })
+}
+
+/// An address from `pools` for one family ([`ipam::allocate`]); with `spread` > 1 a
+/// dynamic one is drawn at random from the first `spread` free ones.
+fn pick(
+    network: &str,
+    pools: &[crate::ipam::Pool],
+    v4: bool,
+    asked: Option<IpAddr>,
+    used: &BTreeMap<IpAddr, String>,
+    spread: usize,
+) -> Result<Option<IpAddr>> {
+    let first = ipam::allocate(network, pools, v4, asked, used)?;
+    if asked.is_some() || spread <= 1 || first.is_none() {
+        return Ok(first);
+    }
+    let mut scratch = used.clone();
+    let mut free = Vec::new();
+    while free.len() < spread {
+        match ipam::allocate(network, pools, v4, None, &scratch) {
+            Ok(Some(c)) => {
+                scratch.insert(c, String::new());
+                free.push(c);
+            }
+            _ => break,
+        }
+    }
+    let r: [u8; 2] = crate::sys::random_bytes();
+    Ok(free.get(u16::from_le_bytes(r) as usize % free.len().max(1)).copied().or(first))
 }
 
 /// Docker-style 02:42:<IPv4 octets> when free, else random locally administered unicast.
@@ -492,6 +579,7 @@ fn record_run(
     req: &RunRequest,
     plan: &RunPlan,
     probed: (Option<IpAddr>, Option<IpAddr>),
+    cluster: Option<&Cluster>,
 ) -> Result<(Endpoint, Option<Network>, Option<Attachment>)> {
     if let Some(e) = tx.endpoint(&req.name)?.filter(|e| e.name == req.name) {
         return name_taken(&req.name, &e);
@@ -548,7 +636,7 @@ fn record_run(
             p.aux.remove(super::facts::HOST_AUX);
         }
     }
-    let att = allocate(tx, &ep, &view, ip, ip6, req.mac.as_deref(), ifname)?;
+    let att = allocate(tx, &ep, &view, ip, ip6, req.mac.as_deref(), ifname, cluster)?;
     tx.put_endpoint(&ep)?;
     tx.put_attachment(&att)?;
     Ok((ep, net, Some(att)))
@@ -669,19 +757,24 @@ impl Engine {
             Some(e) if e.name == req.name => name_taken(&req.name, &e),
             _ => Ok(()),
         })?;
-        // 0. A dynamic address is probed on the segment first (other hosts may hand out
-        // the same subnet); the one chosen is then requested below.
+        // 0. Cluster mode: the cluster's network is realised here first. Otherwise a
+        // dynamic address is probed on the segment first (other hosts may hand out the
+        // same subnet); the one chosen is then requested below.
+        if plan.place != Place::Shim {
+            self.cluster_adopt(&plan.network)?;
+        }
         let probed = match plan.network.as_str() {
             "host" | "none" => (None, None),
             name => match self.store.read(|tx| tx.network(name))? {
-                Some(n) if plan.place != Place::Shim => {
+                Some(n) if plan.place != Place::Shim && !n.cluster => {
                     self.probe_free(&n, plan.ip.is_none(), plan.ip6.is_none() && n.ipv6)?
                 }
                 _ => (None, None),
             },
         };
         // 1. Allocate under the store's write lock.
-        let (ep, net, att) = self.store.write(|tx| record_run(tx, &req, &plan, probed))?;
+        let cluster = self.cluster.as_ref();
+        let (ep, net, att) = self.store.write(|tx| record_run(tx, &req, &plan, probed, cluster))?;
         super::fault("run:allocated");
         // 2. Kernel work, undone in reverse on failure.
         let pins = self.pins.clone();
@@ -704,7 +797,9 @@ impl Engine {
         }
         let ip = parse_opt_ip(&ip)?;
         let ip6 = parse_opt_ip(&ip6)?;
+        self.cluster_adopt(network)?;
         let pins = self.pins.clone();
+        let cluster = self.cluster.as_ref();
         let (ep, n, a) = self.store.write(|tx| -> Result<(Endpoint, Network, Attachment)> {
             let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
                 ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
@@ -732,7 +827,7 @@ impl Engine {
             }
             let taken: Vec<String> = mine.iter().map(|a| a.ifname.clone()).collect();
             let ifname = next_ifname(&ep.netns, &taken)?;
-            let mut a = allocate(tx, &ep, &n, ip, ip6, None, ifname)?;
+            let mut a = allocate(tx, &ep, &n, ip, ip6, None, ifname, cluster)?;
             // In flight until realised: other processes' reconcile leaves it alone.
             a.state = EndpointState::Creating;
             a.owner_pid = std::process::id();
@@ -801,6 +896,19 @@ impl Engine {
                 "removed {} from network {network}, but deleting {} failed: {e}",
                 ep.name, a.ifname
             ))
+        })?;
+        self.release_cluster_claims()
+    }
+
+    /// After an endpoint or attachment is gone: its cluster claims are released (with
+    /// any others of this host left by a command that died). A cluster that cannot be
+    /// reached now is an error naming it; the claims are then released by the next
+    /// `dataplane reconcile`.
+    fn release_cluster_claims(&mut self) -> Result<()> {
+        self.cluster_sweep(false).map(drop).map_err(|e| {
+            ControlError::Invalid(format!(
+                "removed here, but its addresses stay claimed in the cluster until `dataplane reconcile` reaches it: {e}"
+            ))
         })
     }
 
@@ -826,6 +934,10 @@ impl Engine {
                 )),
                 _ => Ok(()),
             }
+        })
+        .and_then(|warnings| {
+            self.release_cluster_claims()?;
+            Ok(warnings)
         })
     }
 

@@ -170,6 +170,7 @@ mod tests {
             owner_pid: 0,
             owner_start: 0,
             owner: Default::default(),
+            cluster: false,
         };
         let mac = [2, 0, 0, 0, 0, 9];
         let keys = super::admit_keys_at(&n, 7, mac);

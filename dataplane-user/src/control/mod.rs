@@ -53,6 +53,8 @@ pub enum ControlError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Netlink(#[from] NlError),
@@ -110,7 +112,7 @@ pub(crate) fn state_err(kind: StateKind, message: impl Into<String>) -> ControlE
 
 /// Named fault points for crash tests: when `DATAPLANE_FAULT` equals `point`, the process
 /// aborts right there, as if killed. Inert unless that variable is set.
-pub const FAULT_POINTS: [&str; 17] = [
+pub const FAULT_POINTS: [&str; 18] = [
     "network-create:vlan-veth",
     "network-create:vlan-made",
     "network-create:attached",
@@ -128,6 +130,7 @@ pub const FAULT_POINTS: [&str; 17] = [
     "cni-add:linked",
     "supervise:spawned",
     "endpoint:link-made",
+    "cluster:claimed",
 ];
 
 pub fn fault(point: &'static str) {
@@ -172,6 +175,8 @@ pub struct Engine {
     pub pins: Pins,
     pub state_dir: PathBuf,
     store: Store,
+    /// Cluster mode: the shared address plan (None: this host plans alone).
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// Predefined networks that always exist.
@@ -205,7 +210,7 @@ impl Engine {
     pub fn open_unchecked(state_dir: &Path, bpffs: &Path) -> Result<Engine> {
         let store = Store::open(state_dir)?;
         crate::timing::mark("store-open");
-        Ok(Engine { pins: Pins::new(bpffs), state_dir: state_dir.to_path_buf(), store })
+        Ok(Engine { pins: Pins::new(bpffs), state_dir: state_dir.to_path_buf(), store, cluster: None })
     }
 
     fn check_bpffs_owner(&mut self) -> Result<()> {
@@ -267,6 +272,51 @@ impl Engine {
             self.claim_bpffs()?;
         }
         Ok(())
+    }
+
+    /// Plan addresses with the other hosts of cluster `cfg` (see cluster.rs).
+    pub fn join_cluster(&mut self, cfg: crate::cluster::ClusterConfig) -> Result<()> {
+        let instance = self.store.instance()?;
+        self.cluster = Some(crate::cluster::Cluster::new(cfg, instance)?);
+        Ok(())
+    }
+
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Release this host's cluster claims that no attachment here holds any more (its
+    /// endpoint was removed, or the command that claimed them died before recording
+    /// them); `dry_run`: only say which. Under the store's write lock, so no claim of
+    /// this host is half-recorded meanwhile.
+    pub fn cluster_sweep(&mut self, dry_run: bool) -> Result<Vec<String>> {
+        let Some(c) = self.cluster.as_ref() else { return Ok(Vec::new()) };
+        self.store.write(|tx| -> Result<Vec<String>> {
+            let ids: std::collections::BTreeMap<String, String> =
+                tx.endpoints()?.into_iter().map(|e| (e.name, e.id)).collect();
+            let live: std::collections::BTreeSet<(String, String)> = tx
+                .attachments()?
+                .into_iter()
+                .filter_map(|a| ids.get(&a.endpoint).map(|id| (id.clone(), a.network)))
+                .collect();
+            let mut out = Vec::new();
+            for (id, net, held) in c.mine()? {
+                if live.contains(&(id, net)) {
+                    continue;
+                }
+                if !dry_run {
+                    c.release(&held)?;
+                }
+                let what: Vec<String> = held.ips.iter().map(|i| i.to_string()).chain([held.mac.to_string()]).collect();
+                out.push(format!(
+                    "cluster claims of gone endpoint {} on network {}: {}",
+                    held.holder.endpoint,
+                    held.network,
+                    what.join(" ")
+                ));
+            }
+            Ok(out)
+        })
     }
 
     pub fn store(&mut self) -> &mut Store {

@@ -16,7 +16,8 @@ use crate::{
     store::{Attachment, Driver, Endpoint, EndpointState, MacvlanMode, Network, Owner, Tx, VlanKind, VlanParent},
 };
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NetworkCreate {
     pub name: String,
     pub driver: String,
@@ -29,6 +30,38 @@ pub struct NetworkCreate {
     pub ipv6: bool,
     /// Who creates it (and alone may remove it).
     pub owner: Owner,
+    /// Cluster mode: realise here the cluster's network (same id, pools and options)
+    /// instead of making a new one.
+    #[serde(skip)]
+    pub adopt: Option<Network>,
+}
+
+/// A cluster network as kept in etcd: the network (the same on every host) and the request
+/// that made it, which each host replays when it first uses the network.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ClusterDoc {
+    pub network: Network,
+    pub request: NetworkCreate,
+}
+
+impl ClusterDoc {
+    fn of(n: &Network, req: &NetworkCreate) -> ClusterDoc {
+        let mut network = n.clone();
+        network.state = EndpointState::Ready;
+        network.owner_pid = 0;
+        network.owner_start = 0;
+        network.vlan = None;
+        ClusterDoc { network, request: NetworkCreate { adopt: None, ..req.clone() } }
+    }
+
+    pub(crate) fn parse(name: &str, doc: &str) -> Result<ClusterDoc> {
+        serde_json::from_str(doc).map_err(|e| {
+            ControlError::Cluster(crate::cluster::ClusterError::Corrupt {
+                key: format!("networks/{name}"),
+                detail: e.to_string(),
+            })
+        })
+    }
 }
 
 const IFNAMSIZ_MAX: usize = 15;
@@ -185,6 +218,7 @@ fn record_creating(
     spec: &NetworkSpec,
     parent_exists: bool,
     trunk: &Option<TrunkParent>,
+    cluster: Option<&crate::cluster::Cluster>,
 ) -> Result<Network> {
     let parent = &spec.parent;
     if tx.network(&req.name)?.is_some_and(|n| n.name == req.name) {
@@ -207,7 +241,46 @@ fn record_creating(
             o.name
         ));
     }
-    let pools = pools_for(req, &others, ipam::default_v4_pool)?;
+    // The cluster's network this one joins (CNI, same name and subnets).
+    let mut joined: Option<Network> = None;
+    let pools = match (&req.adopt, cluster) {
+        (Some(a), _) => a.pools.clone(),
+        (None, Some(c)) => {
+            // Subnets may overlap no network of the cluster either.
+            let mut all = others.clone();
+            for (name, doc) in c.networks()? {
+                let d = ClusterDoc::parse(&name, &doc)?;
+                if name == req.name {
+                    joined = Some(d.network);
+                } else if !all.iter().any(|o| o.name == name) {
+                    all.push(d.network);
+                }
+            }
+            let pools = pools_for(req, &all, ipam::default_v4_pool)?;
+            match joined.as_ref().filter(|_| req.owner.is_cni()) {
+                // A CNI network joins the cluster's network of its name (made by the CLI
+                // or by another node's first ADD) when the subnets agree.
+                Some(j) => {
+                    let subnets = |p: &[ipam::Pool]| p.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>();
+                    if subnets(&j.pools) != subnets(&pools) {
+                        return invalid(format!(
+                            "network {} exists in cluster {} with subnets {}; this configuration asks for {}: use the same subnets on every node",
+                            req.name,
+                            c.cfg.url(),
+                            subnets(&j.pools).join(", "),
+                            subnets(&pools).join(", ")
+                        ));
+                    }
+                    j.pools.clone()
+                }
+                None => {
+                    joined = None;
+                    pools
+                }
+            }
+        }
+        (None, None) => pools_for(req, &others, ipam::default_v4_pool)?,
+    };
     // A VLAN device another network of ours made for the same parent is shared.
     let shared = others.iter().find_map(|o| o.vlan.clone().filter(|_| o.parent.as_ref() == Some(parent)));
     let vlan = match trunk {
@@ -224,10 +297,10 @@ fn record_creating(
         None => None,
     };
     let n = Network {
-        id: crate::store::new_id(),
+        id: req.adopt.as_ref().or(joined.as_ref()).map_or_else(crate::store::new_id, |a| a.id.clone()),
         name: req.name.clone(),
         driver: Driver::Macvlan,
-        created: crate::store::now_rfc3339(),
+        created: req.adopt.as_ref().or(joined.as_ref()).map_or_else(crate::store::now_rfc3339, |a| a.created.clone()),
         internal: req.internal,
         ipv6: req.ipv6,
         options: spec.options.clone(),
@@ -239,8 +312,25 @@ fn record_creating(
         owner_pid: std::process::id(),
         owner_start: crate::store::ProcRef::me().start,
         owner: req.owner.clone(),
+        cluster: cluster.is_some(),
     };
     tx.put_network(&n)?;
+    if let (Some(c), None, None) = (cluster, &req.adopt, &joined) {
+        let doc = serde_json::to_string(&ClusterDoc::of(&n, req)).expect("serialisable");
+        if let Err(existing) = c.create_network(&n.name, &doc)? {
+            let id = ClusterDoc::parse(&n.name, &existing).map(|d| d.network.id).unwrap_or_default();
+            return Err(super::state_err(
+                super::StateKind::AlreadyExists,
+                format!(
+                    "network with name {} already exists in cluster {} (id {}); use it, or remove it first (dataplane network rm {})",
+                    n.name,
+                    c.cfg.url(),
+                    &id[..12.min(id.len())],
+                    n.name
+                ),
+            ));
+        }
+    }
     Ok(n)
 }
 
@@ -338,7 +428,9 @@ impl Engine {
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
         // 1. Validate against the store and record the network as `creating`.
-        let mut n = self.store.write(|tx| record_creating(tx, &req, &spec, existing_parent.is_some(), &trunk))?;
+        let cluster = self.cluster.as_ref();
+        let mut n =
+            self.store.write(|tx| record_creating(tx, &req, &spec, existing_parent.is_some(), &trunk, cluster))?;
 
         // 2. Kernel work (network lock held: no other creator races us on a parent).
         let mut undo = Undo::new();
@@ -358,6 +450,14 @@ impl Engine {
             let _ = super::release_pins(&pins);
             let name = n.name.clone();
             let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_network(&name)?) });
+            if let (Some(c), None) = (&self.cluster, &req.adopt) {
+                // Made by this command a moment ago: nobody can hold claims on it yet.
+                if let Err(x) = c.delete_network(&name, &n.id) {
+                    return Err(ControlError::Invalid(format!(
+                        "{err}; removing network {name} from the cluster also failed: {x}"
+                    )));
+                }
+            }
             return Err(err);
         }
         undo.forget();
@@ -429,6 +529,22 @@ impl Engine {
         if PREDEFINED.contains(&name) {
             return invalid(format!("{name} is a predefined network and cannot be removed"));
         }
+        // Only the CLI removes a network from the cluster; a CNI DEL that was the last
+        // user here removes this host's copy alone.
+        let cluster = self.cluster.as_ref().filter(|_| *by == Owner::Cli);
+        // A cluster network this host never used: only the cluster's record goes.
+        if let Some(c) = cluster {
+            if self.store.read(|tx| tx.network(name))?.filter(|n| n.name == name).is_none() {
+                return match c.remove_network(name)? {
+                    crate::cluster::Removed::Done => Ok(Vec::new()),
+                    crate::cluster::Removed::InUse(hosts) => Err(in_use_elsewhere(name, &hosts)),
+                    crate::cluster::Removed::Absent => Err(super::state_err(
+                        super::StateKind::NotFound,
+                        format!("network {name} not found (list them with dataplane network ls)"),
+                    )),
+                };
+            }
+        }
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
         // 1. Check and mark it `removing` (runs refuse it from now on, so nothing attaches
@@ -468,6 +584,21 @@ impl Engine {
             tx.put_network(&n)?;
             Ok((n, others, shim))
         })?;
+        // A cluster network leaves the cluster first (refused while other hosts have
+        // endpoints on it); then this host's copy goes.
+        if let (true, Some(c)) = (n.cluster, self.cluster.as_ref().filter(|_| *by == Owner::Cli)) {
+            let gone = match c.remove_network(&n.name) {
+                Ok(crate::cluster::Removed::InUse(hosts)) => Err(in_use_elsewhere(&n.name, &hosts)),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = gone {
+                let mut back = n.clone();
+                back.state = EndpointState::Ready;
+                let _ = self.store.write(|tx| -> Result<()> { Ok(tx.put_network(&back)?) });
+                return Err(e);
+            }
+        }
         super::fault("network-rm:marked");
         if let Some(s) = shim {
             if let Err(e) = self.remove_endpoint(&s, false, |_| Ok(())) {
@@ -487,7 +618,44 @@ impl Engine {
         Ok(warnings)
     }
 
+    /// Every network: the predefined ones, this host's, and in cluster mode the cluster's
+    /// that this host has not used yet.
     pub fn networks(&mut self) -> Result<Vec<Network>> {
+        let cluster = match &self.cluster {
+            Some(c) => {
+                let docs = c.networks()?;
+                let docs: Vec<Network> = docs
+                    .iter()
+                    .map(|(name, doc)| ClusterDoc::parse(name, doc).map(|d| d.network))
+                    .collect::<Result<_>>()?;
+                self.cluster_prune(&docs);
+                docs
+            }
+            None => Vec::new(),
+        };
+        let mut v = predefined_networks();
+        v.extend(self.store.read(|tx| tx.networks())?);
+        for n in cluster {
+            if !v.iter().any(|l| l.name == n.name) {
+                v.push(n);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Remove this host's copies of cluster networks that the cluster no longer has
+    /// (removed on another host); one with endpoints here stays (and says so on use).
+    fn cluster_prune(&mut self, docs: &[Network]) {
+        let Ok(local) = self.store.read(|tx| tx.networks()) else { return };
+        for l in local {
+            if l.cluster && l.state == EndpointState::Ready && !docs.iter().any(|d| d.name == l.name && d.id == l.id) {
+                let _ = self.network_rm_by(&l.name, &l.owner);
+            }
+        }
+    }
+
+    /// The predefined networks and this host's (no cluster round trip).
+    pub fn networks_here(&mut self) -> Result<Vec<Network>> {
         let mut v = predefined_networks();
         v.extend(self.store.read(|tx| tx.networks())?);
         Ok(v)
@@ -497,7 +665,64 @@ impl Engine {
         if let Some(p) = predefined_networks().into_iter().find(|n| n.name == name) {
             return Ok(Some(p));
         }
-        Ok(self.store.read(|tx| tx.network(name))?)
+        if let Some(n) = self.store.read(|tx| tx.network(name))? {
+            return Ok(Some(n));
+        }
+        match &self.cluster {
+            Some(c) => {
+                let doc = c.network(name)?;
+                Ok(doc.map(|d| ClusterDoc::parse(name, &d)).transpose()?.map(|d| d.network))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Cluster mode: make sure network `name`, if it is a cluster network, is realised
+    /// here (parent programs, VLAN device) as the cluster defines it, before an endpoint
+    /// joins it. A copy here that the cluster no longer has (or has made again) is refused.
+    pub(crate) fn cluster_adopt(&mut self, name: &str) -> Result<()> {
+        if self.cluster.is_none() || PREDEFINED.contains(&name) {
+            return Ok(());
+        }
+        let mut local = self.store.read(|tx| tx.network(name))?.filter(|n| n.name == name);
+        if local.as_ref().is_some_and(|l| !l.cluster) {
+            return Ok(());
+        }
+        if local.as_ref().is_some_and(|l| l.state != EndpointState::Ready) {
+            // Another command of this host is realising it: its creator holds the network
+            // lock until the row is ready (or gone).
+            drop(self.network_lock()?);
+            local = self.store.read(|tx| tx.network(name))?.filter(|n| n.name == name);
+        }
+        let Some(c) = &self.cluster else { return Ok(()) };
+        let doc = c.network(name)?.map(|d| ClusterDoc::parse(name, &d)).transpose()?;
+        let url = c.cfg.url();
+        match (local, doc) {
+            (Some(l), Some(d)) if l.id == d.network.id => Ok(()),
+            (Some(l), d) => invalid(format!(
+                "network {name} here (id {}) is {} in cluster {url}: remove it here (dataplane network rm {name}){}",
+                &l.id[..12],
+                if d.is_some() { "not the network of that name" } else { "no longer" },
+                if d.is_some() { " to use the cluster's" } else { "" }
+            )),
+            (None, Some(d)) if d.network.owner != Owner::Cli => invalid(format!(
+                "network {name} of cluster {url} belongs to {}, which allocates its addresses: attach containers through it, not with dataplane",
+                match d.network.owner {
+                    Owner::Cni { .. } => "CNI",
+                    _ => "Docker",
+                }
+            )),
+            (None, Some(d)) => {
+                let req = NetworkCreate { adopt: Some(d.network), ..d.request };
+                match self.network_create(req) {
+                    Ok(_) => Ok(()),
+                    // Another command of this host realised it meanwhile.
+                    Err(e) if e.state_kind() == Some(super::StateKind::AlreadyExists) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            (None, None) => Ok(()),
+        }
     }
     /// The endpoints on network `n`, each with its attachment to it (none for an endpoint
     /// of a predefined network, which has no interface of ours).
@@ -549,6 +774,16 @@ pub(crate) fn teardown_network(pins: &crate::bpf::Pins, n: &Network, others: &[N
     warnings
 }
 
+fn in_use_elsewhere(name: &str, hosts: &[String]) -> ControlError {
+    super::state_err(
+        super::StateKind::HasEndpoints,
+        format!(
+            "network {name} has endpoints on other hosts of the cluster ({}): remove them there first",
+            hosts.join(", ")
+        ),
+    )
+}
+
 /// `host` and `none`, with ids derived from their names so they are stable.
 pub fn predefined_networks() -> Vec<Network> {
     let mk = |name: &str, driver: Driver| Network {
@@ -567,6 +802,7 @@ pub fn predefined_networks() -> Vec<Network> {
         owner_pid: 0,
         owner_start: 0,
         owner: Owner::Cli,
+        cluster: false,
     };
     vec![mk("host", Driver::Host), mk("none", Driver::None)]
 }

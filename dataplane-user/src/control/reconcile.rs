@@ -54,8 +54,14 @@ impl Engine {
     /// A pass that compares every map with the store. `thorough` also looks inside every
     /// endpoint's namespace for links deleted by hand (one netlink round trip per
     /// endpoint, so only `dataplane reconcile` does it).
+    /// In cluster mode it also releases this host's claims that no attachment holds.
     pub fn reconcile_with(&mut self, dry_run: bool, thorough: bool) -> Result<ReconcileReport> {
-        self.pass(dry_run, thorough, true)
+        let mut r = self.pass(dry_run, thorough, true)?;
+        match self.cluster_sweep(dry_run) {
+            Ok(d) => r.drift.extend(d),
+            Err(e) => r.errors.push(e.to_string()),
+        }
+        Ok(r)
     }
 
     fn pass(&mut self, dry_run: bool, thorough: bool, maps: bool) -> Result<ReconcileReport> {
@@ -780,7 +786,9 @@ fn stale_network_pins(
             let _ = std::fs::remove_file(&pin);
         }
     }
-    if !dry_run {
+    // A network being made right now (its row is `creating`, its maps pinned before its
+    // first link): its maps are not unused.
+    if !dry_run && all.iter().all(|n| n.state == EndpointState::Ready) {
         let _ = super::release_pins(pins);
     }
 }

@@ -70,6 +70,7 @@ impl From<ControlError> for CniError {
         let msg = e.to_string();
         let code = match &e {
             e if e.retryable() => code::TRY_AGAIN,
+            ControlError::Cluster(crate::cluster::ClusterError::Unavailable { .. }) => code::TRY_AGAIN,
             ControlError::Ipam(_) => code::INVALID_CONFIG,
             ControlError::Io { .. } => code::IO,
             _ => code::FAILED,
@@ -121,6 +122,9 @@ struct NetConf {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     bpffs: Option<PathBuf>,
+    /// Cluster mode (else `DATAPLANE_CLUSTER` and friends from the environment).
+    #[serde(default)]
+    cluster: Option<ClusterConf>,
     #[serde(default)]
     ipam: Option<Value>,
     #[serde(rename = "runtimeConfig", default)]
@@ -129,6 +133,22 @@ struct NetConf {
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// `"cluster": {"url": "etcd://HOST:PORT,...[/PREFIX]", "host": NAME, "ca": FILE,
+/// "cert": FILE, "key": FILE}`: the node's addresses come from the cluster's plan.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterConf {
+    url: String,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
 }
 
 /// Our built-in IPAM section.
@@ -435,7 +455,31 @@ fn open_engine(conf: &NetConf) -> Result<Engine> {
         .clone()
         .or_else(|| std::env::var_os("DATAPLANE_BPFFS").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_BPFFS_DIR));
-    Engine::open(&state, &bpffs).map_err(|e| CniError::new(code::IO, e.to_string()))
+    let mut engine = Engine::open(&state, &bpffs).map_err(|e| CniError::new(code::IO, e.to_string()))?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let cfg = match &conf.cluster {
+        Some(c) => Some(crate::cluster::ClusterConfig::parse(
+            &c.url,
+            c.host.as_deref(),
+            c.ca.clone(),
+            c.cert.clone(),
+            c.key.clone(),
+        )),
+        None => env("DATAPLANE_CLUSTER").map(|url| {
+            crate::cluster::ClusterConfig::parse(
+                &url,
+                env("DATAPLANE_CLUSTER_HOST").as_deref(),
+                env("DATAPLANE_CLUSTER_CA").map(PathBuf::from),
+                env("DATAPLANE_CLUSTER_CERT").map(PathBuf::from),
+                env("DATAPLANE_CLUSTER_KEY").map(PathBuf::from),
+            )
+        }),
+    };
+    if let Some(cfg) = cfg {
+        let cfg = cfg.map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+        engine.join_cluster(cfg)?;
+    }
+    Ok(engine)
 }
 
 fn add(e: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value> {

@@ -107,7 +107,8 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
     }
 
     let networks = gauge_family(&mut reg, "networks", "Networks (besides host and none), by driver and owner");
-    for n in engine.networks()?.iter().filter(|n| !crate::control::PREDEFINED.contains(&n.name.as_str())) {
+    // This host's networks (a cluster that cannot be reached does not stop the metrics).
+    for n in engine.networks_here()?.iter().filter(|n| !crate::control::PREDEFINED.contains(&n.name.as_str())) {
         let (owner, _) = owner_labels(&n.owner);
         networks.get_or_create(&labels(&[("driver", n.driver.name()), ("owner", owner)])).inc();
     }
@@ -117,6 +118,19 @@ pub fn render(engine: &mut Engine) -> Result<String, ControlError> {
         attached
             .get_or_create(&labels(&[("netns", &a.netns), ("iface", &a.iface), ("mechanism", &a.mechanism)]))
             .set(1);
+    }
+    if let Some(c) = engine.cluster() {
+        use std::sync::atomic::Ordering::Relaxed;
+        // One round trip per scrape: whether the cluster answers now.
+        let up = Gauge::<i64>::default();
+        up.set(i64::from(c.hosts().is_ok()));
+        reg.register("cluster_up", "Whether the etcd cluster answered this scrape (1) or not (0)", up);
+        let trips = Counter::<u64>::default();
+        trips.inc_by(crate::cluster::ROUND_TRIPS.load(Relaxed));
+        reg.register("cluster_round_trips", "Operations this process sent to the etcd cluster", trips);
+        let failed = Counter::<u64>::default();
+        failed.inc_by(crate::cluster::FAILURES.load(Relaxed));
+        reg.register("cluster_failures", "Cluster operations that failed (unreachable, refused, no quorum)", failed);
     }
     let build = gauge_family(&mut reg, "build_info", "The dataplane build serving this endpoint");
     build.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))])).set(1);

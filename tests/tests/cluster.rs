@@ -1,0 +1,415 @@
+//! Cluster mode: three hosts plan one network's addresses in a real 3-member etcd.
+
+use std::{collections::BTreeSet, time::Instant};
+
+use dataplane_tests::{
+    cluster::{ClusterHost, EtcdLab},
+    lab::unique,
+};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `count` concurrent `run -d` on each host into `network`: the outputs, host by host.
+fn burst(hosts: &[&ClusterHost], network: &str, count: usize) -> Vec<(String, std::process::Output)> {
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for h in hosts {
+            for _ in 0..count {
+                let name = unique("c");
+                handles.push(s.spawn(move || {
+                    let out = h.dp(&["run", "-d", "--name", &name, "--network", network]);
+                    (h.name.clone(), out)
+                }));
+            }
+        }
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    })
+}
+
+/// Every (address, MAC) on `network` across `hosts`, asserted unique.
+fn all_unique(hosts: &[&ClusterHost], network: &str) -> Vec<(String, String, String)> {
+    let all: Vec<(String, String, String)> = hosts.iter().flat_map(|h| h.addresses(network)).collect();
+    let ips: BTreeSet<&String> = all.iter().map(|a| &a.1).collect();
+    let macs: BTreeSet<&String> = all.iter().map(|a| &a.2).collect();
+    assert_eq!(ips.len(), all.len(), "duplicate addresses across hosts: {all:#?}");
+    assert_eq!(macs.len(), all.len(), "duplicate MACs across hosts: {all:#?}");
+    all
+}
+
+#[test]
+fn a_network_made_on_one_host_is_everyones_and_bursts_from_three_hosts_never_share_an_address() {
+    let lab = EtcdLab::new(3).unwrap();
+    let prefix = unique("t");
+    let hosts: Vec<ClusterHost> = (1..=3).map(|i| lab.host(&format!("h{i}"), i, &prefix).unwrap()).collect();
+    let h: Vec<&ClusterHost> = hosts.iter().collect();
+
+    let id = h[0].ok(&["network", "create", "--subnet", "10.98.0.0/24", "-o", "parent=lan0", "shared"]);
+    for other in &h[1..] {
+        let ls = other.ok(&["network", "ls", "--format", "{{.ID}} {{.Name}} {{.Scope}}"]);
+        assert!(ls.contains(&format!("{} shared global", &id.trim()[..12])), "host {}: {ls}", other.name);
+    }
+    // The same name again, from another host: refused, naming the cluster.
+    let again = h[1].dp(&["network", "create", "--subnet", "10.97.0.0/24", "-o", "parent=lan0", "shared"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("network with name shared already exists in cluster etcd://"),
+        "{}",
+        stderr(&again)
+    );
+    // An overlapping subnet under another name: refused, naming the cluster's network.
+    let overlap = h[2].dp(&["network", "create", "--subnet", "10.98.0.128/25", "-o", "parent=lan0", "other"]);
+    assert!(stderr(&overlap).contains("overlaps subnet 10.98.0.0/24 of network shared"), "{}", stderr(&overlap));
+
+    // 3 hosts x 12 concurrent runs.
+    let runs = burst(&h, "shared", 12);
+    for (host, out) in &runs {
+        assert!(out.status.success(), "host {host}: {}", stderr(out));
+    }
+    let all = all_unique(&h, "shared");
+    assert_eq!(all.len(), 36);
+    // Real frames between hosts: an endpoint on h1 reaches one on h3 over the data switch.
+    let (a, b) = (&h[0].addresses("shared")[0], &h[2].addresses("shared")[0]);
+    h[0].ok(&["exec", &a.0, "ping", "-c", "1", "-W", "2", &b.1]);
+
+    // network rm while other hosts have endpoints: refused, naming them.
+    let rm = h[0].dp(&["network", "rm", "shared"]);
+    assert!(!rm.status.success());
+    assert!(stderr(&rm).contains("active endpoints") || stderr(&rm).contains("other hosts"), "{}", stderr(&rm));
+    for host in &h[1..] {
+        for (name, _, _) in host.addresses("shared") {
+            host.ok(&["rm", "-f", &name]);
+        }
+    }
+    let rm = h[0].dp(&["network", "rm", "shared"]);
+    assert!(stderr(&rm).contains("has active endpoints"), "{}", stderr(&rm));
+    for (name, _, _) in h[0].addresses("shared") {
+        h[0].ok(&["rm", "-f", &name]);
+    }
+    // Removed endpoints released their claims: another host's removal now goes through.
+    h[1].ok(&["network", "rm", "shared"]);
+    for host in &h {
+        let ls = host.ok(&["network", "ls", "--format", "{{.Name}}"]);
+        assert!(!ls.lines().any(|l| l == "shared"), "host {}: {ls}", host.name);
+    }
+    let late = h[0].dp(&["run", "-d", "--name", "late", "--network", "shared"]);
+    assert!(stderr(&late).contains("network shared not found"), "{}", stderr(&late));
+
+    // A /27 (29 usable addresses: not the network, broadcast or gateway) and 36 concurrent
+    // requests from three hosts: exactly 29 made, the rest refused with the clear error.
+    h[2].ok(&["network", "create", "--subnet", "10.98.1.0/27", "-o", "parent=lan0", "small"]);
+    let runs = burst(&h, "small", 12);
+    let made = runs.iter().filter(|(_, o)| o.status.success()).count();
+    assert_eq!(made, 29, "{:#?}", runs.iter().map(|(h, o)| format!("{h}: {}", stderr(o))).collect::<Vec<_>>());
+    for (_, o) in runs.iter().filter(|(_, o)| !o.status.success()) {
+        assert!(
+            stderr(o).contains("address pool of subnet 10.98.1.0/27 is exhausted"),
+            "unexpected failure: {}",
+            stderr(o)
+        );
+    }
+    assert_eq!(all_unique(&h, "small").len(), 29);
+    // Nothing leaked by the refused ones: each host's claims are its endpoints.
+    for host in &h {
+        let st = host.status();
+        assert_eq!(st["claims"].as_array().unwrap().len(), host.addresses("small").len(), "{st:#}");
+    }
+}
+
+#[test]
+fn without_quorum_commands_fail_fast_and_leave_nothing_and_running_endpoints_keep_forwarding() {
+    let mut lab = EtcdLab::new(3).unwrap();
+    let prefix = unique("t");
+    let a = lab.host("qa", 1, &prefix).unwrap();
+    let b = lab.host("qb", 2, &prefix).unwrap();
+    a.ok(&["network", "create", "--subnet", "10.98.2.0/24", "-o", "parent=lan0", "q"]);
+    a.ok(&["run", "-d", "--name", "qa1", "--network", "q"]);
+    b.ok(&["run", "-d", "--name", "qb1", "--network", "q"]);
+    let peer = b.addresses("q")[0].1.clone();
+
+    // One member killed in the middle of a burst: nothing fails.
+    std::thread::scope(|s| {
+        let runs = s.spawn(|| {
+            for i in 0..4 {
+                a.ok(&["run", "-d", "--name", &format!("one{i}"), "--network", "q"]);
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        lab.kill(0);
+        runs.join().expect("runs during the kill");
+    });
+    // Two down: no quorum. Commands fail within 5 s naming the cluster, and leave nothing.
+    lab.kill(1);
+    let netns_before = std::fs::read_dir("/run/netns").unwrap().count();
+    let t = Instant::now();
+    let out = a.dp(&["run", "-d", "--name", "nq", "--network", "q"]);
+    let took = t.elapsed();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("cluster {} unavailable", lab.url(&prefix))), "{}", stderr(&out));
+    assert!(took.as_secs_f64() < 5.5, "took {took:?}");
+    assert_eq!(std::fs::read_dir("/run/netns").unwrap().count(), netns_before, "a namespace was left");
+    let ps = a.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!ps.lines().any(|l| l == "nq"), "{ps}");
+    let made = a.dp(&["network", "create", "--subnet", "10.98.3.0/24", "-o", "parent=lan0", "nq"]);
+    assert!(stderr(&made).contains("unavailable"), "{}", stderr(&made));
+    // The kernel state is untouched: the endpoints still talk across hosts.
+    a.ok(&["exec", "qa1", "ping", "-c", "1", "-W", "2", &peer]);
+
+    // Members back: everything works again, and nothing of the failed commands remains.
+    lab.restart(0).unwrap();
+    lab.restart(1).unwrap();
+    lab.wait_healthy(std::time::Duration::from_secs(20)).unwrap();
+    a.ok(&["run", "-d", "--name", "back", "--network", "q"]);
+    let ls = a.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!ls.lines().any(|l| l == "nq"), "{ls}");
+    let st = a.status();
+    assert_eq!(st["claims"].as_array().unwrap().len(), 6, "{st:#}");
+    all_unique(&[&a, &b], "q");
+}
+
+#[test]
+fn killed_commands_leak_no_claim_after_reconcile_and_forget_frees_a_gone_host() {
+    let lab = EtcdLab::new(1).unwrap();
+    let prefix = unique("t");
+    let a = lab.host("ka", 1, &prefix).unwrap();
+    // A /29: 5 usable addresses.
+    a.ok(&["network", "create", "--subnet", "10.98.4.0/29", "-o", "parent=lan0", "k"]);
+    for point in ["cluster:claimed", "run:allocated", "run:netns-made", "run:linked", "rm:marked", "rm:torn-down"] {
+        let name = unique("k");
+        if point.starts_with("rm:") {
+            a.ok(&["run", "-d", "--name", &name, "--network", "k"]);
+            let _ = a.command().env("DATAPLANE_FAULT", point).args(["rm", "-f", &name]).output();
+        } else {
+            let _ = a
+                .command()
+                .env("DATAPLANE_FAULT", point)
+                .args(["run", "-d", "--name", &name, "--network", "k"])
+                .output();
+        }
+        a.ok(&["reconcile"]);
+        let st = a.status();
+        let live = a.addresses("k").len();
+        assert_eq!(st["claims"].as_array().unwrap().len(), live, "after a kill at {point}: {st:#}");
+    }
+    for (n, _, _) in a.addresses("k") {
+        a.ok(&["rm", "-f", &n]);
+    }
+    // Host b takes every address, then is gone for good (its namespaces and state too).
+    let b = lab.host("kb", 2, &prefix).unwrap();
+    for i in 0..5 {
+        b.ok(&["run", "-d", "--name", &format!("b{i}"), "--network", "k"]);
+    }
+    let full = a.dp(&["run", "-d", "--name", "a0", "--network", "k"]);
+    assert!(stderr(&full).contains("is exhausted"), "{}", stderr(&full));
+    let st = a.status();
+    assert!(st["hosts"].as_array().unwrap().iter().any(|h| h["host"] == "kb"), "{st:#}");
+    // While its agent keeps its lease, the host is alive: forget is refused.
+    let mut agent =
+        b.command().args(["cluster", "agent", "--ttl", "3"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    assert!(dataplane_tests::lab::wait_until(std::time::Duration::from_secs(5), || {
+        a.status()["hosts"].as_array().unwrap().iter().any(|h| h["host"] == "kb" && h["agent"] == true)
+    }));
+    let alive = a.dp(&["cluster", "forget", "kb"]);
+    assert!(stderr(&alive).contains("host kb is alive (its agent holds a lease)"), "{}", stderr(&alive));
+    // Gone without a word: its agent dies, its namespaces and state dir vanish, its
+    // claims stay; the lease runs out.
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    b.vanish();
+    assert!(dataplane_tests::lab::wait_until(std::time::Duration::from_secs(8), || {
+        a.status()["hosts"].as_array().unwrap().iter().any(|h| h["host"] == "kb" && h["agent"] == false)
+    }));
+    let refused = a.dp(&["cluster", "forget", "ka"]);
+    assert!(stderr(&refused).contains("is this host"), "{}", stderr(&refused));
+    assert_eq!(a.ok(&["cluster", "forget", "kb"]).trim(), "released 5 attachment(s) of host kb");
+    for i in 0..5 {
+        a.ok(&["run", "-d", "--name", &format!("a{i}"), "--network", "k"]);
+    }
+}
+
+#[test]
+fn tls_with_client_certificates_works_and_a_client_without_one_is_refused() {
+    let dir = std::env::temp_dir().join(unique("dpcerts-"));
+    dataplane_tests::cluster::make_certs(&dir).unwrap();
+    let f = |n: &str| dir.join(n).display().to_string();
+    let lab = EtcdLab::with(
+        1,
+        "https",
+        ["--cert-file", &f("server.pem"), "--key-file", &f("server.key"), "--trusted-ca-file", &f("ca.pem")]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--client-cert-auth".to_string()])
+            .collect(),
+        vec![
+            format!("--cacert={}", f("ca.pem")),
+            format!("--cert={}", f("client.pem")),
+            format!("--key={}", f("client.key")),
+        ],
+    )
+    .unwrap();
+    let prefix = unique("t");
+    let mut h = lab.host("tls1", 1, &prefix).unwrap();
+    let good = [
+        ("DATAPLANE_CLUSTER_CA", f("ca.pem")),
+        ("DATAPLANE_CLUSTER_CERT", f("client.pem")),
+        ("DATAPLANE_CLUSTER_KEY", f("client.key")),
+    ];
+    h.env.extend(good.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    h.ok(&["network", "create", "--subnet", "10.98.5.0/24", "-o", "parent=lan0", "secure"]);
+    h.ok(&["run", "-d", "--name", "s1", "--network", "secure"]);
+    assert_eq!(h.status()["claims"].as_array().unwrap().len(), 1);
+
+    // Without a client certificate, and with one from another CA: refused, clearly, fast.
+    let url = lab.url(&prefix);
+    for (what, cert) in [("no certificate", None), ("another CA's certificate", Some("stranger"))] {
+        let mut c = h.host.command();
+        c.env("DATAPLANE_CLUSTER", &url).env("DATAPLANE_CLUSTER_HOST", "tls2").env("DATAPLANE_CLUSTER_CA", f("ca.pem"));
+        if let Some(name) = cert {
+            c.env("DATAPLANE_CLUSTER_CERT", f(&format!("{name}.pem")))
+                .env("DATAPLANE_CLUSTER_KEY", f(&format!("{name}.key")));
+        }
+        let t = Instant::now();
+        let out = c.args(["network", "ls"]).output().unwrap();
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(out.status.code().is_some(), "{what}: killed: {:?} {}", out.status, stderr(&out));
+        let e = stderr(&out);
+        assert!(e.contains(&format!("cluster {url} unavailable")), "{what}: {e}");
+        assert!(t.elapsed().as_secs_f64() < 5.5, "{what}: took {:?}", t.elapsed());
+    }
+    // A certificate without its key is a usage error naming both flags.
+    let out = h
+        .host
+        .command()
+        .env("DATAPLANE_CLUSTER", &url)
+        .env("DATAPLANE_CLUSTER_CERT", f("client.pem"))
+        .args(["network", "ls"])
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("--cluster-cert and --cluster-key go together"), "{}", stderr(&out));
+    drop(h);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_host_cut_off_from_etcd_fails_cleanly_while_the_others_go_on() {
+    let lab = EtcdLab::new(3).unwrap();
+    let prefix = unique("t");
+    let a = lab.host("ca", 1, &prefix).unwrap();
+    let b = lab.host("cb", 2, &prefix).unwrap();
+    a.ok(&["network", "create", "--subnet", "10.98.6.0/24", "-o", "parent=lan0", "cut"]);
+    a.ok(&["run", "-d", "--name", "a1", "--network", "cut"]);
+    b.ok(&["run", "-d", "--name", "b1", "--network", "cut"]);
+    // Its metrics say whether the cluster answers (one round trip per scrape).
+    let env: Vec<(&str, &str)> = a.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let addr = "127.0.0.1:9484";
+    let _metrics =
+        dataplane_tests::plugin::Server::start_env(&a.host, &["metrics", "--listen", addr], 1024, 60_000, &env);
+    let scrape = || {
+        let text = std::cell::RefCell::new(String::new());
+        dataplane_tests::lab::wait_until(std::time::Duration::from_secs(10), || {
+            *text.borrow_mut() = dataplane_tests::plugin::http_get(&a.host, addr, "/metrics");
+            text.borrow().contains("200 OK")
+        });
+        text.into_inner()
+    };
+    let m = scrape();
+    assert!(m.contains("dataplane_cluster_up 1") && m.contains("dataplane_cluster_failures_total 0"), "{m}");
+    // Its management link down: etcd is out of reach, the data link is not.
+    a.host.ns.exec(&["ip", "link", "set", "mgmt0", "down"]).unwrap();
+    let m = scrape();
+    assert!(m.contains("dataplane_cluster_up 0") && !m.contains("dataplane_cluster_failures_total 0"), "{m}");
+    let t = Instant::now();
+    let out = a.dp(&["run", "-d", "--name", "a2", "--network", "cut"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unavailable"), "{}", stderr(&out));
+    assert!(t.elapsed().as_secs_f64() < 5.5, "took {:?}", t.elapsed());
+    let ps = a.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(ps.trim(), "a1", "{ps}");
+    let rm = a.dp(&["rm", "-f", "a1"]);
+    assert!(stderr(&rm).contains("stay claimed in the cluster until `dataplane reconcile`"), "{}", stderr(&rm));
+    for i in 0..3 {
+        b.ok(&["run", "-d", "--name", &format!("b{}", i + 2), "--network", "cut"]);
+    }
+    // Back on the wire: reconcile releases what a1 held, and a2 goes through.
+    a.host.ns.exec(&["ip", "link", "set", "mgmt0", "up"]).unwrap();
+    let r = a.ok(&["reconcile"]);
+    assert!(r.contains("cluster claims of gone endpoint a1 on network cut"), "{r}");
+    assert_eq!(a.status()["claims"].as_array().unwrap().len(), 0);
+    a.ok(&["run", "-d", "--name", "a2", "--network", "cut"]);
+    all_unique(&[&a, &b], "cut");
+}
+
+#[test]
+fn the_cli_on_one_host_and_dataplane_cni_on_another_share_one_plan() {
+    use dataplane_tests::{cni, lab::Netns};
+    let lab = EtcdLab::new(1).unwrap();
+    let prefix = unique("t");
+    let a = lab.host("ma", 1, &prefix).unwrap();
+    let b = lab.host("mb", 2, &prefix).unwrap();
+    a.ok(&["network", "create", "--subnet", "10.98.8.0/24", "--gateway", "10.98.8.1", "-o", "parent=lan0", "mixed"]);
+    let conf = |h: &dataplane_tests::cluster::ClusterHost, subnet: &str| {
+        format!(
+            r#"{{"cniVersion":"1.1.0","name":"mixed","type":"dataplane-cni","parent":"lan0","stateDir":"{}","bpffs":"{}","cluster":{{"url":"{}","host":"{}"}},"ipam":{{"type":"dataplane-cni","subnet":"{subnet}","gateway":"{}"}}}}"#,
+            h.host.state.display(),
+            h.host.bpffs.dir.display(),
+            lab.url(&prefix),
+            h.name,
+            subnet.replace("0/24", "1")
+        )
+    };
+    let good = conf(&b, "10.98.8.0/24");
+    let pods: Vec<Netns> = (0..6).map(|_| Netns::new("dpKp").unwrap()).collect();
+    std::thread::scope(|s| {
+        let adds: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (good, path) = (&good, p.path().display().to_string());
+                let b = &b;
+                s.spawn(move || {
+                    let id = format!("pod{i}{}", "0".repeat(60));
+                    cni::call(&b.host.ns, &cni::cni_bin(), "ADD", &cni::env(&id, &path), good)
+                })
+            })
+            .collect();
+        for i in 0..6 {
+            a.ok(&["run", "-d", "--name", &format!("cli{i}"), "--network", "mixed"]);
+        }
+        for add in adds {
+            let out = add.join().unwrap();
+            assert!(out.ok, "ADD: {} {}", out.json, String::from_utf8_lossy(&out.raw.stderr));
+        }
+    });
+    assert_eq!(all_unique(&[&a, &b], "mixed").len(), 12);
+    assert_eq!(b.status()["claims"].as_array().unwrap().len(), 6);
+    // A node whose configuration gives the network another subnet: refused, naming both.
+    let c = lab.host("mc", 3, &prefix).unwrap();
+    let p = Netns::new("dpKp").unwrap();
+    let path = p.path().display().to_string();
+    let odd = format!("odd{}", "0".repeat(61));
+    let out = cni::call(&c.host.ns, &cni::cni_bin(), "ADD", &cni::env(&odd, &path), &conf(&c, "10.98.9.0/24"));
+    assert!(!out.ok);
+    assert!(out.msg().contains("with subnets 10.98.8.0/24; this configuration asks for 10.98.9.0/24"), "{}", out.json);
+    // DEL releases the pod's claim.
+    let path0 = pods[0].path().display().to_string();
+    let del =
+        cni::call(&b.host.ns, &cni::cni_bin(), "DEL", &cni::env(&format!("pod0{}", "0".repeat(60)), &path0), &good);
+    assert!(del.ok, "{}", del.json);
+    assert_eq!(b.status()["claims"].as_array().unwrap().len(), 5);
+    for (i, p) in pods.iter().enumerate().skip(1) {
+        let path = p.path().display().to_string();
+        let del = cni::call(
+            &b.host.ns,
+            &cni::cni_bin(),
+            "DEL",
+            &cni::env(&format!("pod{i}{}", "0".repeat(60)), &path),
+            &good,
+        );
+        assert!(del.ok, "{}", del.json);
+    }
+    // The last DEL removed host b's copy only: the network is still the cluster's.
+    let ls = a.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(ls.lines().any(|l| l == "mixed"), "{ls}");
+    assert_eq!(b.status()["claims"].as_array().unwrap().len(), 0);
+}
