@@ -291,9 +291,14 @@ impl Cluster {
                     tokio::time::timeout(budget, async {
                         let c = match cached {
                             Some(c) => c,
-                            None => Client::connect([url], opts).await?,
+                            None => {
+                                let c = Client::connect([url], opts).await?;
+                                crate::timing::mark("cluster-connected");
+                                c
+                            }
                         };
                         let out = f(c.clone()).await?;
+                        crate::timing::mark("cluster-op");
                         Ok::<_, etcd_client::Error>((c, out))
                     })
                     .await
@@ -344,8 +349,8 @@ impl Cluster {
         format!("{}{endpoint_id}/{network}", self.my_prefix())
     }
 
-    /// The cluster's networks: (name, document) in name order.
-    pub fn networks(&self) -> Result<Vec<(String, String)>> {
+    /// The cluster's networks: (name, document, create revision) in name order.
+    pub fn networks(&self) -> Result<Vec<(String, String, i64)>> {
         let prefix = self.key("networks/");
         let (prefix,) = (&prefix,);
         let kvs = self.op(|mut c| async move {
@@ -355,23 +360,29 @@ impl Cluster {
         for kv in kvs {
             let name = String::from_utf8_lossy(kv.key()).rsplit('/').next().unwrap_or_default().to_string();
             let doc = String::from_utf8(kv.value().to_vec()).map_err(|e| corrupt(kv.key(), e))?;
-            out.push((name, doc));
+            out.push((name, doc, kv.create_revision()));
         }
         Ok(out)
     }
 
-    pub fn network(&self, name: &str) -> Result<Option<String>> {
+    /// Network `name`'s document and create revision (which claims compare, so a
+    /// network removed and made again is not taken for the old one).
+    pub fn network(&self, name: &str) -> Result<Option<(String, i64)>> {
         let key = self.net_key(name);
         let (key,) = (&key,);
         let kvs = self.op(|mut c| async move { Ok(c.get(key.as_str(), None).await?.take_kvs()) })?;
         match kvs.first() {
-            Some(kv) => Ok(Some(String::from_utf8(kv.value().to_vec()).map_err(|e| corrupt(kv.key(), e))?)),
+            Some(kv) => Ok(Some((
+                String::from_utf8(kv.value().to_vec()).map_err(|e| corrupt(kv.key(), e))?,
+                kv.create_revision(),
+            ))),
             None => Ok(None),
         }
     }
 
-    /// Create network `name` with document `doc` unless it exists: Err(existing doc).
-    pub fn create_network(&self, name: &str, doc: &str) -> Result<std::result::Result<(), String>> {
+    /// Create network `name` with document `doc` unless it exists: its create revision,
+    /// or Err(the existing document).
+    pub fn create_network(&self, name: &str, doc: &str) -> Result<std::result::Result<i64, String>> {
         let key = self.net_key(name);
         let (k2, d2) = (key.clone(), doc.to_string());
         let (k2, d2) = (&k2, &d2);
@@ -383,7 +394,7 @@ impl Cluster {
             c.txn(txn).await
         })?;
         if resp.succeeded() {
-            return Ok(Ok(()));
+            return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
         }
         let existing = resp
             .op_responses()
@@ -474,14 +485,18 @@ impl Cluster {
     }
 
     /// Every address and MAC claimed on `network`.
-    pub fn taken(&self, network: &str) -> Result<Taken> {
+    /// `fresh`: a linearizable read (after a lost claim, so that a claim of ours that
+    /// committed although its answer was lost is seen); else one member's view.
+    pub fn taken(&self, network: &str, fresh: bool) -> Result<Taken> {
         let prefix = self.claims_prefix(network);
         let p2 = prefix.clone();
         let (p2,) = (&p2,);
-        let kvs =
-            self.op(
-                |mut c| async move { Ok(c.get(p2.as_str(), Some(GetOptions::new().with_prefix())).await?.take_kvs()) },
-            )?;
+        // Served by the member alone (no quorum round): a stale answer only makes a claim
+        // lose, and the claim's transaction is the judge.
+        let kvs = self.op(|mut c| async move {
+            let o = GetOptions::new().with_prefix();
+            Ok(c.get(p2.as_str(), Some(if fresh { o } else { o.with_serializable() })).await?.take_kvs())
+        })?;
         let mut t = Taken::default();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -497,8 +512,9 @@ impl Cluster {
         Ok(t)
     }
 
-    /// Claim `ips` and `mac` on `network` for `holder`, all or nothing.
-    pub fn claim(&self, network: &str, ips: &[IpAddr], mac: Mac, holder: &Holder) -> Result<Claimed> {
+    /// Claim `ips` and `mac` on `network` (made at create revision `rev`; 0: any) for
+    /// `holder`, all or nothing.
+    pub fn claim(&self, network: &str, rev: i64, ips: &[IpAddr], mac: Mac, holder: &Holder) -> Result<Claimed> {
         let value = serde_json::to_string(holder).expect("serialisable");
         let held = Held { network: network.to_string(), ips: ips.to_vec(), mac, holder: holder.clone() };
         let held = serde_json::to_string(&held).expect("serialisable");
@@ -510,7 +526,11 @@ impl Cluster {
         let nk = net_key.clone();
         let (nk, keys, value, held_key, held, gen) = (&nk, &keys, &value, &held_key, &held, &gen);
         let resp = self.op(|mut c| async move {
-            let mut when = vec![Compare::create_revision(nk.as_str(), CompareOp::NotEqual, 0)];
+            let mut when = vec![if rev > 0 {
+                Compare::create_revision(nk.as_str(), CompareOp::Equal, rev)
+            } else {
+                Compare::create_revision(nk.as_str(), CompareOp::NotEqual, 0)
+            }];
             when.extend(keys.iter().map(|k| Compare::create_revision(k.as_str(), CompareOp::Equal, 0)));
             let mut then: Vec<TxnOp> = keys.iter().map(|k| TxnOp::put(k.as_str(), value.as_str(), None)).collect();
             then.push(TxnOp::put(held_key.as_str(), held.as_str(), None));
@@ -521,8 +541,11 @@ impl Cluster {
         if resp.succeeded() {
             return Ok(Claimed::Done);
         }
+        // Lost to another claim, unless the network is gone or was made again.
         let present = resp.op_responses().into_iter().any(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => !g.kvs().is_empty(),
+            etcd_client::TxnOpResponse::Get(g) => {
+                g.kvs().first().is_some_and(|kv| rev <= 0 || kv.create_revision() == rev)
+            }
             _ => false,
         });
         Ok(if present { Claimed::Lost } else { Claimed::NoNetwork })

@@ -134,6 +134,14 @@ pub struct Network {
     /// the first time this host uses it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cluster: bool,
+    /// The cluster's create revision of the network this row realises (claims compare
+    /// it: a network removed and made again under the name is another one). 0: unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cluster_rev: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// Which front end made a network or endpoint: only that front end may remove it.

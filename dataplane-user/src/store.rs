@@ -370,6 +370,7 @@ mod tests {
             owner_start: 0,
             owner: Owner::Cli,
             cluster: false,
+            cluster_rev: 0,
         }
     }
 

@@ -164,7 +164,8 @@ fn without_quorum_commands_fail_fast_and_leave_nothing_and_running_endpoints_kee
     let ls = a.ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(!ls.lines().any(|l| l == "nq"), "{ls}");
     let st = a.status();
-    assert_eq!(st["claims"].as_array().unwrap().len(), 6, "{st:#}");
+    let ps = a.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(st["claims"].as_array().unwrap().len(), 6, "{st:#}\nendpoints here:\n{ps}");
     all_unique(&[&a, &b], "q");
 }
 

@@ -162,19 +162,23 @@ impl Engine {
             supervisor: None,
             owner: owner.clone(),
         };
+        self.cluster_catch_up();
         let cluster = self.cluster.as_ref();
-        let a = self.store.write(|tx| -> Result<Attachment> {
-            if let Some(e) = tx.endpoints()?.into_iter().find(|e| e.owner == owner || e.name == ep.name) {
-                return invalid(format!(
-                    "container {} already has {} attached (endpoint {}); DEL it first",
-                    req.container_id, req.ifname, e.name
-                ));
-            }
-            let a = allocate(tx, &ep, n, req.ipv4, req.ipv6, req.mac.as_deref(), req.ifname.clone(), cluster)?;
-            tx.put_endpoint(&ep)?;
-            tx.put_attachment(&a)?;
-            Ok(a)
-        })?;
+        let a = self
+            .store
+            .write(|tx| -> Result<Attachment> {
+                if let Some(e) = tx.endpoints()?.into_iter().find(|e| e.owner == owner || e.name == ep.name) {
+                    return invalid(format!(
+                        "container {} already has {} attached (endpoint {}); DEL it first",
+                        req.container_id, req.ifname, e.name
+                    ));
+                }
+                let a = allocate(tx, &ep, n, req.ipv4, req.ipv6, req.mac.as_deref(), req.ifname.clone(), cluster)?;
+                tx.put_endpoint(&ep)?;
+                tx.put_attachment(&a)?;
+                Ok(a)
+            })
+            .map_err(|e| self.cluster_failed(e))?;
         let mut undo = Undo::new();
         let (path, ifname) = (ep.netns.clone(), a.ifname.clone());
         undo.push(format!("deleting {ifname} in {path}"), move || super::endpoint::delete_link_in(&path, &ifname));
@@ -380,6 +384,7 @@ impl Engine {
                         name: req.name.clone(),
                         driver: crate::store::Driver::Ipam,
                         cluster: false,
+                        cluster_rev: 0,
                         created: crate::store::now_rfc3339(),
                         internal: false,
                         ipv6: req.ipv6,

@@ -195,7 +195,7 @@ pub(crate) fn allocate(
         attempt += 1;
         let mut used = local.clone();
         let mut taken: Vec<Mac> = atts.iter().filter(|a| a.parent == phys).map(|a| a.mac).collect();
-        let remote = cluster.map(|c| c.taken(&n.name)).transpose()?;
+        let remote = cluster.map(|c| c.taken(&n.name, attempt > 1)).transpose()?;
         if let Some(r) = &remote {
             // A claim of ours that committed although its answer was lost (the member
             // failed right after): it is this endpoint's already.
@@ -223,7 +223,7 @@ pub(crate) fn allocate(
         let mac = wanted_mac.unwrap_or_else(|| generate_mac(ipv4, &taken));
         let Some(c) = cluster else { break (ipv4, ipv6, mac) };
         let ips: Vec<IpAddr> = [ipv4, ipv6].into_iter().flatten().collect();
-        match c.claim(&n.name, &ips, mac, &c.holder(&ep.id, &ep.name))? {
+        match c.claim(&n.name, n.cluster_rev, &ips, mac, &c.holder(&ep.id, &ep.name))? {
             crate::cluster::Claimed::Done => {
                 super::fault("cluster:claimed");
                 break (ipv4, ipv6, mac);
@@ -773,8 +773,10 @@ impl Engine {
             },
         };
         // 1. Allocate under the store's write lock.
+        self.cluster_catch_up();
         let cluster = self.cluster.as_ref();
-        let (ep, net, att) = self.store.write(|tx| record_run(tx, &req, &plan, probed, cluster))?;
+        let (ep, net, att) =
+            self.store.write(|tx| record_run(tx, &req, &plan, probed, cluster)).map_err(|e| self.cluster_failed(e))?;
         super::fault("run:allocated");
         // 2. Kernel work, undone in reverse on failure.
         let pins = self.pins.clone();
@@ -798,43 +800,47 @@ impl Engine {
         let ip = parse_opt_ip(&ip)?;
         let ip6 = parse_opt_ip(&ip6)?;
         self.cluster_adopt(network)?;
+        self.cluster_catch_up();
         let pins = self.pins.clone();
         let cluster = self.cluster.as_ref();
-        let (ep, n, a) = self.store.write(|tx| -> Result<(Endpoint, Network, Attachment)> {
-            let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
-                ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
-            })?;
-            if ep.network_mode == crate::store::NetworkMode::Host || is_host_shim(&ep) {
-                return invalid(format!(
-                    "endpoint {} uses the host's network namespace; it cannot be connected to other networks",
-                    ep.name
-                ));
-            }
-            let n = tx.network(network)?.ok_or_else(|| {
-                ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
-            })?;
-            super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
-            if n.owner != Owner::Cli {
-                return invalid(format!(
-                    "network {} belongs to {}: connect containers through it, not with dataplane",
-                    n.name,
-                    owner_name(&n.owner)
-                ));
-            }
-            let mine: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
-            if mine.iter().any(|a| a.network == n.name) {
-                return invalid(format!("endpoint {} is already connected to network {}", ep.name, n.name));
-            }
-            let taken: Vec<String> = mine.iter().map(|a| a.ifname.clone()).collect();
-            let ifname = next_ifname(&ep.netns, &taken)?;
-            let mut a = allocate(tx, &ep, &n, ip, ip6, None, ifname, cluster)?;
-            // In flight until realised: other processes' reconcile leaves it alone.
-            a.state = EndpointState::Creating;
-            a.owner_pid = std::process::id();
-            a.owner_start = crate::store::ProcRef::me().start;
-            tx.put_attachment(&a)?;
-            Ok((ep, n, a))
-        })?;
+        let (ep, n, a) = self
+            .store
+            .write(|tx| -> Result<(Endpoint, Network, Attachment)> {
+                let ep = tx.endpoint(endpoint)?.ok_or_else(|| {
+                    ControlError::Invalid(format!("endpoint {endpoint} not found (list them with dataplane ps)"))
+                })?;
+                if ep.network_mode == crate::store::NetworkMode::Host || is_host_shim(&ep) {
+                    return invalid(format!(
+                        "endpoint {} uses the host's network namespace; it cannot be connected to other networks",
+                        ep.name
+                    ));
+                }
+                let n = tx.network(network)?.ok_or_else(|| {
+                    ControlError::Invalid(format!("network {network} not found (list them with dataplane network ls)"))
+                })?;
+                super::check_owner("endpoint", &ep.name, &ep.owner, &Owner::Cli)?;
+                if n.owner != Owner::Cli {
+                    return invalid(format!(
+                        "network {} belongs to {}: connect containers through it, not with dataplane",
+                        n.name,
+                        owner_name(&n.owner)
+                    ));
+                }
+                let mine: Vec<Attachment> = tx.attachments()?.into_iter().filter(|a| a.endpoint == ep.name).collect();
+                if mine.iter().any(|a| a.network == n.name) {
+                    return invalid(format!("endpoint {} is already connected to network {}", ep.name, n.name));
+                }
+                let taken: Vec<String> = mine.iter().map(|a| a.ifname.clone()).collect();
+                let ifname = next_ifname(&ep.netns, &taken)?;
+                let mut a = allocate(tx, &ep, &n, ip, ip6, None, ifname, cluster)?;
+                // In flight until realised: other processes' reconcile leaves it alone.
+                a.state = EndpointState::Creating;
+                a.owner_pid = std::process::id();
+                a.owner_start = crate::store::ProcRef::me().start;
+                tx.put_attachment(&a)?;
+                Ok((ep, n, a))
+            })
+            .map_err(|e| self.cluster_failed(e))?;
         super::fault("connect:allocated");
         let realised = push_admission(&pins, &n, &a, &ep.id).and_then(|()| realise(&pins, &n, &ep, &a));
         if realised.is_ok() {
@@ -858,6 +864,7 @@ impl Engine {
             if let Err(x) = self.store.write(|tx| -> Result<()> { Ok(tx.delete_attachment(&en, &nn)?) }) {
                 rollback.push(x.to_string());
             }
+            let _ = self.cluster_sweep(false);
             return Err(if rollback.is_empty() { e } else { ControlError::Rollback { error: Box::new(e), rollback } });
         }
         Ok(Attachment { state: EndpointState::Ready, owner_pid: 0, owner_start: 0, ..a })
@@ -970,6 +977,9 @@ impl Engine {
             let err = undo.run(e);
             let name = ep.name.clone();
             let _ = self.store.write(|tx| -> Result<()> { Ok(tx.delete_endpoint(&name)?) });
+            // Its cluster claims too (if the cluster cannot be reached now, `dataplane
+            // reconcile` releases them later).
+            let _ = self.cluster_sweep(false);
             return Err(err);
         }
         if let Some(point) = point.filter(|_| na.is_some()) {

@@ -171,6 +171,7 @@ mod tests {
             owner_start: 0,
             owner: Default::default(),
             cluster: false,
+            cluster_rev: 0,
         };
         let mac = [2, 0, 0, 0, 0, 9];
         let keys = super::admit_keys_at(&n, 7, mac);

@@ -179,6 +179,9 @@ pub struct Engine {
     cluster: Option<crate::cluster::Cluster>,
 }
 
+/// The state dir's marker that a cluster sweep is due (see [`Engine::cluster_failed`]).
+const SWEEP_DUE: &str = "cluster-sweep-due";
+
 /// Predefined networks that always exist.
 pub const PREDEFINED: [&str; 2] = ["host", "none"];
 
@@ -317,6 +320,24 @@ impl Engine {
             }
             Ok(out)
         })
+    }
+
+    /// A command failed on the cluster while claiming: a claim it sent may still commit
+    /// (etcd keeps a proposal a member accepted without quorum, and commits it once the
+    /// quorum returns), so the next command that claims on this host sweeps first.
+    pub(crate) fn cluster_failed(&self, e: ControlError) -> ControlError {
+        if matches!(e, ControlError::Cluster(_)) && self.cluster.is_some() {
+            let _ = std::fs::write(self.state_dir.join(SWEEP_DUE), b"");
+        }
+        e
+    }
+
+    /// See [`Engine::cluster_failed`]: sweep once if a claim of ours may have been left.
+    pub(crate) fn cluster_catch_up(&mut self) {
+        let due = self.state_dir.join(SWEEP_DUE);
+        if self.cluster.is_some() && due.exists() && self.cluster_sweep(false).is_ok() {
+            let _ = std::fs::remove_file(due);
+        }
     }
 
     pub fn store(&mut self) -> &mut Store {

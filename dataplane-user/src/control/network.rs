@@ -248,10 +248,10 @@ fn record_creating(
         (None, Some(c)) => {
             // Subnets may overlap no network of the cluster either.
             let mut all = others.clone();
-            for (name, doc) in c.networks()? {
+            for (name, doc, rev) in c.networks()? {
                 let d = ClusterDoc::parse(&name, &doc)?;
                 if name == req.name {
-                    joined = Some(d.network);
+                    joined = Some(Network { cluster_rev: rev, ..d.network });
                 } else if !all.iter().any(|o| o.name == name) {
                     all.push(d.network);
                 }
@@ -296,7 +296,7 @@ fn record_creating(
         Some(_) => shared,
         None => None,
     };
-    let n = Network {
+    let mut n = Network {
         id: req.adopt.as_ref().or(joined.as_ref()).map_or_else(crate::store::new_id, |a| a.id.clone()),
         name: req.name.clone(),
         driver: Driver::Macvlan,
@@ -313,13 +313,15 @@ fn record_creating(
         owner_start: crate::store::ProcRef::me().start,
         owner: req.owner.clone(),
         cluster: cluster.is_some(),
+        cluster_rev: req.adopt.as_ref().or(joined.as_ref()).map_or(0, |a| a.cluster_rev),
     };
-    tx.put_network(&n)?;
     if let (Some(c), None, None) = (cluster, &req.adopt, &joined) {
         let doc = serde_json::to_string(&ClusterDoc::of(&n, req)).expect("serialisable");
-        if let Err(existing) = c.create_network(&n.name, &doc)? {
-            let id = ClusterDoc::parse(&n.name, &existing).map(|d| d.network.id).unwrap_or_default();
-            return Err(super::state_err(
+        match c.create_network(&n.name, &doc)? {
+            Ok(rev) => n.cluster_rev = rev,
+            Err(existing) => {
+                let id = ClusterDoc::parse(&n.name, &existing).map(|d| d.network.id).unwrap_or_default();
+                return Err(super::state_err(
                 super::StateKind::AlreadyExists,
                 format!(
                     "network with name {} already exists in cluster {} (id {}); use it, or remove it first (dataplane network rm {})",
@@ -329,8 +331,10 @@ fn record_creating(
                     n.name
                 ),
             ));
+            }
         }
     }
+    tx.put_network(&n)?;
     Ok(n)
 }
 
@@ -626,7 +630,9 @@ impl Engine {
                 let docs = c.networks()?;
                 let docs: Vec<Network> = docs
                     .iter()
-                    .map(|(name, doc)| ClusterDoc::parse(name, doc).map(|d| d.network))
+                    .map(|(name, doc, rev)| {
+                        ClusterDoc::parse(name, doc).map(|d| Network { cluster_rev: *rev, ..d.network })
+                    })
                     .collect::<Result<_>>()?;
                 self.cluster_prune(&docs);
                 docs
@@ -671,7 +677,7 @@ impl Engine {
         match &self.cluster {
             Some(c) => {
                 let doc = c.network(name)?;
-                Ok(doc.map(|d| ClusterDoc::parse(name, &d)).transpose()?.map(|d| d.network))
+                Ok(doc.map(|(d, _)| ClusterDoc::parse(name, &d)).transpose()?.map(|d| d.network))
             }
             None => Ok(None),
         }
@@ -685,7 +691,9 @@ impl Engine {
             return Ok(());
         }
         let mut local = self.store.read(|tx| tx.network(name))?.filter(|n| n.name == name);
-        if local.as_ref().is_some_and(|l| !l.cluster) {
+        // A copy realised here: its claims compare the cluster's create revision, so a
+        // network removed (or made again) since is found out by the claim, not read now.
+        if local.as_ref().is_some_and(|l| !l.cluster || (l.state == EndpointState::Ready && l.cluster_rev != 0)) {
             return Ok(());
         }
         if local.as_ref().is_some_and(|l| l.state != EndpointState::Ready) {
@@ -695,7 +703,13 @@ impl Engine {
             local = self.store.read(|tx| tx.network(name))?.filter(|n| n.name == name);
         }
         let Some(c) = &self.cluster else { return Ok(()) };
-        let doc = c.network(name)?.map(|d| ClusterDoc::parse(name, &d)).transpose()?;
+        let doc = match c.network(name)? {
+            Some((d, rev)) => {
+                let d = ClusterDoc::parse(name, &d)?;
+                Some(ClusterDoc { network: Network { cluster_rev: rev, ..d.network }, ..d })
+            }
+            None => None,
+        };
         let url = c.cfg.url();
         match (local, doc) {
             (Some(l), Some(d)) if l.id == d.network.id => Ok(()),
@@ -803,6 +817,7 @@ pub fn predefined_networks() -> Vec<Network> {
         owner_start: 0,
         owner: Owner::Cli,
         cluster: false,
+        cluster_rev: 0,
     };
     vec![mk("host", Driver::Host), mk("none", Driver::None)]
 }
