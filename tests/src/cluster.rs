@@ -165,13 +165,19 @@ impl EtcdLab {
         self.members[i].start(&initial, "existing", scheme)
     }
 
+    /// Give namespace `ns` a management link `mgmt0` (10.99.0.(10+n)) to the members and a
+    /// data parent `lan0` on the data switch.
+    pub fn wire(&self, ns: &Netns, n: u8) -> anyhow::Result<()> {
+        plug(&self.sw, "mg0", ns, "mgmt0")?;
+        ns.exec(&["ip", "addr", "add", &format!("10.99.0.{}/24", 10 + n), "dev", "mgmt0"])?;
+        plug(&self.sw, "lan0", ns, "lan0")
+    }
+
     /// A dataplane host: management link `mgmt0` (10.99.0.(10+n)) to the members and a
     /// data parent `lan0` on the data switch.
     pub fn host(&self, name: &str, n: u8, prefix: &str) -> anyhow::Result<ClusterHost> {
         let h = Host::new("dpKh")?;
-        plug(&self.sw, "mg0", &h.ns, "mgmt0")?;
-        h.ns.exec(&["ip", "addr", "add", &format!("10.99.0.{}/24", 10 + n), "dev", "mgmt0"])?;
-        plug(&self.sw, "lan0", &h.ns, "lan0")?;
+        self.wire(&h.ns, n)?;
         Ok(ClusterHost {
             host: h,
             env: vec![

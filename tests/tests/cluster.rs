@@ -414,3 +414,80 @@ fn the_cli_on_one_host_and_dataplane_cni_on_another_share_one_plan() {
     assert!(ls.lines().any(|l| l == "mixed"), "{ls}");
     assert_eq!(b.status()["claims"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn three_dockerds_with_the_ipam_driver_allocate_from_one_plan() {
+    use dataplane_tests::docker::{DockerLab, IMAGE};
+    let lab = EtcdLab::new(1).unwrap();
+    let prefix = unique("t");
+    let url = lab.url(&prefix);
+    let mut docks: Vec<DockerLab> = Vec::new();
+    for i in 1..=3u8 {
+        let mut d = DockerLab::new("dpKd").unwrap();
+        lab.wire(&d.host.ns, i).unwrap();
+        d.stop_plugin(libc::SIGTERM);
+        let host = format!("dock{i}");
+        d.start_plugin_env(&[("DATAPLANE_CLUSTER", url.as_str()), ("DATAPLANE_CLUSTER_HOST", host.as_str())]).unwrap();
+        docks.push(d);
+    }
+    for d in &docks {
+        d.ok(&[
+            "network",
+            "create",
+            "-d",
+            &d.driver,
+            "--ipam-driver",
+            &d.driver,
+            "--subnet",
+            "10.98.10.0/24",
+            "-o",
+            "parent=lan0",
+            "shared",
+        ]);
+    }
+    // 3 dockerds x 4 concurrent containers.
+    std::thread::scope(|s| {
+        let runs: Vec<_> = docks
+            .iter()
+            .flat_map(|d| (0..4).map(move |_| d))
+            .map(|d| s.spawn(move || d.ok(&["run", "-d", "--network", "shared", IMAGE, "sleep", "600"])))
+            .collect();
+        for r in runs {
+            r.join().unwrap();
+        }
+    });
+    let mut all = Vec::new();
+    for d in &docks {
+        let ids = d.ok(&["ps", "-q"]);
+        for id in ids.lines() {
+            let ip = d.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id]);
+            let mac = d.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}", id]);
+            all.push((ip, mac));
+        }
+    }
+    assert_eq!(all.len(), 12);
+    let ips: BTreeSet<&String> = all.iter().map(|a| &a.0).collect();
+    let macs: BTreeSet<&String> = all.iter().map(|a| &a.1).collect();
+    assert_eq!((ips.len(), macs.len()), (12, 12), "{all:?}");
+    assert!(!ips.contains(&"10.98.10.1".to_string()), "the gateway was handed out: {all:?}");
+    // A container on one host reaches one on another.
+    let first = docks[0].ok(&["ps", "-q"]).lines().next().unwrap().to_string();
+    let far = &all[all.len() - 1].0;
+    docks[0].ok(&["exec", &first, "ping", "-c", "1", "-W", "2", far]);
+    // Removing containers releases their addresses in the cluster (ReleaseAddress).
+    for id in docks[2].ok(&["ps", "-q"]).lines() {
+        docks[2].ok(&["rm", "-f", id]);
+    }
+    let out = docks[2]
+        .host
+        .command()
+        .env("DATAPLANE_CLUSTER", &url)
+        .env("DATAPLANE_CLUSTER_HOST", "dock3")
+        .args(["cluster", "status", "--format", "json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let held: Vec<&serde_json::Value> =
+        st["claims"].as_array().unwrap().iter().filter(|c| c["endpoint"] != "gateway").collect();
+    assert!(held.is_empty(), "{st:#}");
+}

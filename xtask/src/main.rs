@@ -328,6 +328,8 @@ fn test_on_kernel(name: &str, filter: Option<String>) -> Result<()> {
         "--skip",
         "share_one_plan",
         "--skip",
+        "three_dockerds",
+        "--skip",
         "a_killed_add_or_del",
         "--skip",
         "a_killed_network_create_or_rm",

@@ -275,7 +275,7 @@ pub(crate) fn allocate(
 
 /// An address from `pools` for one family ([`ipam::allocate`]); with `spread` > 1 a
 /// dynamic one is drawn at random from the first `spread` free ones.
-fn pick(
+pub(crate) fn pick(
     network: &str,
     pools: &[crate::ipam::Pool],
     v4: bool,

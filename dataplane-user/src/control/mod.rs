@@ -10,6 +10,7 @@
 pub mod background;
 pub mod cni;
 pub mod docker;
+mod docker_ipam;
 mod endpoint;
 mod facts;
 mod links;
@@ -304,7 +305,8 @@ impl Engine {
                 .collect();
             let mut out = Vec::new();
             for (id, net, held) in c.mine()? {
-                if live.contains(&(id, net)) {
+                // Docker's IPAM claims live until Docker releases them.
+                if live.contains(&(id.clone(), net)) || id.starts_with(docker_ipam::IPAM_HOLDER) {
                     continue;
                 }
                 if !dry_run {

@@ -432,7 +432,9 @@ impl Engine {
         let pins = self.pins.clone();
         let _lock = self.network_lock()?;
         // 1. Validate against the store and record the network as `creating`.
-        let cluster = self.cluster.as_ref();
+        // Docker's networks stay this dockerd's: their addresses are planned by the IPAM
+        // driver's pools (docker_ipam.rs) when Docker is given ours.
+        let cluster = self.cluster.as_ref().filter(|_| !matches!(req.owner, Owner::Docker { .. }));
         let mut n =
             self.store.write(|tx| record_creating(tx, &req, &spec, existing_parent.is_some(), &trunk, cluster))?;
 

@@ -1,5 +1,6 @@
-//! `dataplane plugin docker`: Docker's remote network-driver protocol (HTTP POST + JSON
-//! over a unix socket under /run/docker/plugins) translated into engine calls.
+//! `dataplane plugin docker`: Docker's remote network-driver protocol and, in cluster mode,
+//! its remote IPAM-driver protocol (HTTP POST + JSON over a unix socket under
+//! /run/docker/plugins) translated into engine calls.
 //!
 //! Docker finds the plugin by its socket's name (`dataplane.sock` serves driver
 //! `dataplane`). The process must run in dockerd's network namespace: the interface it
@@ -106,6 +107,39 @@ struct NetworkRef {
     network_id: String,
 }
 
+/// IpamDriver.RequestPool.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RequestPool {
+    #[serde(default)]
+    pool: String,
+    #[serde(default)]
+    sub_pool: String,
+    #[serde(default, rename = "V6")]
+    v6: bool,
+}
+
+/// IpamDriver.RequestAddress and ReleaseAddress.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AddressRef {
+    #[serde(rename = "PoolID")]
+    pool_id: String,
+    #[serde(default)]
+    address: String,
+    /// Docker sends `null` when there are none.
+    #[serde(default)]
+    options: Option<BTreeMap<String, String>>,
+}
+
+/// IpamDriver.ReleasePool.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PoolRef {
+    #[serde(rename = "PoolID")]
+    pool_id: String,
+}
+
 /// `10.0.0.1/24` -> `10.0.0.1` (Docker sends gateways and aux addresses with a prefix).
 fn strip_prefix(s: &str) -> &str {
     s.split_once('/').map_or(s, |(a, _)| a)
@@ -176,7 +210,39 @@ pub fn dispatch(engine: &mut Engine, method: &str, body: &[u8]) -> (u16, Value) 
 
 fn call(engine: &mut Engine, method: &str, body: &[u8]) -> Result<Option<Value>, ControlError> {
     let v = match method {
-        "Plugin.Activate" => json!({ "Implements": ["NetworkDriver"] }),
+        "Plugin.Activate" => json!({ "Implements": ["NetworkDriver", "IpamDriver"] }),
+        "IpamDriver.GetCapabilities" => json!({ "RequiresMACAddress": false, "RequiresRequestReplay": false }),
+        "IpamDriver.GetDefaultAddressSpaces" => {
+            json!({ "LocalDefaultAddressSpace": "dataplane-local", "GlobalDefaultAddressSpace": "dataplane-global" })
+        }
+        "IpamDriver.RequestPool" => {
+            let r: RequestPool = parse(method, body)?;
+            let (id, pool) = engine.docker_ipam_request_pool(&r.pool, &r.sub_pool, r.v6)?;
+            json!({ "PoolID": id, "Pool": pool, "Data": {} })
+        }
+        "IpamDriver.ReleasePool" => {
+            let r: PoolRef = parse(method, body)?;
+            engine.docker_ipam_release_pool(&r.pool_id)?;
+            json!({})
+        }
+        "IpamDriver.RequestAddress" => {
+            let r: AddressRef = parse(method, body)?;
+            let gateway = r
+                .options
+                .as_ref()
+                .and_then(|o| o.get("RequestAddressType"))
+                .is_some_and(|t| t == "com.docker.network.gateway");
+            let a = engine.docker_ipam_request_address(&r.pool_id, opt_ip(&r.address)?, gateway)?;
+            json!({ "Address": a, "Data": {} })
+        }
+        "IpamDriver.ReleaseAddress" => {
+            let r: AddressRef = parse(method, body)?;
+            let Some(ip) = opt_ip(&r.address)? else {
+                return Err(ControlError::Invalid("ReleaseAddress without an address".into()));
+            };
+            engine.docker_ipam_release_address(&r.pool_id, ip)?;
+            json!({})
+        }
         "NetworkDriver.GetCapabilities" => json!({ "Scope": "local", "ConnectivityScope": "local" }),
         "NetworkDriver.CreateNetwork" => {
             let req = network_request(parse(method, body)?)?;
