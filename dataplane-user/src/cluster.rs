@@ -44,6 +44,8 @@ pub static FAILURES: AtomicU64 = AtomicU64::new(0);
 pub enum ClusterError {
     #[error("invalid --cluster {input:?}: {why}; expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")]
     BadUrl { input: String, why: String },
+    #[error("invalid --cluster-parent {0:?}: expected NETWORK=INTERFACE, e.g. lan=eth1")]
+    BadParent(String),
     #[error("invalid --cluster-host {0:?}: use 1-64 characters [a-zA-Z0-9_.-]")]
     BadHost(String),
     #[error("no --cluster-host given and /etc/machine-id is unreadable ({0}): give --cluster-host NAME")]
@@ -74,6 +76,9 @@ pub struct ClusterConfig {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// This host's parent interface for cluster networks whose parent is named otherwise
+    /// here (network name -> interface), from `--cluster-parent NETWORK=IFACE`.
+    pub parents: BTreeMap<String, String>,
 }
 
 fn check_host(h: &str) -> Result<()> {
@@ -126,7 +131,21 @@ impl ClusterConfig {
                 .map_err(|e| ClusterError::NoHost(e.to_string()))?,
         };
         check_host(&host)?;
-        Ok(ClusterConfig { endpoints, prefix: format!("/{prefix}"), host, ca, cert, key })
+        Ok(ClusterConfig { endpoints, prefix: format!("/{prefix}"), host, ca, cert, key, parents: BTreeMap::new() })
+    }
+
+    /// `NETWORK=IFACE` pairs (`--cluster-parent`): this host's parent for those networks.
+    pub fn with_parents(mut self, pairs: &[String]) -> Result<ClusterConfig> {
+        for p in pairs {
+            let bad = || ClusterError::BadParent(p.clone());
+            let (n, i) = p.split_once('=').ok_or_else(bad)?;
+            let ok = |s: &str| !s.is_empty() && s.len() <= 64 && !s.contains(['/', ' ', '=']);
+            if !ok(n) || !ok(i) || i.len() > 15 {
+                return Err(bad());
+            }
+            self.parents.insert(n.to_string(), i.to_string());
+        }
+        Ok(self)
     }
 
     pub fn url(&self) -> String {

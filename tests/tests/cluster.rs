@@ -491,3 +491,34 @@ fn three_dockerds_with_the_ipam_driver_allocate_from_one_plan() {
         st["claims"].as_array().unwrap().iter().filter(|c| c["endpoint"] != "gateway").collect();
     assert!(held.is_empty(), "{st:#}");
 }
+
+#[test]
+fn a_host_names_its_own_parent_for_a_cluster_network() {
+    let lab = EtcdLab::new(1).unwrap();
+    let prefix = unique("t");
+    let a = lab.host("pa", 1, &prefix).unwrap();
+    let mut b = lab.host("pb", 2, &prefix).unwrap();
+    for cmd in [
+        &["link", "set", "lan0", "down"][..],
+        &["link", "set", "lan0", "name", "data1"],
+        &["link", "set", "data1", "up"],
+    ] {
+        let mut argv = vec!["ip"];
+        argv.extend_from_slice(cmd);
+        b.host.ns.exec(&argv).unwrap();
+    }
+    a.ok(&["network", "create", "--subnet", "10.98.11.0/24", "-o", "parent=lan0", "own"]);
+    a.ok(&["run", "-d", "--name", "pa1", "--network", "own"]);
+    // Host b has no lan0: without an override the network cannot be realised there.
+    let out = b.dp(&["run", "-d", "--name", "pb1", "--network", "own"]);
+    assert!(stderr(&out).contains("lan0"), "{}", stderr(&out));
+    let bad = b.command().env("DATAPLANE_CLUSTER_PARENT", "own").args(["network", "ls"]).output().unwrap();
+    assert!(stderr(&bad).contains("invalid --cluster-parent \"own\": expected NETWORK=INTERFACE"), "{}", stderr(&bad));
+    b.env.push(("DATAPLANE_CLUSTER_PARENT".into(), "own=data1".into()));
+    b.ok(&["run", "-d", "--name", "pb1", "--network", "own"]);
+    let ls = b.ok(&["network", "ls", "--format", "{{.Name}} {{.Parent}}"]);
+    assert!(ls.lines().any(|l| l == "own data1"), "{ls}");
+    let far = a.addresses("own")[0].1.clone();
+    b.ok(&["exec", "pb1", "ping", "-c", "1", "-W", "2", &far]);
+    all_unique(&[&a, &b], "own");
+}

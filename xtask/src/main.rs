@@ -330,6 +330,8 @@ fn test_on_kernel(name: &str, filter: Option<String>) -> Result<()> {
         "--skip",
         "three_dockerds",
         "--skip",
+        "names_its_own_parent",
+        "--skip",
         "a_killed_add_or_del",
         "--skip",
         "a_killed_network_create_or_rm",

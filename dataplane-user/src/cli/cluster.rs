@@ -23,6 +23,11 @@ pub struct ClusterArgs {
     /// Client certificate (PEM) for etcd members that require one (with --cluster-key).
     #[arg(long, global = true, env = "DATAPLANE_CLUSTER_CERT", value_name = "FILE")]
     pub cluster_cert: Option<PathBuf>,
+    /// This host's parent interface for a cluster network whose parent has another name
+    /// here: NETWORK=IFACE (repeat, or comma-separated), used when this host first
+    /// realises the network.
+    #[arg(long, global = true, env = "DATAPLANE_CLUSTER_PARENT", value_name = "NETWORK=IFACE", value_delimiter = ',')]
+    pub cluster_parent: Vec<String>,
     /// The client certificate's private key (PEM).
     #[arg(long, global = true, env = "DATAPLANE_CLUSTER_KEY", value_name = "FILE")]
     pub cluster_key: Option<PathBuf>,
@@ -43,13 +48,16 @@ impl ClusterArgs {
             }
             return Ok(None);
         };
-        Ok(Some(ClusterConfig::parse(
-            url,
-            self.cluster_host.as_deref(),
-            self.cluster_ca.clone(),
-            self.cluster_cert.clone(),
-            self.cluster_key.clone(),
-        )?))
+        Ok(Some(
+            ClusterConfig::parse(
+                url,
+                self.cluster_host.as_deref(),
+                self.cluster_ca.clone(),
+                self.cluster_cert.clone(),
+                self.cluster_key.clone(),
+            )?
+            .with_parents(&self.cluster_parent)?,
+        ))
     }
 }
 

@@ -729,7 +729,17 @@ impl Engine {
                 }
             )),
             (None, Some(d)) => {
-                let req = NetworkCreate { adopt: Some(d.network), ..d.request };
+                let mut req = NetworkCreate { adopt: Some(d.network), ..d.request };
+                // This host's name for the parent (`--cluster-parent`); a trunk parent keeps
+                // its VLAN suffix (eth0.50 -> IFACE.50).
+                if let Some(mine) = c.cfg.parents.get(name) {
+                    for o in &mut req.opts {
+                        if let Some(p) = o.strip_prefix("parent=") {
+                            let vlan = p.split_once('.').map(|(_, v)| format!(".{v}")).unwrap_or_default();
+                            *o = format!("parent={mine}{vlan}");
+                        }
+                    }
+                }
                 match self.network_create(req) {
                     Ok(_) => Ok(()),
                     // Another command of this host realised it meanwhile.
