@@ -591,11 +591,15 @@ impl Cluster {
 
     /// Release what `held` holds (only the keys still naming its holder) and its record.
     pub fn release(&self, held: &Held) -> Result<()> {
+        self.release_record(held, self.held_key(&held.holder.endpoint_id, &held.network).as_bytes())
+    }
+
+    /// [`Cluster::release`] of the record at `record` (this host's or, for forget, another's).
+    fn release_record(&self, held: &Held, record: &[u8]) -> Result<()> {
         let value = serde_json::to_string(&held.holder).expect("serialisable");
         let mut keys: Vec<String> = held.ips.iter().map(|ip| self.ip_key(&held.network, *ip)).collect();
         keys.push(self.mac_key(&held.network, held.mac));
-        let held_key = self.held_key(&held.holder.endpoint_id, &held.network);
-        let (keys, value, held_key) = (&keys, &value, &held_key);
+        let (keys, value) = (&keys, &value);
         self.op(|mut c| async move {
             for k in keys {
                 let txn = Txn::new()
@@ -603,7 +607,7 @@ impl Cluster {
                     .and_then([TxnOp::delete(k.as_str(), None)]);
                 c.txn(txn).await?;
             }
-            c.delete(held_key.as_str(), None).await?;
+            c.delete(record.to_vec(), None).await?;
             Ok(())
         })
     }
@@ -627,21 +631,7 @@ impl Cluster {
         let mut n = 0;
         for kv in kvs {
             let held: Held = serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))?;
-            let value = serde_json::to_string(&held.holder).expect("serialisable");
-            let mut keys: Vec<String> = held.ips.iter().map(|ip| self.ip_key(&held.network, *ip)).collect();
-            keys.push(self.mac_key(&held.network, held.mac));
-            let hk = kv.key().to_vec();
-            let (keys, value, hk) = (&keys, &value, &hk);
-            self.op(|mut c| async move {
-                for k in keys {
-                    let txn = Txn::new()
-                        .when([Compare::value(k.as_str(), CompareOp::Equal, value.as_str())])
-                        .and_then([TxnOp::delete(k.as_str(), None)]);
-                    c.txn(txn).await?;
-                }
-                c.delete(hk.clone(), None).await?;
-                Ok(())
-            })?;
+            self.release_record(&held, kv.key())?;
             n += 1;
         }
         Ok(Ok(n))

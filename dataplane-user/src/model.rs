@@ -144,6 +144,39 @@ fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
+impl Network {
+    /// A new address-only network (IPAM for another plugin, a Docker IPAM pool): no
+    /// parent, no interfaces, ready at once; `id` and `created` as the store makes them.
+    pub fn address_only(
+        id: String,
+        created: String,
+        name: &str,
+        pools: Vec<Pool>,
+        ipv6: bool,
+        owner: Owner,
+    ) -> Network {
+        Network {
+            id,
+            name: name.to_string(),
+            driver: Driver::Ipam,
+            created,
+            internal: false,
+            ipv6,
+            options: BTreeMap::new(),
+            pools,
+            parent: None,
+            macvlan_mode: None,
+            vlan: None,
+            state: EndpointState::Ready,
+            owner_pid: 0,
+            owner_start: 0,
+            owner,
+            cluster: false,
+            cluster_rev: 0,
+        }
+    }
+}
+
 /// Which front end made a network or endpoint: only that front end may remove it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

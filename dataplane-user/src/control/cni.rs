@@ -379,25 +379,14 @@ impl Engine {
                 }
                 None => {
                     let pools = super::network::pools_for(&req, &tx.networks()?, |_| None)?;
-                    let n = Network {
-                        id: crate::store::new_id(),
-                        name: req.name.clone(),
-                        driver: crate::store::Driver::Ipam,
-                        cluster: false,
-                        cluster_rev: 0,
-                        created: crate::store::now_rfc3339(),
-                        internal: false,
-                        ipv6: req.ipv6,
-                        options: Default::default(),
+                    let n = Network::address_only(
+                        crate::store::new_id(),
+                        crate::store::now_rfc3339(),
+                        &req.name,
                         pools,
-                        parent: None,
-                        macvlan_mode: None,
-                        vlan: None,
-                        state: EndpointState::Ready,
-                        owner_pid: 0,
-                        owner_start: 0,
-                        owner: Owner::Cni { container_id: String::new(), ifname: String::new() },
-                    };
+                        req.ipv6,
+                        Owner::Cni { container_id: String::new(), ifname: String::new() },
+                    );
                     tx.put_network(&n)?;
                     n
                 }

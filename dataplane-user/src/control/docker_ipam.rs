@@ -14,7 +14,7 @@ use crate::{
     cluster::{Claimed, Cluster},
     ipam::{self, PoolRequest},
     mac::Mac,
-    store::{Driver, EndpointState, Network, Owner},
+    store::{Network, Owner},
 };
 
 /// Holder ids of the IPAM driver's claims (never swept: Docker releases them).
@@ -87,23 +87,15 @@ impl Engine {
             return Ok((name, subnet.to_string()));
         }
         let n = Network {
-            id: crate::store::new_id(),
-            name: name.clone(),
-            driver: Driver::Ipam,
-            created: crate::store::now_rfc3339(),
-            internal: false,
-            ipv6: false,
-            options: Default::default(),
-            pools,
-            parent: None,
-            macvlan_mode: None,
-            vlan: None,
-            state: EndpointState::Ready,
-            owner_pid: 0,
-            owner_start: 0,
-            owner: Owner::Docker { id: String::new(), sandbox: None },
             cluster: true,
-            cluster_rev: 0,
+            ..Network::address_only(
+                crate::store::new_id(),
+                crate::store::now_rfc3339(),
+                &name,
+                pools,
+                false,
+                Owner::Docker { id: String::new(), sandbox: None },
+            )
         };
         let doc = ClusterDoc { network: n, request: Default::default() };
         // Another host making the same pool at the same moment: theirs is the same.
