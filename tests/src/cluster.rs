@@ -56,6 +56,7 @@ impl Drop for EtcdLab {
         for m in &mut self.members {
             m.stop();
             let _ = std::fs::remove_dir_all(&m.data);
+            let _ = std::fs::remove_file(m.data.with_extension("log"));
         }
     }
 }

@@ -231,7 +231,8 @@ fn killed_commands_leak_no_claim_after_reconcile_and_forget_frees_a_gone_host() 
 
 #[test]
 fn tls_with_client_certificates_works_and_a_client_without_one_is_refused() {
-    let dir = std::env::temp_dir().join(unique("dpcerts-"));
+    let certs = dataplane_tests::plugin::TempDir::new("dpcerts-");
+    let dir = certs.0.clone();
     dataplane_tests::cluster::make_certs(&dir).unwrap();
     let f = |n: &str| dir.join(n).display().to_string();
     let lab = EtcdLab::with(
@@ -288,8 +289,6 @@ fn tls_with_client_certificates_works_and_a_client_without_one_is_refused() {
         .output()
         .unwrap();
     assert!(stderr(&out).contains("--cluster-cert and --cluster-key go together"), "{}", stderr(&out));
-    drop(h);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
