@@ -492,7 +492,7 @@ fn three_dockerds_with_the_ipam_driver_allocate_from_one_plan() {
 }
 
 #[test]
-fn a_host_names_its_own_parent_for_a_cluster_network() {
+fn a_host_names_its_own_parent_and_dual_stack_claims_stay_unique() {
     let lab = EtcdLab::new(1).unwrap();
     let prefix = unique("t");
     let a = lab.host("pa", 1, &prefix).unwrap();
@@ -513,11 +513,50 @@ fn a_host_names_its_own_parent_for_a_cluster_network() {
     assert!(stderr(&out).contains("lan0"), "{}", stderr(&out));
     let bad = b.command().env("DATAPLANE_CLUSTER_PARENT", "own").args(["network", "ls"]).output().unwrap();
     assert!(stderr(&bad).contains("invalid --cluster-parent \"own\": expected NETWORK=INTERFACE"), "{}", stderr(&bad));
-    b.env.push(("DATAPLANE_CLUSTER_PARENT".into(), "own=data1".into()));
+    b.env.push(("DATAPLANE_CLUSTER_PARENT".into(), "own=data1,six=data1".into()));
     b.ok(&["run", "-d", "--name", "pb1", "--network", "own"]);
     let ls = b.ok(&["network", "ls", "--format", "{{.Name}} {{.Parent}}"]);
     assert!(ls.lines().any(|l| l == "own data1"), "{ls}");
     let far = a.addresses("own")[0].1.clone();
     b.ok(&["exec", "pb1", "ping", "-c", "1", "-W", "2", &far]);
     all_unique(&[&a, &b], "own");
+
+    // Dual stack: IPv6 addresses are claimed beside the IPv4 ones, unique across hosts.
+    a.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.98.12.0/24",
+        "--subnet",
+        "fd00:98:12::/64",
+        "-o",
+        "parent=lan0",
+        "six",
+    ]);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = [&a, &b]
+            .into_iter()
+            .flat_map(|h| (0..4).map(move |i| (h, i)))
+            .map(|(h, i)| {
+                s.spawn(move || h.ok(&["run", "-d", "--name", &format!("six{}{i}", h.name), "--network", "six"]))
+            })
+            .collect();
+        for r in runs {
+            r.join().unwrap();
+        }
+    });
+    let mut v6 = BTreeSet::new();
+    for h in [&a, &b] {
+        let ps = dataplane_tests::json_lines(&h.ok(&["ps", "-a", "--format", "json"]));
+        for e in ps.as_array().unwrap() {
+            for n in e["Networks"].as_array().unwrap().iter().filter(|n| n["Network"] == "six") {
+                let ip = n["IPv6Address"].as_str().unwrap_or_default().to_string();
+                assert!(ip.starts_with("fd00:98:12::"), "{e:#}");
+                assert!(v6.insert(ip.clone()), "IPv6 address {ip} twice");
+            }
+        }
+    }
+    assert_eq!(v6.len(), 8);
+    all_unique(&[&a, &b], "six");
 }
