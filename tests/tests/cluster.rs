@@ -73,19 +73,25 @@ fn a_network_made_on_one_host_is_everyones_and_bursts_from_three_hosts_never_sha
     let (a, b) = (&h[0].addresses("shared")[0], &h[2].addresses("shared")[0]);
     h[0].ok(&["exec", &a.0, "ping", "-c", "1", "-W", "2", &b.1]);
 
-    // network rm while other hosts have endpoints: refused, naming them.
-    let rm = h[0].dp(&["network", "rm", "shared"]);
-    assert!(!rm.status.success());
-    assert!(stderr(&rm).contains("active endpoints") || stderr(&rm).contains("other hosts"), "{}", stderr(&rm));
-    for host in &h[1..] {
-        for (name, _, _) in host.addresses("shared") {
-            host.ok(&["rm", "-f", &name]);
-        }
-    }
+    // network rm with endpoints here: refused as on one host; with endpoints only on
+    // other hosts: refused, naming them.
     let rm = h[0].dp(&["network", "rm", "shared"]);
     assert!(stderr(&rm).contains("has active endpoints"), "{}", stderr(&rm));
     for (name, _, _) in h[0].addresses("shared") {
         h[0].ok(&["rm", "-f", &name]);
+    }
+    let rm = h[0].dp(&["network", "rm", "shared"]);
+    assert!(!rm.status.success());
+    assert!(
+        stderr(&rm)
+            .contains("network shared has endpoints on other hosts of the cluster (h2, h3): remove them there first"),
+        "{}",
+        stderr(&rm)
+    );
+    for host in &h[1..] {
+        for (name, _, _) in host.addresses("shared") {
+            host.ok(&["rm", "-f", &name]);
+        }
     }
     // Removed endpoints released their claims: another host's removal now goes through.
     h[1].ok(&["network", "rm", "shared"]);

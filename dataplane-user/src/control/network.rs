@@ -54,6 +54,11 @@ impl ClusterDoc {
         ClusterDoc { network, request: NetworkCreate { adopt: None, ..req.clone() } }
     }
 
+    /// The network of cluster document `doc` (made at create revision `rev`).
+    pub(crate) fn network_of(name: &str, doc: &str, rev: i64) -> Result<Network> {
+        Ok(Network { cluster_rev: rev, ..ClusterDoc::parse(name, doc)?.network })
+    }
+
     pub(crate) fn parse(name: &str, doc: &str) -> Result<ClusterDoc> {
         serde_json::from_str(doc).map_err(|e| {
             ControlError::Cluster(crate::cluster::ClusterError::Corrupt {
@@ -632,17 +637,14 @@ impl Engine {
                 let docs = c.networks()?;
                 let docs: Vec<Network> = docs
                     .iter()
-                    .map(|(name, doc, rev)| {
-                        ClusterDoc::parse(name, doc).map(|d| Network { cluster_rev: *rev, ..d.network })
-                    })
+                    .map(|(name, doc, rev)| ClusterDoc::network_of(name, doc, *rev))
                     .collect::<Result<_>>()?;
                 self.cluster_prune(&docs);
                 docs
             }
             None => Vec::new(),
         };
-        let mut v = predefined_networks();
-        v.extend(self.store.read(|tx| tx.networks())?);
+        let mut v = self.networks_here()?;
         for n in cluster {
             if !v.iter().any(|l| l.name == n.name) {
                 v.push(n);
